@@ -1,0 +1,37 @@
+"""The typed ``data`` section: which shards, which clip window, how many samples per step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and what one training sample looks like."""
+
+    name: str = field(default="synthetic", metadata={"help": "corpus name (synthetic, hdtf, voxceleb2, avspeech)"})
+    root: str = field(default="data/synthetic", metadata={"help": "folder holding index.json and the split folders"})
+    train_split: str = field(default="train", metadata={"help": "split used for training"})
+    val_split: str = field(default="val", metadata={"help": "split used for validation"})
+    resolution: int = field(default=64, metadata={"help": "face size in pixels the reader resizes frames to"})
+    clip_frames: int = field(default=1, metadata={"help": "frames per training window (1 for still-image stages)"})
+    audio_seconds: float = field(default=2.0, metadata={"help": "seconds of speech per sample for speech encoders"})
+    fps: float = field(default=25.0, metadata={"help": "frame rate the shards must have (checked per sample)"})
+    sample_rate: int = field(default=16000, metadata={"help": "audio sample rate the shards must have"})
+    batch_size: int = field(default=8, metadata={"help": "samples per device per step"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank"})
+    samples_per_epoch: int = field(default=1024, metadata={"help": "samples per rank per epoch (with_epoch)"})
+    val_samples: int = field(default=0, metadata={"help": "cap on validation samples per rank (0: the whole split)"})
+    shuffle_buffer: int = field(default=256, metadata={"help": "samples held in the shuffle buffer"})
+    max_skip_fraction: float = field(default=0.01, metadata={"help": "fail when more than this fraction of samples is bad"})
+    pin_memory: bool = field(default=True, metadata={"help": "pin host memory for faster GPU transfers (GPU only)"})
+
+    def validate(self) -> list[str]:
+        errors = []
+        for name in ("resolution", "clip_frames", "batch_size", "samples_per_epoch"):
+            if getattr(self, name) <= 0:
+                errors.append(f"data.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            errors.append(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if self.num_workers < 0:
+            errors.append(f"data.num_workers must be >= 0, got {self.num_workers}")
+        return errors

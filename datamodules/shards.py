@@ -1,0 +1,178 @@
+"""Shard sets on disk: the writer (atomic shards + ``index.json``) and :class:`ShardIndex`.
+
+Layout of a prepared corpus::
+
+    <root>/index.json                 schema version, dataset, per-split shard list with sample counts
+    <root>/<split>/<prefix>-000000.tar
+
+A shard is written under a temporary name and renamed into place when complete, so an interrupted
+writer never leaves a partial shard that a reader would take for a whole one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from datamodules.sample import SCHEMA_VERSION, SPLITS, Clip, encode_clip
+
+INDEX_NAME = "index.json"
+
+
+class ShardSetError(FileNotFoundError):
+    """A shard set that cannot be used as asked (missing, empty, wrong schema)."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the index's folder
+    count: int
+
+
+@dataclass
+class ShardIndex:
+    """``index.json``: what a shard set holds, split by split."""
+
+    dataset: str
+    schema_version: int = SCHEMA_VERSION
+    splits: dict[str, list[ShardInfo]] = field(default_factory=dict)
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.count for s in self.splits.get(split, []))
+
+    def shard_paths(self, root: str | Path, split: str) -> list[str]:
+        """Absolute paths of a split's shards; a clear error for an unknown or empty split."""
+        if split not in self.splits or not self.splits[split]:
+            have = {k: len(v) for k, v in self.splits.items()}
+            raise ShardSetError(
+                f"shard set {root} has no shards for split {split!r} (it has {have}); "
+                f"prepare that split or choose another with data.train_split / data.val_split"
+            )
+        return [str(Path(root) / s.path) for s in self.splits[split]]
+
+    def save(self, root: str | Path) -> Path:
+        path = Path(root) / INDEX_NAME
+        data = asdict(self)
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, root: str | Path) -> "ShardIndex":
+        path = Path(root) / INDEX_NAME
+        if not Path(root).exists():
+            raise ShardSetError(
+                f"shard set {root} does not exist; create it with `seespeaker prepare synthetic --out {root}` "
+                f"or point data.root at a prepared corpus"
+            )
+        if not path.exists():
+            raise ShardSetError(f"{path} is missing: {root} is not a prepared shard set (run `seespeaker prepare`)")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ShardSetError(f"{path} is not valid JSON ({exc}); re-run `seespeaker prepare`") from exc
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ShardSetError(
+                f"{path} has schema version {version}, this seespeaker reads {SCHEMA_VERSION}; re-run `seespeaker prepare`"
+            )
+        splits = {k: [ShardInfo(**s) for s in v] for k, v in raw.get("splits", {}).items()}
+        return cls(raw["dataset"], version, splits, raw.get("created", ""), raw.get("extra", {}))
+
+
+class ShardSetWriter:
+    """Writes clips into per-split shards of at most ``shard_size`` samples and the index on close.
+
+    Use as a context manager; ``close()`` writes ``index.json`` (merging with an existing index of the same
+    dataset, so that parts written by separate jobs add up).
+    """
+
+    def __init__(self, root: str | Path, dataset: str, shard_size: int = 256, prefix: str = "shard",
+                 extra: dict[str, Any] | None = None):
+        self.root = Path(root)
+        self.dataset = dataset
+        self.shard_size = shard_size
+        self.prefix = prefix
+        self.extra = dict(extra or {})
+        self._open: dict[str, tuple[wds.TarWriter, Path, Path, int]] = {}
+        self._next_number: dict[str, int] = {}
+        self.written: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
+
+    def __enter__(self) -> "ShardSetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(write_index=exc_type is None)
+
+    def write(self, clip: Clip) -> None:
+        split = clip.meta.split
+        if split not in SPLITS:
+            raise ValueError(f"clip {clip.key}: split {split!r} is not one of {SPLITS}")
+        sample = encode_clip(clip)
+        writer, tmp, final, count = self._open.get(split) or self._start_shard(split)
+        writer.write(sample)
+        count += 1
+        self._open[split] = (writer, tmp, final, count)
+        if count >= self.shard_size:
+            self._finish_shard(split)
+
+    def _start_shard(self, split: str) -> tuple[wds.TarWriter, Path, Path, int]:
+        number = self._next_number.get(split, 0)
+        folder = self.root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        while (folder / f"{self.prefix}-{number:06d}.tar").exists():
+            number += 1
+        self._next_number[split] = number + 1
+        final = folder / f"{self.prefix}-{number:06d}.tar"
+        tmp = final.with_name(f".{final.name}.tmp")
+        return wds.TarWriter(str(tmp)), tmp, final, 0
+
+    def _finish_shard(self, split: str) -> None:
+        writer, tmp, final, count = self._open.pop(split)
+        writer.close()
+        os.replace(tmp, final)
+        self.written[split].append(ShardInfo(str(final.relative_to(self.root)), count))
+
+    def close(self, write_index: bool = True) -> ShardIndex | None:
+        for split in list(self._open):
+            if write_index:
+                self._finish_shard(split)
+            else:
+                writer, tmp, _, _ = self._open.pop(split)
+                writer.close()
+                tmp.unlink(missing_ok=True)
+        if not write_index:
+            return None
+        return self.update_index()
+
+    def update_index(self) -> ShardIndex:
+        try:
+            index = ShardIndex.load(self.root)
+        except ShardSetError:
+            index = ShardIndex(self.dataset)
+        for split, infos in self.written.items():
+            known = {s.path for s in index.splits.get(split, [])}
+            index.splits.setdefault(split, []).extend(s for s in infos if s.path not in known)
+        index.splits = {k: sorted(v, key=lambda s: s.path) for k, v in index.splits.items() if v}
+        index.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        index.extra.update(self.extra)
+        index.save(self.root)
+        return index

@@ -1,0 +1,194 @@
+"""What every stage shares: its config schema base, per-sample losses, optimizers, EMA, loading earlier stages.
+
+A stage subclasses :class:`StageModule` and implements:
+
+- ``compute_losses(batch) -> dict[str, Tensor[B]]``: per-sample losses, before any weighting or reduction;
+  the weighted sum with ``loss_weights`` is reduced over the valid samples here, in one place;
+- optionally ``validation_metrics(batch)`` and ``on_validation_epoch_end``;
+- ``log_media(batch) -> dict[str, Media]``: images (``H x W x 3`` uint8) or videos (an mp4 path), called by
+  the media callback on rank 0 (or on every rank when the stage says ``media_on_all_ranks``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytorch_lightning as pl
+import torch
+
+from datamodules.config import DataConfig
+from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
+
+
+@dataclass
+class StageConfig:
+    """Optimisation settings every stage has; each stage's schema adds its own fields."""
+
+    name: str = field(default="", metadata={"help": "stage name (set by the stage group)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    schedule: str = field(default="cosine", metadata={"help": "constant | cosine (to 10% after warm-up)", "choices": ("constant", "cosine")})
+    monitor: str = field(default="val/loss", metadata={"help": "metric that ranks checkpoints"})
+    monitor_mode: str = field(default="min", metadata={"help": "min | max", "choices": ("min", "max")})
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.lr <= 0:
+            errors.append(f"stage.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2:
+            errors.append(f"stage.betas needs two values, got {self.betas}")
+        return errors
+
+
+@dataclass
+class Media:
+    """One logged item: an image (H x W x 3 uint8) or a video file with audio."""
+
+    image: Any = None
+    video_path: str = ""
+    caption: str = ""
+
+
+class StageModule(pl.LightningModule):
+    config_class: type[StageConfig] = StageConfig
+    requires: tuple[str, ...] = ()  # exported stages this one loads from stages_dir
+    loss_weights: dict[str, float] = {}
+    media_on_all_ranks: bool = False  # True when sampling needs every rank (ZeRO-3)
+    num_optimizers: int = 1
+
+    def __init__(self, cfg: StageConfig, data: DataConfig, stages_dir: str = "", max_steps: int = 1000):
+        super().__init__()
+        self.cfg = cfg
+        self.data_cfg = data
+        self.stages_dir = stages_dir
+        self.max_steps = max_steps
+        self.ema = None  # set by the EMA callback: an EMAWeights of the trainable parameters
+        self.bad_steps = 0
+
+    # ---- earlier stages -------------------------------------------------------------------------------
+    def load_required(self, stage: str) -> StageFile:
+        """The exported file of an earlier stage from ``stages_dir``, or a message saying how to make it."""
+        path = Path(self.stages_dir or ".") / f"{stage}.safetensors"
+        try:
+            return load_stage_file(path, expect_stage=stage)
+        except StageFileError as exc:
+            raise StageFileError(
+                f"stage {self.cfg.name!r} needs the exported {stage!r} stage: {exc}. Train it first "
+                f"(`seespeaker train experiment=<same> stage={stage}`) or set run.stages_dir"
+            ) from exc
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str) -> tuple[list[str], list[str]]:
+        """Load weights non-strictly and report what did not match (init_from)."""
+        result = self.load_state_dict(state, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        if missing or unexpected:
+            print(f"[init_from] {source}: {len(missing)} missing keys {missing[:5]}, "
+                  f"{len(unexpected)} unexpected keys {unexpected[:5]}")
+        else:
+            print(f"[init_from] {source}: all {len(state)} tensors loaded")
+        return missing, unexpected
+
+    # ---- losses ---------------------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def reduce_losses(self, losses: dict[str, torch.Tensor], valid: torch.Tensor | None) -> torch.Tensor:
+        """Weighted sum of per-sample losses, then the mean over valid samples."""
+        total = None
+        for name, value in losses.items():
+            weight = self.loss_weights.get(name, 1.0)
+            if weight == 0.0:
+                continue
+            total = weight * value if total is None else total + weight * value
+        if total is None:
+            raise ValueError(f"stage {self.cfg.name}: compute_losses returned no weighted loss")
+        if valid is None:
+            return total.mean()
+        valid = valid.to(total.dtype)
+        return (total * valid).sum() / valid.sum().clamp_min(1.0)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        losses = self.compute_losses(batch)
+        loss = self.reduce_losses(losses, batch.get("valid"))
+        if not self._all_ranks_finite(loss):
+            self.bad_steps += 1
+            self.log("train/skipped_nonfinite", float(self.bad_steps), rank_zero_only=True)
+            limit = self.trainer.max_bad_steps if hasattr(self.trainer, "max_bad_steps") else 10
+            if self.bad_steps >= limit:
+                raise FloatingPointError(
+                    f"stage {self.cfg.name}: {self.bad_steps} non-finite losses in a row (last at step "
+                    f"{self.global_step}); lower stage.lr or check the data. The last checkpoint is intact."
+                )
+            return None
+        self.bad_steps = 0
+        bs = len(batch["key"])
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach().mean(), batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        return loss
+
+    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        """Every rank takes the same decision, or one rank skipping alone would hang the collectives."""
+        flag = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.trainer.world_size > 1:
+            flag = self.trainer.strategy.reduce(flag, reduce_op="min")
+        return bool(flag.item() > 0)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with self.ema_scope():
+            losses = self.compute_losses(batch)
+            loss = self.reduce_losses(losses, batch.get("valid"))
+            self.validation_metrics(batch)
+        bs = len(batch["key"])
+        self.log("val/loss", loss, sync_dist=True, batch_size=bs)
+        for name, value in losses.items():
+            self.log(f"val/{name}", value.mean(), sync_dist=True, batch_size=bs)
+
+    def validation_metrics(self, batch: dict[str, Any]) -> None:
+        """Collect extra validation statistics (override)."""
+
+    def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
+        """Images or videos that show the stage's progress (override)."""
+        return {}
+
+    # ---- optimisation ---------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if not params:
+            raise ValueError(f"stage {self.cfg.name} has no trainable parameters")
+        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
+        if torch.cuda.is_available():
+            kwargs["fused"] = True
+        optimizer = torch.optim.AdamW(params, **kwargs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        warmup = self.cfg.warmup_steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if self.cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, self.max_steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    # ---- EMA ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def ema_scope(self) -> Iterator[None]:
+        """Run the block with the EMA weights swapped in (sampling, validation, export)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.swap_in(self)
+        try:
+            yield
+        finally:
+            self.ema.swap_out(self)
