@@ -14,6 +14,7 @@ class DataConfig:
     val_split: str = field(default="val", metadata={"help": "split used for validation"})
     resolution: int = field(default=64, metadata={"help": "face size in pixels the reader resizes frames to"})
     clip_frames: int = field(default=1, metadata={"help": "frames per training window (1 for still-image stages)"})
+    hr_resolution: int = field(default=0, metadata={"help": "also give frames at this size as hr_frames (codebook targets; 0: off)"})
     audio_seconds: float = field(default=2.0, metadata={"help": "seconds of speech per sample for speech encoders"})
     fps: float = field(default=25.0, metadata={"help": "frame rate the shards must have (checked per sample)"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate the shards must have"})

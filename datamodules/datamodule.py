@@ -1,0 +1,78 @@
+"""The LightningDataModule over a prepared shard set."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.config import DataConfig
+from datamodules.pipeline import ClipStream, ClipWindow
+from datamodules.shards import ShardIndex, ShardSetError
+
+log = logging.getLogger("seespeaker.data")
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Train and validation loaders of a shard set; the window comes from the data config."""
+
+    def __init__(self, cfg: DataConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.window = ClipWindow.from_config(cfg)
+        self.index: ShardIndex | None = None
+        self.missing_shards: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        self.index = ShardIndex.load(self.cfg.root)
+
+    def split_shards(self, split: str) -> tuple[list[str], list[int]]:
+        """Existing shards of a split and their sample counts; missing shards are reported and counted."""
+        assert self.index is not None, "call setup() first"
+        infos = self.index.splits.get(split) or []
+        paths = self.index.shard_paths(self.cfg.root, split)
+        kept = [(p, i.count) for p, i in zip(paths, infos) if Path(p).is_file()]
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            self.missing_shards += missing
+            log.warning("%d of %d %s shards listed in %s/index.json are missing (skipped): %s",
+                        len(missing), len(paths), split, self.cfg.root, missing[:3])
+        if not kept:
+            raise ShardSetError(f"none of the {len(paths)} {split} shards of {self.cfg.root} exist; re-run prepare")
+        return [p for p, _ in kept], [c for _, c in kept]
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return 0, 1
+
+    def _loader(self, dataset: ClipStream) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=None, num_workers=workers,
+                          pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+                          persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        shards, _ = self.split_shards(self.cfg.train_split)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        batches = max(1, self.cfg.samples_per_epoch // self.cfg.batch_size)
+        workers = max(1, self.cfg.num_workers)
+        batches = max(workers, batches - batches % workers)
+        stream = ClipStream(shards, self.window, self.cfg.batch_size, train=True, rank=rank, world_size=world,
+                            seed=self.seed, epoch=epoch, batches=batches, shuffle_buffer=self.cfg.shuffle_buffer)
+        return self._loader(stream)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.cfg.val_split, self.cfg.val_samples)
+
+    def eval_dataloader(self, split: str, max_samples: int = 0) -> DataLoader:
+        rank, world = self._rank()
+        shards, counts = self.split_shards(split)
+        batches = -(-max_samples // self.cfg.batch_size) if max_samples else 0
+        stream = ClipStream(shards, self.window, self.cfg.batch_size, train=False, rank=rank, world_size=world,
+                            seed=self.seed, batches=batches, shard_counts=counts)
+        return self._loader(stream)

@@ -1,0 +1,221 @@
+"""The shard reader: WebDataset tar streams -> decoded clip windows -> typed batches.
+
+Training: shards resampled with a generator seeded per (seed, epoch, rank, worker); every rank yields the same
+number of batches (``samples_per_epoch // batch_size``), so DDP and ZeRO-3 never wait on an uneven rank.
+Evaluation: shards split by rank and worker so that each sample is read exactly once; every rank yields the
+same number of batches, shorter ranks padded with masked (``valid=False``) samples.
+Bad samples and unreadable shards are skipped and counted; the counts travel with the batches.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_to_samples
+
+from datamodules.config import DataConfig
+from datamodules.sample import (
+    SampleError,
+    decode_audio,
+    decode_frames,
+    decode_landmarks,
+    decode_meta,
+)
+
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """What one training sample holds: T frames at R px (+ optional high-res copies) and N audio samples."""
+
+    frames: int
+    resolution: int
+    audio_samples: int
+    hr_resolution: int = 0
+    fps: float = 25.0
+    sample_rate: int = 16000
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> "ClipWindow":
+        seconds = max(data.audio_seconds, data.clip_frames / data.fps)
+        return cls(data.clip_frames, data.resolution, int(round(seconds * data.sample_rate)),
+                   data.hr_resolution, data.fps, data.sample_rate)
+
+
+def speaker_index(dataset: str, speaker: str) -> int:
+    """A stable integer id of a speaker (CRC32 of dataset/speaker), the same on every rank and run."""
+    return zlib.crc32(f"{dataset}/{speaker}".encode()) & 0x7FFFFFFF
+
+
+class SkipCounter:
+    """Counts what a worker skipped; the count since the last yielded sample rides on the next sample."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.reasons: dict[str, int] = {}
+        self.last_error = ""
+
+    def add(self, reason: str, message: str) -> None:
+        self.pending += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.last_error = message
+
+    def handler(self, exc: Exception) -> bool:
+        """webdataset error handler: count an unreadable shard or tar member, continue."""
+        self.add("shard", f"{type(exc).__name__}: {exc}")
+        return True
+
+    def take(self) -> int:
+        pending, self.pending = self.pending, 0
+        return pending
+
+
+def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None) -> dict[str, Any]:
+    """Decode one clip window; ``start=None`` draws a random start (training), else clamps it."""
+    meta = decode_meta(sample)
+    key = str(sample["__key__"])
+    if abs(meta.fps - window.fps) > 1e-3:
+        raise SampleError(key, f"clip is {meta.fps} fps, the config expects data.fps={window.fps}")
+    if meta.num_frames < window.frames:
+        raise SampleError(key, f"clip has {meta.num_frames} frames, the window needs {window.frames}")
+    last = meta.num_frames - window.frames
+    start = random.randint(0, last) if start is None else min(start, last)
+    indices = np.arange(start, start + window.frames)
+    marks = decode_landmarks(sample, meta.num_frames)[indices] * (window.resolution / meta.resolution)
+    audio = decode_audio(sample, window.sample_rate)
+    first = start * SAMPLES_PER_FRAME
+    chunk = np.zeros(window.audio_samples, np.float32)
+    piece = audio[first:first + window.audio_samples]
+    chunk[: len(piece)] = piece
+    out = {
+        "key": key,
+        "speaker": meta.speaker,
+        "speaker_index": speaker_index(meta.dataset, meta.speaker),
+        "frames": decode_frames(sample, indices, window.resolution),
+        "landmarks": marks.astype(np.float32),
+        "audio": chunk,
+        "frame_start": start,
+        "valid": True,
+    }
+    if window.hr_resolution:
+        out["hr_frames"] = decode_frames(sample, indices, window.hr_resolution)
+    return out
+
+
+def padding_sample(window: ClipWindow) -> dict[str, Any]:
+    """A masked sample (``valid=False``) that evens out the batch counts of evaluation ranks."""
+    r = window.resolution
+    out = {"key": "", "speaker": "", "speaker_index": -1,
+           "frames": np.zeros((window.frames, r, r, 3), np.uint8),
+           "landmarks": np.zeros((window.frames, 68, 2), np.float32),
+           "audio": np.zeros(window.audio_samples, np.float32), "frame_start": 0, "valid": False}
+    if window.hr_resolution:
+        out["hr_frames"] = np.zeros((window.frames, window.hr_resolution, window.hr_resolution, 3), np.uint8)
+    return out
+
+
+def to_unit_range(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float32 [B, T, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
+
+
+def collate(samples: list[dict[str, Any]], skipped: int = 0) -> dict[str, Any]:
+    batch: dict[str, Any] = {
+        "key": [s["key"] for s in samples],
+        "speaker": [s["speaker"] for s in samples],
+        "speaker_index": torch.tensor([s["speaker_index"] for s in samples], dtype=torch.long),
+        "frames": to_unit_range(np.stack([s["frames"] for s in samples])),
+        "landmarks": torch.from_numpy(np.stack([s["landmarks"] for s in samples])),
+        "audio": torch.from_numpy(np.stack([s["audio"] for s in samples])),
+        "frame_start": torch.tensor([s["frame_start"] for s in samples], dtype=torch.long),
+        "valid": torch.tensor([s["valid"] for s in samples], dtype=torch.bool),
+        "skipped": torch.tensor(skipped, dtype=torch.long),
+    }
+    if "hr_frames" in samples[0]:
+        batch["hr_frames"] = to_unit_range(np.stack([s["hr_frames"] for s in samples]))
+    return batch
+
+
+def worker_slot() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+class ClipStream(IterableDataset):
+    """Batches of clip windows from a list of shards, for one rank (see the module docstring)."""
+
+    def __init__(self, shards: list[str], window: ClipWindow, batch_size: int, *, train: bool, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, epoch: int = 0, batches: int = 0,
+                 shard_counts: list[int] | None = None, shuffle_buffer: int = 256):
+        self.shards, self.window, self.batch_size, self.train = list(shards), window, batch_size, train
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
+        self.batches, self.shuffle_buffer = batches, shuffle_buffer
+        self.shard_counts = shard_counts or [0] * len(self.shards)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = worker_slot()
+        counter = SkipCounter()
+        if self.train:
+            yield from self._train_batches(worker, num_workers, counter)
+        else:
+            yield from self._eval_batches(worker, num_workers, counter)
+
+    def _rng(self, worker: int) -> random.Random:
+        return random.Random(hash((self.seed, self.epoch, self.rank, worker)) & 0xFFFFFFFF)
+
+    def _decoded(self, urls: Iterator[str], counter: SkipCounter, start: int | None) -> Iterator[dict[str, Any]]:
+        for sample in tarfile_to_samples(({"url": u} for u in urls), handler=counter.handler):
+            try:
+                yield decode_window(sample, self.window, start)
+            except SampleError as exc:
+                counter.add("sample", str(exc))
+
+    def _train_batches(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        rng = self._rng(worker)
+        random.seed(rng.random())  # the window starts drawn in decode_window follow the same seed
+        urls = (rng.choice(self.shards) for _ in iter(int, 1))
+        buffer: list[dict[str, Any]] = []
+        batch: list[dict[str, Any]] = []
+        remaining = self.batches // num_workers + (1 if worker < self.batches % num_workers else 0)
+        for sample in self._decoded(urls, counter, None):
+            if remaining <= 0:
+                return
+            buffer.append(sample)
+            if len(buffer) < self.shuffle_buffer:
+                continue
+            batch.append(buffer.pop(rng.randrange(len(buffer))))
+            if len(batch) == self.batch_size:
+                yield collate(batch, counter.take())
+                batch, remaining = [], remaining - 1
+        raise RuntimeError(f"training shards {self.shards[:3]}... yielded no readable samples")
+
+    def _eval_shards(self, worker: int, num_workers: int) -> list[list[int]]:
+        """Shard indices per (rank, worker): rank r takes shards r::world, its worker w every num_workers-th."""
+        return [[i for i in range(len(self.shards)) if i % self.world_size == r][worker::num_workers]
+                for r in range(self.world_size)]
+
+    def _eval_batches(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        per_rank = self._eval_shards(worker, num_workers)
+        mine = per_rank[self.rank]
+        counts = [sum(self.shard_counts[i] for i in shards) for shards in per_rank]
+        target = max(-(-c // self.batch_size) for c in counts)
+        if self.batches:
+            target = min(target, self.batches)
+        produced, batch = 0, []
+        for sample in self._decoded((self.shards[i] for i in mine), counter, 0):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate(batch, counter.take())
+                produced, batch = produced + 1, []
+                if produced >= target:
+                    return
+        while produced < target:
+            batch += [padding_sample(self.window)] * (self.batch_size - len(batch))
+            yield collate(batch, counter.take())
+            produced, batch = produced + 1, []
