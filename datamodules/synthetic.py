@@ -1,0 +1,200 @@
+"""The synthetic talking-face corpus: procedural speakers whose faces and voices are partially correlated.
+
+Each speaker draws two latent factors, ``size`` and ``pitch``. The voice is set by them alone (a longer
+vocal tract and a lower pitch for a larger speaker; see :mod:`datamodules.synth_voice`); the face attributes
+(width, height, eye spacing, skin tone) are each ``sqrt(VOICE_SHARE) * latent + sqrt(1 - VOICE_SHARE) * noise``
+in standard units, so the voice explains about half of their variance, as in real speakers. Everything else
+about a face (jaw shape, hair, eyes, freckles, texture) is independent of the voice.
+
+A clip's mouth opening follows the loudness of the 40 ms of audio under each frame and its width follows the
+vowel; the eyes blink now and then and the head drifts slightly. Frames are 25 fps, audio is 16 kHz with
+exactly 640 samples per frame. The same config and seed give the same frames and audio, byte for byte.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.sample import FPS, SPLITS, Clip, ClipMeta, make_key
+from datamodules.shards import INDEX_NAME, ShardIndex, ShardSetWriter
+from datamodules.synth_face import FaceParams, HAIR_COLOURS, HAIR_STYLES, IRIS_COLOURS, base_layer, head_motion, \
+    render_frame
+from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VoiceParams, frame_envelope, frame_vowels, \
+    synthesise
+
+DATASET = "synthetic"
+VOICE_SHARE = 0.56  # fraction of each correlated face attribute's variance set by the voice latents
+VOWEL_MOUTH_WIDTH = np.array([1.0, 1.08, 1.18, 0.8, 0.68])  # a e i o u: spread for i/e, rounded for o/u
+BLINK_PROFILE = np.array([0.45, 0.0, 0.0, 0.35, 0.8])
+
+
+@dataclass
+class SyntheticConfig:
+    """What synthetic corpus to write."""
+
+    speakers: int = field(default=24, metadata={"help": "number of speakers (at least 3: one per split)"})
+    clips_per_speaker: int = field(default=4, metadata={"help": "clips written for each speaker"})
+    seconds: float = field(default=2.0, metadata={"help": "length of each clip in seconds (rounded to whole 25 fps frames)"})
+    resolution: int = field(default=256, metadata={"help": "frame size in pixels (square; 64 or more)"})
+    seed: int = field(default=0, metadata={"help": "seed of speakers, speech and motion: same seed, same corpus"})
+    shard_size: int = field(default=64, metadata={"help": "clips per WebDataset shard"})
+    val_speakers_fraction: float = field(default=0.17, metadata={"help": "fraction of speakers held out for val (at least 1)"})
+    test_speakers_fraction: float = field(default=0.17, metadata={"help": "fraction of speakers held out for test (at least 1)"})
+
+    @property
+    def frames(self) -> int:
+        """Frames per clip."""
+        return int(round(self.seconds * FPS))
+
+
+@dataclass
+class Speaker:
+    """A synthetic speaker: its id, latent factors, face and voice."""
+
+    id: str
+    latents: dict[str, float]
+    face: FaceParams
+    voice: VoiceParams
+
+    def truth(self) -> dict:
+        """Ground truth stored in every clip's ``meta.extra``."""
+        return {"latents": {k: round(v, 6) for k, v in self.latents.items()},
+                "face_attributes": self.face.to_dict(), "voice": self.voice.to_dict()}
+
+
+def check_config(cfg: SyntheticConfig) -> None:
+    """Raise ValueError naming the option, what is wrong and what to do."""
+    problems = []
+    if cfg.speakers < 3:
+        problems.append(f"speakers={cfg.speakers}: need at least 3 speakers so that train, val and test each get one")
+    if cfg.clips_per_speaker < 1:
+        problems.append(f"clips_per_speaker={cfg.clips_per_speaker}: must be 1 or more")
+    if not cfg.seconds > 0 or cfg.frames < 1:
+        problems.append(f"seconds={cfg.seconds}: must give at least one 25 fps frame (0.04 s or more)")
+    if cfg.resolution < 64:
+        problems.append(f"resolution={cfg.resolution}: must be 64 pixels or more (the reader downsizes later)")
+    if cfg.shard_size < 1:
+        problems.append(f"shard_size={cfg.shard_size}: must be 1 or more")
+    for name in ("val_speakers_fraction", "test_speakers_fraction"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            problems.append(f"{name}={getattr(cfg, name)}: must be in [0, 1)")
+    if not problems and len(split_speakers(cfg)["train"]) < 1:
+        problems.append(f"val/test fractions {cfg.val_speakers_fraction}/{cfg.test_speakers_fraction} leave no "
+                        f"training speaker out of {cfg.speakers}: lower them or add speakers")
+    if problems:
+        raise ValueError("invalid synthetic corpus options: " + "; ".join(problems))
+
+
+def speaker_id(index: int) -> str:
+    return f"spk{index:03d}"
+
+
+def split_speakers(cfg: SyntheticConfig) -> dict[str, list[str]]:
+    """Speaker-disjoint splits, seeded; val and test get at least one speaker each."""
+    order = np.random.default_rng([cfg.seed, 7919]).permutation(cfg.speakers)
+    n_val = max(1, int(round(cfg.val_speakers_fraction * cfg.speakers)))
+    n_test = max(1, int(round(cfg.test_speakers_fraction * cfg.speakers)))
+    ids = [speaker_id(int(i)) for i in order]
+    return {"test": sorted(ids[:n_test]), "val": sorted(ids[n_test:n_test + n_val]),
+            "train": sorted(ids[n_test + n_val:])}
+
+
+def draw_speaker(seed: int, index: int) -> Speaker:
+    """The speaker ``index`` of a seed (independent of how many speakers the corpus has)."""
+    rng = np.random.default_rng([seed, index, 1])
+    size, own_voice = rng.normal(size=2)
+    noise = rng.normal(size=4)
+    shared, own = np.sqrt(VOICE_SHARE), np.sqrt(1.0 - VOICE_SHARE)
+    width, height, eyes, tone = shared * size + own * noise
+    voice = VoiceParams(
+        f0=float(np.clip(150.0 * np.exp(-0.24 * size + 0.07 * own_voice), 70.0, 320.0)),
+        vocal_tract_scale=float(np.exp(0.075 * size)),
+        intonation=float(rng.uniform(0.04, 0.1)), jitter=float(rng.uniform(0.004, 0.012)),
+        breathiness=float(rng.uniform(0.01, 0.05)), speech_rate=float(rng.uniform(3.5, 5.5)),
+    )
+    face_width = float(np.clip(62.0 + 5.0 * width, 46.0, 78.0))
+    eye_spacing = float(np.clip(24.0 + 2.2 * eyes, 18.0, 30.0))
+    face = FaceParams(
+        face_width=face_width, face_height=float(np.clip(92.0 + 6.0 * height, 74.0, 110.0)),
+        jaw_squareness=float(rng.uniform(2.0, 3.4)), eye_spacing=eye_spacing,
+        eye_size=float(eye_spacing * rng.uniform(0.38, 0.46)),
+        skin_tone=float(np.clip(0.5 + 0.22 * tone, 0.0, 1.0)),
+        hair_colour=int(rng.integers(len(HAIR_COLOURS))), hair_darkness=float(rng.uniform(0.7, 1.2)),
+        hair_style=int(rng.integers(len(HAIR_STYLES))), iris_colour=int(rng.integers(len(IRIS_COLOURS))),
+        brow_thickness=float(rng.uniform(2.0, 4.5)), nose_width=float(face_width * rng.uniform(0.18, 0.26)),
+        mouth_width=float(face_width * rng.uniform(0.3, 0.38)), lip_thickness=float(rng.uniform(3.0, 6.0)),
+        freckles=float(rng.uniform(0.0, 1.0) ** 1.5), texture=float(rng.uniform(0.6, 1.6)),
+    )
+    return Speaker(speaker_id(index), {"size": float(size), "voice_own": float(own_voice)}, face, voice)
+
+
+def mouth_track(audio: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame mouth opening (0-1, from the frame's audio envelope) and width factor (from the vowel)."""
+    env = frame_envelope(audio)
+    opening = np.clip(1.1 * env / max(float(env.max()), 1e-6) - 0.06, 0.0, 1.0)
+    vowels = frame_vowels(labels)
+    target = np.where(vowels == NO_VOWEL, 1.0, VOWEL_MOUTH_WIDTH[np.maximum(vowels, 0)])
+    width = np.empty_like(target)
+    width[0] = target[0]
+    for t in range(1, len(target)):
+        width[t] = 0.4 * width[t - 1] + 0.6 * target[t]
+    return opening, width
+
+
+def blink_track(frames: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-frame eye openness: 1 open, 0 shut; a blink every 2-5 s."""
+    openness = np.ones(frames)
+    t = int(rng.uniform(0.2, 3.0) * FPS)
+    while t < frames:
+        end = min(t + len(BLINK_PROFILE), frames)
+        openness[t:end] = BLINK_PROFILE[: end - t]
+        t += int(rng.uniform(2.0, 5.0) * FPS)
+    return openness
+
+
+def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: int, split: str) -> Clip:
+    """One clip of a speaker: speech, the frames that say it and their landmarks."""
+    rng = np.random.default_rng([cfg.seed, int(speaker.id[3:]), index + 2])
+    frames = cfg.frames
+    audio, labels = synthesise(speaker.voice, frames * SAMPLES_PER_FRAME / 16000.0, rng)
+    opening, width = mouth_track(audio, labels)
+    eyes = blink_track(frames, rng)
+    pose = head_motion(frames, rng)
+    images = np.empty((frames, cfg.resolution, cfg.resolution, 3), np.uint8)
+    marks = np.empty((frames, 68, 2), np.float32)
+    for t in range(frames):
+        images[t], marks[t] = render_frame(base, speaker.face, pose[t], eyes[t], opening[t], width[t])
+    video = f"v{index:03d}"
+    extra = speaker.truth() | {"mouth_opening": [round(float(v), 4) for v in opening],
+                               "eye_openness": [round(float(v), 3) for v in eyes]}
+    meta = ClipMeta(dataset=DATASET, speaker=speaker.id, video=video, clip=0, split=split, num_frames=frames,
+                    start=0.0, end=frames / FPS, resolution=cfg.resolution,
+                    crop_box=[0.0, 0.0, float(cfg.resolution), float(cfg.resolution)], extra=extra)
+    return Clip(make_key(DATASET, speaker.id, video, 0), images, audio, marks, meta)
+
+
+def speaker_clips(cfg: SyntheticConfig, index: int, split: str):
+    """The clips of speaker ``index``, generated one at a time."""
+    speaker = draw_speaker(cfg.seed, index)
+    base = base_layer(speaker.face, cfg.resolution, np.random.default_rng([cfg.seed, index, 0]))
+    for clip in range(cfg.clips_per_speaker):
+        yield make_clip(speaker, base, cfg, clip, split)
+
+
+def write_synthetic_corpus(out: str | Path, cfg: SyntheticConfig | None = None) -> ShardIndex:
+    """Write the corpus as WebDataset shards under ``out`` (one folder per split) and return its index."""
+    cfg = cfg or SyntheticConfig()
+    check_config(cfg)
+    out = Path(out)
+    if (out / INDEX_NAME).exists() or any((out / s).glob("*.tar") for s in SPLITS):
+        raise ValueError(f"{out} already holds a shard set: choose an empty --out folder or delete it first")
+    splits = split_speakers(cfg)
+    split_of = {spk: split for split, ids in splits.items() for spk in ids}
+    extra = {"synthetic": {"config": asdict(cfg), "speakers": splits, "voice_share": VOICE_SHARE}}
+    with ShardSetWriter(out, DATASET, shard_size=cfg.shard_size, prefix=DATASET, extra=extra) as writer:
+        for index in range(cfg.speakers):
+            for clip in speaker_clips(cfg, index, split_of[speaker_id(index)]):
+                writer.write(clip)
+    return ShardIndex.load(out)
