@@ -1,0 +1,161 @@
+"""SAW: sample-adaptive weighting of the face prior, a(speech) in (0, 1) per latent channel.
+
+A small network maps the ConRe speech embedding to a. It learns through the portrait denoiser's diffusion
+loss, with x0 = z - a * z_prior and a given to the denoiser, so the per-sample loss (before reduction) depends
+on a; the denoiser stays frozen unless ``joint``. A regulariser pulls a towards the dataset-level value.
+How much a varies across speakers is logged as ``val/saw_a_std``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.autoencoder import decode_latents, encode_latents, load_vae
+from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.nets.portrait_denoiser import PortraitDenoiser
+from lightning_modules.portrait_diffusion import (ResidualDiffusion, dataset_prior_weights, image_grid,
+                                                  load_portrait_denoiser)
+from lightning_modules.stagefile import StageFile
+
+
+@dataclass
+class SAWConfig(StageConfig):
+    """SAW: the weighting network and how it trains."""
+
+    name: str = "saw"
+    lr: float = 1e-4
+    hidden_dim: int = field(default=256, metadata={"help": "hidden width of the weighting MLP"})
+    joint: bool = field(default=False, metadata={"help": "train the denoiser together with SAW (else frozen)"})
+    reg_weight: float = field(default=0.1, metadata={"help": "weight of the pull of a towards the dataset-level value"})
+    cond_dropout: float = field(default=0.1, metadata={"help": "condition dropout when joint (keeps guidance working)"})
+    sample_steps: int = field(default=50, metadata={"help": "sampling steps for the logged grid"})
+    guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance for the logged grid"})
+    media_samples: int = field(default=4, metadata={"help": "rows in the logged grid"})
+    monitor: str = "val/diffusion"
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        if self.hidden_dim < 1 or self.reg_weight < 0:
+            errors.append("stage.hidden_dim must be >= 1 and stage.reg_weight >= 0")
+        return errors
+
+
+class SampleAdaptiveWeighting(nn.Module):
+    """Speech embedding [B, E] -> prior weight a [B, C] in (0, 1); starts at the dataset-level value."""
+
+    def __init__(self, embed_dim: int, channels: int, hidden_dim: int = 256, initial: float = 1.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim), nn.SiLU(),
+                                 nn.Linear(hidden_dim, channels))
+        initial = min(max(initial, 1e-3), 1 - 1e-3)
+        nn.init.normal_(self.net[-1].weight, std=1e-2)
+        nn.init.constant_(self.net[-1].bias, math.log(initial / (1 - initial)))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(embedding))
+
+
+def build_saw(cfg: Any, denoiser: PortraitDenoiser, prior_weight: float) -> SampleAdaptiveWeighting:
+    hidden = cfg.get("hidden_dim", 256) if isinstance(cfg, dict) else cfg.hidden_dim
+    return SampleAdaptiveWeighting(denoiser.speech_encoder.embed_dim, denoiser.prior_mean.shape[0], hidden, prior_weight)
+
+
+def load_saw(saw_file: StageFile, portrait: StageFile, conre: StageFile,
+             use_ema: bool = True) -> tuple[PortraitDenoiser, SampleAdaptiveWeighting]:
+    """(denoiser, weighting network) from an exported saw file: the denoiser as SAW trained with it."""
+    denoiser = load_portrait_denoiser(portrait, conre, weights=saw_file, prefix="denoiser", use_ema=use_ema)
+    saw = build_saw(saw_file.config, denoiser, float(portrait.config.get("prior_weight", 0.8)))
+    saw.load_state_dict(saw_file.sub_state("saw", use_ema))
+    return denoiser, saw.eval().requires_grad_(False)
+
+
+class SAWStage(StageModule):
+    config_class = SAWConfig
+    requires = ("conre", "autoencoder", "portrait_diffusion")
+
+    def __init__(self, cfg: SAWConfig, data, stages_dir: str = "", max_steps: int = 1000):
+        super().__init__(cfg, data, stages_dir, max_steps)
+        conre = self.load_required("conre")
+        self.vae, scaling, self.vae_hash = load_vae(self.load_required("autoencoder"))
+        self.register_buffer("scaling_factor", torch.tensor(scaling))
+        portrait = self.load_required("portrait_diffusion")
+        self.portrait_cfg = dict(portrait.config)
+        self.denoiser = load_portrait_denoiser(portrait, conre)
+        self.denoiser.requires_grad_(False)
+        if cfg.joint:
+            for name, p in self.denoiser.named_parameters():
+                p.requires_grad_(not name.startswith("speech_encoder.") or self.portrait_cfg.get("finetune_speech", False))
+        self.prior_weight = float(self.portrait_cfg.get("prior_weight", 0.8))
+        self.saw = build_saw(cfg, self.denoiser, self.prior_weight)
+        self.diffusion = ResidualDiffusion(self.portrait_cfg)
+        self.loss_weights = {"diffusion": 1.0, "saw_reg": cfg.reg_weight}
+        self._val_weights: list[torch.Tensor] = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vae.eval()
+        if not self.cfg.joint:
+            self.denoiser.eval()
+        return self
+
+    def prior_weights(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context, a(speech)) for a batch of speech."""
+        context, embedding = self.denoiser.speech(audio)
+        return context, self.saw(embedding)
+
+    def losses_for(self, latents: torch.Tensor, context: torch.Tensor, a: torch.Tensor,
+                   noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample diffusion loss of x0 = z - a * z_prior and the regulariser, before reduction."""
+        x0 = self.denoiser.residual(latents, a)
+        diffusion = self.diffusion.loss(self.denoiser, x0, context, a, noise, timesteps)
+        reg = (a - self.prior_weight).square().mean(dim=1)
+        return {"diffusion": diffusion, "saw_reg": reg}
+
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            latents = encode_latents(self.vae, batch["frames"][:, 0], self.scaling_factor)
+        context, a = self.prior_weights(batch["audio"])
+        if self.training and self.cfg.joint and self.cfg.cond_dropout > 0:
+            drop = torch.rand(len(context), device=context.device) < self.cfg.cond_dropout
+            context = self.denoiser.drop_condition(context, drop)
+        return self.losses_for(latents, context, a)
+
+    def validation_metrics(self, batch: dict[str, Any]) -> None:
+        _, a = self.prior_weights(batch["audio"])
+        valid = batch.get("valid")
+        self._val_weights.append((a if valid is None else a[valid]).detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_weights:
+            return
+        a = torch.cat(self._val_weights)
+        self._val_weights.clear()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            a = self.all_gather(a).flatten(0, 1)
+        std = a.std(dim=0, unbiased=False).mean() if len(a) > 1 else torch.zeros((), device=a.device)
+        self.log("val/saw_a_std", std, rank_zero_only=True)
+        self.log("val/saw_a_mean", a.mean(), rank_zero_only=True)
+
+    @torch.no_grad()
+    def generate(self, audio: torch.Tensor, use_saw: bool = True, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        """Portraits in [-1, 1] with a(speech) (or the dataset-level a), EMA weights."""
+        generator = torch.Generator().manual_seed(seed)
+        with self.ema_scope():
+            context, a = self.prior_weights(audio)
+            if not use_saw:
+                a = dataset_prior_weights(self.portrait_cfg, len(audio), a.shape[1], audio.device)
+            latents = self.diffusion.sample(self.denoiser, context, a, steps or self.cfg.sample_steps,
+                                            self.cfg.guidance_scale, generator)
+        return decode_latents(self.vae, latents, self.scaling_factor)
+
+    @torch.no_grad()
+    def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
+        """Rows of (real face | dataset-level a | a from SAW), same noise in both."""
+        n = min(self.cfg.media_samples, len(batch["key"]))
+        audio = batch["audio"][:n]
+        grid = image_grid([batch["frames"][:n, 0], self.generate(audio, use_saw=False), self.generate(audio)])
+        return {"saw_portraits": Media(image=grid, caption="real | dataset-level a | SAW a(speech)")}
