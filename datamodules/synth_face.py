@@ -18,7 +18,7 @@ HAIR_STYLES = ("short", "long", "curly")
 HAIR_COLOURS = np.array([[35, 28, 24], [95, 62, 38], [196, 164, 108], [150, 72, 36], [150, 150, 152]], float)
 IRIS_COLOURS = np.array([[92, 58, 30], [60, 100, 150], [70, 110, 70], [40, 30, 25]], float)
 LIGHT_SKIN, DARK_SKIN = np.array([238, 203, 178], float), np.array([98, 62, 42], float)
-MOUTH_INSIDE, TEETH = (62, 18, 26), (232, 226, 214)
+MOUTH_INSIDE, TEETH = (42, 12, 18), (232, 226, 214)
 
 
 @dataclass
