@@ -31,7 +31,6 @@ class JobSpec:
     profile_name: str = "profile"
     workdir: str = "."
     wandb_run_id: str = ""
-    wandb_group: str = ""
     array_overrides: list[list[str]] = field(default_factory=list)
 
     @property
@@ -138,16 +137,14 @@ def master_addr(profile: SlurmProfile) -> str:
 
 
 def wandb_env(job: JobSpec) -> str:
-    """W&B identity of this submission; a requeued run keeps it (the run folder's saved id wins on resume)."""
+    """The W&B run id a fresh run takes (array task i: ``<id>-<i>``); a run folder's saved ``wandb_id`` wins, so a
+    requeued or resubmitted run continues its own W&B run."""
     if not job.wandb_run_id:
         return ""
     run_id = shlex.quote(job.wandb_run_id)
     if job.is_array:
         run_id += '"-${SLURM_ARRAY_TASK_ID}"'
-    lines = [f"export WANDB_RUN_ID={run_id}"]
-    if job.wandb_group:
-        lines.append(f"export WANDB_RUN_GROUP={shlex.quote(job.wandb_group)}")
-    return "\n".join(lines)
+    return f"export SEESPEAKER_WANDB_ID={run_id}"
 
 
 def export_lines(env: dict[str, str], keep_existing: bool = False) -> str:

@@ -100,13 +100,13 @@ def read_array_file(path: str | Path) -> list[list[str]]:
 
 def new_job(nodes: int, tasks_per_node: int, train_args: list[str], profile_name: str,
             array_overrides: list[list[str]] | None = None, workdir: str | None = None) -> JobSpec:
-    """A job with its name, working folder and a fresh W&B run id (and group, for an array)."""
+    """A job with its name, working folder and a fresh W&B run id."""
     name = job_name_from(train_args)
     submit_id = uuid.uuid4().hex[:8]
     array_overrides = array_overrides or []
     return JobSpec(nodes=nodes, tasks_per_node=tasks_per_node, train_args=list(train_args), job_name=name,
                    profile_name=profile_name, workdir=workdir or os.getcwd(), wandb_run_id=f"{name}-{submit_id}",
-                   wandb_group=f"{name}-{submit_id}" if array_overrides else "", array_overrides=array_overrides)
+                   array_overrides=array_overrides)
 
 
 def find_sbatch(env: dict | None = None) -> str:

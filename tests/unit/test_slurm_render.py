@@ -143,7 +143,7 @@ def test_wandb_api_key_never_appears_in_the_script(monkeypatch, capsys):
     script = capsys.readouterr().out
     assert code == 0 and script.startswith("#!/bin/bash")
     assert secret not in script and "WANDB_API_KEY" not in script
-    assert "export WANDB_RUN_ID=seespeaker-conre-" in script
+    assert "export SEESPEAKER_WANDB_ID=seespeaker-conre-" in script
 
 
 def test_the_command_after_the_separator_must_be_train():

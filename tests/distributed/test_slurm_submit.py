@@ -1,0 +1,150 @@
+"""`seespeaker slurm submit` on a real two-node SLURM cluster: plain jobs, 2-node DDP training, requeue, SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_STEPS = 8
+
+
+def seespeaker(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (``python -m trainer.cli`` is the ``seespeaker`` console script)."""
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A tiny synthetic corpus (4 speakers, 1 s clips), written once for this module."""
+    out = tmp_path_factory.mktemp("slurm-corpus") / "data"
+    result = seespeaker("prepare", "synthetic", "--out", str(out), "--speakers", "4", "--clips-per-speaker", "2",
+                        "--seconds", "1", "--resolution", "64", env=job_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def job_env(cluster=None) -> dict:
+    """The submitting shell's environment: one thread per process, W&B offline, the cluster's clients on PATH."""
+    env = cluster.env() if cluster is not None else dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=str(REPO))
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def train_words(corpus: Path, out: Path, steps: int = TRAIN_STEPS, **extra: str) -> list[str]:
+    words = {"data.root": str(corpus), "experiment.output_root": str(out), "trainer.strategy": "ddp",
+             "trainer.max_steps": str(steps), "data.batch_size": "4", "data.samples_per_epoch": "64",
+             "trainer.val_check_interval": "4", "trainer.limit_val_batches": "1", "trainer.log_every_n_steps": "1",
+             "trainer.checkpoint_every_n_steps": "4", "trainer.process_timeout_s": "60", **extra}
+    return ["train", "experiment=tiny", "stage=conre", *(f"{k}={v}" for k, v in words.items())]
+
+
+def submit(cluster, workdir: Path, words: list[str]) -> str:
+    """`seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 -- <words>`; returns the job id."""
+    result = seespeaker("slurm", "submit", "--profile", "local_cpu", "--nodes", "2", "--tasks-per-node", "1",
+                        "--", *words, env=job_env(cluster), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^Submitted batch job (\d+)$", result.stdout, re.MULTILINE)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def job_log(workdir: Path, job: str) -> str:
+    logs = list((workdir / "slurm-logs").glob(f"*-{job}.out"))
+    return logs[0].read_text(errors="replace") if logs else ""
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    """The ``step`` of every row of the run's metrics.jsonl, in file order."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [int(row["step"]) for row in rows if "step" in row]
+
+
+def wait_for_step(cluster, job: str, run_dir: Path, step: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if max(metric_steps(run_dir), default=-1) >= step:
+            return
+        assert cluster.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), cluster.job_info(job)
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not reach step {step} in {timeout}s")
+
+
+def test_two_nodes_run_one_task_each(slurm_cluster, tmp_path):
+    script = ("#!/bin/bash\n#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n#SBATCH --output=out-%j.txt\n"
+              "srun --label bash -c 'echo host=$(hostname) procid=$SLURM_PROCID node=$SLURM_NODEID "
+              "ntasks=$SLURM_NTASKS; getent hosts node1'\n")
+    job = slurm_cluster.sbatch(script, cwd=tmp_path)
+    assert slurm_cluster.wait(job, timeout=30) == "COMPLETED"
+    text = (tmp_path / f"out-{job}.txt").read_text()
+    tasks = sorted(re.findall(r"^(\d): host=(\S+) procid=(\d) node=(\d) ntasks=(\d)$", text, re.MULTILINE))
+    assert tasks == [("0", "node1", "0", "0", "2"), ("1", "node2", "1", "1", "2")], text
+    assert text.count("10.77.0.1") == 2  # both nodes resolve the rendezvous host
+
+
+def test_submit_trains_two_node_ddp_to_completion(slurm_cluster, corpus, tmp_path):
+    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out"))
+    state = slurm_cluster.wait(job, timeout=150)
+    log = job_log(tmp_path, job)
+    assert state == "COMPLETED", log[-4000:]
+    for rank in (0, 1):  # srun --label prefixes each line with the task's rank
+        assert re.search(rf"^{rank}: .*GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2", log, re.MULTILINE), log[-4000:]
+        assert re.search(rf"^{rank}: .*node_rank={rank}\b.*world_size=2\b", log, re.MULTILINE), log[-4000:]
+    run_dir = tmp_path / "out" / "tiny" / "conre"
+    assert list((run_dir / "checkpoints").glob("*.ckpt")), sorted(p.name for p in run_dir.rglob("*"))
+    assert max(metric_steps(run_dir)) == TRAIN_STEPS
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    wandb_id = (run_dir / "wandb_id").read_text().strip()
+    assert len(runs) == 1 and runs[0].name.endswith(f"-{wandb_id}")  # rank 0 only makes a W&B run
+
+
+def test_requeue_signal_saves_requeues_and_resumes_the_same_run(slurm_cluster, corpus, tmp_path):
+    steps = 40
+    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out", steps, **{"run.name": "rq"}))
+    run_dir = tmp_path / "out" / "tiny" / "conre-rq"
+    wait_for_step(slurm_cluster, job, run_dir, 6)
+    wandb_id = (run_dir / "wandb_id").read_text().strip()
+    slurm_cluster.client("scancel", "--signal=USR2", job)
+    state = slurm_cluster.wait(job, timeout=180, states={"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    log = job_log(tmp_path, job)
+    info = slurm_cluster.job_info(job)
+    assert state == "COMPLETED", log[-4000:]
+    assert info["Restarts"] == "1", info
+    assert "restart 1 on" in log  # SLURM_RESTART_COUNT=1 in the requeued run
+    resumed = re.search(r"resuming from (\S+) .*step (\d+)", log)
+    assert resumed, log[-4000:]
+    resumed_step = int(resumed.group(2))
+    assert 6 <= resumed_step < steps
+    assert (run_dir / "wandb_id").read_text().strip() == wandb_id
+    segments = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and all(p.name.endswith(f"-{wandb_id}") for p in segments)
+    order = metric_steps(run_dir)
+    restart_at = next(i for i in range(1, len(order)) if order[i] < order[i - 1])
+    assert min(order[restart_at:]) >= resumed_step  # the step count continues, not from 0
+    assert max(order) == steps
+
+
+def test_sigterm_saves_a_checkpoint_before_the_job_ends(slurm_cluster, corpus, tmp_path):
+    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out", 400, **{"run.name": "term",
+                                                                                     "trainer.checkpoint_every_n_steps": "0"}))
+    run_dir = tmp_path / "out" / "tiny" / "conre-term"
+    wait_for_step(slurm_cluster, job, run_dir, 3)
+    slurm_cluster.client("scancel", "--signal=TERM", job)
+    slurm_cluster.wait(job, timeout=60)
+    log = job_log(tmp_path, job)
+    saved = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert saved, log[-4000:]
+    assert "SIGTERM" in log, log[-4000:]
