@@ -1,0 +1,249 @@
+"""Stage 2a: holistic motion in a latent space, and the motion-conditioned frame-latent diffusion.
+
+Trained jointly on windows of ``window_frames`` frames (after ``context_frames`` frames of motion context):
+
+- ``landmark``: the motion encoder's groups reconstruct their own landmarks (keeps the groups meaningful);
+- ``motion``: the temporal transformer denoises the window's (stop-gradient) motion latents from the per-frame
+  log-mel features and the frozen ConRe speaker embedding, given the motion before the window (dropped at
+  ``context_dropout``, so that a video can start without it);
+- ``frame``: the UNet denoises the latents of ``frames_per_clip`` frames of the window given the portrait
+  (reference) latent, the ``previous_frames`` latents before each frame, noise-augmented by a random step up to
+  ``prev_noise_max_step`` (the step is given to the network), the frame's motion latent and its audio.
+
+Generation (``generate_motion_video`` in :mod:`lightning_modules.motion_generation`) runs the same networks over
+sliding windows.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.motion_generation import FrozenParts, MotionParts, generate_motion_video
+from lightning_modules.nets.audio_features import LogMel
+from lightning_modules.nets.motion import (FrameDenoiser, MotionDenoiser, MotionEncoder, audio_context,
+                                           build_frame_unet, check_landmarks)
+from lightning_modules.video_io import to_uint8_frames, write_mp4
+
+
+@dataclass
+class MotionDiffusionConfig(StageConfig):
+    """Motion latents, the temporal motion transformer and the frame-latent UNet."""
+
+    name: str = "motion_diffusion"
+    window_frames: int = field(default=16, metadata={"help": "frames per generated window"})
+    context_frames: int = field(default=4, metadata={"help": "motion frames of the previous window the transformer sees"})
+    previous_frames: int = field(default=2, metadata={"help": "previous frame latents concatenated to the UNet input"})
+    lips_dim: int = field(default=32, metadata={"help": "motion latent size of the lips group"})
+    expression_dim: int = field(default=16, metadata={"help": "motion latent size of the expression (brows) group"})
+    eyes_dim: int = field(default=8, metadata={"help": "motion latent size of the eyes group"})
+    pose_dim: int = field(default=8, metadata={"help": "motion latent size of the head pose group"})
+    encoder_hidden: int = field(default=256, metadata={"help": "hidden width of each group's landmark MLP"})
+    transformer_width: int = field(default=512, metadata={"help": "motion transformer width"})
+    transformer_layers: int = field(default=8, metadata={"help": "motion transformer layers"})
+    transformer_heads: int = field(default=8, metadata={"help": "motion transformer attention heads"})
+    unet_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280], metadata={"help": "UNet block widths"})
+    unet_layers: int = field(default=2, metadata={"help": "UNet layers per block"})
+    cross_attention_dim: int = field(default=768, metadata={"help": "width of the motion/audio tokens"})
+    attention_head_dim: int = field(default=8, metadata={"help": "UNet attention heads setting (diffusers' attention_head_dim)"})
+    audio_radius: int = field(default=2, metadata={"help": "audio tokens per frame: the frame and this many neighbours each side"})
+    n_mels: int = field(default=80, metadata={"help": "log-mel bins of the audio features"})
+    speaker_dim: int = field(default=512, metadata={"help": "ConRe speaker embedding size (read from the conre stage)"})
+    num_train_timesteps: int = field(default=1000, metadata={"help": "DDPM training steps"})
+    prediction_type: str = field(default="epsilon", metadata={"help": "what the networks predict", "choices": ("epsilon", "v_prediction", "sample")})
+    prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous frames in training"})
+    context_dropout: float = field(default=0.2, metadata={"help": "probability of training the transformer without motion context"})
+    frames_per_clip: int = field(default=4, metadata={"help": "frames of each window rendered per training step"})
+    motion_weight: float = field(default=1.0, metadata={"help": "weight of the motion diffusion loss"})
+    frame_weight: float = field(default=1.0, metadata={"help": "weight of the frame diffusion loss"})
+    landmark_weight: float = field(default=1.0, metadata={"help": "weight of the landmark reconstruction loss"})
+    motion_steps: int = field(default=50, metadata={"help": "DDIM steps for motion sampling"})
+    frame_steps: int = field(default=50, metadata={"help": "DDIM steps per frame"})
+    media_frames: int = field(default=50, metadata={"help": "frames of the logged validation video"})
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        for name in ("window_frames", "previous_frames", "frames_per_clip", "motion_steps", "frame_steps"):
+            if getattr(self, name) <= 0:
+                errors.append(f"stage.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.context_frames < self.window_frames:
+            errors.append(f"stage.context_frames must be in [0, window_frames), got {self.context_frames}")
+        if not 0 <= self.prev_noise_max_step < self.num_train_timesteps:
+            errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), got {self.prev_noise_max_step}")
+        return errors
+
+    def group_dims(self) -> dict[str, int]:
+        return {"lips": self.lips_dim, "expression": self.expression_dim, "eyes": self.eyes_dim, "pose": self.pose_dim}
+
+
+def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, latent_size: int):
+    """(motion encoder, motion transformer, frame denoiser) of a config."""
+    encoder = MotionEncoder(cfg.group_dims(), cfg.encoder_hidden)
+    audio_dim = 4 * cfg.n_mels
+    transformer = MotionDenoiser(encoder.dim, audio_dim, cfg.speaker_dim, cfg.transformer_width,
+                                 cfg.transformer_layers, cfg.transformer_heads, cfg.context_frames,
+                                 max_frames=cfg.window_frames)
+    unet = build_frame_unet(latent_channels, cfg.previous_frames, list(cfg.unet_channels), cfg.cross_attention_dim,
+                            cfg.unet_layers, cfg.attention_head_dim, latent_size)
+    return encoder, transformer, FrameDenoiser(unet, cfg.group_dims(), audio_dim, cfg.previous_frames)
+
+
+def diffusion_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(clean, noise, t)
+    return clean
+
+
+def augment_previous(scheduler: DDPMScheduler, previous: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Noise the previous-frame latents [N, ...] to ``steps`` [N]; step 0 leaves a latent exactly as it was."""
+    noisy = scheduler.add_noise(previous, torch.randn_like(previous), steps)
+    keep = (steps == 0).view(-1, *([1] * (previous.ndim - 1)))
+    return torch.where(keep, previous, noisy)
+
+
+def previous_latents(latents: torch.Tensor, index: torch.Tensor, reference: torch.Tensor, count: int) -> torch.Tensor:
+    """latents [B, T, C, h, w], frame index [B] -> the ``count`` latents before it, oldest first, channels stacked
+    [B, count * C, h, w]; positions before the clip are the reference (portrait) latent."""
+    out = []
+    for lag in range(count, 0, -1):
+        j = index - lag
+        picked = latents[torch.arange(len(index), device=index.device), j.clamp_min(0)]
+        out.append(torch.where((j >= 0).view(-1, 1, 1, 1), picked, reference))
+    return torch.cat(out, dim=1)
+
+
+class MotionDiffusionStage(StageModule):
+    config_class = MotionDiffusionConfig
+    requires = ("conre", "autoencoder")
+
+    def __init__(self, cfg: MotionDiffusionConfig, data, stages_dir: str = "", max_steps: int = 1000,
+                 frozen: FrozenParts | None = None):
+        super().__init__(cfg, data, stages_dir, max_steps)
+        if data.clip_frames < cfg.window_frames:
+            raise ValueError(f"data.clip_frames={data.clip_frames} is shorter than stage.window_frames="
+                             f"{cfg.window_frames}; set data.clip_frames to at least window_frames + context_frames")
+        self.frozen = frozen or FrozenParts.from_stages(self.load_required("conre"), self.load_required("autoencoder"))
+        cfg.speaker_dim = self.frozen.speaker_dim
+        latent_size = data.resolution // self.frozen.downsample
+        self.motion_encoder, self.motion_denoiser, self.frame_denoiser = build_motion_networks(
+            cfg, self.frozen.latent_channels, latent_size)
+        self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
+                                       beta_schedule="scaled_linear", clip_sample=False)
+        self.mel = LogMel(n_mels=cfg.n_mels)
+        self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight}
+
+    def parts(self) -> MotionParts:
+        """The networks that generation needs, with this stage's config."""
+        return MotionParts(self.cfg, self.motion_denoiser, self.frame_denoiser, self.frozen, self.scheduler,
+                           self.mel, self.data_cfg.resolution, self.data_cfg.fps)
+
+    # ---- conditioning ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def conditioning(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame latents [B, T, C, h, w], per-frame audio features [B, T, 4 * n_mels], speaker [B, S])."""
+        frames = batch["frames"]
+        latents = self.frozen.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+        parts = self.parts()
+        return latents, parts.audio_features(batch["audio"], frames.shape[1]), self.frozen.speaker(batch["audio"])
+
+    # ---- losses ---------------------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        frames, landmarks = batch["frames"], batch["landmarks"]
+        n_frames, cfg = frames.shape[1], self.cfg
+        check_landmarks(landmarks, n_frames)
+        latents, audio, speaker = self.conditioning(batch)
+        motion = self.motion_encoder(landmarks, self.data_cfg.resolution)
+        landmark = self.motion_encoder.reconstruction_error(motion, landmarks, self.data_cfg.resolution).mean(1)
+        start = cfg.context_frames if n_frames >= cfg.window_frames + cfg.context_frames else 0
+        window = slice(start, start + cfg.window_frames)
+        motion_loss = self.motion_loss(motion.detach(), audio, speaker, start, window)
+        frame_loss = self.frame_loss(latents, motion, audio, window)
+        return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark}
+
+    def motion_loss(self, motion, audio, speaker, start: int, window: slice) -> torch.Tensor:
+        clean = motion[:, window]
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
+        noisy = self.scheduler.add_noise(clean, noise, t)
+        context = motion[:, :start] if start > 0 else None
+        has_context = torch.rand(len(clean), device=clean.device) >= self.cfg.context_dropout if start > 0 else None
+        pred = self.motion_denoiser(noisy, t, audio=audio[:, window], speaker=speaker, context=context,
+                                    has_context=has_context)
+        return (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=(1, 2))
+
+    def frame_loss(self, latents, motion, audio, window: slice) -> torch.Tensor:
+        batch, device, cfg = latents.shape[0], latents.device, self.cfg
+        k = min(cfg.frames_per_clip, window.stop - window.start)
+        offsets = torch.stack([torch.randperm(window.stop - window.start, device=device)[:k] for _ in range(batch)])
+        index = (offsets + window.start).flatten()                                   # [B * k]
+        rows = torch.arange(batch, device=device).repeat_interleave(k)
+        reference_index = torch.randint(0, latents.shape[1], (batch,), device=device).repeat_interleave(k)
+        reference = latents[rows, reference_index]
+        previous = previous_latents(latents[rows], index, reference, cfg.previous_frames)
+        aug_steps = torch.randint(0, cfg.prev_noise_max_step + 1, (len(index),), device=device)
+        previous = augment_previous(self.scheduler, previous, aug_steps)
+        clean = latents[rows, index]
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(index),), device=device)
+        noisy = self.scheduler.add_noise(clean, noise, t)
+        sound = audio_context(audio, cfg.audio_radius)[rows, index]
+        pred = self.frame_denoiser(noisy, t, portrait=reference, previous=previous, prev_noise_step=aug_steps,
+                                   motion=motion[rows, index], audio=sound)
+        error = (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=(1, 2, 3))
+        return error.view(batch, k).mean(1)
+
+    # ---- media ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
+        """A generated video of the first validation clip's speech (left) beside the real frames (right)."""
+        per_frame = int(self.data_cfg.sample_rate // self.data_cfg.fps)
+        audio = batch["audio"][0]
+        n_frames = min(self.cfg.media_frames, audio.shape[-1] // per_frame)
+        audio = audio[: n_frames * per_frame]
+        with self.ema_scope():
+            video = generate_motion_video(self.parts(), batch["frames"][0, 0], audio,
+                                          fps=self.data_cfg.fps, sample_rate=self.data_cfg.sample_rate)
+        real = batch["frames"][0]
+        real = torch.cat([real, real[-1:].expand(max(0, len(video) - len(real)), -1, -1, -1)])[: len(video)]
+        side = torch.cat([video.to(real.device), real], dim=-1)
+        path = Path(self._media_dir()) / f"motion_step{self.global_step:07d}.mp4"
+        write_mp4(path, to_uint8_frames(side), audio.float().cpu().numpy(),
+                  fps=int(self.data_cfg.fps), sr=self.data_cfg.sample_rate)
+        return {"generated": Media(video_path=str(path), caption="generated (left) | real (right)")}
+
+    def _media_dir(self) -> str:
+        root = getattr(self.trainer, "default_root_dir", None) if self._trainer is not None else None
+        path = Path(root) / "media" if root else Path(tempfile.mkdtemp(prefix="seespeaker-media-"))
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+
+def load_motion_parts(stages_dir: str | Path, fps: float = 25.0, use_ema: bool = True) -> MotionParts:
+    """Generation networks from exported ``motion_diffusion``, ``autoencoder`` and ``conre`` stage files.
+
+    The portrait may then have any size the VAE divides (the UNet is convolutional); the motion stage's own
+    training resolution is the one it renders best."""
+    from lightning_modules.stagefile import load_stage_file
+    root = Path(stages_dir)
+    stage = load_stage_file(root / "motion_diffusion.safetensors", expect_stage="motion_diffusion")
+    frozen = FrozenParts.from_stages(load_stage_file(root / "conre.safetensors", expect_stage="conre"),
+                                     load_stage_file(root / "autoencoder.safetensors", expect_stage="autoencoder"))
+    known = MotionDiffusionConfig.__dataclass_fields__
+    cfg = MotionDiffusionConfig(**{k: v for k, v in stage.config.items() if k in known})
+    cfg.speaker_dim = frozen.speaker_dim
+    _, transformer, renderer = build_motion_networks(cfg, frozen.latent_channels, latent_size=8)
+    transformer.load_state_dict(stage.sub_state("motion_denoiser", use_ema))
+    renderer.load_state_dict(stage.sub_state("frame_denoiser", use_ema))
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
+                              beta_schedule="scaled_linear", clip_sample=False)
+    return MotionParts(cfg, transformer.eval(), renderer.eval(), frozen, scheduler, LogMel(n_mels=cfg.n_mels),
+                       resolution=0, fps=fps)

@@ -1,0 +1,203 @@
+"""Speech + portrait -> talking-face frames of any length, by sliding windows over the motion stage's networks.
+
+Motion: windows of ``window_frames``; each window's transformer sees the last ``context_frames`` motion latents of
+the window before it (a shorter last window is generated whole on zero-padded audio and cut). Frames: rendered one
+at a time, each frame's UNet input holding the ``previous_frames`` latents generated just before it (the portrait
+latent before the first), so the first frame of window k+1 continues from the last frames of window k. Sampling
+never noise-augments the previous frames (their noise step is 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+from torch import nn
+
+from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
+from lightning_modules.nets.motion import audio_context, frame_audio_features
+from lightning_modules.stagefile import StageFile
+
+
+class GenerationInputError(ValueError):
+    """Speech or a portrait that the motion stage cannot generate from."""
+
+
+class FrozenParts:
+    """The frozen networks the motion stage borrows: the VAE (from ``autoencoder``) and the speech encoder (from
+    ``conre``). Kept outside the module tree, so they are neither trained nor exported with the stage."""
+
+    def __init__(self, vae: AutoencoderKL, scaling_factor: float, speech_encoder: SpeechEncoder, vae_hash: str = ""):
+        self.vae = vae.eval().requires_grad_(False)
+        self.speech_encoder = speech_encoder.eval().requires_grad_(False)
+        self.scaling_factor = float(scaling_factor)
+        self.vae_hash = vae_hash
+
+    @classmethod
+    def from_stages(cls, conre: StageFile, autoencoder: StageFile) -> "FrozenParts":
+        from lightning_modules.autoencoder import load_vae
+        from lightning_modules.conre import load_conre_encoders
+        vae, scaling, vae_hash = load_vae(autoencoder)
+        speech, _ = load_conre_encoders(conre)
+        return cls(vae, scaling, speech, vae_hash)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def speaker_dim(self) -> int:
+        return int(self.speech_encoder.embed_dim)
+
+    def _on(self, module: nn.Module, device: torch.device) -> nn.Module:
+        if next(module.parameters()).device != device:
+            module.to(device)
+        return module
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, R, R] in [-1, 1] -> scaled latents [N, C, R / f, R / f] (the posterior mean)."""
+        vae = self._on(self.vae, images.device)
+        return vae.encode(images.float()).latent_dist.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self._on(self.vae, latents.device)
+        return vae.decode(latents.float() / self.scaling_factor).sample.clamp(-1, 1)
+
+    @torch.no_grad()
+    def speaker(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B, N] -> L2-normalised speaker embedding [B, S]; speech under 0.5 s is zero-padded to it."""
+        encoder = self._on(self.speech_encoder, audio.device)
+        if audio.shape[-1] < MIN_SPEECH_SAMPLES:
+            audio = F.pad(audio, (0, MIN_SPEECH_SAMPLES - audio.shape[-1]))
+        return F.normalize(encoder(audio.float()), dim=-1)
+
+
+@dataclass
+class MotionParts:
+    """Everything generation needs: config, the two denoisers, the frozen parts, the training noise schedule."""
+
+    cfg: Any
+    motion_denoiser: nn.Module
+    frame_denoiser: nn.Module
+    frozen: FrozenParts
+    scheduler: DDPMScheduler
+    mel: nn.Module
+    resolution: int  # the portrait size the stage trained at (0: any size the VAE divides)
+    fps: float = 25.0
+    sample_rate: int = 16000
+
+    def audio_features(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """audio [B, N] -> per-frame log-mel features [B, n_frames, 4 * n_mels], normalised over each utterance."""
+        mel = self._mel_on(audio.device)(audio.float())
+        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
+        return frame_audio_features(mel, n_frames)
+
+    def _mel_on(self, device: torch.device) -> nn.Module:
+        if self.mel.filters.device != device:
+            self.mel.to(device)
+        return self.mel
+
+    def sampler(self, steps: int) -> DDIMScheduler:
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(steps)
+        return sampler
+
+
+def check_generation_inputs(parts: MotionParts, portrait: torch.Tensor, audio: torch.Tensor, fps: float,
+                            sample_rate: int) -> int:
+    """The number of frames the speech covers, or a GenerationInputError saying what to change."""
+    if fps != parts.fps:
+        raise GenerationInputError(f"fps={fps} but the motion_diffusion stage was trained at {parts.fps} fps; "
+                                   f"generate at {parts.fps} fps and resample the video afterwards")
+    if sample_rate != parts.sample_rate:
+        raise GenerationInputError(f"speech at {sample_rate} Hz but the stage expects {parts.sample_rate} Hz; "
+                                   f"resample the speech first")
+    if audio.ndim != 1:
+        raise GenerationInputError(f"speech must be mono [N] samples, got shape {tuple(audio.shape)}")
+    size = parts.resolution or portrait.shape[-1]
+    if portrait.shape != (3, size, size) or size % parts.frozen.downsample:
+        wanted = parts.resolution or f"a multiple of {parts.frozen.downsample}"
+        raise GenerationInputError(f"portrait must be [3, R, R] in [-1, 1] with R = {wanted}, "
+                                   f"got {tuple(portrait.shape)}")
+    n_frames = int(audio.shape[0] * fps // sample_rate)
+    window = parts.cfg.window_frames
+    if n_frames < window:
+        raise GenerationInputError(
+            f"speech of {audio.shape[0] / sample_rate:.2f} s gives {n_frames} frames at {fps:g} fps, shorter than "
+            f"one window of {window} frames ({window / fps:.2f} s); give at least {window / fps:.2f} s of speech")
+    return n_frames
+
+
+@torch.no_grad()
+def sample_motion(parts: MotionParts, audio: torch.Tensor, speaker: torch.Tensor, n_frames: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-frame audio [1, T, D] + speaker [1, S] -> motion latents [1, n_frames, M], window by window."""
+    cfg, device = parts.cfg, audio.device
+    window, context_len = cfg.window_frames, cfg.context_frames
+    motion_dim = parts.motion_denoiser.motion_in.in_features
+    produced: list[torch.Tensor] = []
+    for start in range(0, n_frames, window):
+        feats = audio[:, start:start + window]
+        feats = F.pad(feats, (0, 0, 0, window - feats.shape[1]))
+        context = torch.cat(produced, dim=1)[:, -context_len:] if produced and context_len else None
+        has_context = torch.ones(1, dtype=torch.bool, device=device) if context is not None else None
+        x = torch.randn(1, window, motion_dim, generator=generator).to(device)
+        sampler = parts.sampler(cfg.motion_steps)
+        for t in sampler.timesteps:
+            pred = parts.motion_denoiser(x, t.reshape(1).to(device), audio=feats, speaker=speaker,
+                                         context=context, has_context=has_context)
+            x = sampler.step(pred, t, x).prev_sample
+        produced.append(x[:, :min(window, n_frames - start)])
+    return torch.cat(produced, dim=1)
+
+
+@torch.no_grad()
+def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Frame latents [T, C, h, w], each denoised from the portrait, the latents just before it, its motion and audio."""
+    cfg, device = parts.cfg, portrait_latent.device
+    sounds = audio_context(audio, cfg.audio_radius)
+    history = [portrait_latent] * cfg.previous_frames
+    no_augmentation = torch.zeros(1, dtype=torch.long, device=device)
+    for index in range(motion.shape[1]):
+        previous = torch.cat(history[-cfg.previous_frames:], dim=1)
+        z = torch.randn(portrait_latent.shape, generator=generator).to(device)
+        sampler = parts.sampler(cfg.frame_steps)
+        for t in sampler.timesteps:
+            pred = parts.frame_denoiser(z, t.reshape(1).to(device), portrait=portrait_latent, previous=previous,
+                                        prev_noise_step=no_augmentation, motion=motion[:, index],
+                                        audio=sounds[:, index])
+            z = sampler.step(pred, t, z).prev_sample
+        history.append(z)
+    return torch.cat(history[cfg.previous_frames:], dim=0)
+
+
+@torch.no_grad()
+def generate_motion_video(parts: MotionParts, portrait: torch.Tensor, audio: torch.Tensor, *, fps: float = 25.0,
+                          sample_rate: int = 16000, speaker: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None, return_latents: bool = False):
+    """Portrait [3, R, R] in [-1, 1] + mono speech [N] -> frames [T, 3, R, R] in [-1, 1], T = floor(N * fps / sr).
+
+    ``speaker`` overrides the ConRe embedding of the speech; ``return_latents`` also returns (motion [T, M],
+    frame latents [T, C, h, w]).
+    """
+    n_frames = check_generation_inputs(parts, portrait, audio, fps, sample_rate)
+    device = next(parts.frame_denoiser.parameters()).device
+    audio = audio.to(device).float()
+    features = parts.audio_features(audio[None], n_frames)
+    speaker = parts.frozen.speaker(audio[None]) if speaker is None else speaker.to(device).reshape(1, -1)
+    motion = sample_motion(parts, features, speaker, n_frames, generator)
+    portrait_latent = parts.frozen.encode(portrait[None].to(device))
+    latents = render_frames(parts, portrait_latent, motion, features, generator)
+    frames = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(16)])
+    if return_latents:
+        return frames, motion[0], latents
+    return frames
