@@ -51,9 +51,6 @@ class AutoencoderConfig(StageConfig):
             errors.append(f"stage.finetune must be one of {FINETUNE}, got {self.finetune!r}")
         if self.kl_weight < 0 or self.scaling_factor < 0:
             errors.append("stage.kl_weight and stage.scaling_factor must be >= 0")
-        if self.vae.pretrained_path and not Path(self.vae.pretrained_path).exists():
-            errors.append(f"stage.vae.pretrained_path {self.vae.pretrained_path!r} does not exist; give a local "
-                          f"diffusers VAE folder or .safetensors file")
         return errors
 
 
@@ -76,6 +73,9 @@ def build_vae(cfg: VAEConfig | dict[str, Any]) -> AutoencoderKL:
 def load_pretrained_vae(path: str | Path, cfg: VAEConfig | dict[str, Any]) -> AutoencoderKL:
     """A VAE from a local diffusers folder, or a .safetensors file (diffusers or original SD key layout)."""
     path = Path(path)
+    if not path.exists():
+        raise StageFileError(f"stage.vae.pretrained_path {str(path)!r} does not exist; give a local diffusers VAE "
+                             f"folder or .safetensors file (seespeaker never downloads from a model hub)")
     if path.is_dir():
         return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
     if path.suffix != ".safetensors" or not path.is_file():
@@ -158,7 +158,7 @@ class AutoencoderStage(StageModule):
         posterior = self.vae.encode(images).latent_dist
         recon = self.vae.decode(posterior.sample()).sample
         l1 = (recon - images).abs().flatten(1).mean(1)
-        kl = posterior.kl().flatten(1).sum(1) / images[0].numel()
+        kl = posterior.kl() / images[0].numel()  # summed over the latent, per image value
         return {"l1": l1, "kl": kl}
 
     def validation_metrics(self, batch: dict[str, Any]) -> None:

@@ -1,0 +1,79 @@
+"""The autoencoder stage: real AutoencoderKL training, the measured latent scaling factor, load_vae."""
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from lightning_modules.autoencoder import AutoencoderStage, build_vae, load_vae, weights_hash
+from lightning_modules.stagefile import StageFileError
+from tests.unit.stage1_helpers import export, synthetic_batch, tiny_autoencoder, tiny_data
+
+
+def fit(module, train_batches, val_batches, steps):
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=len(val_batches), val_check_interval=steps)
+    trainer.fit(module, DataLoader(train_batches, batch_size=None), DataLoader(val_batches, batch_size=None))
+    return trainer
+
+
+def test_training_reduces_reconstruction_and_measures_scaling_factor():
+    torch.manual_seed(0)
+    module = AutoencoderStage(tiny_autoencoder(), tiny_data())
+    batch = synthetic_batch(4, seed=1)
+    val = [synthetic_batch(4, seed=10 + i) for i in range(3)]  # scale_batches=2: the third must not count
+    before = module.compute_losses(batch)
+    assert before["l1"].shape == (4,) and before["kl"].shape == (4,)
+    fit(module, [batch] * 30, val, steps=30)
+    module.eval()
+    with torch.no_grad():
+        after = module.compute_losses(batch)["l1"].mean()
+        latents = torch.cat([module.vae.encode(b["frames"][:, 0]).latent_dist.mode() for b in val[:2]]).double()
+    assert after < 0.8 * before["l1"].mean()
+    expected = 1.0 / latents.std(unbiased=False)
+    assert float(module.scaling_factor) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_export_and_load_vae_keep_scaling_factor_and_hash(tmp_path):
+    torch.manual_seed(0)
+    module = AutoencoderStage(tiny_autoencoder(), tiny_data())
+    module.scaling_factor.fill_(0.37)
+    path = export(module, tmp_path / "autoencoder.safetensors")
+    vae, scaling, vae_hash = load_vae(path)
+    assert scaling == pytest.approx(0.37)
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+    images = synthetic_batch(2)["frames"][:, 0]
+    with torch.no_grad():
+        assert torch.equal(vae.encode(images).latent_dist.mode(), module.vae.encode(images).latent_dist.mode())
+    assert load_vae(path)[2] == vae_hash
+    with torch.no_grad():
+        module.vae.decoder.conv_out.bias.add_(1e-3)
+    assert load_vae(export(module, tmp_path / "other" / "autoencoder.safetensors"))[2] != vae_hash
+
+
+def test_pretrained_vae_from_local_folder_and_safetensors(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_autoencoder()
+    reference = build_vae(cfg.vae)
+    reference.save_pretrained(tmp_path / "vae_folder")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "vae.safetensors"))
+    for source in (tmp_path / "vae_folder", tmp_path / "vae.safetensors"):
+        cfg.vae.pretrained_path = str(source)
+        module = AutoencoderStage(cfg, tiny_data())
+        assert weights_hash(module.vae.state_dict()) == weights_hash(reference.state_dict())
+    vae, _, folder_hash = load_vae(tmp_path / "vae_folder")
+    assert folder_hash == weights_hash(reference.state_dict())
+    cfg.vae.pretrained_path = str(tmp_path / "no_such_vae")
+    with pytest.raises(StageFileError, match="no_such_vae.*never downloads"):
+        AutoencoderStage(cfg, tiny_data())
+
+
+def test_decoder_finetune_freezes_encoder():
+    cfg = tiny_autoencoder()
+    cfg.finetune = "decoder"
+    module = AutoencoderStage(cfg, tiny_data())
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in trainable)
