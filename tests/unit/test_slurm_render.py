@@ -149,3 +149,23 @@ def test_wandb_api_key_never_appears_in_the_script(monkeypatch, capsys):
 def test_the_command_after_the_separator_must_be_train():
     with pytest.raises(SubmitError, match="must be `train"):
         check_job(new_job(1, 1, ["evaluate", "x"], "test"), cpu_profile())
+
+
+def test_the_dry_run_commands_of_the_slurm_guide_work(capsys, monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    guide = (repo / "docs" / "slurm.md").read_text()
+    commands = [line for line in guide.splitlines() if line.startswith("seespeaker slurm submit") and "--dry-run" in line]
+    assert len(commands) >= 2
+    monkeypatch.chdir(repo)
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, capsys.readouterr().err
+        script = capsys.readouterr().out
+        assert script.startswith("#!/bin/bash") and "srun " in script
+
+
+def test_a_config_error_fails_at_submission_not_in_the_queue(capsys):
+    code = main(["slurm", "submit", "--profile", "local_cpu", "--nodes", "1", "--tasks-per-node", "1", "--dry-run",
+                 "--", "train", "experiment=tiny", "stage=conre", "trainer.max_stepz=5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not a valid configuration" in err and "max_stepz" in err
