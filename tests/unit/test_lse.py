@@ -160,3 +160,16 @@ def test_float_audio_scores_like_its_int16_samples(expert):
     clip = random_clip("float", 10, 6400, 4)
     as_float = SyncClip("float", clip.frames, clip.audio.astype(np.float32) / 32768.0)
     assert lse_scores(expert, [as_float]).clips[0] == lse_scores(expert, [clip]).clips[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scores_on_the_gpu_equal_the_cpu(expert):
+    clips = [random_clip("a", 12, 12 * 640, 1), random_clip("b", 20, 17 * 640 + 300, 2)]
+    on_cpu = lse_scores(expert, clips, batch_windows=8)
+    on_gpu = lse_scores(expert.cuda(), clips, batch_windows=8)
+    expert.cpu()
+    for cpu_score, gpu_score in zip(on_cpu.clips, on_gpu.clips):
+        assert gpu_score.offset == cpu_score.offset
+        assert gpu_score.lse_d == pytest.approx(cpu_score.lse_d, rel=1e-3)
+        np.testing.assert_allclose(gpu_score.mean_distances, cpu_score.mean_distances, rtol=1e-3)
