@@ -175,8 +175,10 @@ def hair_layer(face: FaceParams, res: int, rng: np.random.Generator) -> tuple[np
     fill(cut, fringe_poly, s, (1.0,))
     front = soften(np.clip(front - cut, 0, 1), s)
     if style == "long":
-        fill(back, np.array([[cx - 1.3 * w, ye - 0.5 * h], [cx + 1.3 * w, ye - 0.5 * h],
-                             [cx + 1.35 * w, ye + 1.15 * h], [cx - 1.35 * w, ye + 1.15 * h]]), s, (1.0,))
+        xs = np.linspace(cx + 1.35 * w, cx - 1.35 * w, 30)
+        ends = ye + (1.1 + 0.06 * np.sin(np.linspace(0, 5 * np.pi, 30)) - 0.25 * ((xs - cx) / w) ** 4 / 3.3) * h
+        fill(back, np.concatenate([[[cx - 1.0 * w, ye - 0.7 * h], [cx + 1.0 * w, ye - 0.7 * h]],
+                                   np.stack([xs, ends], 1)]), s, (1.0,))
     cv2.ellipse(back, (int(cx * s), int((ye - 0.1 * h) * s)), (int(w * grow * 1.05 * s), int(0.95 * h * s)),
                 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     return layer, soften(back, s)[..., None], front[..., None]
@@ -289,12 +291,12 @@ def draw_mouth(img: np.ndarray, face: FaceParams, marks: np.ndarray, opening: fl
     line(img, inner[[0, 1, 2, 3, 4]], 1.0, lip * 0.55, 1.0 * scale)
 
 
-def render_frame(base: np.ndarray, face: FaceParams, pose: np.ndarray, eye_open: float, opening: float,
-                 width: float) -> tuple[np.ndarray, np.ndarray]:
-    """One frame (uint8 RGB) and its 68 landmarks in pixels."""
+def render_frame(base: np.ndarray, face: FaceParams, neutral: np.ndarray, pose: np.ndarray, eye_open: float,
+                 opening: float, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """One frame (uint8 RGB) and its 68 landmarks in pixels; ``neutral`` is :func:`neutral_landmarks` of the face."""
     res = base.shape[0]
     scale = res / CANONICAL
-    marks = neutral_landmarks(face)
+    marks = neutral.copy()
     marks[36:48] = eye_points(face, eye_open, eye_open)
     marks[48:68] = mouth_points(face, opening, width)
     m = pose_matrix(pose, res)

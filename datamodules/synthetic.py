@@ -1,10 +1,11 @@
 """The synthetic talking-face corpus: procedural speakers whose faces and voices are partially correlated.
 
-Each speaker draws two latent factors, ``size`` and ``pitch``. The voice is set by them alone (a longer
-vocal tract and a lower pitch for a larger speaker; see :mod:`datamodules.synth_voice`); the face attributes
-(width, height, eye spacing, skin tone) are each ``sqrt(VOICE_SHARE) * latent + sqrt(1 - VOICE_SHARE) * noise``
-in standard units, so the voice explains about half of their variance, as in real speakers. Everything else
-about a face (jaw shape, hair, eyes, freckles, texture) is independent of the voice.
+Each speaker draws a latent ``size`` factor. It sets the voice (a larger speaker has a longer vocal tract,
+so lower formants, and a lower pitch; the pitch also has a small variation of its own, see
+:mod:`datamodules.synth_voice`) and, in standard units, each correlated face attribute (width, height, eye
+spacing, skin tone) is ``sqrt(VOICE_SHARE) * size + sqrt(1 - VOICE_SHARE) * noise``: the voice explains
+about half of their variance, as in real speakers. Everything else about a face (jaw shape, hair, eyes,
+freckles, skin texture) is independent of the voice.
 
 A clip's mouth opening follows the loudness of the 40 ms of audio under each frame and its width follows the
 vowel; the eyes blink now and then and the head drifts slightly. Frames are 25 fps, audio is 16 kHz with
@@ -20,7 +21,7 @@ import numpy as np
 from datamodules.sample import FPS, SPLITS, Clip, ClipMeta, make_key
 from datamodules.shards import INDEX_NAME, ShardIndex, ShardSetWriter
 from datamodules.synth_face import FaceParams, HAIR_COLOURS, HAIR_STYLES, IRIS_COLOURS, base_layer, head_motion, \
-    render_frame
+    neutral_landmarks, render_frame
 from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VoiceParams, frame_envelope, frame_vowels, \
     synthesise
 
@@ -164,8 +165,9 @@ def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: i
     pose = head_motion(frames, rng)
     images = np.empty((frames, cfg.resolution, cfg.resolution, 3), np.uint8)
     marks = np.empty((frames, 68, 2), np.float32)
+    neutral = neutral_landmarks(speaker.face)
     for t in range(frames):
-        images[t], marks[t] = render_frame(base, speaker.face, pose[t], eyes[t], opening[t], width[t])
+        images[t], marks[t] = render_frame(base, speaker.face, neutral, pose[t], eyes[t], opening[t], width[t])
     video = f"v{index:03d}"
     extra = speaker.truth() | {"mouth_opening": [round(float(v), 4) for v in opening],
                                "eye_openness": [round(float(v), 3) for v in eyes]}
