@@ -28,7 +28,10 @@ CROP_MODES = ("whole_frame", "reference_face_track")
 
 @dataclass
 class SyncClip:
-    """One clip to score: face-crop frames uint8 RGB [T, H, W, 3] and mono 16 kHz audio.
+    """One clip to score: face-crop frames and mono 16 kHz audio.
+
+    ``frames`` is uint8 RGB [T, H, W, 3], or float RGB [T, 3, H, W] in [-1, 1], which is rounded to
+    uint8 first (the reference scores 8-bit images).
 
     ``audio`` is int16 samples (as the reference reads its wav), or float in [-1, 1] (as soundfile
     reads 16-bit PCM), which is scaled back to int16 values with ``round(x * 32768)``.
@@ -119,11 +122,20 @@ def _check_clip(clip: SyncClip) -> int:
     return n_windows
 
 
+def _uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    if isinstance(frames, torch.Tensor) and torch.is_floating_point(frames):
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"float frames must be RGB [T, 3, H, W] in [-1, 1], got {tuple(frames.shape)}")
+        pixels = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).numpy()
+    return frames
+
+
 def _windows(expert, clips: Iterable[SyncClip], device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(clip index, video window [3, 5, S, S], MFCC window [1, 13, 20]) for every scored window."""
     for index, clip in enumerate(clips):
         n_windows = _check_clip(clip)
-        frames = expert.preprocess(clip.frames).to(device)
+        frames = expert.preprocess(_uint8_frames(clip.frames)).to(device)
         mfcc = syncnet_mfcc(_int16_valued(clip.audio)).float().to(device)
         for start in range(n_windows):
             yield index, video_windows(frames, [start])[0], mfcc_windows(mfcc, [start])[0]

@@ -173,3 +173,10 @@ def test_scores_on_the_gpu_equal_the_cpu(expert):
         assert gpu_score.offset == cpu_score.offset
         assert gpu_score.lse_d == pytest.approx(cpu_score.lse_d, rel=1e-3)
         np.testing.assert_allclose(gpu_score.mean_distances, cpu_score.mean_distances, rtol=1e-3)
+
+
+def test_float_frames_score_like_their_uint8_rounding(expert):
+    clip = random_clip("frames", 10, 6400, 5)
+    as_float = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    float_clip = SyncClip("frames", as_float, clip.audio)
+    assert lse_scores(expert, [float_clip]).clips[0] == lse_scores(expert, [clip]).clips[0]
