@@ -1,0 +1,103 @@
+"""SAW: a(speech) in (0, 1) per channel, gradients through the per-sample diffusion loss, frozen or joint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_modules.portrait import generate_portrait
+from lightning_modules.portrait_diffusion import PortraitDiffusionStage
+from lightning_modules.saw import SAWStage
+from lightning_modules.stagefile import StageFileError
+from tests.unit.stage1_helpers import (RESOLUTION, export, make_stage1_inputs, synthetic_batch, tiny_portrait,
+                                       tiny_saw)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saw")
+    info = make_stage1_inputs(folder)
+    torch.manual_seed(0)
+    export(PortraitDiffusionStage(tiny_portrait(), info["data"], str(folder)), folder / "portrait_diffusion.safetensors")
+    return folder, info
+
+
+def saw_stage(stages, **overrides) -> SAWStage:
+    torch.manual_seed(0)
+    return SAWStage(tiny_saw(**overrides), stages[1]["data"], str(stages[0]))
+
+
+def test_weights_start_at_the_dataset_value_and_stay_in_unit_interval(stages):
+    module = saw_stage(stages)
+    _, a = module.prior_weights(synthetic_batch(3)["audio"])
+    assert a.shape == (3, 4)
+    assert torch.allclose(a, torch.full_like(a, 0.8), atol=0.05)
+    assert torch.all((a > 0) & (a < 1))
+
+
+def test_per_sample_gradient_depends_on_the_weight(stages):
+    module = saw_stage(stages)
+    batch = synthetic_batch(1)
+    with torch.no_grad():
+        latents = module.vae.encode(batch["frames"][:, 0]).latent_dist.mode().repeat(2, 1, 1, 1) * module.scaling_factor
+        context, _ = module.denoiser.speech(batch["audio"])
+    a = torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.9, 0.9, 0.9, 0.9]], requires_grad=True)
+    noise = torch.randn(1, *latents.shape[1:]).repeat(2, 1, 1, 1)
+    losses = module.losses_for(latents, context.repeat(2, 1, 1), a, noise, torch.tensor([400, 400]))
+    assert losses["diffusion"].shape == (2,) and not torch.isclose(losses["diffusion"][0], losses["diffusion"][1])
+    (grad,) = torch.autograd.grad(losses["diffusion"].sum(), a)
+    assert grad.abs().min() > 0
+    assert not torch.allclose(grad[0], grad[1], rtol=1e-3)
+    (reg_grad,) = torch.autograd.grad(losses["saw_reg"].sum(), a)
+    assert torch.allclose(reg_grad, 2 * (a.detach() - 0.8) / 4)
+
+
+def fit(module, steps: int = 3):
+    batches = [synthetic_batch(4, seed=i) for i in range(steps)]
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=1, val_check_interval=steps)
+    trainer.fit(module, DataLoader(batches, batch_size=None), DataLoader(batches[:1], batch_size=None))
+    return trainer
+
+
+def test_frozen_denoiser_trains_only_saw_and_reports_spread(stages):
+    module = saw_stage(stages)
+    denoiser = {n: p.clone() for n, p in module.denoiser.named_parameters()}
+    saw_before = module.saw.net[-1].weight.clone()
+    trainer = fit(module)
+    assert all(torch.equal(p, denoiser[n]) for n, p in module.denoiser.named_parameters())
+    assert not torch.equal(module.saw.net[-1].weight, saw_before)
+    with torch.no_grad():
+        _, a = module.prior_weights(synthetic_batch(4, seed=0)["audio"])
+    assert float(trainer.callback_metrics["val/saw_a_std"]) == pytest.approx(float(a.std(0, unbiased=False).mean()), rel=1e-4)
+    assert float(trainer.callback_metrics["val/saw_a_std"]) > 0
+
+
+def test_joint_training_updates_the_denoiser_but_not_the_speech_encoder(stages):
+    module = saw_stage(stages, joint=True)
+    unet_before = module.denoiser.unet.conv_out.weight.clone()
+    speech_before = {n: p.clone() for n, p in module.denoiser.speech_encoder.named_parameters()}
+    fit(module, steps=2)
+    assert not torch.equal(module.denoiser.unet.conv_out.weight, unet_before)
+    assert all(torch.equal(p, speech_before[n]) for n, p in module.denoiser.speech_encoder.named_parameters())
+
+
+def test_generation_with_saw_uses_its_weights(stages):
+    folder, _ = stages
+    speech = synthetic_batch(1)["audio"][0].numpy()
+    with pytest.raises(StageFileError, match="saw.safetensors.*use_saw=False"):
+        generate_portrait(speech, 16000, folder, steps=2)
+    module = saw_stage(stages)
+    with torch.no_grad():
+        module.saw.net[-1].bias.fill_(-3.0)  # a ~ 0.05: far from the dataset-level 0.8
+    export(module, folder / "saw.safetensors")
+    with_saw = generate_portrait(speech, 16000, folder, steps=3, seed=1)
+    expected = module.generate(torch.from_numpy(speech)[None], use_saw=True, steps=3, seed=1)[0]
+    expected = ((expected.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    assert with_saw.shape == (RESOLUTION, RESOLUTION, 3)
+    assert np.abs(with_saw.astype(int) - expected.astype(int)).max() <= 1
+    without = generate_portrait(speech, 16000, folder, steps=3, seed=1, use_saw=False)
+    assert np.abs(with_saw.astype(int) - without.astype(int)).mean() > 0.5
