@@ -92,8 +92,10 @@ def mfcc_windows(mfcc: torch.Tensor, starts: list[int] | torch.Tensor) -> torch.
     return mfcc[:, index].permute(1, 0, 2).unsqueeze(1)
 
 
-def _fc_head(embedding_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embedding_dim))
+def _fc_head(embedding_dim: int, features: int = 512) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(features, features), nn.BatchNorm1d(features), nn.ReLU(), nn.Linear(features, embedding_dim)
+    )
 
 
 class SyncNetOfficial(SyncExpert):
@@ -208,11 +210,8 @@ class SyncNetCompact(SyncExpert):
             *_conv_bn(nn.Conv3d(4 * w, 8 * w, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), 8 * w, 3),
             nn.AdaptiveAvgPool3d(1),
         )
-        head = lambda: nn.Sequential(  # noqa: E731
-            nn.Linear(8 * w, 8 * w), nn.BatchNorm1d(8 * w), nn.ReLU(), nn.Linear(8 * w, embedding_dim)
-        )
-        self.netfcaud = head()
-        self.netfclip = head()
+        self.netfcaud = _fc_head(embedding_dim, 8 * w)
+        self.netfclip = _fc_head(embedding_dim, 8 * w)
 
     def forward_lip(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding [B, D] of five-frame BGR 0..255 windows [B, 3, 5, S, S] (scaled to [-1, 1] inside)."""
