@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import tarfile
 import time
@@ -145,9 +146,10 @@ def reconcile(out: Path, writer: ManifestShardWriter, done_keys: set[str]) -> No
         tmp.unlink()
     index = load_index_file(writer.part_index or out / INDEX_NAME, writer.dataset)
     listed = {s.path for infos in index.splits.values() for s in infos}
+    own = re.compile(rf"{re.escape(writer.prefix)}-\d{{6}}\.tar")
     for tar in sorted(out.glob(f"*/{writer.prefix}-*.tar")):
         rel = str(tar.relative_to(out))
-        if rel in listed:
+        if rel in listed or not own.fullmatch(tar.name):
             continue
         with tarfile.open(tar) as archive:
             keys = {m.name.split(".", 1)[0] for m in archive.getmembers()}

@@ -105,8 +105,12 @@ def frame_times(seconds: float, fps: float, vfr: bool) -> np.ndarray:
 
 
 def write_video(path, seconds: float = 2.0, fps: float = 25, vfr: bool = False, audio: bool = True,
-                face: bool = True, size: int = 256, seed: int = 0, audio_seconds: float | None = None) -> dict:
-    """Write an H.264 (+ AAC) mp4 of the animated photo; returns its frame times and audio."""
+                face: bool = True, size: int = 256, seed: int = 0, audio_seconds: float | None = None,
+                face_until: float | None = None) -> dict:
+    """Write an H.264 (+ AAC) mp4 of the animated photo; returns its frame times and audio.
+
+    ``face_until``: from this time on the frames show a photo without a face (a lost track).
+    """
     times = frame_times(seconds, fps, vfr)
     sound = speech(seconds if audio_seconds is None else audio_seconds, 16000, seed)
     with av.open(str(path), "w", format="mp4") as container:
@@ -117,7 +121,8 @@ def write_video(path, seconds: float = 2.0, fps: float = 25, vfr: bool = False, 
         stream.codec_context.time_base = Fraction(1, 1000)
         track = container.add_stream("aac", rate=16000, layout="mono") if audio else None
         for t in times:
-            frame = av.VideoFrame.from_ndarray(talking_frame(float(t), size, seed, face), format="rgb24")
+            shown = face and (face_until is None or t < face_until)
+            frame = av.VideoFrame.from_ndarray(talking_frame(float(t), size, seed, shown), format="rgb24")
             frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)

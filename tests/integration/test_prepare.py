@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,11 +20,14 @@ pytest.importorskip("skimage")
 
 from datamodules.prepare import align, faces, media  # noqa: E402
 from datamodules.prepare import testmedia as tm  # noqa: E402
+from datamodules.prepare.listing import SourceItem  # noqa: E402
+from datamodules.prepare.process import PrepareOptions, process_item  # noqa: E402
 from datamodules.sample import decode_clip  # noqa: E402
 from datamodules.shards import ShardIndex  # noqa: E402
 from trainer.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "prepare.md"
 LANDMARK_MEAN_PX = 2.5  # mean landmark error on a 256 px frame with a ~90 px face
 LANDMARK_P95_PX = 5.0
 
@@ -52,6 +56,19 @@ def prepare(*args: str) -> int:
     return main(["prepare", *args, "--no-progress"])
 
 
+def doc_commands(start: str, paths: dict[str, Path]) -> list[list[str]]:
+    """The `seespeaker <start> ...` commands shown in docs/prepare.md, with its example paths replaced."""
+    lines = [line for line in DOC.read_text().splitlines() if line.startswith(f"seespeaker {start}")]
+    assert lines, f"docs/prepare.md shows no `seespeaker {start}` command"
+    return [[str(paths.get(arg, arg)) for arg in shlex.split(line)[1:]] for line in lines]
+
+
+def run_doc(start: str, paths: dict[str, Path]) -> None:
+    for argv in doc_commands(start, paths):
+        extra = ["--no-progress"] if argv[1] != "merge-index" else []
+        assert main(argv + extra) == 0, argv
+
+
 @pytest.fixture(scope="module")
 def hdtf_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("hdtf")
@@ -73,8 +90,7 @@ def hdtf_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hdtf_out(hdtf_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("hdtf_out")
-    assert prepare("hdtf", "--root", str(hdtf_root), "--out", str(out), "--clip-seconds", "0",
-                   "--val-fraction", "0.34", "--test-fraction", "0.34", "--shard-size", "2") == 0
+    run_doc("prepare hdtf", {"HDTF": hdtf_root, "data/hdtf": out})
     return out
 
 
@@ -138,6 +154,21 @@ def test_face_found_and_landmarks_follow_the_animation(tmp_path, fps, vfr):
     assert align.max_jitter(boxes) < 0.02
 
 
+@pytest.mark.parametrize("video,options,reason", [
+    (dict(seconds=2.0, face_until=0.8), {}, "track_lost"),
+    (dict(seconds=0.6), {}, "too_short"),
+    (dict(seconds=2.0, audio_seconds=1.0), {}, "av_length_mismatch"),
+    (dict(seconds=1.2), {"min_face": 400.0}, "face_too_small"),
+])
+def test_quality_filters_skip_with_reasons(tmp_path, video, options, reason):
+    path = tmp_path / "clip.mp4"
+    tm.write_video(path, **video)
+    item = SourceItem("test/clip", "voxceleb2", str(path), speaker="id00001", video="clip")
+    result = process_item(item, PrepareOptions(clip_seconds=0, **options))
+    assert (result.outcome, result.reason) == ("skipped", reason), result.detail
+    assert not result.samples
+
+
 def test_hdtf_clips_speakers_splits_and_crop_windows(hdtf_root, hdtf_out):
     clips = read_clips(hdtf_out)
     by_video = {c.meta.video: c for c in clips.values()}
@@ -177,8 +208,9 @@ def test_hdtf_manifest_reasons(hdtf_out):
 
 def test_voxceleb2_official_split_and_bad_inputs(vox_root, tmp_path):
     out = tmp_path / "vox"
-    assert prepare("voxceleb2", "--root", str(vox_root), "--out", str(out), "--clip-seconds", "0",
-                   "--val-fraction", "0.25", "--workers", "2") == 0
+    [argv] = [a for a in doc_commands("prepare voxceleb2", {"VoxCeleb2": vox_root, "data/voxceleb2": out})
+              if "--shard-range" not in a]
+    assert main(argv + ["--no-progress"]) == 0
     last = {k: v[-1] for k, v in manifest(out).items()}
     assert last["voxceleb2/dev/id00003/noAudio0001/00001"]["reason"] == "no_audio"
     assert last["voxceleb2/dev/id00003/broken00001/00001"]["reason"] == "corrupt_video"
@@ -196,9 +228,9 @@ def test_voxceleb2_official_split_and_bad_inputs(vox_root, tmp_path):
 
 def test_avspeech_rows_vfr_and_missing_videos(avspeech_root, tmp_path):
     out = tmp_path / "avs"
-    assert prepare("avspeech", "--csv", str(avspeech_root / "avspeech_train.csv"),
-                   str(avspeech_root / "avspeech_test.csv"), "--videos", str(avspeech_root / "videos"),
-                   "--out", str(out), "--clip-seconds", "0", "--val-fraction", "0", "--resolution", "512") == 0
+    run_doc("prepare avspeech", {"avspeech_train.csv": avspeech_root / "avspeech_train.csv",
+                                 "avspeech_test.csv": avspeech_root / "avspeech_test.csv",
+                                 "clips": avspeech_root / "videos", "data/avspeech": out})
     last = {k: v[-1] for k, v in manifest(out).items()}
     assert last["avspeech/MissingVid1_10.000_13.000"]["reason"] == "missing_video"
     vfr = last["avspeech/Vfr_Video01_1.000_3.000"]
@@ -249,10 +281,13 @@ def test_resume_after_interrupt_redoes_only_unfinished_sources(vox_root, tmp_pat
 
 def test_shard_range_jobs_and_merge_index(vox_root, tmp_path):
     out = tmp_path / "parts"
-    common = ["voxceleb2", "--root", str(vox_root), "--out", str(out), "--clip-seconds", "0", "--max-sources", "4"]
-    assert prepare(*common, "--shard-range", "0/2") == 0
-    assert prepare(*common, "--shard-range", "1/2") == 0
-    assert main(["prepare", "merge-index", "--out", str(out)]) == 0
+    paths = {"VoxCeleb2": vox_root, "data/parts": out}
+    jobs = [a for a in doc_commands("prepare voxceleb2", paths) if "--shard-range" in a]
+    assert len(jobs) == 2
+    for argv in jobs:
+        assert main(argv + ["--no-progress"]) == 0
+    assert not (out / "index.json").exists()
+    run_doc("prepare merge-index", paths)
     records = manifest(out)
     written = {k for v in records.values() for k in v[-1]["keys"]}
     assert _index_matches_tars(out) == len(written) == len(read_clips(out)) > 0
