@@ -233,7 +233,7 @@ def skin_layer(face: FaceParams, res: int, rng: np.random.Generator) -> np.ndarr
     r2 = ((xx - cx) / w) ** 2 + ((yy - ye - 0.2 * h) / h) ** 2
     shade = (1.0 - 0.18 * np.clip(r2, 0, 1.5))[..., None]
     texture = cv2.GaussianBlur(rng.normal(0, 1, (res, res)).astype(np.float32), (0, 0), 0.7 * s)
-    layer = face.skin_rgb().astype(np.float32) * shade + face.texture * texture[..., None] * 3.0
+    layer = face.skin_rgb().astype(np.float32) * shade + face.texture * texture[..., None] * 7.0
     count = int(face.freckles * 140)
     centres = np.stack([cx + rng.uniform(-0.75, 0.75, count) * w, ye + rng.uniform(0.1, 0.55, count) * h], 1)
     for centre in centres:

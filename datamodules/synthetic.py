@@ -22,7 +22,7 @@ from datamodules.sample import FPS, SPLITS, Clip, ClipMeta, make_key
 from datamodules.shards import INDEX_NAME, ShardIndex, ShardSetWriter
 from datamodules.synth_face import FaceParams, HAIR_COLOURS, HAIR_STYLES, IRIS_COLOURS, base_layer, head_motion, \
     neutral_landmarks, render_frame
-from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VoiceParams, frame_envelope, frame_vowels, \
+from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VOWELS, VoiceParams, frame_envelope, frame_vowels, \
     synthesise
 
 DATASET = "synthetic"
@@ -126,7 +126,7 @@ def draw_speaker(seed: int, index: int) -> Speaker:
         hair_style=int(rng.integers(len(HAIR_STYLES))), iris_colour=int(rng.integers(len(IRIS_COLOURS))),
         brow_thickness=float(rng.uniform(2.0, 4.5)), nose_width=float(face_width * rng.uniform(0.18, 0.26)),
         mouth_width=float(face_width * rng.uniform(0.3, 0.38)), lip_thickness=float(rng.uniform(3.0, 6.0)),
-        freckles=float(rng.uniform(0.0, 1.0) ** 1.5), texture=float(rng.uniform(0.6, 1.6)),
+        freckles=float(rng.uniform(0.05, 1.0)), texture=float(rng.uniform(0.6, 1.6)),
     )
     return Speaker(speaker_id(index), {"size": float(size), "voice_own": float(own_voice)}, face, voice)
 
@@ -156,7 +156,11 @@ def blink_track(frames: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: int, split: str) -> Clip:
-    """One clip of a speaker: speech, the frames that say it and their landmarks."""
+    """One clip of a speaker: speech, the frames that say it and their landmarks.
+
+    ``meta.extra`` holds the speaker's ground truth and, per frame, the mouth opening (0-1), the eye openness
+    (1 open, 0 shut) and the vowel sounding at the frame's centre (``vowels``: one of ``aeiou`` or ``-``).
+    """
     rng = np.random.default_rng([cfg.seed, int(speaker.id[3:]), index + 2])
     frames = cfg.frames
     audio, labels = synthesise(speaker.voice, frames * SAMPLES_PER_FRAME / 16000.0, rng)
@@ -170,7 +174,8 @@ def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: i
         images[t], marks[t] = render_frame(base, speaker.face, neutral, pose[t], eyes[t], opening[t], width[t])
     video = f"v{index:03d}"
     extra = speaker.truth() | {"mouth_opening": [round(float(v), 4) for v in opening],
-                               "eye_openness": [round(float(v), 3) for v in eyes]}
+                               "eye_openness": [round(float(v), 3) for v in eyes],
+                               "vowels": "".join("-" if v == NO_VOWEL else VOWELS[v] for v in frame_vowels(labels))}
     meta = ClipMeta(dataset=DATASET, speaker=speaker.id, video=video, clip=0, split=split, num_frames=frames,
                     start=0.0, end=frames / FPS, resolution=cfg.resolution,
                     crop_box=[0.0, 0.0, float(cfg.resolution), float(cfg.resolution)], extra=extra)

@@ -172,6 +172,49 @@ def test_mouth_opening_follows_the_audio_envelope(all_clips):
     assert lip_corr > 0.6 and pixel_corr > 0.6
 
 
+def test_mouth_width_follows_the_vowel(all_clips):
+    """Spread lips for /i/, rounded (narrow) lips for /u/, relative to each speaker's own mouth."""
+    spread, rounded = [], []
+    for clip in all_clips:
+        width = clip.landmarks[:, 54, 0] - clip.landmarks[:, 48, 0]
+        vowels = np.array(list(clip.meta.extra["vowels"]))
+        assert len(vowels) == len(width)
+        neutral = np.median(width)
+        spread += list(width[vowels == "i"] / neutral)
+        rounded += list(width[vowels == "u"] / neutral)
+    assert len(spread) > 20 and len(rounded) > 20
+    assert np.mean(spread) > np.mean(rounded) + 0.2
+
+
+def test_fine_detail_is_lost_at_64_pixels(all_clips):
+    """Skin texture and freckles on the cheeks: a 64 px copy loses them, a 128 px copy less so."""
+    import cv2
+
+    def lost(frame: np.ndarray, size: int, x: int, y: int) -> float:
+        small = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+        back = cv2.resize(small, frame.shape[:2], interpolation=cv2.INTER_CUBIC).astype(np.float64)
+        return float(np.abs(frame[y - 8:y + 9, x - 8:x + 9] - back[y - 8:y + 9, x - 8:x + 9]).mean())
+
+    at64, at128 = [], []
+    for clip in all_clips:
+        frame, marks = clip.frames[0], clip.landmarks[0]
+        for a, b in ((31, 2), (35, 14)):
+            x, y = np.round((marks[a] + marks[b]) / 2).astype(int)
+            at64.append(lost(frame, 64, x, y))
+            at128.append(lost(frame, 128, x, y))
+    print(f"cheek detail lost (mean abs grey levels): 64 px {np.median(at64):.2f}, 128 px {np.median(at128):.2f}")
+    assert np.median(at64) > 2.0
+    assert np.median(at64) > 1.4 * np.median(at128)
+
+
+def test_cli_names_the_bad_option(tmp_path, capsys):
+    from trainer.cli import main
+
+    assert main(["prepare", "synthetic", "--out", str(tmp_path / "c"), "--speakers", "2"]) != 0
+    assert "speakers=2" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def mouth_dark_pixels(frame: np.ndarray, marks: np.ndarray) -> float:
     """Pixels in the box around the outer lips darker than 0.6 x its median (the open mouth's inside)."""
     x0, y0 = np.floor(marks[48:60].min(0)).astype(int)
