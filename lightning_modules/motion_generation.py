@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
-from lightning_modules.nets.motion import audio_context, frame_audio_features
+from lightning_modules.nets.motion import audio_context, per_frame_audio
 from lightning_modules.stagefile import StageFile
 
 
@@ -96,14 +96,7 @@ class MotionParts:
 
     def audio_features(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
         """audio [B, N] -> per-frame log-mel features [B, n_frames, 4 * n_mels], normalised over each utterance."""
-        mel = self._mel_on(audio.device)(audio.float())
-        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
-        return frame_audio_features(mel, n_frames)
-
-    def _mel_on(self, device: torch.device) -> nn.Module:
-        if self.mel.filters.device != device:
-            self.mel.to(device)
-        return self.mel
+        return per_frame_audio(self.mel, audio, n_frames)
 
     def sampler(self, steps: int) -> DDIMScheduler:
         sampler = DDIMScheduler.from_config(self.scheduler.config)

@@ -126,6 +126,15 @@ def frame_audio_features(mel: torch.Tensor, n_frames: int) -> torch.Tensor:
     return mel.reshape(mel.shape[0], mel.shape[1], n_frames, MEL_PER_FRAME).permute(0, 2, 3, 1).flatten(2)
 
 
+def per_frame_audio(mel: nn.Module, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """audio [B, N] -> per-frame log-mel features [B, n_frames, 4 * n_mels], normalised over each utterance."""
+    if mel.filters.device != audio.device:
+        mel.to(audio.device)
+    spec = mel(audio.float())
+    spec = (spec - spec.mean(dim=(1, 2), keepdim=True)) / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)
+    return frame_audio_features(spec, n_frames)
+
+
 def audio_context(features: torch.Tensor, radius: int) -> torch.Tensor:
     """[B, T, D] -> [B, T, 2 * radius + 1, D]: each frame's audio with its neighbours (zeros past the ends)."""
     padded = F.pad(features, (0, 0, radius, radius))

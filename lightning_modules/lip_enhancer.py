@@ -1,0 +1,200 @@
+"""Stage 2b: region enhancement of the mouth, synchronised by the frozen sync expert.
+
+Training data: real clips whose mouths are degraded (each frame's lower face replaced by the blurred lower face of
+another frame of the clip), so the refiner must restore the right mouth shape from the speech. This stage
+therefore needs only the ``syncnet`` stage; generated frames from ``motion_diffusion`` are refined the same way at
+generation time (:func:`refine_video`). Losses, per sample:
+
+- ``recon``: L1 inside the lower-face mask, normalised by the mask area;
+- ``feature``: distance between the frozen expert's video embeddings of the refined and the real windows
+  (a perceptual loss in the sync expert's feature space);
+- ``sync``: cross-entropy over audio offsets -K..K with logits ``-||v - a_k|| / tau``, target the in-sync offset;
+- ``adversarial`` (``adversarial=true``): hinge GAN on the lower face; two optimizers, so DeepSpeed refuses it.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.nets.audio_features import LogMel
+from lightning_modules.nets.lip import LipRefiner, PatchDiscriminator, degrade_mouths, lower_face_mask
+from lightning_modules.nets.motion import audio_context, check_landmarks, per_frame_audio
+from lightning_modules.nets.syncnet import WINDOW_FRAMES, SyncExpert
+from lightning_modules.syncnet import load_sync_expert, offset_sync_loss, sync_region, video_windows_at
+from lightning_modules.video_io import to_uint8_frames, write_mp4
+
+
+@dataclass
+class LipEnhancerConfig(StageConfig):
+    """The mouth refiner's size and its loss mix."""
+
+    name: str = "lip_enhancer"
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512], metadata={"help": "refiner UNet widths"})
+    cond_dim: int = field(default=256, metadata={"help": "audio conditioning width"})
+    audio_radius: int = field(default=2, metadata={"help": "audio of this many neighbouring frames each side conditions a frame"})
+    n_mels: int = field(default=80, metadata={"help": "log-mel bins of the audio conditioning"})
+    mask_feather: float = field(default=0.04, metadata={"help": "mask edge softness as a fraction of the frame size"})
+    recon_weight: float = field(default=1.0, metadata={"help": "weight of the mask-weighted L1"})
+    feature_weight: float = field(default=0.1, metadata={"help": "weight of the expert-feature (perceptual) loss; 0: off"})
+    sync_weight: float = field(default=0.3, metadata={"help": "weight of the sync expert's offset cross-entropy"})
+    sync_max_offset: int = field(default=5, metadata={"help": "offsets -K..K of the sync loss (K = this)"})
+    sync_temperature: float = field(default=1.0, metadata={"help": "tau of the sync logits -distance / tau"})
+    sync_windows: int = field(default=2, metadata={"help": "five-frame windows per clip for the sync loss"})
+    adversarial: bool = field(default=False, metadata={"help": "add a patch GAN (two optimizers: DDP only)"})
+    adversarial_weight: float = field(default=0.05, metadata={"help": "weight of the generator's hinge loss"})
+    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "discriminator widths"})
+    media_frames: int = field(default=50, metadata={"help": "frames of the logged validation video"})
+    monitor: str = "val/sync"
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        if len(self.channels) < 2:
+            errors.append(f"stage.channels needs at least two widths, got {self.channels}")
+        if self.sync_max_offset < 1 or self.sync_windows < 1:
+            errors.append("stage.sync_max_offset and stage.sync_windows must be at least 1")
+        return errors
+
+
+class FrozenExpert:
+    """The sync expert, kept outside the module tree: never trained, never exported with this stage, always in
+    eval mode (its batch norms keep their statistics)."""
+
+    def __init__(self, expert: SyncExpert, region: str):
+        self.expert, self.region = expert.eval().requires_grad_(False), region
+
+    def on(self, device: torch.device) -> SyncExpert:
+        if next(self.expert.parameters()).device != device:
+            self.expert.to(device)
+        return self.expert
+
+
+class LipEnhancerStage(StageModule):
+    config_class = LipEnhancerConfig
+    requires = ("syncnet",)
+
+    def __init__(self, cfg: LipEnhancerConfig, data, stages_dir: str = "", max_steps: int = 1000,
+                 expert: FrozenExpert | None = None):
+        super().__init__(cfg, data, stages_dir, max_steps)
+        if data.clip_frames < WINDOW_FRAMES:
+            raise ValueError(f"data.clip_frames={data.clip_frames}: the sync loss needs at least {WINDOW_FRAMES} frames")
+        if expert is None:
+            loaded, sync_cfg = load_sync_expert(self.load_required("syncnet"))
+            expert = FrozenExpert(loaded, sync_cfg.region)
+        self.frozen = expert
+        audio_dim = 4 * cfg.n_mels * (2 * cfg.audio_radius + 1)
+        self.refiner = LipRefiner(audio_dim, list(cfg.channels), cfg.cond_dim)
+        self.mel = LogMel(n_mels=cfg.n_mels)
+        self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if cfg.adversarial else None
+        self.num_optimizers = 2 if cfg.adversarial else 1
+        self.automatic_optimization = not cfg.adversarial
+        self.loss_weights = {"recon": cfg.recon_weight, "feature": cfg.feature_weight, "sync": cfg.sync_weight,
+                             "adversarial": cfg.adversarial_weight}
+
+    # ---- refinement -----------------------------------------------------------------------------------
+    def refine(self, frames: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, 3, R, R], mask [B, T, 1, R, R], reference [B, 3, R, R], speech [B, N] -> refined frames."""
+        batch, steps = frames.shape[:2]
+        sound = audio_context(per_frame_audio(self.mel, audio, steps), self.cfg.audio_radius).flatten(2)
+        ref = reference[:, None].expand(-1, steps, -1, -1, -1)
+        out = self.refiner(frames.flatten(0, 1), mask.flatten(0, 1), ref.flatten(0, 1), sound.flatten(0, 1))
+        return out.view_as(frames)
+
+    def masks(self, landmarks: torch.Tensor) -> torch.Tensor:
+        return lower_face_mask(landmarks, self.data_cfg.resolution, self.cfg.mask_feather)
+
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        frames, audio = batch["frames"], batch["audio"]
+        batch_size, steps = frames.shape[:2]
+        check_landmarks(batch["landmarks"], steps)
+        mask = self.masks(batch["landmarks"])
+        reference = frames[torch.arange(batch_size), torch.randint(0, steps, (batch_size,))]
+        refined = self.refine(degrade_mouths(frames, mask), mask, reference, audio)
+        self._last = (refined, frames, mask)
+        area = mask.sum(dim=(1, 2, 3, 4)).clamp_min(1.0) * 3
+        losses = {"recon": ((refined - frames).abs() * mask).sum(dim=(1, 2, 3, 4)) / area}
+        expert = self.frozen.on(frames.device)
+        starts = torch.randint(0, steps - WINDOW_FRAMES + 1, (batch_size, self.cfg.sync_windows), device=frames.device)
+        losses["sync"] = offset_sync_loss(expert, refined, audio, starts, self.cfg.sync_max_offset,
+                                          self.cfg.sync_temperature, self.frozen.region)
+        if self.cfg.feature_weight > 0:
+            losses["feature"] = self.feature_distance(expert, refined, frames, starts)
+        if self.discriminator is not None:
+            fake = self.discriminator((refined * mask).flatten(0, 1))
+            losses["adversarial"] = -fake.view(batch_size, -1).mean(1)
+        return losses
+
+    def feature_distance(self, expert: SyncExpert, refined, frames, starts) -> torch.Tensor:
+        """Per-sample mean distance of the expert's video embeddings of refined and real windows."""
+        def embed(x):
+            crops = expert.preprocess(sync_region(x, self.frozen.region))
+            return expert.forward_lip(video_windows_at(crops, starts).flatten(0, 1))
+        with torch.no_grad():
+            target = embed(frames)
+        return F.pairwise_distance(embed(refined), target).view(starts.shape).mean(1)
+
+    # ---- adversarial option: two optimizers, manual optimisation ------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        opt_g, opt_d = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        if loss is None:
+            return None
+        opt_g.zero_grad()
+        self.manual_backward(loss)
+        opt_g.step()
+        refined, frames, mask = self._last
+        d_loss = (F.relu(1 - self.discriminator((frames * mask).flatten(0, 1))).mean()
+                  + F.relu(1 + self.discriminator((refined.detach() * mask).flatten(0, 1))).mean())
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        self.log("train/discriminator", d_loss.detach(), batch_size=len(batch["key"]))
+        return loss
+
+    def configure_optimizers(self):
+        if self.discriminator is None:
+            return super().configure_optimizers()
+        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
+        opt_g = torch.optim.AdamW(self.refiner.parameters(), **kwargs)
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), **kwargs)
+        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(o, self.lr_factor) for o in (opt_g, opt_d)]
+
+    # ---- media ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
+        """The first validation clip: degraded mouth | refined | real, with its speech."""
+        frames, audio = batch["frames"][:1, : self.cfg.media_frames], batch["audio"][:1]
+        mask = self.masks(batch["landmarks"][:1, : frames.shape[1]])
+        degraded = degrade_mouths(frames, mask, torch.Generator().manual_seed(0))
+        with self.ema_scope():
+            refined = self.refine(degraded, mask, frames[:, 0], audio)
+        side = torch.cat([degraded[0], refined[0], frames[0]], dim=-1)
+        per_frame = int(self.data_cfg.sample_rate // self.data_cfg.fps)
+        root = getattr(self.trainer, "default_root_dir", None) if self._trainer is not None else None
+        folder = Path(root) / "media" if root else Path(tempfile.mkdtemp(prefix="seespeaker-media-"))
+        path = folder / f"lips_step{self.global_step:07d}.mp4"
+        write_mp4(path, to_uint8_frames(side), audio[0, : len(side) * per_frame].float().cpu().numpy(),
+                  fps=int(self.data_cfg.fps), sr=self.data_cfg.sample_rate)
+        return {"lips": Media(video_path=str(path), caption="degraded | refined | real")}
+
+
+@torch.no_grad()
+def refine_video(stage: LipEnhancerStage, frames: torch.Tensor, landmarks: torch.Tensor, audio: torch.Tensor,
+                 reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Refine the lower face of a generated video: frames [T, 3, R, R], landmarks [T, 68, 2] or one set [68, 2]
+    (e.g. the portrait's) for all frames, mono speech [N] -> refined frames [T, 3, R, R]."""
+    steps = frames.shape[0]
+    marks = landmarks[None].expand(steps, -1, -1) if landmarks.ndim == 2 else landmarks
+    check_landmarks(marks[None], steps)
+    mask = lower_face_mask(marks[None], frames.shape[-1], stage.cfg.mask_feather)
+    reference = frames[0] if reference is None else reference
+    return stage.refine(frames[None], mask, reference[None], audio.reshape(1, -1))[0]
