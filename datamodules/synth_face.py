@@ -74,8 +74,8 @@ def neutral_landmarks(face: FaceParams) -> np.ndarray:
     pts[22:27] = np.stack([cx + d - brow_x[::-1], brow_y[::-1]], 1)
     nose_tip = ye + 0.42 * h
     pts[27:31] = np.stack([np.full(4, cx), np.linspace(ye - 2.0, nose_tip, 4)], 1)
-    pts[31:36] = np.stack([cx + np.linspace(-1, 1, 5) * face.nose_width,
-                           nose_tip + 4.0 - 1.5 * np.abs(np.linspace(-1, 1, 5)) ** 0.5 * 2], 1)
+    across = np.linspace(-1.0, 1.0, 5)
+    pts[31:36] = np.stack([cx + across * face.nose_width, nose_tip + 4.0 - 3.0 * np.sqrt(np.abs(across))], 1)
     pts[36:48] = eye_points(face, 1.0, 1.0)
     pts[48:68] = mouth_points(face, 0.0, 1.0)
     return pts
@@ -95,8 +95,6 @@ def eye_points(face: FaceParams, open_left: float, open_right: float) -> np.ndar
         if sign > 0:  # the subject's left eye starts at its inner corner
             xs = -xs[[3, 2, 1, 0, 5, 4]]
             ys = ys[[3, 2, 1, 0, 5, 4]]
-        else:
-            xs = xs.copy()
         out.append(np.stack([ex + xs, ys], 1))
     return np.concatenate(out)
 

@@ -37,12 +37,12 @@ class SyntheticConfig:
 
     speakers: int = field(default=24, metadata={"help": "number of speakers (at least 3: one per split)"})
     clips_per_speaker: int = field(default=4, metadata={"help": "clips written for each speaker"})
-    seconds: float = field(default=2.0, metadata={"help": "length of each clip in seconds (rounded to whole 25 fps frames)"})
+    seconds: float = field(default=2.0, metadata={"help": "clip length in seconds (rounded to whole 25 fps frames)"})
     resolution: int = field(default=256, metadata={"help": "frame size in pixels (square; 64 or more)"})
     seed: int = field(default=0, metadata={"help": "seed of speakers, speech and motion: same seed, same corpus"})
     shard_size: int = field(default=64, metadata={"help": "clips per WebDataset shard"})
-    val_speakers_fraction: float = field(default=0.17, metadata={"help": "fraction of speakers held out for val (at least 1)"})
-    test_speakers_fraction: float = field(default=0.17, metadata={"help": "fraction of speakers held out for test (at least 1)"})
+    val_speakers_fraction: float = field(default=0.17, metadata={"help": "share of speakers held out for val (at least 1)"})
+    test_speakers_fraction: float = field(default=0.17, metadata={"help": "share of speakers held out for test (at least 1)"})
 
     @property
     def frames(self) -> int:

@@ -107,7 +107,8 @@ def test_bad_options_are_refused_with_the_option_named(tmp_path):
     with pytest.raises(ValueError, match="seconds=0.01"):
         write_synthetic_corpus(tmp_path, SyntheticConfig(seconds=0.01))
     with pytest.raises(ValueError, match="no training speaker"):
-        write_synthetic_corpus(tmp_path, SyntheticConfig(speakers=4, val_speakers_fraction=0.5, test_speakers_fraction=0.4))
+        write_synthetic_corpus(tmp_path, SyntheticConfig(speakers=4, val_speakers_fraction=0.5,
+                                                         test_speakers_fraction=0.4))
     assert not any(tmp_path.iterdir()), "a refused config must write nothing"
 
 
