@@ -4,6 +4,9 @@ Builds a small VoxCeleb2-layout corpus of animated real-photo videos (H.264 + AA
 runs the real preparation (decode, dlib tracking, aligned crop, JPEG/FLAC encoding, shard writing) at each
 resolution with 1 and 2 workers. Writes ``bench/out/prepare.json``.
 
+Wall-clock rates depend on what else the machine runs; clips per CPU-second (this process and its
+workers) does much less, and the load average at each measurement is recorded beside it.
+
 Run: python -m bench.prepare_bench [--sources 8] [--seconds 3]
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -34,14 +38,24 @@ def measure(root: Path, out: Path, resolution: int, workers: int) -> dict:
     from datamodules.prepare.runner import run
 
     options = PrepareOptions(resolution=resolution, clip_seconds=0)
+    cpu_before = _cpu_seconds()
     start = time.perf_counter()
     summary = run(list_voxceleb2(root), out, "voxceleb2", options, workers=workers, shard_size=64, progress=False)
     seconds = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_before
     if summary.skipped:
         raise RuntimeError(f"benchmark sources were skipped: {summary.skipped}")
     rate = summary.clips / seconds
     return {"resolution": resolution, "workers": workers, "clips": summary.clips, "seconds": round(seconds, 3),
-            "clips_per_s": round(rate, 3), "clips_per_s_per_worker": round(rate / workers, 3)}
+            "clips_per_s": round(rate, 3), "clips_per_s_per_worker": round(rate / workers, 3),
+            "cpu_seconds": round(cpu, 3), "clips_per_cpu_s": round(summary.clips / cpu, 3),
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the pool's workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row = measure(corpus, Path(tmp) / f"out-{resolution}-{workers}", resolution, workers)
                 rows.append(row)
                 print(f"{resolution} px, {workers} worker(s): {row['clips_per_s']:.2f} clips/s "
-                      f"({row['clips_per_s_per_worker']:.2f} per worker, {row['clips']} clips of {args.seconds:g} s)")
+                      f"({row['clips_per_s_per_worker']:.2f} per worker, {row['clips_per_cpu_s']:.2f} per CPU-second, "
+                      f"{row['clips']} clips of {args.seconds:g} s, load average {row['load_average']})")
     scaling = {}
     for resolution in (256, 512):
         one, two = (next(r for r in rows if r["resolution"] == resolution and r["workers"] == w) for w in (1, 2))

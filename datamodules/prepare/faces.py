@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -36,6 +37,7 @@ def models():
     return _MODELS["detector"], _MODELS["predictor"]
 
 
+@lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     """Versions of the face tools, recorded in every clip's metadata."""
     import dlib
@@ -72,6 +74,19 @@ def detect(frame: np.ndarray, detect_size: int = 640) -> list[tuple[float, float
     rects = detector(np.ascontiguousarray(small), 0)
     boxes = [(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in rects]
     return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+def detect_near(frame: np.ndarray, box, face_pixels: int = 120) -> list[tuple[float, float, float, float]]:
+    """Face boxes in the neighbourhood of ``box`` (searched at a scale where the face is ~``face_pixels`` wide)."""
+    width = max(box[2] - box[0], 1.0)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    x0, y0 = int(max(0, cx - 1.5 * width)), int(max(0, cy - 1.5 * width))
+    x1, y1 = int(min(frame.shape[1], cx + 1.5 * width)), int(min(frame.shape[0], cy + 1.5 * width))
+    region = frame[y0:y1, x0:x1]
+    if region.size == 0:
+        return []
+    size = int(max(region.shape[:2]) * min(1.0, face_pixels / width))
+    return [(b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0) for b in detect(region, max(size, 1))]
 
 
 def landmarks_in(frame: np.ndarray, box) -> np.ndarray:
@@ -122,7 +137,8 @@ def track_face(frames: np.ndarray, detect_every: int = 5, detect_size: int = 640
     for i, frame in enumerate(frames):
         fresh = None
         if i % detect_every == 0 or anchor is None:
-            fresh = _pick(detect(frame, detect_size), anchor[0] if anchor else None, hint)
+            near = detect_near(frame, anchor[0]) if anchor is not None else []
+            fresh = _pick(near or detect(frame, detect_size), anchor[0] if anchor else None, hint)
             if fresh is not None:
                 missed = 0
             elif anchor is not None:

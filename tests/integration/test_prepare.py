@@ -258,7 +258,8 @@ def _index_matches_tars(out: Path) -> int:
 def test_resume_after_interrupt_redoes_only_unfinished_sources(vox_root, tmp_path):
     out = tmp_path / "resume"
     args = ["voxceleb2", "--root", str(vox_root), "--out", str(out), "--clip-seconds", "0", "--shard-size", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "prepare", *args, "--no-progress"], cwd=REPO,
+    entry = "import sys; from trainer.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", entry, "prepare", *args, "--no-progress"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
