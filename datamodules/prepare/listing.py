@@ -14,15 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Known HDTF cases where one person appears under names that differ beyond trailing digits.
+# HDTF names of one person that differ beyond trailing digits (the documented case; extend with --aliases).
 HDTF_ALIASES = {
     "WhipJimClyburn": "JamesClyburn",
-    "JimClyburn": "JamesClyburn",
-    "SpeakerPelosi": "NancyPelosi",
-    "LeaderPelosi": "NancyPelosi",
-    "SenatorSchumer": "ChuckSchumer",
-    "LeaderMcConnell": "MitchMcConnell",
-    "LeaderHoyer": "StenyHoyer",
 }
 TIME_FILE_SUFFIXES = ("_annotion_time.txt", "_annotation_time.txt")
 

@@ -107,7 +107,7 @@ def crop_region(item: SourceItem, info: media.VideoInfo) -> tuple[tuple[int, int
     clamped = clamp_window(window, info.width, info.height)
     notes = ["crop_window_clamped"] if clamped != window else []
     x, y, w, h = clamped
-    margin = 0.5 * max(w, h)
+    margin = 0.75 * max(w, h)
     roi = (int(max(0, x - margin)), int(max(0, y - margin)),
            int(min(info.width, x + w + margin)), int(min(info.height, y + h + margin)))
     extra = {"crop_window_annotated": list(item.crop_window), "crop_window": [round(v, 2) for v in clamped],

@@ -169,6 +169,18 @@ def test_quality_filters_skip_with_reasons(tmp_path, video, options, reason):
     assert not result.samples
 
 
+def test_crop_jitter_stays_below_two_percent_for_jumpy_landmarks():
+    rng = np.random.default_rng(0)
+    base = tm.reference_landmarks()
+    jumps = np.cumsum(rng.normal(0, 6, (100, 1, 2)), axis=0) + rng.normal(0, 2, (100, 68, 2))
+    zoom = 1 + 0.2 * np.sin(np.arange(100) / 3)[:, None, None]
+    marks = (base[None] - 128) * zoom + 128 + jumps
+    boxes = align.square_boxes(align.clip_squares(marks.astype(np.float32)))
+    assert align.max_jitter(boxes) < 0.02
+    raw = align.square_boxes(np.stack([align.ffhq_square(m) for m in marks]))
+    assert align.max_jitter(raw) > 0.05, "the raw landmarks should jump more than the crop"
+
+
 def test_hdtf_clips_speakers_splits_and_crop_windows(hdtf_root, hdtf_out):
     clips = read_clips(hdtf_out)
     by_video = {c.meta.video: c for c in clips.values()}
