@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_to_samples
+from webdataset.tariterators import tarfile_samples
 
 from datamodules.config import DataConfig
 from datamodules.sample import (
@@ -170,7 +170,7 @@ class ClipStream(IterableDataset):
         return random.Random(hash((self.seed, self.epoch, self.rank, worker)) & 0xFFFFFFFF)
 
     def _decoded(self, urls: Iterator[str], counter: SkipCounter, start: int | None) -> Iterator[dict[str, Any]]:
-        for sample in tarfile_to_samples(({"url": u} for u in urls), handler=counter.handler):
+        for sample in tarfile_samples(({"url": u} for u in urls), handler=counter.handler):
             try:
                 yield decode_window(sample, self.window, start)
             except SampleError as exc:

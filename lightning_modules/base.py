@@ -69,6 +69,16 @@ class StageModule(pl.LightningModule):
         self.max_steps = max_steps
         self.ema = None  # set by the EMA callback: an EMAWeights of the trainable parameters
         self.bad_steps = 0
+        self.run_config: dict[str, Any] = {}  # the resolved run config, saved into checkpoints and exports
+        self.provenance: dict[str, Any] = {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["seespeaker"] = {"stage": self.cfg.name, "config": self.run_config,
+                                    "provenance": self.provenance, "phase": self.export_phase()}
+
+    def export_phase(self) -> str:
+        """The phase recorded in the exported file (stages trained in phases override)."""
+        return ""
 
     # ---- earlier stages -------------------------------------------------------------------------------
     def load_required(self, stage: str) -> StageFile:

@@ -159,6 +159,8 @@ def compose(args: list[str]) -> Config:
 def derive(cfg: Config) -> None:
     """Fill the derived values (run folder, stages folder)."""
     root = Path(cfg.experiment.output_root) / cfg.experiment.name
+    if cfg.run.resume in ("False", "True"):  # YAML reads a bare false/true as a boolean
+        cfg.run.resume = cfg.run.resume.lower()
     if not cfg.run.dir:
         suffix = f"-{cfg.run.name}" if cfg.run.name else ""
         cfg.run.dir = str(root / f"{cfg.stage.name}{suffix}")

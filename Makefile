@@ -1,0 +1,48 @@
+# seespeaker: `make demo` and `make test` work on a fresh machine with nothing else run first.
+# A GPU user with their own CUDA torch: `make install CONSTRAINTS=` keeps that torch.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+INSTALL_STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install system-packages demo test results bench clean
+
+$(INSTALL_STAMP): pyproject.toml constraints.txt
+	@start=$$(date +%s); \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/pip install -q --upgrade pip wheel && \
+	$(if $(CONSTRAINTS),$(BIN)/pip install -q $(PIP_C) torch &&) \
+	$(BIN)/pip install -q $(PIP_C) -e ".[faces,test]" && \
+	$(BIN)/pip install -q --no-deps syncnet-python==0.2.3 && \
+	echo $$(( $$(date +%s) - start )) > $(VENV)/.install_seconds && touch $@
+
+install: $(INSTALL_STAMP)
+
+# Debian packages the distributed tests need (a real SLURM); installed only as root, once.
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null; then \
+		start=$$(date +%s); \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge iproute2 >/dev/null && \
+		echo $$(( $$(date +%s) - start )) > $(VENV)/.system_seconds; \
+	fi
+
+demo: install
+	$(BIN)/python -m trainer.demo
+
+test: install system-packages
+	$(BIN)/python tests/run_tiers.py
+
+results: install
+	$(BIN)/python -m trainer.results
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf outputs data/synthetic data/synthetic_small .pytest_cache

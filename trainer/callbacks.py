@@ -1,0 +1,179 @@
+"""The callbacks every stage trains with: EMA, media, throughput, data health, preemption checkpoints."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from lightning_modules.ema import EMAWeights
+
+
+class EMACallback(pl.Callback):
+    """Keeps an fp32 EMA of the trainable weights, saved in the checkpoint and used for sampling and export."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.ema: EMAWeights | None = None
+        self._pending: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "EMA"
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ema = EMAWeights(pl_module, self.decay)
+        if self._pending is not None:
+            self.ema.load_state_dict(self._pending)
+            self._pending = None
+        pl_module.ema = self.ema
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.ema is not None and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self.ema.update(pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.ema.state_dict() if self.ema is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state_dict)
+        else:
+            self._pending = state_dict
+
+
+class ThroughputMonitor(pl.Callback):
+    """samples/s, step time, the fraction of step time spent waiting for data, and GPU memory."""
+
+    def __init__(self, log_every: int = 10):
+        self.log_every = log_every
+        self._batch_ready = self._step_end = None
+        self._wait = self._total = 0.0
+        self._samples = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._step_end is not None:
+            self._wait += now - self._step_end
+        self._batch_ready = now
+        self._samples += len(batch["key"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._step_end is not None:
+            self._total += now - self._step_end
+        self._step_end = now
+        if (batch_idx + 1) % self.log_every or self._total <= 0:
+            return
+        metrics = {
+            "perf/samples_per_s": self._samples * trainer.world_size / self._total,
+            "perf/step_time_s": self._total / self.log_every,
+            "perf/data_wait_fraction": self._wait / self._total,
+        }
+        if torch.cuda.is_available():
+            metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        pl_module.log_dict(metrics, rank_zero_only=True)
+        self._wait = self._total = 0.0
+        self._samples = 0
+
+
+class DataHealthMonitor(pl.Callback):
+    """Counts skipped samples; stops the run with a clear message when the skip rate passes the threshold."""
+
+    MIN_SEEN = 64
+
+    def __init__(self, max_skip_fraction: float, missing_shards: int = 0):
+        self.max_skip_fraction = max_skip_fraction
+        self.skipped = 0
+        self.seen = 0
+        self.missing_shards = missing_shards
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.skipped += int(batch.get("skipped", 0))
+        self.seen += len(batch["key"])
+        total = self.seen + self.skipped
+        if (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log("data/skipped_samples", float(self.skipped), rank_zero_only=True)
+        if total >= self.MIN_SEEN and self.skipped / total > self.max_skip_fraction:
+            raise RuntimeError(
+                f"{self.skipped} of {total} samples ({100 * self.skipped / total:.1f}%) were unreadable, more than "
+                f"data.max_skip_fraction={self.max_skip_fraction}; check the shards (see the warnings above) or "
+                f"raise the threshold"
+            )
+
+    def summary(self) -> dict[str, int]:
+        return {"skipped_samples": self.skipped, "seen_samples": self.seen, "missing_shards": self.missing_shards}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "seen": self.seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped, self.seen = state_dict.get("skipped", 0), state_dict.get("seen", 0)
+
+
+class MediaLogger(pl.Callback):
+    """Calls the stage's ``log_media()`` on a fixed validation batch and saves/uploads the results.
+
+    Rank 0 only, unless the stage samples on every rank (ZeRO-3): then every rank runs it, rank 0 uploads.
+    """
+
+    def __init__(self, run_dir: str, every_n_steps: int = 0, all_ranks: bool = False):
+        self.media_dir = Path(run_dir) / "media"
+        self.every_n_steps = every_n_steps
+        self.all_ranks = all_ranks
+        self._batch: dict[str, Any] | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._batch is None and batch_idx == 0:
+            self._batch = {k: (v[:4] if isinstance(v, (torch.Tensor, list)) and k != "skipped" else v)
+                           for k, v in batch.items()}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and not self.every_n_steps:
+            self.log_now(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.log_now(trainer, pl_module)
+
+    def log_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._batch is None or (not trainer.is_global_zero and not self.all_ranks):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            media = pl_module.log_media(self._batch)
+        pl_module.train(was_training)
+        if trainer.is_global_zero and media:
+            self._save(trainer, media)
+
+    def _save(self, trainer: pl.Trainer, media: dict) -> None:
+        import cv2
+
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        step = trainer.global_step
+        for name, item in media.items():
+            if item.image is not None:
+                path = self.media_dir / f"{name}-step{step:07d}.png"
+                cv2.imwrite(str(path), np.ascontiguousarray(item.image[..., ::-1]))
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_media_item"):
+                    logger.log_media_item(f"media/{name}", item, step)
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """SIGTERM (what preemption sends) saves a checkpoint on every rank before the process ends."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            path = self.dirpath / f"preempt-step={trainer.global_step}.ckpt"
+            trainer.save_checkpoint(str(path))
+            if trainer.is_global_zero:
+                print(f"[preemption] SIGTERM received: saved {path}", flush=True)

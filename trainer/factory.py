@@ -1,0 +1,151 @@
+"""From a resolved config to a running Lightning Trainer: stage, data, strategy, callbacks, loggers, resume."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+from datamodules.datamodule import ShardDataModule
+from lightning_modules.registry import stage_class
+from lightning_modules.stagefile import load_stage_file
+from trainer import provenance
+from trainer.callbacks import DataHealthMonitor, EMACallback, MediaLogger, PreemptionCheckpoint, ThroughputMonitor
+from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
+from trainer.config import ConfigError, to_container, to_yaml
+from trainer.schemas import Config
+from trainer.strategies import build_strategy, media_needs_all_ranks
+from trainer.tracking import build_loggers
+
+log = logging.getLogger("seespeaker.train")
+
+
+@dataclass
+class TrainingRun:
+    cfg: Config
+    module: pl.LightningModule
+    data: ShardDataModule
+    trainer: pl.Trainer
+    ckpt_path: str | None
+    health: DataHealthMonitor
+
+
+def global_rank_from_env() -> int:
+    """This process's global rank before the Trainer exists (SLURM, torchrun or Lightning's launcher)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ and (name != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+            return int(os.environ[name])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    return node * int(os.environ.get("SEESPEAKER_DEVICES", 1)) + local
+
+
+def plain_logs() -> bool:
+    """Line-by-line logs (no live progress bar) in SLURM log files and other non-terminals."""
+    return os.environ.get("SEESPEAKER_PLAIN_LOGS") == "1" or not sys.stdout.isatty()
+
+
+def build_module(cfg: Config) -> pl.LightningModule:
+    cls = stage_class(cfg.stage.name)
+    module = cls(cfg.stage, cfg.data, stages_dir=cfg.run.stages_dir, max_steps=cfg.trainer.max_steps)
+    if cfg.run.init_from:
+        stage_file = load_stage_file(cfg.run.init_from)
+        module.load_weights(stage_file.weights(use_ema=True), cfg.run.init_from)
+    return module
+
+
+def build_callbacks(cfg: Config, module: pl.LightningModule, health: DataHealthMonitor) -> list[pl.Callback]:
+    ckpt_dir = str(Path(cfg.run.dir) / CHECKPOINT_DIR)
+    t = cfg.trainer
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
+                        every_n_train_steps=t.checkpoint_every_n_steps or None, save_top_k=-1 if t.checkpoint_every_n_steps else 0,
+                        save_last=True),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best-step={step}", auto_insert_metric_name=False,
+                        monitor=cfg.stage.monitor, mode=cfg.stage.monitor_mode, save_top_k=t.save_top_k),
+        PreemptionCheckpoint(ckpt_dir),
+        ThroughputMonitor(log_every=t.log_every_n_steps),
+        LearningRateMonitor(logging_interval="step"),
+        health,
+        MediaLogger(cfg.run.dir, t.media_every_n_steps, all_ranks=media_needs_all_ranks(t, module)),
+        TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps)) if plain_logs() else RichProgressBar(),
+    ]
+    if t.checkpoint_minutes > 0:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="time-step={step}", auto_insert_metric_name=False,
+                                         train_time_interval=timedelta(minutes=t.checkpoint_minutes), save_top_k=1))
+    if t.ema_decay > 0:
+        callbacks.append(EMACallback(t.ema_decay))
+    return callbacks
+
+
+def resolve_resume(cfg: Config) -> str | None:
+    value = cfg.run.resume
+    if value in ("false", "False", "none", "", "0"):
+        return None
+    if value == "auto":
+        found = find_resume_checkpoint(cfg.run.dir)
+        if found is None:
+            print(f"[resume=auto] no complete checkpoint in {cfg.run.dir}: starting fresh")
+            return None
+        print(f"[resume=auto] resuming from {found.path} ({found.kind}, step {found.step})")
+        return str(found.path)
+    if not Path(value).exists():
+        raise ConfigError(f"run.resume={value}: no such checkpoint; use resume=auto, resume=false or a checkpoint path")
+    return value
+
+
+def cluster_plugins(cfg: Config) -> list[Any]:
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    plugins: list[Any] = [AtomicCheckpointIO()] if cfg.trainer.strategy != "deepspeed" else []
+    if SLURMEnvironment.detect():
+        import signal
+
+        sig = getattr(signal, f"SIG{cfg.trainer.requeue_signal.upper().removeprefix('SIG')}")
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=sig))
+    return plugins
+
+
+def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
+    pl.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
+    is_zero = global_rank_from_env() == 0
+    config_dict = to_container(cfg)
+    if is_zero:
+        prov = provenance.collect(argv)
+        provenance.save(cfg.run.dir, to_yaml(cfg), prov)
+        config_dict["_provenance"] = prov
+    module = build_module(cfg)
+    module.provenance = config_dict.get("_provenance", {})
+    data = ShardDataModule(cfg.data, seed=cfg.experiment.seed)
+    data.setup("fit")
+    health = DataHealthMonitor(cfg.data.max_skip_fraction)
+    strategy, extra = build_strategy(cfg.trainer, module)
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+        max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=(t.gradient_clip_val or None) if module.automatic_optimization and t.strategy != "deepspeed" else None,
+        val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, default_root_dir=cfg.run.dir, callbacks=build_callbacks(cfg, module, health),
+        logger=build_loggers(cfg, config_dict, is_zero), plugins=cluster_plugins(cfg), enable_model_summary=is_zero,
+        reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0, deterministic=t.deterministic or None,
+        **extra,
+    )
+    trainer.max_bad_steps = t.max_bad_steps
+    if trainer.is_global_zero:
+        print(f"[seespeaker] stage={cfg.stage.name} run_dir={cfg.run.dir} world={cfg.world_size} "
+              f"global_batch={cfg.data.batch_size}x{cfg.world_size}x{t.accumulate_grad_batches}={cfg.global_batch}",
+              flush=True)
+    return TrainingRun(cfg, module, data, trainer, resolve_resume(cfg), health)
+
+
+def fit(run: TrainingRun) -> None:
+    torch.set_float32_matmul_precision("high")
+    run.trainer.fit(run.module, datamodule=run.data, ckpt_path=run.ckpt_path, weights_only=True)

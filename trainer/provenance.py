@@ -1,0 +1,72 @@
+"""What a run was made from, saved in the run folder before the first step."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from datamodules.shards import atomic_write_text
+
+PACKAGES = ("torch", "pytorch-lightning", "deepspeed", "wandb", "webdataset", "diffusers", "torchmetrics",
+            "omegaconf", "numpy", "av", "opencv-python-headless", "safetensors")
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def git_commit(repo: Path | None = None) -> str:
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    commit = out.stdout.strip()
+    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with any value of a secret-looking key replaced."""
+    out = []
+    for word in argv:
+        key = word.split("=", 1)[0].lower()
+        out.append(f"{word.split('=', 1)[0]}=<redacted>" if "=" in word and any(s in key for s in SECRET_WORDS) else word)
+    return out
+
+
+def collect(argv: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "command": redact_argv(list(argv if argv is not None else sys.argv)),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def save(run_dir: str | Path, config_yaml: str, provenance: dict[str, Any]) -> None:
+    """``config.yaml`` (resolved) and ``provenance.json``, atomically; earlier ones kept as history on restart."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
+    history = run_dir / "provenance.jsonl"
+    with open(history, "a") as fh:
+        fh.write(json.dumps(provenance) + "\n")
+    atomic_write_text(run_dir / "provenance.json", json.dumps(provenance, indent=2))

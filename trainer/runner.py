@@ -1,0 +1,61 @@
+"""Run a training end to end: build, fit, save the final checkpoint, export the stage file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datamodules.shards import ShardSetError, atomic_write_text
+from lightning_modules.nets.encoders import SpeechTooShortError
+from lightning_modules.stagefile import StageFileError
+from trainer.checkpoints import CHECKPOINT_DIR, CheckpointError
+from trainer.cli import UserError
+from trainer.config import ConfigError, to_container
+from trainer.schemas import Config
+
+
+def run_training(cfg: Config, argv: list[str] | None = None) -> int:
+    from trainer.factory import build_run, fit
+
+    try:
+        run = build_run(cfg, argv)
+        run.module.run_config = to_container(cfg)
+        fit(run)
+    except (ConfigError, ShardSetError, StageFileError, CheckpointError, SpeechTooShortError) as exc:
+        raise UserError(str(exc)) from None
+    trainer = run.trainer
+    final = Path(cfg.run.dir) / CHECKPOINT_DIR / f"final-step={trainer.global_step}.ckpt"
+    trainer.save_checkpoint(str(final))
+    if trainer.is_global_zero:
+        _finish(cfg, run, final)
+    return 0
+
+
+def _finish(cfg: Config, run, final: Path) -> None:
+    summary = {"global_step": run.trainer.global_step, "final_checkpoint": str(final), **run.health.summary(),
+               "missing_shards": len(run.data.missing_shards)}
+    summary.update({k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1})
+    if cfg.run.export:
+        from trainer.export import export_stage
+
+        exported = export_stage(final, stages_dir=cfg.run.stages_dir)
+        summary["exported"] = str(exported)
+        print(f"[seespeaker] exported {exported}")
+        _log_artifact(cfg, run, exported)
+    atomic_write_text(Path(cfg.run.dir) / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    for logger in run.trainer.loggers:
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update({f"data/{k}": v for k, v in run.health.summary().items()})
+    print(f"[seespeaker] run folder: {cfg.run.dir} (step {run.trainer.global_step})", flush=True)
+
+
+def _log_artifact(cfg: Config, run, exported: Path) -> None:
+    """The exported stage file as a W&B artifact with the `latest` alias (never checkpoints or DeepSpeed folders)."""
+    if not cfg.tracking.log_artifacts:
+        return
+    for logger in run.trainer.loggers:
+        if logger.__class__.__name__ == "SeespeakerWandbLogger":
+            import wandb
+
+            artifact = wandb.Artifact(f"{cfg.experiment.name}-{cfg.stage.name}", type="stage")
+            artifact.add_file(str(exported))
+            logger.experiment.log_artifact(artifact, aliases=["latest"])

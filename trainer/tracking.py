@@ -1,0 +1,140 @@
+"""Run tracking: the local JSONL metric log (the source of truth) and Weights & Biases (online or offline).
+
+One training is one W&B run however often it restarts: the run id is saved in the run folder and reused with
+``resume="allow"``. Offline runs write a new ``offline-run-*`` folder per restart; ``seespeaker runs sync``
+merges them from ``metrics.jsonl``. Only rank 0 creates a run. No secret is ever written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from trainer.schemas import Config
+
+WANDB_ID_FILE = "wandb_id"
+METRICS_FILE = "metrics.jsonl"
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN")
+
+
+class JSONLMetricLogger(Logger):
+    """Appends ``{"step": s, "time": t, <metric>: value, ...}`` lines to ``<run>/metrics.jsonl`` on rank 0."""
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__()
+        self.path = Path(run_dir) / METRICS_FILE
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        row = {"step": int(step or 0), "time": round(time.time(), 3)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Metric rows merged per step (the last write for a step wins), sorted by step; bad lines skipped."""
+    by_step: dict[int, dict[str, Any]] = {}
+    bad = 0
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        by_step.setdefault(step, {}).update(row)
+    rows = [by_step[s] for s in sorted(by_step)]
+    if bad:
+        rows and rows[0].setdefault("_bad_lines", bad)
+    return rows
+
+
+def tracking_mode(cfg: Config) -> str:
+    mode = cfg.tracking.mode
+    if mode == "auto":
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
+        mode = "online" if has_key and os.environ.get("WANDB_MODE") != "offline" else "offline"
+    return mode
+
+
+def run_id(run_dir: str | Path) -> str:
+    """The W&B run id of this run folder: read back on restart, created once otherwise."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    alphabet = string.ascii_lowercase + string.digits
+    new_id = os.environ.get("SEESPEAKER_WANDB_ID", "") or "".join(secrets.choice(alphabet) for _ in range(8))
+    from datamodules.shards import atomic_write_text
+
+    atomic_write_text(path, new_id)
+    return new_id
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class SeespeakerWandbLogger(WandbLogger):
+    """WandbLogger that also knows how to upload a stage's ``Media`` items."""
+
+    def log_media_item(self, key: str, item: Any, step: int) -> None:
+        import wandb
+
+        if item.image is not None:
+            self.experiment.log({key: wandb.Image(item.image, caption=item.caption), "trainer/global_step": step})
+        elif item.video_path:
+            self.experiment.log({key: wandb.Video(item.video_path, caption=item.caption, format="mp4"),
+                                 "trainer/global_step": step})
+
+
+def build_loggers(cfg: Config, config_dict: dict[str, Any], is_global_zero: bool) -> list[Logger]:
+    """The JSONL log always; W&B unless disabled. The id is created on rank 0 only (other ranks make no run)."""
+    loggers: list[Logger] = [JSONLMetricLogger(cfg.run.dir)]
+    mode = tracking_mode(cfg)
+    if mode == "disabled":
+        return loggers
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ["WANDB_DIR"] = str(Path(cfg.run.dir))
+    identifier = run_id(cfg.run.dir) if is_global_zero else os.environ.get("SEESPEAKER_WANDB_ID")
+    tags = [cfg.stage.name, cfg.data.name, cfg.experiment.scale, cfg.trainer.strategy, *cfg.tracking.tags]
+    commit = config_dict.get("_provenance", {}).get("git_commit", "")
+    if commit:
+        tags.append(f"commit-{commit[:8]}")
+    logger = SeespeakerWandbLogger(
+        project=os.environ.get("WANDB_PROJECT", cfg.tracking.project),
+        entity=os.environ.get("WANDB_ENTITY", cfg.tracking.entity) or None,
+        name=f"{cfg.experiment.name}-{cfg.stage.name}{'-' + cfg.run.name if cfg.run.name else ''}-{identifier}",
+        id=identifier, resume="allow", group=cfg.experiment.name, job_type=cfg.stage.name, tags=tags,
+        save_dir=cfg.run.dir, offline=(mode == "offline"), log_model=False,
+        config=flatten({k: v for k, v in config_dict.items() if not k.startswith("_")}),
+    )
+    loggers.append(logger)
+    return loggers
