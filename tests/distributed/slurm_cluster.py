@@ -49,7 +49,8 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/builtin
-KillWait=20
+KillWait=5
+SchedulerParameters=sched_interval=1
 MinJobAge=600
 SlurmctldPort=6817
 SlurmdPort=6818
@@ -354,11 +355,17 @@ def start_cluster(root: str | Path | None = None) -> SlurmCluster:
         raise
 
 
+def _stop_on_signal(signum, _frame) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     started = time.monotonic()
     cluster = start_cluster()
     print(f"cluster up in {time.monotonic() - started:.2f}s at {cluster.root}; "
-          f"use: export PATH={cluster.bin_dir}:$PATH; Ctrl-C stops it")
+          f"use: export PATH={cluster.bin_dir}:$PATH; Ctrl-C or SIGTERM stops it", flush=True)
     try:
         signal.pause()
     except KeyboardInterrupt:
