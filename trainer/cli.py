@@ -71,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainer.cli import main as package_main  # one UserError class, whichever way the CLI starts
+
+    sys.exit(package_main())

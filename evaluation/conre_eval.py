@@ -1,0 +1,44 @@
+"""Speech-to-face retrieval of an exported ConRe stage on a split of a shard set."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from datamodules.config import DataConfig
+from datamodules.datamodule import ShardDataModule
+from lightning_modules.conre import load_conre_encoders
+from lightning_modules.retrieval import retrieval_accuracy
+from lightning_modules.stagefile import load_stage_file
+
+
+@dataclass
+class RetrievalResult:
+    split: str
+    clips: int
+    speakers: int
+    top1: float
+    top5: float
+    chance_top1: float
+    chance_top5: float
+
+
+@torch.no_grad()
+def conre_retrieval(stage_path: str, data: DataConfig, split: str, use_ema: bool = True) -> RetrievalResult:
+    """Each clip's speech embedding against per-speaker mean face embeddings of the same split (every clip once)."""
+    speech_encoder, face_encoder = load_conre_encoders(load_stage_file(stage_path, expect_stage="conre"), use_ema)
+    dm = ShardDataModule(replace(data, num_workers=0))
+    dm.setup()
+    speech, face, speaker = [], [], []
+    for batch in dm.eval_dataloader(split):
+        valid = batch["valid"]
+        if not valid.any():
+            continue
+        speech.append(F.normalize(speech_encoder(batch["audio"][valid]), dim=-1))
+        face.append(F.normalize(face_encoder(batch["frames"][valid, 0]), dim=-1))
+        speaker.append(batch["speaker_index"][valid])
+    speech_t, face_t, speaker_t = torch.cat(speech), torch.cat(face), torch.cat(speaker)
+    top1, chance1 = retrieval_accuracy(speech_t, face_t, speaker_t, k=1)
+    top5, chance5 = retrieval_accuracy(speech_t, face_t, speaker_t, k=5)
+    return RetrievalResult(split, len(speaker_t), int(torch.unique(speaker_t).numel()), top1, top5, chance1, chance5)

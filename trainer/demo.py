@@ -1,0 +1,64 @@
+"""``make demo``: the synthetic corpus, every stage of the chain at the tiny scale, and where things are.
+
+Each step runs as its own process (as a user would run it); re-running continues (resume=auto) instead of
+starting over. Stages that are not part of this installation are skipped with a note.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightning_modules.registry import CHAIN, available_stages
+
+CORPUS = Path("data/synthetic")
+OUTPUTS = Path("outputs")
+
+
+def seespeaker(*words: str) -> None:
+    cmd = [sys.executable, "-m", "trainer.cli", *words]
+    print(f"\n$ seespeaker {' '.join(words)}", flush=True)
+    start = time.time()
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise SystemExit(f"demo step failed (exit {code}): seespeaker {' '.join(words)}")
+    print(f"  ({time.time() - start:.0f} s)", flush=True)
+
+
+def demo_steps(stages: list[str]) -> list[tuple[str, ...]]:
+    """The commands of the demo, in order (the prior is computed right after the autoencoder)."""
+    steps: list[tuple[str, ...]] = []
+    if not (CORPUS / "index.json").is_file():
+        steps.append(("prepare", "synthetic", "--out", str(CORPUS)))
+    for stage in stages:
+        steps.append(("train", "experiment=tiny", f"stage={stage}"))
+        if stage == "autoencoder":
+            steps.append(("prior", "--data", str(CORPUS), "--stages", str(OUTPUTS / "tiny" / "stages"),
+                          "--resolution", "64"))
+    return steps
+
+
+def main() -> int:
+    present = set(available_stages())
+    stages = [s for s in CHAIN if s in present and s in DEMO_STAGES]
+    skipped = [s for s in CHAIN if s not in stages]
+    start = time.time()
+    for words in demo_steps(stages):
+        seespeaker(*words)
+    print(f"\nseespeaker demo finished in {time.time() - start:.0f} s")
+    print(f"  corpus:            {CORPUS}/ (index.json, train/val/test shards)")
+    for stage in stages:
+        run = OUTPUTS / "tiny" / stage
+        print(f"  {stage:18s} run {run}/  checkpoints {run}/checkpoints/  W&B offline {run}/wandb/  media {run}/media/")
+    print(f"  exported stages:   {OUTPUTS / 'tiny' / 'stages'}/")
+    if skipped:
+        print(f"  not in this demo:  {', '.join(skipped)}")
+    print("  compare runs:      seespeaker runs list outputs/tiny  (W&B: wandb sync outputs/tiny/<stage>/wandb/offline-run-*)")
+    return 0
+
+
+DEMO_STAGES = ("conre",)
+
+if __name__ == "__main__":
+    sys.exit(main())

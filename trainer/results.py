@@ -1,0 +1,122 @@
+"""``make results``: train the chain at the small scale over 3 seeds and write the README's result tables.
+
+Each table is written between ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->`` in README.md, with
+the machine and the commit, whatever the numbers are. Raw numbers go to ``results/<name>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from datamodules.shards import atomic_write_text
+from trainer.provenance import git_commit
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path("data/synthetic_small")
+OUTPUT_ROOT = Path("outputs/results")
+SEEDS = (0, 1, 2)
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU"
+
+
+def run(*words: str) -> None:
+    cmd = [sys.executable, "-m", "trainer.cli", *words]
+    print("$ seespeaker " + " ".join(words), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def ensure_corpus() -> None:
+    if not (CORPUS / "index.json").is_file():
+        run("prepare", "synthetic", "--out", str(CORPUS), "--speakers", "60", "--clips-per-speaker", "6", "--seed", "1")
+
+
+def mean_spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}" if values else "-"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def conre_results() -> tuple[dict, str]:
+    """Speech-to-face retrieval of held-out (test) speakers by the small ConRe, 3 seeds, against chance."""
+    from evaluation.conre_eval import conre_retrieval
+    from trainer.config import compose
+
+    per_seed = []
+    for seed in SEEDS:
+        stages = OUTPUT_ROOT / "small" / f"stages-seed{seed}"
+        start = time.time()
+        run("train", "experiment=small", "stage=conre", f"seed={seed}", f"run.name=seed{seed}",
+            f"experiment.output_root={OUTPUT_ROOT}", f"run.stages_dir={stages}", f"data.root={CORPUS}")
+        minutes = (time.time() - start) / 60
+        cfg = compose(["experiment=small", "stage=conre", f"data.root={CORPUS}"])
+        test = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "test")
+        train = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "train")
+        per_seed.append({"seed": seed, "test": test.__dict__, "train": train.__dict__, "train_minutes": minutes})
+    top1 = [r["test"]["top1"] for r in per_seed]
+    top5 = [r["test"]["top5"] for r in per_seed]
+    chance1, chance5 = per_seed[0]["test"]["chance_top1"], per_seed[0]["test"]["chance_top5"]
+    speakers = per_seed[0]["test"]["speakers"]
+    lines = [
+        f"ConRe speech-to-face retrieval among {speakers} held-out speakers (small scale, seeds {', '.join(map(str, SEEDS))}; "
+        f"mean ± std).",
+        "",
+        "| | top-1 | top-5 |",
+        "|---|---|---|",
+        f"| ConRe (small) | {mean_spread(top1)} | {mean_spread(top5)} |",
+        f"| chance | {chance1:.3f} | {chance5:.3f} |",
+        f"| ratio to chance | {statistics.mean(top1) / chance1:.2f}x | {statistics.mean(top5) / chance5:.2f}x |",
+        "",
+        f"Training speakers (fit): top-1 {mean_spread([r['train']['top1'] for r in per_seed])}. "
+        f"Train time per seed: {mean_spread([r['train_minutes'] for r in per_seed])} min.",
+    ]
+    return {"per_seed": per_seed}, "\n".join(lines)
+
+
+RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {"conre": conre_results}
+
+
+def write_table(name: str, table: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    stamp = f"Machine: {machine()}. Commit: `{git_commit()[:12]}`. Date: {time.strftime('%Y-%m-%d')}."
+    block = f"<!-- results:{name} -->\n{table}\n\n{stamp}\n<!-- /results:{name} -->"
+    pattern = re.compile(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
+    atomic_write_text(readme, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", default=list(RESULTS), help=f"which results ({', '.join(RESULTS)})")
+    args = parser.parse_args(argv)
+    ensure_corpus()
+    for name in args.names:
+        data, table = RESULTS[name]()
+        data.update({"machine": machine(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d")})
+        atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(data, indent=2))
+        write_table(name, table)
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
