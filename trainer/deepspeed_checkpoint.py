@@ -127,10 +127,25 @@ def weights_only_loading() -> Iterator[None]:
         zero_to_fp32.torch = saved
 
 
-def safe_load(path: str | Path) -> Any:
+@contextlib.contextmanager
+def weights_only_engine(engine) -> Iterator[None]:
+    """Within the block a DeepSpeed engine reads its checkpoint files with ``weights_only=True`` (resume)."""
+    checkpoint_engine = engine.checkpoint_engine
+
+    def load(path: str, map_location=None):
+        return safe_load(path, map_location=map_location)
+
+    checkpoint_engine.load = load
+    try:
+        yield
+    finally:
+        del checkpoint_engine.load  # back to the class's method
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load`` of one DeepSpeed file on CPU, weights only, DeepSpeed's own classes allowed."""
     with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_deepspeed_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

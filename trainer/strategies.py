@@ -156,6 +156,13 @@ class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
             lr_scheduler.optimizer = cpu_adam
         return cpu_adam
 
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict[str, Any]:
+        """Resume from a DeepSpeed directory reading its files weights-only (DeepSpeed itself unpickles freely)."""
+        from trainer.deepspeed_checkpoint import weights_only_engine
+
+        with weights_only_engine(self.deepspeed_engine):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+
     def _format_batch_size_and_grad_accum_config(self) -> None:
         """Accept the generated ``gradient_accumulation_steps`` when it agrees with the Trainer's."""
         assert isinstance(self.config, dict)

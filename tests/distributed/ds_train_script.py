@@ -78,6 +78,17 @@ class RegressionStage(StageModule):
         return DataLoader(RandomRegression(), batch_size=self.data_cfg.batch_size, shuffle=True)
 
 
+class StopAt(pl.Callback):
+    """Stop training after a given optimizer step, as a preempted job does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
 def module_weights(trainer: pl.Trainer, module: RegressionStage) -> dict[str, torch.Tensor]:
     """The module's full fp32 weights (gathered from all ranks under ZeRO-3; a collective there)."""
     params = list(module.parameters())
@@ -98,6 +109,8 @@ def main() -> int:
     parser.add_argument("--optimizers", type=int, default=1)
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--offload", action="store_true", help="ZeRO offload (optimizer on DeepSpeedCPUAdam)")
+    parser.add_argument("--stop-at", type=int, default=0, help="stop after this many steps (of --steps)")
+    parser.add_argument("--resume", default="", help="checkpoint to resume from")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -122,9 +135,9 @@ def main() -> int:
         accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
         gradient_clip_val=tcfg.gradient_clip_val, accumulate_grad_batches=tcfg.accumulate_grad_batches,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, **extra,
+        num_sanity_val_steps=0, callbacks=[StopAt(args.stop_at)] if args.stop_at else [], **extra,
     )
-    trainer.fit(stage)
+    trainer.fit(stage, ckpt_path=args.resume or None, weights_only=True)
     ckpt = out / ("checkpoint" if args.strategy == "deepspeed" else "checkpoint.ckpt")
     trainer.save_checkpoint(ckpt, weights_only=False)
     weights = module_weights(trainer, stage)

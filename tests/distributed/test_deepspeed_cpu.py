@@ -20,7 +20,7 @@ from trainer.deepspeed_checkpoint import is_complete, is_deepspeed_checkpoint, l
 
 SCRIPT = Path(__file__).with_name("ds_train_script.py")
 REPO = SCRIPT.parents[2]
-STEPS, ACCUMULATE = 12, 2
+STEPS, MAX_STEPS, ACCUMULATE, LR = 12, 24, 2, 3e-2  # runs stop at STEPS of a MAX_STEPS schedule, as if preempted
 
 
 def free_port() -> int:
@@ -29,13 +29,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def scheduled_lr(step: int) -> float:
+    """The learning rate the script's stage schedules for an optimizer step (warm-up 5, cosine to MAX_STEPS)."""
+    from datamodules.config import DataConfig
+    from lightning_modules.base import StageConfig, StageModule
+
+    return LR * StageModule(StageConfig(lr=LR, warmup_steps=5), DataConfig(), max_steps=MAX_STEPS).lr_factor(step)
+
+
 def launch(out: Path, *args: str) -> subprocess.CompletedProcess:
     """Run the training script on two CPU ranks; the result holds its exit code and output."""
     launcher_vars = ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PL_")) and k not in launcher_vars}
     env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONWARNINGS="ignore")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
-    cmd = [sys.executable, str(SCRIPT), "--devices", "2", "--steps", str(STEPS), "--accumulate", str(ACCUMULATE),
+    cmd = [sys.executable, str(SCRIPT), "--devices", "2", "--steps", str(MAX_STEPS), "--accumulate", str(ACCUMULATE),
            "--out", str(out), *args]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
 
@@ -47,10 +55,10 @@ class Runs:
         self.root = root
         self.done: dict[str, Path] = {}
 
-    def get(self, name: str, *args: str) -> Path:
+    def get(self, name: str, *args: str, stop_at: int = STEPS) -> Path:
         if name not in self.done:
             out = self.root / name
-            result = launch(out, *args)
+            result = launch(out, *args, *(["--stop-at", str(stop_at)] if stop_at else []))
             assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
             self.done[name] = out
         return self.done[name]
@@ -72,10 +80,12 @@ def assert_trained(out: Path) -> dict:
     assert len(losses) == STEPS * ACCUMULATE
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.5 * first, f"loss did not decrease: first {losses[:4]}, last {losses[-4:]}"
+    # Lightning reads the rate after each micro-batch: the scheduler steps once per accumulated step
+    assert rec["lrs"] == pytest.approx([scheduled_lr((b + 1) // ACCUMULATE) for b in range(len(losses))], rel=1e-5)
     return rec
 
 
-def assert_consolidates_to_trained_weights(out: Path) -> dict:
+def assert_consolidates_to_trained_weights(out: Path, step: int = STEPS) -> dict:
     ckpt = out / "checkpoint"
     assert is_deepspeed_checkpoint(ckpt) and is_complete(ckpt)
     state_dict, client = load_deepspeed_checkpoint(ckpt)
@@ -84,7 +94,7 @@ def assert_consolidates_to_trained_weights(out: Path) -> dict:
     for name, value in trained.items():
         assert state_dict[name].dtype == torch.float32
         assert torch.equal(state_dict[name], value), name
-    assert client["global_step"] == STEPS and "callbacks" in client and "loops" in client
+    assert client["global_step"] == step and "callbacks" in client and "loops" in client
     assert "module" not in client and "optimizer" not in client
     return client
 
@@ -133,3 +143,19 @@ def test_zero3_offload_uses_cpu_adam_and_keeps_the_schedule(runs):
     assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)  # warm-up then cosine decay reached the CPU Adam
     assert rec["losses"] == pytest.approx(reference["losses"], rel=1e-3)
     assert_consolidates_to_trained_weights(out)
+
+
+def test_zero3_resumes_from_its_checkpoint_directory(runs):
+    """A stopped ZeRO-3 run resumes weights, optimizer state and schedule from its directory (read weights-only)."""
+    first = runs.get("zero3", "--strategy", "deepspeed", "--zero", "3")
+    out = runs.get("zero3_resumed", "--strategy", "deepspeed", "--zero", "3", "--resume",
+                   str(first / "checkpoint"), stop_at=0)
+    rec, before = record(out), record(first)
+    assert rec["global_step"] == MAX_STEPS
+    assert len(rec["losses"]) == (MAX_STEPS - STEPS) * ACCUMULATE
+    offset = STEPS * ACCUMULATE
+    expected = [scheduled_lr((offset + b + 1) // ACCUMULATE) for b in range(len(rec["losses"]))]
+    assert rec["lrs"] == pytest.approx(expected, rel=1e-5)
+    resumed_start, fresh_start = sum(rec["losses"][:4]) / 4, sum(before["losses"][:4]) / 4
+    assert resumed_start < 0.5 * fresh_start, "the resumed run started from fresh weights"
+    assert_consolidates_to_trained_weights(out, step=MAX_STEPS)
