@@ -14,7 +14,7 @@ from trainer.cli import main
 def conre_run(synthetic_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     words = ["train", "experiment=tiny", "stage=conre", f"data.root={synthetic_corpus}",
-             f"experiment.output_root={out}", "trainer.max_steps=100"]
+             f"experiment.output_root={out}", "trainer.max_steps=200"]
     assert main(words) == 0
     return out / "tiny", words
 
@@ -27,9 +27,9 @@ def test_training_writes_run_folder_checkpoints_and_provenance(conre_run):
     assert prov["command"][1:3] == ["train", "experiment=tiny"]
     assert "torch" in prov["packages"] and "pytorch-lightning" in prov["packages"]
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
-    assert "final-step=100.ckpt" in ckpts and "step=50.ckpt" in ckpts
+    assert "final-step=200.ckpt" in ckpts and "step=50.ckpt" in ckpts
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) >= 95
+    assert max(steps) >= 195
 
 
 def test_wandb_offline_run_holds_the_run_id(conre_run):
@@ -56,24 +56,24 @@ def test_export_round_trip_equals_the_trained_module(conre_run):
 
     root = conre_run[0]
     stage = load_stage_file(root / "stages" / "conre.safetensors", expect_stage="conre")
-    ckpt = safe_load(root / "conre" / "checkpoints" / "final-step=100.ckpt")
+    ckpt = safe_load(root / "conre" / "checkpoints" / "final-step=200.ckpt")
     assert set(stage.state) == set(ckpt["state_dict"])
     for key, value in ckpt["state_dict"].items():
         assert torch.equal(stage.state[key], value.float()), key
     shadow = ckpt["callbacks"]["EMA"]["shadow"]
     assert shadow and all(torch.equal(stage.ema[k], v) for k, v in shadow.items())
-    assert stage.config["embed_dim"] == 64 and stage.provenance["global_step"] == 100
+    assert stage.config["embed_dim"] == 64 and stage.provenance["global_step"] == 200
 
 
 def test_resume_auto_continues_the_step_count(conre_run, capsys):
     root, words = conre_run
-    assert main([w if not w.startswith("trainer.max_steps") else "trainer.max_steps=120" for w in words]) == 0
+    assert main([w if not w.startswith("trainer.max_steps") else "trainer.max_steps=220" for w in words]) == 0
     out = capsys.readouterr().out
-    assert "resuming from" in out and "step 100" in out
-    assert (root / "conre" / "checkpoints" / "final-step=120.ckpt").is_file()
+    assert "resuming from" in out and "step 200" in out
+    assert (root / "conre" / "checkpoints" / "final-step=220.ckpt").is_file()
     rows = [json.loads(line) for line in (root / "conre" / "metrics.jsonl").read_text().splitlines()]
     resumed = [r["step"] for r in rows if "train/loss" in r]
-    assert max(resumed) >= 115
+    assert max(resumed) >= 215
     assert len(list((root / "conre" / "wandb").glob("offline-run-*"))) == 2
     assert (root / "conre" / "wandb_id").read_text().strip() in {p.name.split("-")[-1] for p in (root / "conre" / "wandb").glob("offline-run-*")}
 

@@ -1,0 +1,113 @@
+"""``seespeaker runs``: list, show and compare local run folders; sync offline W&B runs."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from trainer.cli import UserError, add_command
+
+
+def _records(paths: list[str]):
+    from trainer.runs import RunReadError, find_runs, load_run
+
+    try:
+        folders = find_runs(paths)
+    except RunReadError as exc:
+        raise UserError(str(exc)) from None
+    if not folders:
+        raise UserError(f"no run folders (with config.yaml or metrics.jsonl) under {', '.join(paths)}")
+    records = [load_run(f) for f in folders]
+    for r in records:
+        for problem in r.problems:
+            print(f"warning: {r.name}: {problem}", file=sys.stderr)
+    return records
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    """Table of the runs under the given folders: stage, steps, final loss, best monitored metric, W&B id.
+
+    Example: seespeaker runs list outputs/tiny
+    """
+    from trainer.runs import table
+
+    rows = []
+    for r in _records(args.paths):
+        monitor = r.config.get("stage.monitor", "val/loss")
+        steps = max((int(row["step"]) for row in r.history), default=None)
+        rows.append([r.name, r.config.get("stage.name"), steps, r.final("train/loss"), monitor, r.best(monitor),
+                     r.summary.get("wandb_id", "-")])
+    print(table(["run", "stage", "steps", "train/loss", "monitor", "best", "wandb id"], rows))
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """One run: its config, every metric's final and best value, its summary and evaluation results.
+
+    Example: seespeaker runs show outputs/tiny/conre
+    """
+    from trainer.runs import format_value, table
+
+    (record,) = _records([args.path])[:1]
+    print(f"run {record.name}")
+    for key in ("experiment.name", "stage.name", "data.name", "trainer.strategy", "experiment.seed"):
+        print(f"  {key}: {record.config.get(key, '-')}")
+    print(table(["metric", "final", "best"], [[m, record.final(m), record.best(m)] for m in record.metric_names()]))
+    for key, value in sorted(record.summary.items()):
+        print(f"  {key}: {format_value(value)}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Runs side by side: only the config keys that differ, and chosen metrics (final/best); --plot writes curves.
+
+    Example: seespeaker runs compare outputs/a/conre outputs/b/conre --metrics train/loss,val/loss --plot cmp.png
+    """
+    from trainer.runs import check_metrics, compare_table, plot
+
+    records = _records(args.runs)
+    metrics = [m for m in args.metrics.split(",") if m]
+    problems = check_metrics(records, metrics)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    known = [m for m in metrics if not any(repr(m) in p for p in problems)]
+    print(compare_table(records, known))
+    if args.plot and known:
+        print(f"plot: {plot(records, known, Path(args.plot))}")
+    return 1 if problems and not known else 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Merge a run's offline W&B segments into one continuous history (from metrics.jsonl) and upload it.
+
+    --dry-run builds the merged offline run and prints its folder without uploading.
+    Example: seespeaker runs sync outputs/tiny/conre
+    """
+    from trainer.runs import RunReadError, merge_offline_segments
+
+    for path in args.runs:
+        try:
+            merged = merge_offline_segments(Path(path))
+        except RunReadError as exc:
+            raise UserError(str(exc)) from None
+        print(f"merged offline run: {merged}")
+        if not args.dry_run:
+            code = subprocess.call([str(Path(sys.executable).with_name("wandb")), "sync", str(merged)])
+            if code != 0:
+                raise UserError(f"wandb sync {merged} failed (exit {code}); check `wandb login` and the network")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("runs", help="list, show, compare and sync local runs", description=__doc__)
+    sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+    add_command(sub, "list", list_runs).add_argument("paths", nargs="+", help="run folders or folders above them")
+    add_command(sub, "show", show).add_argument("path", help="a run folder")
+    p = add_command(sub, "compare", compare)
+    p.add_argument("runs", nargs="+", help="run folders (or folders above them)")
+    p.add_argument("--metrics", default="train/loss", help="comma-separated metric names (default train/loss)")
+    p.add_argument("--plot", default="", help="write the curves of the metrics to this PNG")
+    p = add_command(sub, "sync", sync)
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--dry-run", action="store_true", help="merge only; do not upload")
