@@ -67,9 +67,18 @@ def sync_region(frames: torch.Tensor, region: str) -> torch.Tensor:
     return frames
 
 
-def batch_mfcc(audio: torch.Tensor) -> torch.Tensor:
-    """Float speech [B, N] in [-1, 1] -> SyncNet MFCC [B, 13, F] (float32, of the int16-valued samples)."""
+def batch_mfcc(audio: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+    """Float speech [B, N] in [-1, 1] -> SyncNet MFCC [B, 13, F] (float32, of the int16-valued samples).
+
+    ``columns`` computes only the first columns (from the samples they span; they equal those of the whole)."""
+    if columns is not None:
+        audio = audio[..., : (columns - 1) * 160 + 400]
     return syncnet_mfcc(float_audio_to_int16_scale(audio.detach()), dtype=torch.float32).to(audio.device)
+
+
+def needed_columns(starts: torch.Tensor, offsets: torch.Tensor) -> int:
+    """MFCC columns that the windows at ``starts`` shifted by ``offsets`` can reach."""
+    return 4 * int(starts.max() + offsets.max()) + MFCC_WINDOW
 
 
 def offset_audio_windows(mfcc: torch.Tensor, starts: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +120,7 @@ def offset_sync_loss(expert: SyncExpert, frames: torch.Tensor, audio: torch.Tens
     offsets = torch.arange(-max_offset, max_offset + 1, device=frames.device)
     crops = expert.preprocess(sync_region(frames, region))
     video = expert.forward_lip(video_windows_at(crops, starts).flatten(0, 1))     # [B * W, D]
-    windows, valid = offset_audio_windows(batch_mfcc(audio), starts, offsets)
+    windows, valid = offset_audio_windows(batch_mfcc(audio, needed_columns(starts, offsets)), starts, offsets)
     audio_emb = expert.forward_aud(windows.flatten(0, 2)).view(*valid.shape, -1)  # [B, W, K, D]
     logits = distance_logits(video, audio_emb.flatten(0, 1), temperature)
     loss = offset_cross_entropy(logits, max_offset, valid.flatten(0, 1))
@@ -148,7 +157,8 @@ class SyncNetStage(StageModule):
         """(video [B, W, D], audio [B, W, K, D], valid [B, W, K]) embeddings of the windows at ``starts``."""
         crops = self.expert.preprocess(sync_region(batch["frames"], self.cfg.region))
         video = self.expert.forward_lip(video_windows_at(crops, starts).flatten(0, 1)).view(*starts.shape, -1)
-        windows, valid = offset_audio_windows(batch_mfcc(batch["audio"]), starts, offsets)
+        mfcc = batch_mfcc(batch["audio"], needed_columns(starts, offsets))
+        windows, valid = offset_audio_windows(mfcc, starts, offsets)
         audio = self.expert.forward_aud(windows.flatten(0, 2)).view(*valid.shape, -1)
         return video, audio, valid
 

@@ -77,6 +77,12 @@ def test_offset_windows_are_lse_columns_and_out_of_speech_windows_are_invalid():
                     assert torch.equal(windows[b, w, j], mfcc_windows(mfcc[b], [frame])[0])
 
 
+def test_mfcc_of_the_needed_columns_equals_the_whole():
+    audio = torch.randn(2, 16000) * 0.3
+    whole = batch_mfcc(audio)
+    assert torch.allclose(batch_mfcc(audio, 52), whole[..., :52], atol=1e-4)
+
+
 def test_clips_shorter_than_window_plus_shift_are_refused():
     with pytest.raises(ValueError, match="clip_frames=8.*max_offset=4"):
         tiny_stage(max_offset=4, clip_frames=8)
