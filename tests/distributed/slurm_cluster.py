@@ -372,3 +372,4 @@ if __name__ == "__main__":
         pass
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)

@@ -49,10 +49,10 @@ def train_words(corpus: Path, out: Path, steps: int = TRAIN_STEPS, **extra: str)
     return ["train", "experiment=tiny", "stage=conre", *(f"{k}={v}" for k, v in words.items())]
 
 
-def submit(cluster, workdir: Path, words: list[str]) -> str:
+def submit(cluster, workdir: Path, words: list[str], *options: str, nodes: int = 2) -> str:
     """`seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 -- <words>`; returns the job id."""
-    result = seespeaker("slurm", "submit", "--profile", "local_cpu", "--nodes", "2", "--tasks-per-node", "1",
-                        "--", *words, env=job_env(cluster), cwd=workdir)
+    result = seespeaker("slurm", "submit", "--profile", "local_cpu", "--nodes", str(nodes), "--tasks-per-node", "1",
+                        *options, "--", *words, env=job_env(cluster), cwd=workdir)
     assert result.returncode == 0, result.stderr
     match = re.search(r"^Submitted batch job (\d+)$", result.stdout, re.MULTILINE)
     assert match, result.stdout
@@ -158,3 +158,16 @@ def test_sigterm_saves_a_checkpoint_before_the_job_ends(slurm_cluster, corpus, t
     saved = sorted((run_dir / "checkpoints").glob("*.ckpt"))  # checkpoint_every_n_steps=0: none but the SIGTERM one
     assert saved, log[-4000:]
     assert max(metric_steps(run_dir)) < 400
+
+
+def test_array_runs_one_task_per_override_line(slurm_cluster, corpus, tmp_path):
+    sweep = tmp_path / "sweep.txt"
+    sweep.write_text("# two runs of the sweep\nrun.name=a trainer.max_steps=3\nrun.name=b trainer.max_steps=5\n")
+    words = train_words(corpus, tmp_path / "out", **{"trainer.strategy": "auto"})
+    job = submit(slurm_cluster, tmp_path, words, "--array", str(sweep), nodes=1)
+    for task, (name, steps) in enumerate((("a", 3), ("b", 5))):
+        state = slurm_cluster.wait(f"{job}_{task}", timeout=120)
+        assert state == "COMPLETED", job_log(tmp_path, f"{job}_{task}")[-4000:]
+        run_dir = tmp_path / "out" / "tiny" / f"conre-{name}"
+        assert steps - 1 <= max(metric_steps(run_dir)) <= steps  # the line's own max_steps reached this task
+        assert (run_dir / "wandb_id").read_text().strip().endswith(f"-{task}")  # one W&B run per task
