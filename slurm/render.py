@@ -1,8 +1,9 @@
 """Render the sbatch script of a training job: a profile, a shape (nodes x tasks) and the train words in, text out.
 
-Every value that reaches the script is quoted with ``shlex.quote``, so a config value such as
-``run.name='x; rm -rf /'`` reaches the program as one literal argument. Secrets are never written into the script:
-SLURM passes the submitting shell's environment (``WANDB_API_KEY`` included) to the job.
+Every value that reaches a shell line is quoted with ``shlex.quote``, so a config value such as
+``run.name='x; rm -rf /'`` reaches the program as one literal argument; ``#SBATCH`` values, which sbatch parses
+itself, use the double quotes sbatch understands. Secrets are never written into the script: SLURM passes the
+submitting shell's environment (``WANDB_API_KEY`` included) to the job.
 """
 from __future__ import annotations
 

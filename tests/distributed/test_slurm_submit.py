@@ -103,6 +103,29 @@ def test_two_nodes_run_one_task_each(slurm_cluster, tmp_path):
     assert text.count("10.77.0.1") == 2  # both nodes resolve the rendezvous host
 
 
+def test_submitted_script_passes_hostile_values_literally(slurm_cluster, tmp_path):
+    """Through the real sbatch, bash and srun, on both nodes: spaces in folders, shell syntax in values."""
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    show_args = workdir / "show args.sh"
+    show_args.write_text('#!/bin/sh\nfor a in "$@"; do echo "arg=[$a]"; done\n')
+    show_args.chmod(0o755)
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text(f"partition: debug\ntime: '00:05:00'\npython: '{show_args}'\nlog_dir: 'logs dir'\n")
+    hostile = ["run.name=x; rm -rf /", "tracking.tags=[$(touch pwned),`touch pwned2`]", "run.init_from=it's \"q\""]
+    result = seespeaker("slurm", "submit", "--profile", str(profile), "--nodes", "2", "--tasks-per-node", "1",
+                        "--no-config-check", "--", "train", *hostile, env=job_env(slurm_cluster), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    job = re.search(r"^Submitted batch job (\d+)$", result.stdout, re.MULTILINE).group(1)
+    assert slurm_cluster.wait(job, timeout=30) == "COMPLETED"
+    log = next((workdir / "logs dir").glob(f"*-{job}.out")).read_text()
+    expected = ["-m", "trainer.cli", "train", *hostile, "trainer.num_nodes=2", "trainer.devices=1",
+                "trainer.requeue_signal=USR2"]
+    for rank in (0, 1):
+        assert re.findall(rf"^{rank}: arg=\[(.*)\]$", log, re.MULTILINE) == expected, log
+    assert not list(workdir.glob("pwned*")) and not list(tmp_path.glob("pwned*"))
+
+
 def test_submit_trains_two_node_ddp_to_completion(slurm_cluster, corpus, tmp_path):
     job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out"))
     state = slurm_cluster.wait(job, timeout=150)
