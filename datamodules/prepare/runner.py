@@ -8,11 +8,13 @@ video was missing are tried again on each run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import tarfile
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -200,10 +202,12 @@ def run(items: list[SourceItem], out: str | Path, dataset: str, options: Prepare
     reconcile(out, writer, {k for r in done.values() for k in r.get("keys", [])})
     items_by_id = {it.source_id: it for it in todo}
     start = time.time()
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None
     try:
-        with _Progress(len(todo), progress) as bar:
-            for result in _results(todo, options, workers):
+        # The pool forks before the progress bar starts its refresh thread.
+        with _pool(workers) as pool, _Progress(len(todo), progress) as bar:
+            for result in _results(todo, options, pool, workers):
                 _record(writer, result, items_by_id[result.source_id], summary)
                 summary.seconds = time.time() - start
                 bar.update(summary)
@@ -212,7 +216,8 @@ def run(items: list[SourceItem], out: str | Path, dataset: str, options: Prepare
         summary.interrupted = True
         writer.close(write_index=False)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     summary.seconds = time.time() - start
     return summary
 
@@ -233,30 +238,42 @@ def _record(writer: ManifestShardWriter, result: SourceResult, item: SourceItem,
         summary.skipped[result.reason] = summary.skipped.get(result.reason, 0) + 1
 
 
-def _results(items: list[SourceItem], options: PrepareOptions, workers: int):
-    """Results in completion order; at most ``2 * workers`` items in flight (bounded memory)."""
+def _pool(workers: int):
+    """A pool of ``workers`` processes, or nothing for one worker (work in this process).
+
+    Workers come from a fork server that has loaded the face models (``worker.py``) but run nothing: forking
+    the caller itself would copy OpenCV's thread pool in a state that deadlocks the child.
+    """
     if workers <= 1:
+        return contextlib.nullcontext(None)
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["datamodules.prepare.worker"])
+    return context.Pool(workers, initializer=_worker_init)
+
+
+def _results(items: list[SourceItem], options: PrepareOptions, pool, workers: int):
+    """Results in completion order; at most ``2 * workers`` items in flight (bounded memory)."""
+    if pool is None:
         for item in items:
             yield process_item(item, options)
         return
-    with get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-        queue = iter(items)
-        flight = []
-        while True:
-            while len(flight) < 2 * workers:
-                item = next(queue, None)
-                if item is None:
-                    break
-                flight.append(pool.apply_async(process_item, (item, options)))
-            if not flight:
-                return
-            ready = [r for r in flight if r.ready()]
-            if not ready:
-                flight[0].wait(0.05)
-                continue
-            for r in ready:
-                flight.remove(r)
-                yield r.get()
+    queue = iter(items)
+    flight = []
+    while True:
+        while len(flight) < 2 * workers:
+            item = next(queue, None)
+            if item is None:
+                break
+            flight.append(pool.apply_async(process_item, (item, options)))
+        if not flight:
+            return
+        ready = [r for r in flight if r.ready()]
+        if not ready:
+            flight[0].wait(0.05)
+            continue
+        for r in ready:
+            flight.remove(r)
+            yield r.get()
 
 
 def _worker_init() -> None:
