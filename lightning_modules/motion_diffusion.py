@@ -110,17 +110,6 @@ def augment_previous(scheduler: DDPMScheduler, previous: torch.Tensor, steps: to
     return torch.where(keep, previous, noisy)
 
 
-def previous_latents(latents: torch.Tensor, index: torch.Tensor, reference: torch.Tensor, count: int) -> torch.Tensor:
-    """latents [B, T, C, h, w], frame index [B] -> the ``count`` latents before it, oldest first, channels stacked
-    [B, count * C, h, w]; positions before the clip are the reference (portrait) latent."""
-    out = []
-    for lag in range(count, 0, -1):
-        j = index - lag
-        picked = latents[torch.arange(len(index), device=index.device), j.clamp_min(0)]
-        out.append(torch.where((j >= 0).view(-1, 1, 1, 1), picked, reference))
-    return torch.cat(out, dim=1)
-
-
 class MotionDiffusionStage(StageModule):
     config_class = MotionDiffusionConfig
     requires = ("conre", "autoencoder")
@@ -148,25 +137,23 @@ class MotionDiffusionStage(StageModule):
 
     # ---- conditioning ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def conditioning(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(frame latents [B, T, C, h, w], per-frame audio features [B, T, 4 * n_mels], speaker [B, S])."""
-        frames = batch["frames"]
-        latents = self.frozen.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
-        parts = self.parts()
-        return latents, parts.audio_features(batch["audio"], frames.shape[1]), self.frozen.speaker(batch["audio"])
+    def conditioning(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-frame audio features [B, T, 4 * n_mels], speaker embedding [B, S])."""
+        audio = batch["audio"]
+        return self.parts().audio_features(audio, batch["frames"].shape[1]), self.frozen.speaker(audio)
 
     # ---- losses ---------------------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         frames, landmarks = batch["frames"], batch["landmarks"]
         n_frames, cfg = frames.shape[1], self.cfg
         check_landmarks(landmarks, n_frames)
-        latents, audio, speaker = self.conditioning(batch)
+        audio, speaker = self.conditioning(batch)
         motion = self.motion_encoder(landmarks, self.data_cfg.resolution)
         landmark = self.motion_encoder.reconstruction_error(motion, landmarks, self.data_cfg.resolution).mean(1)
         start = cfg.context_frames if n_frames >= cfg.window_frames + cfg.context_frames else 0
         window = slice(start, start + cfg.window_frames)
         motion_loss = self.motion_loss(motion.detach(), audio, speaker, start, window)
-        frame_loss = self.frame_loss(latents, motion, audio, window)
+        frame_loss = self.frame_loss(frames, motion, audio, window)
         return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark}
 
     def motion_loss(self, motion, audio, speaker, start: int, window: slice) -> torch.Tensor:
@@ -180,24 +167,38 @@ class MotionDiffusionStage(StageModule):
                                     has_context=has_context)
         return (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=(1, 2))
 
-    def frame_loss(self, latents, motion, audio, window: slice) -> torch.Tensor:
-        batch, device, cfg = latents.shape[0], latents.device, self.cfg
-        k = min(cfg.frames_per_clip, window.stop - window.start)
-        offsets = torch.stack([torch.randperm(window.stop - window.start, device=device)[:k] for _ in range(batch)])
-        index = (offsets + window.start).flatten()                                   # [B * k]
-        rows = torch.arange(batch, device=device).repeat_interleave(k)
-        reference_index = torch.randint(0, latents.shape[1], (batch,), device=device).repeat_interleave(k)
-        reference = latents[rows, reference_index]
-        previous = previous_latents(latents[rows], index, reference, cfg.previous_frames)
-        aug_steps = torch.randint(0, cfg.prev_noise_max_step + 1, (len(index),), device=device)
+    def span_latents(self, frames: torch.Tensor, span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents of the frames at ``span`` [B, L] (only those are encoded) and of a random reference frame;
+        positions before the clip are the reference latent. Returns ([B, L, C, h, w], reference [B, C, h, w])."""
+        batch, device = frames.shape[0], frames.device
+        rows = torch.arange(batch, device=device)
+        reference_index = torch.randint(0, frames.shape[1], (batch,), device=device)
+        picked = torch.cat([frames[rows[:, None], span.clamp_min(0)], frames[rows, reference_index][:, None]], 1)
+        encoded = self.frozen.encode(picked.flatten(0, 1)).unflatten(0, picked.shape[:2])
+        reference = encoded[:, -1]
+        inside = (span >= 0).view(*span.shape, 1, 1, 1)
+        return torch.where(inside, encoded[:, :-1], reference[:, None]), reference
+
+    def frame_loss(self, frames, motion, audio, window: slice) -> torch.Tensor:
+        """Denoise ``frames_per_clip`` consecutive frames of the window, each from its noise-augmented previous
+        latents, the reference latent, its motion latent and its audio."""
+        batch, device, cfg = frames.shape[0], frames.device, self.cfg
+        k, n_prev = min(cfg.frames_per_clip, window.stop - window.start), cfg.previous_frames
+        first = torch.randint(window.start, window.stop - k + 1, (batch,), device=device)
+        span = first[:, None] + torch.arange(-n_prev, k, device=device)               # [B, P + k]
+        latents, reference = self.span_latents(frames, span)
+        clean = latents[:, n_prev:].flatten(0, 1)                                      # [B * k, C, h, w]
+        previous = torch.stack([latents[:, j:j + n_prev].flatten(1, 2) for j in range(k)], 1).flatten(0, 1)
+        aug_steps = torch.randint(0, cfg.prev_noise_max_step + 1, (len(clean),), device=device)
         previous = augment_previous(self.scheduler, previous, aug_steps)
-        clean = latents[rows, index]
+        rows = torch.arange(batch, device=device).repeat_interleave(k)
+        index = span[:, n_prev:].flatten()
         noise = torch.randn_like(clean)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(index),), device=device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=device)
         noisy = self.scheduler.add_noise(clean, noise, t)
         sound = audio_context(audio, cfg.audio_radius)[rows, index]
-        pred = self.frame_denoiser(noisy, t, portrait=reference, previous=previous, prev_noise_step=aug_steps,
-                                   motion=motion[rows, index], audio=sound)
+        pred = self.frame_denoiser(noisy, t, portrait=reference.repeat_interleave(k, 0), previous=previous,
+                                   prev_noise_step=aug_steps, motion=motion[rows, index], audio=sound)
         error = (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=(1, 2, 3))
         return error.view(batch, k).mean(1)
 
