@@ -1,0 +1,225 @@
+"""The evaluation runner: one :class:`VideoSet` and one protocol in, every metric with its provenance out.
+
+- LSE-C / LSE-D (``evaluation.lse``): the official SyncNet (``syncnet_v2.model``) when the protocol gives it,
+  else the project's trained expert (an exported ``syncnet.safetensors``), labelled as such;
+- FID over all frames pooled (``evaluation.fid``) against statistics of the real test clips, cached with their
+  provenance (extractor hash, resize mode, the index file and the chosen clips);
+- CSIM (``evaluation.identity``) of every frame against the speaker's reference face;
+- PSNR / SSIM (torchmetrics) where a ground-truth clip exists.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from evaluation.fid import FeatureStats, InceptionFeatures, cached_stats, file_sha256, fid_from_stats
+from evaluation.identity import ArcFaceEmbedder, DlibFaceEmbedder, csim, dataset_csim, face_recognition_models_dir
+from evaluation.lse import SyncClip, lse_scores
+from evaluation.protocol import LSE_CROP_NAMES, EvalProtocol
+from evaluation.sources import EvalInputError, EvalVideo, TestSet, VideoSet, choose, resize_frames
+from lightning_modules.nets.syncnet import load_official_syncnet
+from lightning_modules.stagefile import load_stage_file
+from lightning_modules.syncnet import load_sync_expert
+
+
+def sync_expert(protocol: EvalProtocol, stages_dir: str | Path | None, device: str = "cpu"):
+    """(expert, description) by the protocol: official weights, or the project's exported syncnet stage."""
+    use_official = protocol.sync_expert == "official" or (protocol.sync_expert == "auto" and protocol.syncnet_weights)
+    if use_official:
+        if not protocol.syncnet_weights:
+            raise EvalInputError("the protocol scores LSE with the official SyncNet: give --syncnet-weights "
+                                 "PATH/syncnet_v2.model, or choose --protocol synthetic (the project's expert)")
+        expert = load_official_syncnet(protocol.syncnet_weights, device)
+        return expert, {"label": "official syncnet_v2", "layout": "official", "path": protocol.syncnet_weights,
+                        "sha256": expert.weights_sha256, "input_size": expert.input_size, "region": "face"}
+    path = Path(protocol.project_expert) if protocol.project_expert else None
+    if path is None and stages_dir:
+        path = Path(stages_dir) / "syncnet.safetensors"
+    if path is None or not path.is_file():
+        raise EvalInputError(f"no project sync expert at {path or '<no stages dir>'}: give an exported stages dir "
+                             "(seespeaker export), --sync-expert PATH/syncnet.safetensors, or --syncnet-weights "
+                             "for the official SyncNet")
+    expert, cfg = load_sync_expert(load_stage_file(path, expect_stage="syncnet"))
+    return expert.to(device), {"label": f"project syncnet ({cfg.layout}; not comparable with published LSE)",
+                               "layout": cfg.layout, "path": str(path), "sha256": file_sha256(path),
+                               "input_size": expert.input_size, "region": cfg.region}
+
+
+def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dict, device: str = "cpu"):
+    """(summary, per-video scores, details) of LSE-C / LSE-D / offset."""
+    from evaluation.facecrop import reference_crops
+
+    clips = []
+    for video in videos:
+        frames = reference_crops(video.frames, protocol.crop_scale) if protocol.crop_mode == "reference" \
+            else video.frames
+        if info["region"] == "lower_face":
+            frames = np.ascontiguousarray(frames[:, frames.shape[1] // 2:])
+        clips.append(SyncClip(video.key, frames, video.audio, fps=protocol.fps, sample_rate=protocol.sample_rate))
+    result = lse_scores(expert, clips, batch_windows=protocol.batch_windows, device=device,
+                        expert_label=info["label"], crop_mode=LSE_CROP_NAMES[protocol.crop_mode])
+    per_video = {s.key: {"lse_c": s.lse_c, "lse_d": s.lse_d, "av_offset": s.offset, "sync_windows": s.n_windows}
+                 for s in result.clips}
+    details = {**result.protocol, "expert_weights_sha256": info["sha256"], "expert_path": info["path"]}
+    return {"lse_c": result.lse_c, "lse_d": result.lse_d}, per_video, details
+
+
+def _strided(frames: np.ndarray, stride: int) -> np.ndarray:
+    return frames[::stride]
+
+
+def fid_cache_path(cache_dir: Path, digest: str, extractor: InceptionFeatures, stride: int) -> Path:
+    """Where the real statistics of one clip set, extractor and resize mode are cached."""
+    return cache_dir / f"real-{digest[:16]}-{extractor.sha256[:8]}-{extractor.resize_mode}-s{stride}.npz"
+
+
+def score_fid(videos: list[EvalVideo], protocol: EvalProtocol, test: TestSet, cache_dir: Path,
+              device: str = "cpu") -> tuple[dict, dict]:
+    """(summary, details) of FID: generated frames pooled against the real test clips' cached statistics."""
+    extractor = InceptionFeatures(protocol.inception_weights or None, protocol.resize_mode, device=device)
+    keys = choose(test.keys(), protocol.max_clips, protocol.seed)
+    digest = test.digest(keys)
+    source = f"{test.root.resolve()}:{test.split}:{digest}:stride{protocol.fid_frame_stride}"
+    path = fid_cache_path(cache_dir, digest, extractor, protocol.fid_frame_stride)
+    provenance = {**extractor.describe(), "source": source}
+    reused = path.is_file() and FeatureStats.load(path).provenance == provenance
+    real = cached_stats(path, extractor, (_strided(c.frames, protocol.fid_frame_stride)
+                                          for c in test.clips(keys).values()), source)
+    fake = FeatureStats(provenance=extractor.describe())
+    for video in videos:
+        fake.update(extractor(_strided(video.frames, protocol.fid_frame_stride)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fid_from_stats(real, fake)
+    return {"fid": result.fid}, {
+        "n_real_frames": result.n_real, "n_generated_frames": result.n_generated, "frame_stride": protocol.fid_frame_stride,
+        "extractor": result.extractor, "reference_stats": str(path), "reference_stats_reused": reused,
+        "reference_clips": len(keys), "reference_source": source, "warnings": [str(w.message) for w in caught],
+    }
+
+
+def face_embedder(protocol: EvalProtocol):
+    """(embedder, description with the weights' sha256): ArcFace ONNX when given, else dlib's ResNet."""
+    if protocol.arcface_weights:
+        embedder = ArcFaceEmbedder(protocol.arcface_weights)
+        return embedder, {"model": embedder.name, "sha256": file_sha256(protocol.arcface_weights)}
+    embedder = DlibFaceEmbedder()
+    weights = face_recognition_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"
+    return embedder, {"model": embedder.name, "sha256": file_sha256(weights)}
+
+
+def _frame_landmarks(video: EvalVideo, protocol: EvalProtocol, index: np.ndarray):
+    if protocol.csim_landmarks != "reference_clip" or video.truth is None:
+        return None
+    marks = video.truth.landmarks * (video.frames.shape[1] / video.truth.frames.shape[1])
+    index = np.minimum(index, len(marks) - 1)
+    return marks[index]
+
+
+def score_csim(videos: list[EvalVideo], protocol: EvalProtocol, references: dict) -> tuple[dict, dict, dict]:
+    """(summary, per-video CSIM, details): every frame against the speaker's reference face."""
+    embedder, info = face_embedder(protocol)
+    results, per_video, without_reference = [], {}, []
+    for video in videos:
+        reference = references.get(video.key)
+        if reference is None:
+            without_reference.append(video.key)
+            continue
+        index = np.arange(0, len(video.frames), protocol.csim_frame_stride)
+        result = csim(embedder, reference.image, video.frames[index], reference.landmarks,
+                      _frame_landmarks(video, protocol, index))
+        results.append(result)
+        per_video[video.key] = {"csim": result.csim, "csim_reference": reference.key}
+    if not results:
+        return {}, per_video, {**info, "videos_without_reference": without_reference,
+                               "note": "no video could be paired with a test speaker (name files <sample key>.mp4)"}
+    summary = dataset_csim(results)
+    details = {**info, **{k: v for k, v in summary.items() if k != "csim"}, "frame_stride": protocol.csim_frame_stride,
+               "frame_landmarks": protocol.csim_landmarks, "videos_without_reference": without_reference,
+               "reference": "first frame of another real clip of the speaker (the same clip if it is the only one)"}
+    return {"csim": summary["csim"]}, per_video, details
+
+
+def _unit(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def score_psnr_ssim(videos: list[EvalVideo], metrics: list[str]) -> tuple[dict, dict, dict]:
+    """(summary, per-video, details) of PSNR / SSIM against the ground-truth frames (torchmetrics, [0, 1] range)."""
+    per_video, resized, frames_used = {}, [], 0
+    for video in videos:
+        if video.truth is None:
+            continue
+        count = min(len(video.frames), len(video.truth.frames))
+        truth = video.truth.frames[:count]
+        if truth.shape[1:3] != video.frames.shape[1:3]:
+            truth = resize_frames(truth, video.frames.shape[1:3])
+            resized.append(video.key)
+        preds, target = _unit(video.frames[:count]), _unit(truth)
+        row = {}
+        if "psnr" in metrics:
+            row["psnr"] = float(peak_signal_noise_ratio(preds, target, data_range=1.0, reduction="none",
+                                                        dim=(1, 2, 3)).mean())
+        if "ssim" in metrics:
+            row["ssim"] = float(structural_similarity_index_measure(preds, target, data_range=1.0,
+                                                                     reduction="none").mean())
+        per_video[video.key], frames_used = row, frames_used + count
+    summary = {m: float(np.mean([r[m] for r in per_video.values()])) for m in ("psnr", "ssim")
+               if m in metrics and per_video}
+    details = {"n_videos": len(per_video), "n_frames": frames_used, "range": "uint8 / 255, data_range 1.0",
+               "ssim": "gaussian kernel 11, sigma 1.5 (torchmetrics defaults)", "truth_resized_to_video": resized,
+               "videos_without_truth": [v.key for v in videos if v.truth is None]}
+    return summary, per_video, details
+
+
+def evaluate(videos: VideoSet, protocol: EvalProtocol, test: TestSet, stages_dir: str | Path | None = None,
+             fid_cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
+    """Every metric of the protocol on ``videos``: ``{"metrics", "per_video", "details", "timing_s"}``."""
+    if not videos.videos:
+        raise EvalInputError(f"no video left to score ({len(videos.skipped)} skipped: "
+                             + "; ".join(f"{s['video']}: {s['reason']}" for s in videos.skipped[:5]) + ")")
+    metrics, details, timing = {}, {}, {}
+    per_video = {v.key: {"source": v.source, "n_frames": len(v.frames), "speaker": v.speaker, "notes": v.notes}
+                 for v in videos.videos}
+
+    def merge(rows: dict) -> None:
+        for key, row in rows.items():
+            per_video[key].update(row)
+
+    if "lse" in protocol.metrics:
+        start = time.perf_counter()
+        expert, info = sync_expert(protocol, stages_dir, device)
+        summary, rows, details["lse"] = score_lse(videos.videos, protocol, expert, info, device)
+        metrics.update(summary), merge(rows)
+        timing["lse"] = time.perf_counter() - start
+    if "fid" in protocol.metrics:
+        start = time.perf_counter()
+        cache = Path(fid_cache_dir) if fid_cache_dir else default_cache_dir(test)
+        summary, details["fid"] = score_fid(videos.videos, protocol, test, cache, device)
+        metrics.update(summary)
+        timing["fid"] = time.perf_counter() - start
+    if "csim" in protocol.metrics:
+        start = time.perf_counter()
+        summary, rows, details["csim"] = score_csim(videos.videos, protocol, videos.references)
+        metrics.update(summary), merge(rows)
+        timing["csim"] = time.perf_counter() - start
+    if {"psnr", "ssim"} & set(protocol.metrics) and videos.kind != "ground_truth":
+        start = time.perf_counter()
+        summary, rows, details["psnr_ssim"] = score_psnr_ssim(videos.videos, protocol.metrics)
+        metrics.update(summary), merge(rows)
+        timing["psnr_ssim"] = time.perf_counter() - start
+    return {"metrics": metrics, "per_video": per_video, "details": details, "timing_s": timing}
+
+
+def default_cache_dir(test: TestSet) -> Path:
+    """``<data root>/fid_stats`` when writable, else ``~/.cache/seespeaker/fid_stats``."""
+    folder = test.root / "fid_stats"
+    if os.access(test.root, os.W_OK):
+        return folder
+    return Path.home() / ".cache" / "seespeaker" / "fid_stats"
