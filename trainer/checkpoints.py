@@ -35,7 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
             tmp.unlink(missing_ok=True)
             raise CheckpointError(
                 f"could not write checkpoint {path} ({exc}); the previous checkpoints in {path.parent} are intact. "
@@ -53,7 +53,7 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError for unsafe or corrupt files
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise CheckpointError(
                 f"refusing to load {path}: it contains Python objects that would run code when unpickled "
                 f"({str(exc).splitlines()[0][:200]}). Only load checkpoints you trust, re-exported as safetensors"

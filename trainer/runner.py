@@ -45,7 +45,18 @@ def _finish(cfg: Config, run, final: Path) -> None:
     for logger in run.trainer.loggers:
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
             logger.experiment.summary.update({f"data/{k}": v for k, v in run.health.summary().items()})
+    _close_wandb()
     print(f"[seespeaker] run folder: {cfg.run.dir} (step {run.trainer.global_step})", flush=True)
+
+
+def _close_wandb() -> None:
+    """Finish this training's W&B run, so that a later training in the same process starts its own."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+        wandb.teardown()  # the next training in this process starts from clean W&B settings
 
 
 def _log_artifact(cfg: Config, run, exported: Path) -> None:

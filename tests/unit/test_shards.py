@@ -1,0 +1,163 @@
+"""Writer -> shards -> reader: the schema round trip, rank/worker splitting, padding, and bad data counted."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.config import DataConfig
+from datamodules.pipeline import ClipStream, ClipWindow
+from datamodules.sample import Clip, ClipMeta, SampleError, decode_clip, make_key
+from datamodules.shards import ShardIndex, ShardSetError, ShardSetWriter
+
+RES, FRAMES = 32, 6
+
+
+def make_clip(speaker: int, clip: int, split: str = "train") -> Clip:
+    rng = np.random.default_rng(speaker * 100 + clip)
+    frames = np.full((FRAMES, RES, RES, 3), 40 + 10 * speaker, np.uint8)
+    frames[:, :, :, 1] = (np.arange(FRAMES) * 30)[:, None, None]
+    marks = rng.uniform(0, RES, (FRAMES, 68, 2)).astype(np.float32)
+    audio = (0.1 * np.sin(np.arange(FRAMES * 640) * 0.05 * (speaker + 1))).astype(np.float32)
+    meta = ClipMeta("test", f"spk{speaker}", f"vid{clip}", clip, split, FRAMES, resolution=RES)
+    return Clip(make_key("test", f"spk{speaker}", f"vid.{clip}", clip), frames, audio, marks, meta)
+
+
+@pytest.fixture()
+def shard_set(tmp_path) -> Path:
+    with ShardSetWriter(tmp_path, "test", shard_size=3) as writer:
+        for speaker in range(4):
+            for clip in range(3):
+                writer.write(make_clip(speaker, clip, "val" if speaker == 3 else "train"))
+    return tmp_path
+
+
+def window(**kw) -> ClipWindow:
+    return ClipWindow.from_config(DataConfig(resolution=RES, clip_frames=2, audio_seconds=0.2, **kw))
+
+
+def eval_keys(root: Path, split: str, rank: int, world: int, batch: int = 2, workers: int = 0) -> list[list[str]]:
+    index = ShardIndex.load(root)
+    counts = [s.count for s in index.splits[split]]
+    stream = ClipStream(index.shard_paths(root, split), window(), batch, train=False, rank=rank, world_size=world,
+                        shard_counts=counts)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    return [b["key"] for b in loader]
+
+
+def test_round_trip_preserves_the_clip(shard_set):
+    import webdataset as wds
+
+    index = ShardIndex.load(shard_set)
+    assert index.num_samples("train") == 9 and index.num_samples("val") == 3
+    sample = next(iter(wds.WebDataset(index.shard_paths(shard_set, "val"), shardshuffle=False)))
+    clip = decode_clip(sample)
+    original = make_clip(3, 0, "val")
+    assert clip.key == original.key and "." not in clip.key
+    assert clip.meta == original.meta
+    assert np.abs(clip.frames.astype(int) - original.frames).max() <= 3  # JPEG
+    assert np.allclose(clip.landmarks, original.landmarks, atol=0.02)  # float16
+    assert np.abs(clip.audio - original.audio).max() < 1e-4  # 16-bit FLAC
+
+
+def test_two_ranks_read_disjoint_samples_and_the_same_batch_count(shard_set):
+    per_rank = [eval_keys(shard_set, "train", r, 2) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1])
+    flat = [[k for batch in keys for k in batch if k] for keys in per_rank]
+    assert not set(flat[0]) & set(flat[1])
+    assert sorted(flat[0] + flat[1]) == sorted({k for f in flat for k in f}) and len(flat[0] + flat[1]) == 9
+
+
+def test_workers_split_shards_and_every_sample_is_read_once(shard_set):
+    keys = [k for batch in eval_keys(shard_set, "train", 0, 1, workers=2) for k in batch if k]
+    assert len(keys) == 9 and len(set(keys)) == 9
+
+
+def test_shorter_rank_is_padded_with_masked_samples(shard_set):
+    index = ShardIndex.load(shard_set)
+    counts = [s.count for s in index.splits["train"]]
+    stream = ClipStream(index.shard_paths(shard_set, "train"), window(), 2, train=False, rank=1, world_size=2,
+                        shard_counts=counts)
+    batches = list(stream)
+    valid = torch.cat([b["valid"] for b in batches])
+    assert (~valid).sum() >= 1 and all(b["frames"].shape[0] == 2 for b in batches)
+
+
+def test_training_stream_yields_exactly_the_requested_batches_of_windows(shard_set):
+    index = ShardIndex.load(shard_set)
+    stream = ClipStream(index.shard_paths(shard_set, "train"), window(), 4, train=True, batches=5, shuffle_buffer=4)
+    batches = list(stream)
+    assert len(batches) == 5
+    b = batches[0]
+    assert b["frames"].shape == (4, 2, 3, RES, RES) and b["frames"].min() >= -1 and b["frames"].max() <= 1
+    assert b["landmarks"].shape == (4, 2, 68, 2) and b["audio"].shape == (4, 3200)
+    start = int(b["frame_start"][0])
+    green = (b["frames"][0, :, 1].mean(dim=(1, 2)) + 1) * 127.5
+    assert torch.allclose(green, torch.tensor([30.0 * start, 30.0 * (start + 1)]), atol=4)
+
+
+def test_same_seed_same_stream_other_rank_other_stream(shard_set):
+    paths = ShardIndex.load(shard_set).shard_paths(shard_set, "train")
+
+    def keys(rank: int, seed: int) -> list[str]:
+        stream = ClipStream(paths, window(), 3, train=True, batches=3, shuffle_buffer=3, rank=rank, world_size=2, seed=seed)
+        return [k for b in stream for k in b["key"]]
+
+    assert keys(0, 1) == keys(0, 1)
+    assert keys(0, 1) != keys(1, 1)
+
+
+def corrupt_member(tar_path: Path, suffix: str, data: bytes) -> None:
+    """Rewrite one member (the first whose name ends with suffix) of a tar with other bytes."""
+    with tarfile.open(tar_path) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    done = False
+    with tarfile.open(tar_path, "w") as tf:
+        for member, payload in members:
+            if not done and member.name.endswith(suffix):
+                payload, done = data, True
+            member.size = len(payload)
+            tf.addfile(member, io.BytesIO(payload))
+
+
+def test_bad_samples_and_truncated_shards_are_skipped_and_counted(shard_set):
+    paths = ShardIndex.load(shard_set).shard_paths(shard_set, "train")
+    corrupt_member(Path(paths[0]), "audio.flac", b"not a flac file")
+    corrupt_member(Path(paths[1]), "landmarks.npy", np.zeros((3, 3), np.float16).tobytes())
+    corrupt_member(Path(paths[1]), "f0000.jpg", b"\xff\xd8 broken jpeg")
+    data = Path(paths[2]).read_bytes()
+    Path(paths[2]).write_bytes(data[: len(data) // 2])
+    index = ShardIndex.load(shard_set)
+    counts = [s.count for s in index.splits["train"]]
+    batches = list(ClipStream(paths, window(), 1, train=False, shard_counts=counts))
+    read = sum(int(b["valid"].sum()) for b in batches)
+    skipped = sum(int(b["skipped"]) for b in batches)
+    assert read + skipped >= 9 - 2 and skipped >= 3
+    assert read <= 6
+
+
+def test_frames_outside_the_window_are_never_decoded(shard_set):
+    paths = ShardIndex.load(shard_set).shard_paths(shard_set, "val")
+    corrupt_member(Path(paths[0]), "f0005.jpg", b"broken")
+    counts = [3]
+    batches = list(ClipStream(paths, window(), 1, train=False, shard_counts=counts))
+    assert sum(int(b["skipped"]) for b in batches) == 0 and sum(int(b["valid"].sum()) for b in batches) == 3
+
+
+def test_missing_and_empty_shard_sets_say_what_to_do(tmp_path, shard_set):
+    with pytest.raises(ShardSetError, match="seespeaker prepare synthetic"):
+        ShardIndex.load(tmp_path / "nowhere")
+    with pytest.raises(ShardSetError, match="no shards for split 'test'"):
+        ShardIndex.load(shard_set).shard_paths(shard_set, "test")
+
+
+def test_writer_refuses_malformed_clips(tmp_path):
+    clip = make_clip(0, 0)
+    clip.landmarks = clip.landmarks[:, :10]
+    with ShardSetWriter(tmp_path, "test") as writer, pytest.raises(SampleError, match="landmarks"):
+        writer.write(clip)
