@@ -1,0 +1,280 @@
+"""Stage 2c: the discrete codebook and the rendering network (CodeFormer's recipe), in three phases.
+
+- ``vqgan``: a VQ autoencoder on the high-resolution faces (``hr_frames``): L1 + codebook/commitment (beta)
+  + optional perceptual + optional hinge GAN; code usage and perplexity are logged and dead codes are
+  re-initialised from encoder outputs every ``reinit_every`` steps.
+- ``transformer``: a low-resolution encoder and the code transformer predict the high-resolution frame's code
+  indices from the (degraded) low-resolution frame: cross-entropy + latent L2 to the quantized latent.
+- ``render``: the fusion layers feed the low-resolution encoder's features into the frozen decoder under a
+  fidelity weight w (drawn per sample in [0, 1] in training): L1 + optional perceptual + optional GAN. The
+  inputs are degraded real frames (``degrade``), standing in for the motion stage's generated frames.
+
+Every phase builds all networks; a later phase starts from the exported file of the phase before it
+(``<stages_dir>/codebook.safetensors``) and trains only its own part. The export records the phase.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.base import Media, StageModule
+from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, check_shapes, degrade_frames,
+                                              earlier_phase_file)
+from lightning_modules.nets.code_transformer import CodeTransformer
+from lightning_modules.nets.renderer import FidelityFusion
+from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
+from lightning_modules.stagefile import StageFile, load_stage_file
+
+TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
+          "render": ("fusion",)}
+REINIT_CANDIDATES = 1024  # encoder output vectors kept per step for dead-code re-initialisation
+
+
+class CodebookStage(StageModule):
+    config_class = CodebookConfig
+
+    def __init__(self, cfg: CodebookConfig, data, stages_dir: str = "", max_steps: int = 1000,
+                 load_earlier: bool = True):
+        super().__init__(cfg, data, stages_dir, max_steps)
+        cfg.hr_resolution, cfg.lr_resolution = data.hr_resolution, data.resolution
+        grid = cfg.token_grid(data.hr_resolution, data.resolution)
+        if cfg.temporal and data.clip_frames > cfg.window_frames:
+            raise ValueError(f"data.clip_frames={data.clip_frames} exceeds stage.window_frames={cfg.window_frames} "
+                             f"of the temporal transformer; raise window_frames or shorten the clips")
+        self.encoder = VQEncoder(cfg.base_channels, list(cfg.channel_multipliers), cfg.blocks_per_level, cfg.code_dim)
+        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.usage_decay)
+        self.decoder = VQDecoder(cfg.base_channels, list(cfg.channel_multipliers), cfg.blocks_per_level, cfg.code_dim)
+        self.lr_encoder = VQEncoder(cfg.lr_base_channels, list(cfg.lr_channel_multipliers), cfg.blocks_per_level,
+                                    cfg.code_dim)
+        self.transformer = CodeTransformer(cfg.code_dim, cfg.codebook_size, grid * grid, cfg.transformer_width,
+                                           cfg.transformer_layers, cfg.transformer_heads, cfg.temporal,
+                                           max_frames=cfg.window_frames)
+        lr_widths = {data.resolution // 2 ** i: w for i, w in enumerate(self.lr_encoder.widths)}
+        self.fusion = FidelityFusion(lr_widths, self.decoder.level_widths(grid))
+        gan = cfg.adversarial and cfg.phase != "transformer"
+        self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if gan else None
+        self.num_optimizers = 2 if gan else 1
+        self.automatic_optimization = not gan
+        self.loss_weights = {"l1": cfg.l1_weight, "codebook": cfg.codebook_weight, "commitment": cfg.codebook_weight,
+                             "perceptual": cfg.perceptual_weight, "adversarial": cfg.adversarial_weight,
+                             "ce": cfg.ce_weight, "latent": cfg.latent_weight}
+        self._perceptual: FacePerceptual | None = None
+        self._candidates: torch.Tensor | None = None
+        if load_earlier and cfg.phase != "vqgan":
+            self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
+        self.set_phase(cfg.phase)
+
+    # ---- phases ---------------------------------------------------------------------------------------
+    def set_phase(self, phase: str) -> None:
+        """Freeze everything but the networks this phase trains (and the discriminator)."""
+        trained = TRAINS[phase] + ("discriminator",)
+        for name, child in self.named_children():
+            child.requires_grad_(name in trained)
+        self.cfg.phase = phase
+
+    def export_phase(self) -> str:
+        return self.cfg.phase
+
+    def load_phase_file(self, stage: StageFile) -> None:
+        weights = stage.weights(use_ema=True)
+        check_shapes(stage, self.state_dict())
+        self.load_state_dict(weights, strict=False)
+        print(f"[codebook] phase {self.cfg.phase} starts from {stage.path} (phase {stage.phase})")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from trainer.checkpoints import CheckpointError
+        phase = (checkpoint.get("seespeaker") or {}).get("phase")
+        if phase and phase != self.cfg.phase:
+            raise CheckpointError(
+                f"the checkpoint being resumed was written by codebook phase {phase!r}, this run trains phase "
+                f"{self.cfg.phase!r}; give each phase its own run folder (run.name={self.cfg.phase}) or resume=false")
+
+    # ---- the networks end to end ------------------------------------------------------------------------
+    def predict_codes(self, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """lr [B, T, 3, r, r] -> (logits [B, T, N, K], low-res latent [B*T, D, g, g], encoder features)."""
+        z, features = self.lr_encoder(lr.flatten(0, 1), with_features=True)
+        return self.transformer(z.unflatten(0, lr.shape[:2])), z, features
+
+    def render(self, lr: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
+        """lr [B, T, 3, r, r] in [-1, 1] -> high-res frames [B*T, 3, H, H] at fidelity w (number or [B*T])."""
+        logits, z, features = self.predict_codes(lr)
+        indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
+        return self.decoder(self.quantizer.lookup(indices), fuse=self.fusion.hook(features, fidelity))
+
+    @torch.no_grad()
+    def upscale(self, frames: torch.Tensor, fidelity: float | None = None, batch_frames: int = 16) -> torch.Tensor:
+        """A video's frames [T, 3, r, r] -> [T, 3, H, H]: windows of ``window_frames`` (temporal variant) or
+        batches of independent frames. w falls back to 0 while the renderer is untrained (phase transformer)."""
+        w = self.cfg.fidelity_weight if fidelity is None else fidelity
+        if self.cfg.phase != "render":
+            w = 0.0
+        step = self.cfg.window_frames if self.cfg.temporal else batch_frames
+        out = []
+        for chunk in frames.split(step):
+            lr = chunk[None] if self.cfg.temporal else chunk[:, None]
+            out.append(self.render(lr, w).clamp(-1, 1))
+        return torch.cat(out)
+
+    # ---- losses ---------------------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if "hr_frames" not in batch:
+            raise ValueError("the codebook stage needs high-resolution targets: set data.hr_resolution "
+                             "(e.g. 256 for 64 px frames)")
+        return getattr(self, f"{self.cfg.phase}_losses")(batch)
+
+    def vqgan_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hr = batch["hr_frames"]
+        target = hr.flatten(0, 1)
+        z = self.encoder(target)
+        quantized = self.quantizer(z)
+        output = self.decoder(quantized.latents)
+        self._candidates = self._sample_rows(z.detach())
+        self._log_usage(quantized.perplexity, len(hr))
+        losses = {"codebook": quantized.codebook_loss, "commitment": quantized.commitment_loss}
+        losses.update(self.image_losses(output, target))
+        return {k: per_clip(v, len(hr)) for k, v in losses.items()}
+
+    def transformer_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hr, lr = batch["hr_frames"], self.degraded(batch["frames"])
+        with torch.no_grad():
+            target = self.quantizer(self.encoder(hr.flatten(0, 1)), track_usage=False)
+        logits, z, _ = self.predict_codes(lr)
+        indices = target.indices.flatten(1)
+        ce = F.cross_entropy(logits.flatten(0, 2), indices.flatten(), reduction="none").view(len(indices), -1).mean(1)
+        latent = (z - target.latents.detach()).square().mean(dim=(1, 2, 3))
+        accuracy = (logits.flatten(0, 1).argmax(-1) == indices).float().mean()
+        self.log("train/code_accuracy" if self.training else "val/code_accuracy", accuracy, batch_size=len(hr))
+        return {"ce": per_clip(ce, len(hr)), "latent": per_clip(latent, len(hr))}
+
+    def render_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hr, lr = batch["hr_frames"], self.degraded(batch["frames"])
+        target = hr.flatten(0, 1)
+        w = torch.rand(len(target), device=target.device) if self.training else self.cfg.fidelity_weight
+        output = self.render(lr, w)
+        return {k: per_clip(v, len(hr)) for k, v in self.image_losses(output, target).items()}
+
+    def image_losses(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image L1, perceptual (weight > 0) and the generator's hinge term (GAN on)."""
+        self._last = (output, target)
+        losses = {"l1": (output - target).abs().mean(dim=(1, 2, 3))}
+        if self.cfg.perceptual_weight > 0:
+            losses["perceptual"] = self.perceptual()(output, target)
+        if self.discriminator is not None:
+            losses["adversarial"] = -self.discriminator(output).mean(dim=(1, 2, 3))
+        return losses
+
+    def degraded(self, frames: torch.Tensor) -> torch.Tensor:
+        generator = None if self.training else torch.Generator().manual_seed(0)
+        return degrade_frames(frames.flatten(0, 1), self.cfg.degrade, generator).view_as(frames)
+
+    def perceptual(self) -> FacePerceptual:
+        if self._perceptual is None:
+            conre = self.load_required("conre")
+            self._perceptual = FacePerceptual(conre, int(conre.provenance.get("run_config", {}).get("data", {})
+                                                         .get("resolution", self.data_cfg.resolution)))
+        return self._perceptual
+
+    # ---- codebook health --------------------------------------------------------------------------------
+    def _sample_rows(self, z: torch.Tensor) -> torch.Tensor:
+        rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return rows[torch.randperm(len(rows), device=rows.device)[:REINIT_CANDIDATES]]
+
+    def _log_usage(self, perplexity: torch.Tensor, batch_size: int) -> None:
+        split = "train" if self.training else "val"
+        used = (~self.quantizer.dead_codes(self.cfg.dead_threshold)).float().mean()
+        self.log(f"{split}/perplexity", perplexity, batch_size=batch_size)
+        self.log(f"{split}/codes_used", used, batch_size=batch_size)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = self.cfg.reinit_every
+        if self.cfg.phase != "vqgan" or not every or (self.global_step % every) or self._candidates is None:
+            return
+        candidates, usage = self._candidates, self.quantizer.usage
+        if self.trainer.world_size > 1:  # every rank takes the same decision with the same rows
+            candidates = self.all_gather(candidates).flatten(0, 1)
+            self.quantizer.usage.copy_(self.trainer.strategy.reduce(usage.clone(), reduce_op="mean"))
+        generator = torch.Generator().manual_seed(self.global_step)
+        dead = self.quantizer.reinit_dead(candidates, self.cfg.dead_threshold, generator)
+        if self.ema is not None and "quantizer.embedding.weight" in self.ema.shadow and len(dead):
+            shadow = self.ema.shadow["quantizer.embedding.weight"]
+            shadow[dead.to(shadow.device)] = self.quantizer.embedding.weight.detach()[dead].to(shadow)
+        self.log("train/dead_codes_reset", float(len(dead)), batch_size=1)
+
+    # ---- adversarial option: two optimizers, manual optimisation ------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        opt_g, opt_d = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        if loss is None:
+            return None
+        opt_g.zero_grad()
+        self.manual_backward(loss)
+        opt_g.step()
+        output, target = self._last
+        d_loss = F.relu(1 - self.discriminator(target)).mean() + F.relu(1 + self.discriminator(output.detach())).mean()
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        self.log("train/discriminator", d_loss.detach(), batch_size=len(batch["key"]))
+        return loss
+
+    def configure_optimizers(self):
+        if self.discriminator is None:
+            return super().configure_optimizers()
+        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
+        opt_g = torch.optim.AdamW(self.trainable_parameters(), **kwargs)
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), **kwargs)
+        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(o, self.lr_factor) for o in (opt_g, opt_d)]
+
+    # ---- media ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
+        """First frames of the batch: low-res input (upsampled) | this phase's output | high-res target."""
+        hr = batch["hr_frames"][:4, :1]
+        lr = batch["frames"][:4, :1]
+        with self.ema_scope():
+            if self.cfg.phase == "vqgan":
+                output = self.decoder(self.quantizer(self.encoder(hr.flatten(0, 1)), track_usage=False).latents)
+            else:
+                output = self.render(self.degraded(lr), self.cfg.fidelity_weight if self.cfg.phase == "render" else 0.0)
+        size = hr.shape[-1]
+        up = F.interpolate(lr.flatten(0, 1), size=size, mode="nearest")
+        rows = torch.cat([up, output.clamp(-1, 1), hr.flatten(0, 1)], dim=-1)
+        grid = torch.cat(list(rows), dim=-2)
+        image = ((grid.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        return {self.cfg.phase: Media(image=np.ascontiguousarray(image), caption="low-res | output | high-res")}
+
+
+def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-frame values [B*T] -> per-sample means [B]."""
+    return values.view(batch_size, -1).mean(1)
+
+
+def load_codebook(path: str | Path, device: str | torch.device = "cpu") -> CodebookStage:
+    """The exported codebook stage for generation (EMA weights); the file must hold phase transformer or render."""
+    from datamodules.config import DataConfig
+    from lightning_modules.stagefile import StageFileError
+
+    stage = load_stage_file(path, expect_stage="codebook")
+    if stage.phase not in PHASES[1:]:
+        raise StageFileError(
+            f"{path} holds codebook phase {stage.phase!r}; generation needs the transformer or render phase: "
+            f"`seespeaker train experiment=<same> stage=codebook stage.phase=transformer run.name=transformer`")
+    known = CodebookConfig.__dataclass_fields__
+    cfg = CodebookConfig(**{k: v for k, v in stage.config.items() if k in known})
+    cfg.phase = stage.phase
+    data = DataConfig(resolution=cfg.lr_resolution, hr_resolution=cfg.hr_resolution,
+                      clip_frames=min(cfg.window_frames, 1 if not cfg.temporal else cfg.window_frames))
+    module = CodebookStage(cfg, data, load_earlier=False)
+    module.load_phase_file(stage)
+    return module.eval().to(device)

@@ -1,0 +1,142 @@
+"""What the codebook stage needs besides its networks: its config, the input degradation, the perceptual distance
+and the loading of an exported codebook stage for generation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.base import StageConfig
+from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
+
+PHASES = ("vqgan", "transformer", "render")
+
+
+@dataclass
+class CodebookConfig(StageConfig):
+    """The VQ autoencoder, the code transformer and the renderer, trained in three phases."""
+
+    name: str = "codebook"
+    phase: str = field(default="vqgan", metadata={"help": "which part trains: vqgan | transformer | render", "choices": PHASES})
+    base_channels: int = field(default=64, metadata={"help": "width of the VQ autoencoder's first level"})
+    channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 4, 8], metadata={"help": "VQ autoencoder widths per level (high-res size / 2^(levels-1) = token grid)"})
+    blocks_per_level: int = field(default=2, metadata={"help": "residual blocks per VQ autoencoder level"})
+    lr_base_channels: int = field(default=64, metadata={"help": "width of the low-resolution encoder's first level"})
+    lr_channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 8], metadata={"help": "low-resolution encoder widths per level (its grid must equal the token grid)"})
+    codebook_size: int = field(default=1024, metadata={"help": "number of codes"})
+    code_dim: int = field(default=256, metadata={"help": "size of a code vector"})
+    beta: float = field(default=0.25, metadata={"help": "commitment weight"})
+    usage_decay: float = field(default=0.99, metadata={"help": "EMA decay of each code's usage share"})
+    dead_threshold: float = field(default=0.03, metadata={"help": "a code is dead below this fraction of the uniform usage share"})
+    reinit_every: int = field(default=100, metadata={"help": "re-initialise dead codes every N steps of the vqgan phase (0: never)"})
+    transformer_layers: int = field(default=9, metadata={"help": "code transformer layers"})
+    transformer_width: int = field(default=512, metadata={"help": "code transformer width"})
+    transformer_heads: int = field(default=8, metadata={"help": "code transformer attention heads"})
+    temporal: bool = field(default=False, metadata={"help": "temporal variant: the transformer also attends across a window's frames"})
+    window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training windows: data.clip_frames)"})
+    fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation (0: codes only, 1: encoder path)"})
+    l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
+    codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
+    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe face encoder's features (0: off)"})
+    adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed)"})
+    adversarial_weight: float = field(default=0.1, metadata={"help": "weight of the generator's hinge loss"})
+    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512], metadata={"help": "discriminator widths"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the code cross-entropy (transformer phase)"})
+    latent_weight: float = field(default=1.0, metadata={"help": "weight of the latent L2 to the quantized high-res latent (transformer phase)"})
+    degrade: float = field(default=0.5, metadata={"help": "strength of the blur / down-up / noise degradation of the low-res input (0: off)"})
+    hr_resolution: int = field(default=0, metadata={"help": "high-resolution size (set from data.hr_resolution)"})
+    lr_resolution: int = field(default=0, metadata={"help": "low-resolution size (set from data.resolution)"})
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        for name in ("base_channels", "lr_base_channels", "blocks_per_level", "codebook_size", "code_dim",
+                     "transformer_layers", "window_frames"):
+            if getattr(self, name) <= 0:
+                errors.append(f"stage.{name} must be positive, got {getattr(self, name)}")
+        if self.transformer_width % max(1, self.transformer_heads):
+            errors.append(f"stage.transformer_width={self.transformer_width} must divide by transformer_heads={self.transformer_heads}")
+        if not 0.0 <= self.fidelity_weight <= 1.0:
+            errors.append(f"stage.fidelity_weight must be in [0, 1], got {self.fidelity_weight}")
+        if not 0.0 < self.dead_threshold < 1.0:
+            errors.append(f"stage.dead_threshold must be in (0, 1), got {self.dead_threshold}")
+        return errors
+
+    def token_grid(self, hr_resolution: int, lr_resolution: int) -> int:
+        """The token grid size, or a ValueError when the two encoders' grids differ."""
+        hr_grid = hr_resolution // 2 ** (len(self.channel_multipliers) - 1)
+        lr_grid = lr_resolution // 2 ** (len(self.lr_channel_multipliers) - 1)
+        if hr_resolution <= 0 or hr_grid != lr_grid or hr_grid == 0:
+            raise ValueError(
+                f"codebook stage: data.hr_resolution={hr_resolution} with {len(self.channel_multipliers)} "
+                f"channel_multipliers gives a {hr_grid} x {hr_grid} grid, data.resolution={lr_resolution} with "
+                f"{len(self.lr_channel_multipliers)} lr_channel_multipliers gives {lr_grid} x {lr_grid}; they must "
+                f"match (e.g. 64 -> 256 with 3 and 5 levels, 256 -> 512 with 5 and 6)")
+        return hr_grid
+
+
+def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Low-res frames [N, 3, r, r] made to look generated: per frame a random blur, a 2x down-up resize and noise,
+    each scaled by ``strength`` (0 returns the frames unchanged)."""
+    if strength <= 0:
+        return frames
+    n, device = frames.shape[0], frames.device
+    draw = lambda: torch.rand(n, 1, 1, 1, generator=generator).to(device)  # noqa: E731
+    blurred = F.avg_pool2d(frames, 3, stride=1, padding=1, count_include_pad=False)
+    out = torch.lerp(frames, blurred, strength * draw())
+    size = frames.shape[-1]
+    resized = F.interpolate(F.interpolate(out, scale_factor=0.5, mode="bilinear", antialias=True), size=size, mode="bilinear")
+    out = torch.where(draw() < 0.5 * strength, resized, out)
+    noise = torch.randn(frames.shape, generator=generator).to(device)
+    return (out + 0.05 * strength * draw() * noise).clamp(-1, 1)
+
+
+class FacePerceptual:
+    """Feature distance in the frozen ConRe face encoder (no downloaded network); kept outside the module tree."""
+
+    def __init__(self, conre: StageFile, resolution: int):
+        from lightning_modules.conre import load_conre_encoders
+        _, face = load_conre_encoders(conre)
+        self.face, self.resolution = face.eval().requires_grad_(False), resolution
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if next(self.face.parameters()).device != images.device:
+            self.face.to(images.device)
+        x = F.interpolate(images, size=self.resolution, mode="bilinear", antialias=True)
+        out, h = [], self.face.stem(x)
+        for block in self.face.blocks:
+            h = block(h)
+            out.append(h)
+        return out
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-image distance [N]: mean over the encoder's levels of the mean squared feature difference."""
+        with torch.no_grad():
+            wanted = self.features(target)
+        got = self.features(output)
+        return torch.stack([(g - w).square().mean(dim=(1, 2, 3)) for g, w in zip(got, wanted)]).mean(0)
+
+
+def earlier_phase_file(stages_dir: str | Path, phase: str) -> StageFile:
+    """The exported codebook file a phase starts from, or a StageFileError naming the file and the command."""
+    previous = PHASES[PHASES.index(phase) - 1]
+    path = Path(stages_dir or ".") / "codebook.safetensors"
+    command = (f"seespeaker train experiment=<same> stage=codebook stage.phase={previous} run.name={previous}")
+    if not path.is_file():
+        raise StageFileError(f"stage.phase={phase} starts from the exported {previous!r} phase, but {path} does not "
+                             f"exist; train that phase first: `{command}`")
+    stage = load_stage_file(path, expect_stage="codebook")
+    if stage.phase not in PHASES or PHASES.index(stage.phase) < PHASES.index(previous):
+        raise StageFileError(f"{path} holds codebook phase {stage.phase!r}; phase {phase!r} needs {previous!r} or "
+                             f"later: `{command}`")
+    return stage
+
+
+def check_shapes(stage: StageFile, own: dict[str, torch.Tensor]) -> None:
+    """A file trained with other network sizes is an error naming a differing tensor."""
+    for key, value in stage.state.items():
+        if key in own and own[key].shape != value.shape:
+            raise StageFileError(
+                f"{stage.path}: tensor {key} is {tuple(value.shape)} in the file but {tuple(own[key].shape)} in "
+                f"this config; every codebook phase must use the same network settings as the file's")

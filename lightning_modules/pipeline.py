@@ -1,0 +1,283 @@
+"""Speech -> talking-face video with every exported stage: the ``seespeaker generate`` pipeline.
+
+speech -> speaker embedding (conre) -> SAW prior weight -> portrait (portrait_diffusion + saw) -> motion latents
+and frame latents over sliding windows (motion_diffusion) -> decoded frames (autoencoder) -> mouth refinement
+(lip_enhancer; its mask from the landmarks the motion latents decode to) -> codebook rendering (codebook) -> mp4
+at 25 fps with the input speech muxed in. Each stage is used through its own public functions.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.pipeline_audio import FPS, SAMPLE_RATE, GenerationError, load_speech
+
+log = logging.getLogger("seespeaker.generate")
+
+PORTRAIT_STAGES = ("conre", "autoencoder", "portrait_diffusion", "saw")
+VIDEO_STAGES = ("motion_diffusion", "syncnet", "lip_enhancer", "codebook")
+STAGE_COMMANDS = {"codebook": "stage=codebook stage.phase=transformer run.name=transformer (then stage.phase=render "
+                              "run.name=render)"}
+
+
+@dataclass
+class GenerationOptions:
+    """What ``seespeaker generate`` lets a user choose."""
+
+    steps: int = 50                 # portrait sampler steps
+    guidance: float = 3.0           # portrait classifier-free guidance scale
+    motion_steps: int = 0           # motion sampler steps (0: the stage's own)
+    frame_steps: int = 0            # frame-latent sampler steps per frame (0: the stage's own)
+    fidelity: float | None = None   # codebook renderer fidelity w (None: the stage's own)
+    resolution: int = 0             # output frame size (0: the codebook's output size)
+    seed: int = 0
+    device: str = "cpu"
+    batch_frames: int = 16          # frames per batch in the refinement and rendering steps
+    use_saw: bool = True
+
+
+@dataclass
+class GenerationResult:
+    """What came out, and how long each step took."""
+
+    video: Path | None
+    portrait: Path | None
+    frames: int
+    seconds: float
+    size: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def required_files(stages_dir: Path, portrait_only: bool, use_saw: bool = True) -> dict[str, Path]:
+    """stage -> file; a missing file is a GenerationError naming it and the command that makes it."""
+    names = [s for s in PORTRAIT_STAGES if use_saw or s != "saw"]
+    names += [] if portrait_only else list(VIDEO_STAGES)
+    files = {name: stages_dir / f"{name}.safetensors" for name in names}
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        experiment = stages_dir.resolve().parent.name or "<experiment>"
+        lines = [f"{files[n]} (make it with `seespeaker train experiment={experiment} "
+                 f"{STAGE_COMMANDS.get(n, f'stage={n}')}`)" for n in missing]
+        raise GenerationError("missing stage file(s) in " + str(stages_dir) + ":\n  " + "\n  ".join(lines))
+    return files
+
+
+@contextmanager
+def stage_file_errors(path: Path) -> Iterator[None]:
+    """Turn any failure to load ``path`` into a GenerationError that names it."""
+    from lightning_modules.stagefile import StageFileError
+    try:
+        yield
+    except (StageFileError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise GenerationError(f"{path} cannot be used: {exc}. Re-train or re-export that stage "
+                              f"(`seespeaker export <run folder>`)") from exc
+
+
+def landmarks_from_motion(encoder, motion: torch.Tensor, size: int) -> torch.Tensor:
+    """Motion latents [T, M] -> landmarks [T, 68, 2] in pixels of a ``size`` frame, decoded by the motion
+    encoder's group decoders (points in the face frame; the pose group also gives the frame itself)."""
+    from lightning_modules.nets.motion import LANDMARK_GROUPS
+    groups = encoder.groups(motion)
+    pose = encoder.decoders["pose"](groups["pose"])
+    centre = ((pose[:, -3:-1] + 1) / 2 * size)[:, None]
+    scale = (pose[:, -1:].abs() * size).clamp_min(1.0)[:, None]
+    points = torch.zeros(motion.shape[0], 68, 2, device=motion.device)
+    for name, index in LANDMARK_GROUPS.items():
+        decoded = encoder.decoders[name](groups[name])[:, : 2 * len(index)].view(-1, len(index), 2)
+        points[:, list(index)] = decoded * scale + centre
+    return points.clamp(0, size - 1)
+
+
+def to_image(frame: torch.Tensor) -> np.ndarray:
+    """[3, R, R] in [-1, 1] -> uint8 [R, R, 3]."""
+    return ((frame.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class TalkingFacePipeline:
+    """The exported stages of one stages folder, loaded once, ready to turn speech into video."""
+
+    def __init__(self, stages_dir: str | Path, options: GenerationOptions, portrait_only: bool = False):
+        self.stages_dir, self.options = Path(stages_dir), options
+        self.device = torch.device(options.device)
+        self.files = required_files(self.stages_dir, portrait_only, options.use_saw)
+        from lightning_modules.portrait import PortraitGenerator
+        with stage_file_errors(self.stages_dir / "portrait_diffusion.safetensors"):
+            self.portraits = PortraitGenerator(self.stages_dir, options.use_saw, options.device)
+        if not portrait_only:
+            self._load_video_stages()
+
+    def _load_video_stages(self) -> None:
+        from lightning_modules.codebook import load_codebook
+        from lightning_modules.motion_diffusion import build_motion_networks, load_motion_parts
+        from lightning_modules.stagefile import load_stage_file
+        files = self.files
+        with stage_file_errors(files["motion_diffusion"]):
+            self.motion = load_motion_parts(self.stages_dir)
+            stage = load_stage_file(files["motion_diffusion"], expect_stage="motion_diffusion")
+            encoder, _, _ = build_motion_networks(self.motion.cfg, self.motion.frozen.latent_channels, 8)
+            encoder.load_state_dict(stage.sub_state("motion_encoder"))
+            self.motion_encoder = encoder.eval().to(self.device)
+            self.motion.motion_denoiser.to(self.device)
+            self.motion.frame_denoiser.to(self.device)
+        with stage_file_errors(files["lip_enhancer"]):
+            self.lips = self._load_lip_enhancer()
+        with stage_file_errors(files["codebook"]):
+            self.codebook = load_codebook(files["codebook"], self.device)
+
+    def _load_lip_enhancer(self):
+        from datamodules.config import DataConfig
+        from lightning_modules.lip_enhancer import FrozenExpert, LipEnhancerConfig, LipEnhancerStage
+        from lightning_modules.stagefile import load_stage_file
+        from lightning_modules.syncnet import load_sync_expert
+        with stage_file_errors(self.files["syncnet"]):
+            expert, sync_cfg = load_sync_expert(load_stage_file(self.files["syncnet"], expect_stage="syncnet"))
+        stage = load_stage_file(self.files["lip_enhancer"], expect_stage="lip_enhancer")
+        known = LipEnhancerConfig.__dataclass_fields__
+        cfg = LipEnhancerConfig(**{k: v for k, v in stage.config.items() if k in known})
+        module = LipEnhancerStage(cfg, DataConfig(clip_frames=8), expert=FrozenExpert(expert, sync_cfg.region))
+        result = module.load_state_dict(stage.weights(use_ema=True), strict=False)
+        missing = [k for k in result.missing_keys if k.startswith("refiner.")]
+        if missing:
+            raise KeyError(f"the refiner weights {missing[:3]} are missing")
+        return module.eval().to(self.device)
+
+    # ---- steps ----------------------------------------------------------------------------------------
+    def portrait(self, speech: torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
+        """Speech [N] -> portrait [3, R, R] in [-1, 1] (speaker embedding, SAW weight, portrait diffusion)."""
+        from lightning_modules.portrait import prepare_speech
+        opts, gen = self.options, self.portraits
+        with timed(timings, "speaker_embedding+saw"):
+            speech = prepare_speech(speech.numpy(), SAMPLE_RATE)
+            _, embedding = gen.denoiser.speech(speech[None].to(self.device))
+            if gen.saw is not None:
+                log.info("SAW prior weight: mean %.3f", float(gen.saw(embedding).mean()))
+        with timed(timings, "portrait"):
+            image = gen.generate(speech, opts.steps, opts.guidance, opts.seed)
+        return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+    def video(self, portrait: torch.Tensor, speech: torch.Tensor, timings: dict[str, float],
+              advance: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
+        """Portrait + speech [N] -> (low-res frames [T, 3, r, r], final uint8 frames [T, S, S, 3])."""
+        from lightning_modules.motion_generation import (check_generation_inputs, render_frames, sample_motion)
+        parts, opts, device = self.motion, self.options, self.device
+        if opts.motion_steps:
+            parts.cfg.motion_steps = opts.motion_steps
+        if opts.frame_steps:
+            parts.cfg.frame_steps = opts.frame_steps
+        n_frames = int(speech.shape[0] * FPS // SAMPLE_RATE)
+        window_samples = parts.cfg.window_frames * SAMPLE_RATE // FPS
+        audio = F.pad(speech, (0, max(0, window_samples - speech.shape[0]))).to(device)  # shorter than a window
+        check_generation_inputs(parts, portrait, audio.cpu(), float(FPS), SAMPLE_RATE)
+        generator = torch.Generator().manual_seed(self.options.seed)
+        total = max(n_frames, parts.cfg.window_frames)
+        with timed(timings, "motion_latents"):
+            features = parts.audio_features(audio[None], total)
+            speaker = parts.frozen.speaker(audio[None])
+            motion = sample_motion(parts, features, speaker, total, generator)
+        advance("motion latents")
+        with timed(timings, "frame_latents"):
+            latents = render_frames(parts, parts.frozen.encode(portrait[None].to(device)), motion, features, generator)
+        advance("frame latents")
+        with timed(timings, "decode"):
+            frames = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(opts.batch_frames)])[:n_frames]
+        advance("decoded frames")
+        with timed(timings, "lip_enhancement"):
+            marks = landmarks_from_motion(self.motion_encoder, motion[0, :n_frames], frames.shape[-1])
+            frames = self.refine_lips(frames, marks, speech.to(device), portrait.to(device))
+        advance("lip enhancement")
+        with timed(timings, "codebook_render"):
+            output = self.render(frames)
+        advance("codebook rendering")
+        return frames, output
+
+    @torch.no_grad()
+    def refine_lips(self, frames, landmarks, speech, portrait) -> torch.Tensor:
+        from lightning_modules.lip_enhancer import refine_video
+        per_frame = SAMPLE_RATE // FPS
+        step = max(self.options.batch_frames, 8)
+        out = []
+        for start in range(0, len(frames), step):
+            stop = min(len(frames), start + step)
+            audio = speech[start * per_frame: stop * per_frame]
+            audio = F.pad(audio, (0, (stop - start) * per_frame - audio.shape[0]))
+            out.append(refine_video(self.lips, frames[start:stop], landmarks[start:stop], audio, portrait))
+        return torch.cat(out).clamp(-1, 1)
+
+    @torch.no_grad()
+    def render(self, frames: torch.Tensor) -> np.ndarray:
+        """Low-res frames -> uint8 [T, S, S, 3] through the codebook renderer, resized to ``resolution``."""
+        from lightning_modules.video_io import to_uint8_frames
+        lr_size = self.codebook.cfg.lr_resolution
+        if frames.shape[-1] != lr_size:
+            log.info("resizing frames from %d to the codebook's input size %d", frames.shape[-1], lr_size)
+            frames = F.interpolate(frames, size=lr_size, mode="bilinear", antialias=True)
+        out = []
+        window = self.codebook.cfg.window_frames if self.codebook.cfg.temporal else self.options.batch_frames
+        for chunk in frames.split(window * max(1, self.options.batch_frames // window)):
+            high = self.codebook.upscale(chunk, self.options.fidelity, self.options.batch_frames)
+            size = self.options.resolution
+            if size and size != high.shape[-1]:
+                high = F.interpolate(high, size=size, mode="bicubic", antialias=True).clamp(-1, 1)
+            out.append(to_uint8_frames(high))
+        return np.concatenate(out)
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    """Write a uint8 image atomically (temporary file renamed into place)."""
+    import os
+
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def generate_video(audio_path: str | Path, stages_dir: str | Path, out: str | Path,
+                   options: GenerationOptions | None = None, portrait_only: bool = False,
+                   save_portrait: str | Path | None = None, progress=None) -> GenerationResult:
+    """Speech file -> mp4 at ``out`` (or only the portrait PNG). The mp4 appears only when everything succeeded."""
+    from lightning_modules.video_io import write_mp4
+    options = options or GenerationOptions()
+    out = Path(out)
+    if options.resolution and options.resolution % 2:
+        raise GenerationError(f"--resolution {options.resolution}: H.264 needs an even frame size")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    with timed(timings, "load_audio"):
+        speech = torch.from_numpy(load_speech(audio_path))
+    with timed(timings, "load_stages"):
+        pipeline = TalkingFacePipeline(stages_dir, options, portrait_only)
+    torch.manual_seed(options.seed)
+    advance = progress or (lambda name: None)
+    portrait = pipeline.portrait(speech, timings)
+    advance("portrait")
+    portrait_path = Path(save_portrait) if save_portrait else (out.with_suffix(".png") if portrait_only else None)
+    if portrait_path is not None:
+        write_png(portrait_path, to_image(portrait))
+    if portrait_only:
+        return GenerationResult(None, portrait_path, 0, time.perf_counter() - start, portrait.shape[-1], timings)
+    _, frames = pipeline.video(portrait, speech, timings, advance)
+    with timed(timings, "write_mp4"):
+        write_mp4(out, frames, speech.numpy(), fps=FPS, sr=SAMPLE_RATE)
+    advance("mp4")
+    return GenerationResult(out, portrait_path, len(frames), time.perf_counter() - start, frames.shape[1], timings)
