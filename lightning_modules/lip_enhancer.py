@@ -9,7 +9,9 @@ generation time (:func:`refine_video`). Losses, per sample:
 - ``feature``: distance between the frozen expert's video embeddings of the refined and the real windows
   (a perceptual loss in the sync expert's feature space);
 - ``sync``: cross-entropy over audio offsets -K..K with logits ``-||v - a_k|| / tau``, target the in-sync offset;
-- ``adversarial`` (``adversarial=true``): hinge GAN on the lower face; two optimizers, so DeepSpeed refuses it.
+- ``adversarial`` (``adversarial=true``): hinge GAN on the lower face; two optimizers with manual optimisation,
+  so DeepSpeed refuses it, and Lightning's own clipping must be off (``trainer.gradient_clip_val=0``; the stage
+  clips each optimizer's gradients itself by ``adversarial_grad_clip``).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class LipEnhancerConfig(StageConfig):
     sync_windows: int = field(default=2, metadata={"help": "five-frame windows per clip for the sync loss"})
     adversarial: bool = field(default=False, metadata={"help": "add a patch GAN (two optimizers: DDP only)"})
     adversarial_weight: float = field(default=0.05, metadata={"help": "weight of the generator's hinge loss"})
+    adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with adversarial=true (the stage clips itself: set trainer.gradient_clip_val=0)"})
     discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "discriminator widths"})
     media_frames: int = field(default=50, metadata={"help": "frames of the logged validation video"})
     monitor: str = "val/sync"
@@ -148,12 +151,14 @@ class LipEnhancerStage(StageModule):
             return None
         opt_g.zero_grad()
         self.manual_backward(loss)
+        self.clip_gradients(opt_g, gradient_clip_val=self.cfg.adversarial_grad_clip or None)
         opt_g.step()
         refined, frames, mask = self._last
         d_loss = (F.relu(1 - self.discriminator((frames * mask).flatten(0, 1))).mean()
                   + F.relu(1 + self.discriminator((refined.detach() * mask).flatten(0, 1))).mean())
         opt_d.zero_grad()
         self.manual_backward(d_loss)
+        self.clip_gradients(opt_d, gradient_clip_val=self.cfg.adversarial_grad_clip or None)
         opt_d.step()
         for scheduler in self.lr_schedulers():
             scheduler.step()
