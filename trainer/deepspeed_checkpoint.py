@@ -14,7 +14,7 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -61,15 +61,24 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _barrier() -> None:
+def _dist_barrier(*_: Any) -> None:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
-def mark_complete(path: str | Path) -> None:
-    """Collective: after every rank has written its part of ``path``, rank 0 writes the completeness marker."""
-    _barrier()
+def clear_complete(path: str | Path) -> None:
+    """Remove the completeness marker (before ``path`` is written again)."""
+    (Path(path) / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
+def mark_complete(path: str | Path, barrier: Callable[..., None] | None = None) -> None:
+    """Collective: after every rank has written its part of ``path``, rank 0 writes the completeness marker.
+
+    ``barrier`` is the strategy's barrier (it knows the device NCCL needs); default: torch.distributed's.
+    """
+    wait_for_all = barrier or _dist_barrier
+    wait_for_all()
     dist = torch.distributed
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
@@ -77,7 +86,7 @@ def mark_complete(path: str | Path) -> None:
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.pt"))
         record = {"world_size": _world_size(), "tag": checkpoint_tag(folder), "files": files}
         atomic_write_text(folder / COMPLETE_MARKER, json.dumps(record, indent=1))
-    _barrier()
+    wait_for_all()
 
 
 def is_complete(path: str | Path) -> bool:
@@ -175,6 +184,8 @@ def load_deepspeed_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor]
             "it is refused because loading it could run code"
         ) from None
     client = {k: v for k, v in client.items() if k not in DEEPSPEED_KEYS}
-    state_dict = {k[len(LIGHTNING_PREFIX):] if k.startswith(LIGHTNING_PREFIX) else k: v.float() if v.is_floating_point() else v
-                  for k, v in state.items()}
+    state_dict = {}
+    for key, value in state.items():
+        name = key[len(LIGHTNING_PREFIX):] if key.startswith(LIGHTNING_PREFIX) else key
+        state_dict[name] = value.float() if value.is_floating_point() else value
     return state_dict, client

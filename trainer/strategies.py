@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,9 +49,18 @@ def resolve_precision(trainer_cfg: TrainerConfig) -> str:
 
 
 def configure_torch_extensions_dir() -> str:
-    """Share one compile cache for DeepSpeed's JIT ops (env ``TORCH_EXTENSIONS_DIR``, else ``<repo>/.torch_extensions``)."""
+    """Prepare DeepSpeed's JIT op builds: one shared compile cache and an arch list its builder can parse.
+
+    The cache is env ``TORCH_EXTENSIONS_DIR``, else ``<repo>/.torch_extensions``. DeepSpeed's builder reads
+    ``TORCH_CUDA_ARCH_LIST`` entries as integers, so arch-specific suffixes (``9.0a``) become ``9.0``.
+    """
     path = os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".torch_extensions"))
     Path(path).mkdir(parents=True, exist_ok=True)
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    parseable = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", arch_list)
+    if parseable != arch_list:
+        rank_zero_info(f"TORCH_CUDA_ARCH_LIST={arch_list!r} -> {parseable!r} for DeepSpeed's op builder")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = parseable
     return path
 
 
@@ -75,20 +86,24 @@ def deepspeed_config(trainer_cfg: TrainerConfig, data_batch_size: int) -> dict[s
             sub_group_size=1_000_000_000,
             stage3_gather_16bit_weights_on_model_save=False,  # exports consolidate fp32 partitions instead
         )
+    offload_extra = {}
     if trainer_cfg.deepspeed_offload:
         offload = {"device": "cpu", "pin_memory": on_gpu}
         zero["offload_optimizer"] = dict(offload)
         if stage == 3:
             zero["offload_param"] = dict(offload)
+        if not on_gpu:  # CPU processes keep torch's AdamW (see CPUCapableDeepSpeedStrategy.cpu_adam)
+            offload_extra["zero_force_ds_cpu_optimizer"] = False
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": int(data_batch_size),
         "gradient_accumulation_steps": int(trainer_cfg.accumulate_grad_batches),
         "gradient_clipping": float(trainer_cfg.gradient_clip_val or 0.0),
         "zero_optimization": zero,
-        # the stage's own AdamW (torch) is used; under offload it is replaced by DeepSpeedCPUAdam
+        # the stage's own AdamW (torch); under offload on GPUs the strategy replaces it by DeepSpeedCPUAdam
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        **offload_extra,
     }
     if resolve_precision(trainer_cfg).startswith("bf16"):
         config["bf16"] = {"enabled": True}
@@ -96,9 +111,16 @@ def deepspeed_config(trainer_cfg: TrainerConfig, data_batch_size: int) -> dict[s
 
 
 class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
-    """Lightning's DeepSpeed strategy that also trains on CPU processes (gloo); on GPUs it is unchanged."""
+    """Lightning's DeepSpeed strategy that also trains on CPU processes (gloo); on GPUs it is unchanged.
 
-    strategy_name = "deepspeed_cpu_capable"
+    ``cpu_adam``: run offloaded optimizer states on DeepSpeedCPUAdam (a JIT-compiled op); ``None`` chooses it
+    on GPUs only, since on CPU processes the states already live in CPU memory and torch's AdamW needs no build.
+    Every checkpoint directory it saves is marked complete once all ranks have written.
+    """
+
+    def __init__(self, *args: Any, cpu_adam: bool | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.cpu_adam = cpu_adam
 
     @property
     def on_cpu(self) -> bool:
@@ -142,7 +164,8 @@ class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
     def _offload_optimizer(self, optimizer, lr_scheduler):
         """Under optimizer offload replace torch Adam/AdamW by DeepSpeedCPUAdam (same groups and scheduler)."""
         offloaded = (self.config or {}).get("zero_optimization", {}).get("offload_optimizer")
-        if not offloaded or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        wanted = self.cpu_adam if self.cpu_adam is not None else not self.on_cpu
+        if not (offloaded and wanted) or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             return optimizer
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -153,8 +176,21 @@ class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
             weight_decay=defaults["weight_decay"], adamw_mode=isinstance(optimizer, torch.optim.AdamW),
         )
         if lr_scheduler is not None:
-            lr_scheduler.optimizer = cpu_adam
+            lr_scheduler.optimizer = cpu_adam  # same param groups: the schedule goes on unchanged
+            # torch notes that the scheduler's optimizer was not the one it was built with; here that is intended
+            warnings.filterwarnings("ignore", message=r"Seems like `optimizer.step\(\)` has been overridden")
         return cpu_adam
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
+        """Every rank writes its partition; the directory is marked complete only after all have written."""
+        from trainer.deepspeed_checkpoint import clear_complete, mark_complete
+
+        filepath = self.broadcast(filepath)
+        if self.is_global_zero:
+            clear_complete(filepath)  # an overwritten directory is incomplete until the new save ends
+        self.barrier("deepspeed_checkpoint_start")
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+        mark_complete(filepath, barrier=self.barrier)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict[str, Any]:
         """Resume from a DeepSpeed directory reading its files weights-only (DeepSpeed itself unpickles freely)."""

@@ -1,10 +1,11 @@
-"""Train a tiny stage with DDP or DeepSpeed on CPU processes; launched by the distributed tests.
+"""Train a tiny stage with DDP or DeepSpeed on CPU processes (or GPUs); launched by the distributed tests.
 
 ``python ds_train_script.py --strategy deepspeed --zero 3 --devices 2 --out DIR`` trains a small
 regression stage (per-sample losses, the StageModule base) on random tensors and writes to DIR:
-``train.json`` (rank 0's training loss and learning rate per batch, the optimizer class), ``checkpoint/`` (Trainer.save_checkpoint: a DeepSpeed
-directory or a .ckpt file), ``weights.pt`` (the module's own trained weights, gathered under ZeRO-3) and
-``deepspeed_config.json``. Lightning's ddp launcher re-runs this script once per extra rank.
+``train.json`` (rank 0's training loss and learning rate per batch, the optimizer class),
+``checkpoint/`` (Trainer.save_checkpoint: a DeepSpeed directory, or ``checkpoint.ckpt`` under DDP),
+``weights.pt`` (the module's own trained weights, gathered under ZeRO-3) and ``deepspeed_config.json``.
+Lightning's ddp launcher re-runs this script once per extra rank.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from datamodules.config import DataConfig  # noqa: E402
 from lightning_modules.base import StageConfig, StageModule  # noqa: E402
 from trainer.cli import UserError  # noqa: E402
-from trainer.deepspeed_checkpoint import mark_complete  # noqa: E402
 from trainer.schemas import TrainerConfig  # noqa: E402
 from trainer.strategies import build_strategy, deepspeed_config  # noqa: E402
 
@@ -96,8 +96,8 @@ def module_weights(trainer: pl.Trainer, module: RegressionStage) -> dict[str, to
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def main() -> int:
@@ -105,10 +105,13 @@ def main() -> int:
     parser.add_argument("--strategy", default="deepspeed", choices=("ddp", "deepspeed"))
     parser.add_argument("--zero", type=int, default=2)
     parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--precision", default="32-true")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--optimizers", type=int, default=1)
     parser.add_argument("--accumulate", type=int, default=1)
-    parser.add_argument("--offload", action="store_true", help="ZeRO offload (optimizer on DeepSpeedCPUAdam)")
+    parser.add_argument("--offload", action="store_true", help="ZeRO offload of optimizer states (and parameters)")
+    parser.add_argument("--cpu-adam", action="store_true", help="offloaded states on DeepSpeedCPUAdam on CPU too")
     parser.add_argument("--stop-at", type=int, default=0, help="stop after this many steps (of --steps)")
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
     parser.add_argument("--out", required=True)
@@ -117,7 +120,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tcfg = TrainerConfig(
-        accelerator="cpu", strategy=args.strategy, devices=args.devices, max_steps=args.steps,
+        accelerator=args.accelerator, strategy=args.strategy, devices=args.devices, max_steps=args.steps,
+        precision=args.precision,
         deepspeed_stage=args.zero, deepspeed_offload=args.offload, ema_decay=0.0, gradient_clip_val=1.0,
         accumulate_grad_batches=args.accumulate, process_timeout_s=60,
     )
@@ -131,8 +135,10 @@ def main() -> int:
     except UserError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
+    if args.cpu_adam:
+        strategy.cpu_adam = True
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
+        accelerator=args.accelerator, devices=args.devices, strategy=strategy, max_steps=args.steps,
         gradient_clip_val=tcfg.gradient_clip_val, accumulate_grad_batches=tcfg.accumulate_grad_batches,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, callbacks=[StopAt(args.stop_at)] if args.stop_at else [], **extra,
@@ -141,8 +147,6 @@ def main() -> int:
     ckpt = out / ("checkpoint" if args.strategy == "deepspeed" else "checkpoint.ckpt")
     trainer.save_checkpoint(ckpt, weights_only=False)
     weights = module_weights(trainer, stage)
-    if args.strategy == "deepspeed":
-        mark_complete(ckpt)
     if trainer.is_global_zero:
         torch.save(weights, out / "weights.pt")
         optimizer = trainer.optimizers[0]

@@ -3,6 +3,7 @@ safety and completeness checks of DeepSpeed checkpoint directories."""
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from lightning_modules.base import StageConfig, StageModule
 from trainer.cli import UserError
 from trainer.config import load_group_file
 from trainer.deepspeed_checkpoint import (
-    DeepSpeedCheckpointError, is_complete, is_deepspeed_checkpoint, load_deepspeed_checkpoint, mark_complete,
+    DeepSpeedCheckpointError, clear_complete, is_complete, is_deepspeed_checkpoint, load_deepspeed_checkpoint, mark_complete,
 )
 from trainer.schemas import TrainerConfig
 from trainer.strategies import CPUCapableDeepSpeedStrategy, build_strategy, deepspeed_config, media_needs_all_ranks
@@ -43,6 +44,7 @@ def test_zero2_config_carries_batch_accumulation_and_clipping():
     assert zero["allgather_bucket_size"] > 0 and zero["reduce_bucket_size"] > 0
     assert "offload_optimizer" not in zero and "offload_param" not in zero
     assert "bf16" not in config  # 32-true on CPU
+    assert "zero_force_ds_cpu_optimizer" not in config
     json.dumps(config)  # a plain JSON document
 
 
@@ -57,6 +59,7 @@ def test_zero3_offload_on_gpu_offloads_optimizer_and_parameters_in_bf16():
     assert zero["stage3_prefetch_bucket_size"] > 0 and "allgather_bucket_size" not in zero
     assert config["bf16"] == {"enabled": True}
     assert config["gradient_clipping"] == 0.0
+    assert "zero_force_ds_cpu_optimizer" not in config  # GPUs run offloaded states on DeepSpeedCPUAdam
 
 
 def test_offload_below_zero3_offloads_the_optimizer_only():
@@ -93,6 +96,7 @@ def test_zero3_offload_preset_is_accepted_on_cpu():
     strategy, extra = build_strategy(cfg, stage())
     assert isinstance(strategy, CPUCapableDeepSpeedStrategy) and extra["precision"] == "32-true"
     assert strategy.config["zero_optimization"]["offload_optimizer"]["pin_memory"] is False
+    assert strategy.config["zero_force_ds_cpu_optimizer"] is False  # torch AdamW on CPU processes
 
 
 def test_two_optimizer_stage_is_refused_under_deepspeed():
@@ -147,6 +151,26 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path):
     assert not canary.exists()
 
 
+def test_resume_reads_deepspeed_files_weights_only(tmp_path):
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    from trainer.deepspeed_checkpoint import weights_only_engine
+
+    class Engine:
+        checkpoint_engine = TorchCheckpointEngine()
+
+    canary, evil, plain = tmp_path / "canary", tmp_path / "evil.pt", tmp_path / "plain.pt"
+    torch.save({"payload": WritesCanary(canary)}, evil)
+    torch.save({"w": torch.ones(2)}, plain)
+    engine = Engine()
+    with weights_only_engine(engine):
+        assert torch.equal(engine.checkpoint_engine.load(str(plain))["w"], torch.ones(2))
+        with pytest.raises(pickle.UnpicklingError):
+            engine.checkpoint_engine.load(str(evil))
+    assert not canary.exists()
+    assert engine.checkpoint_engine.load.__func__ is TorchCheckpointEngine.load  # restored after the block
+
+
 def test_a_path_that_is_not_a_deepspeed_directory_is_named(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"x")
     assert not is_deepspeed_checkpoint(tmp_path / "last.ckpt")
@@ -162,5 +186,8 @@ def test_completeness_marker_lists_the_files_written(tmp_path):
     assert not is_complete(tmp_path / "ckpt")
     mark_complete(tmp_path / "ckpt")
     assert is_complete(tmp_path / "ckpt")
+    clear_complete(tmp_path / "ckpt")  # the directory is being written again
+    assert not is_complete(tmp_path / "ckpt")
+    mark_complete(tmp_path / "ckpt")
     (folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     assert not is_complete(tmp_path / "ckpt")
