@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from lightning_modules.base import Media, StageConfig, StageModule
