@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class SourceResult:
     samples: list[dict] = field(default_factory=list)
     clip_skips: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # CPU time the worker spent on this item
 
 
 class Skip(Exception):
@@ -55,6 +57,7 @@ class Skip(Exception):
 def process_item(item: SourceItem, opts: PrepareOptions) -> SourceResult:
     """Decode, track, align and encode every clip of ``item``; never raises."""
     cv2.setNumThreads(1)
+    cpu_start = time.process_time()
     result = SourceResult(item.source_id, "skipped", split=item.split, notes=list(item.notes))
     try:
         if item.problem:
@@ -69,6 +72,7 @@ def process_item(item: SourceItem, opts: PrepareOptions) -> SourceResult:
         result.outcome, result.reason, result.detail = "written", "", ""
     elif result.clip_skips and result.reason == "":
         result.reason, result.detail = result.clip_skips[0]["reason"], result.clip_skips[0]["detail"]
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
 
 

@@ -39,6 +39,7 @@ class RunSummary:
     clips: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    work_cpu_seconds: float = 0.0  # CPU time of the workers on the sources (excludes writing shards)
     interrupted: bool = False
 
     @property
@@ -229,8 +230,10 @@ def _record(writer: ManifestShardWriter, result: SourceResult, item: SourceItem,
     record = {"source": result.source_id, "outcome": result.outcome, "reason": result.reason,
               "detail": result.detail[:2000], "split": result.split, "speaker": item.speaker,
               "path": item.path.encode("utf-8", "backslashreplace").decode("utf-8"), "keys": keys,
-              "clip_skips": result.clip_skips, "notes": result.notes, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "clip_skips": result.clip_skips, "notes": result.notes, "cpu_seconds": round(result.cpu_seconds, 3),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     writer.add_source(record, result.split if keys else None)
+    summary.work_cpu_seconds += result.cpu_seconds
     if keys:
         summary.written_sources += 1
         summary.clips += len(keys)
