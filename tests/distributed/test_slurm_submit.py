@@ -23,6 +23,14 @@ def seespeaker(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subpro
                           cwd=cwd, timeout=timeout)
 
 
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(request):
+    """A failed test must not leave a job that holds the cluster's CPUs for the next one."""
+    yield
+    if "slurm_cluster" in request.fixturenames:
+        request.getfixturevalue("slurm_cluster").cancel_all()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A tiny synthetic corpus (4 speakers, 1 s clips), written once for this module."""
@@ -50,7 +58,11 @@ def train_words(corpus: Path, out: Path, steps: int = TRAIN_STEPS, **extra: str)
 
 
 def submit(cluster, workdir: Path, words: list[str], *options: str, nodes: int = 2) -> str:
-    """`seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 -- <words>`; returns the job id."""
+    """`seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 -- <words>`; returns the job id.
+
+    Only the first training test composes the config at submission (the default); the others pass
+    --no-config-check, which saves importing every stage once per submission.
+    """
     result = seespeaker("slurm", "submit", "--profile", "local_cpu", "--nodes", str(nodes), "--tasks-per-node", "1",
                         *options, "--", *words, env=job_env(cluster), cwd=workdir)
     assert result.returncode == 0, result.stderr
@@ -144,8 +156,9 @@ def test_submit_trains_two_node_ddp_to_completion(slurm_cluster, corpus, tmp_pat
 
 
 def test_requeue_signal_saves_requeues_and_resumes_the_same_run(slurm_cluster, corpus, tmp_path):
-    steps = 40
-    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out", steps, **{"run.name": "rq"}))
+    steps = 30
+    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out", steps, **{"run.name": "rq"}),
+                 "--no-config-check")
     run_dir = tmp_path / "out" / "tiny" / "conre-rq"
     wait_for_step(slurm_cluster, job, run_dir, 6)
     wandb_id = (run_dir / "wandb_id").read_text().strip()
@@ -171,8 +184,8 @@ def test_requeue_signal_saves_requeues_and_resumes_the_same_run(slurm_cluster, c
 
 
 def test_sigterm_saves_a_checkpoint_before_the_job_ends(slurm_cluster, corpus, tmp_path):
-    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out", 400, **{"run.name": "term",
-                                                                                     "trainer.checkpoint_every_n_steps": "0"}))
+    words = train_words(corpus, tmp_path / "out", 400, **{"run.name": "term", "trainer.checkpoint_every_n_steps": "0"})
+    job = submit(slurm_cluster, tmp_path, words, "--no-config-check")
     run_dir = tmp_path / "out" / "tiny" / "conre-term"
     wait_for_step(slurm_cluster, job, run_dir, 3)
     slurm_cluster.client("scancel", "--signal=TERM", job)
@@ -187,7 +200,7 @@ def test_array_runs_one_task_per_override_line(slurm_cluster, corpus, tmp_path):
     sweep = tmp_path / "sweep.txt"
     sweep.write_text("# two runs of the sweep\nrun.name=a trainer.max_steps=3\nrun.name=b trainer.max_steps=5\n")
     words = train_words(corpus, tmp_path / "out", **{"trainer.strategy": "auto"})
-    job = submit(slurm_cluster, tmp_path, words, "--array", str(sweep), nodes=1)
+    job = submit(slurm_cluster, tmp_path, words, "--array", str(sweep), "--no-config-check", nodes=1)
     for task, (name, steps) in enumerate((("a", 3), ("b", 5))):
         state = slurm_cluster.wait(f"{job}_{task}", timeout=120)
         assert state == "COMPLETED", job_log(tmp_path, f"{job}_{task}")[-4000:]
