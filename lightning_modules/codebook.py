@@ -14,6 +14,7 @@ Every phase builds all networks; a later phase starts from the exported file of 
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,12 @@ class CodebookStage(StageModule):
         check_shapes(stage, self.state_dict())
         self.load_state_dict(weights, strict=False)
         print(f"[codebook] phase {self.cfg.phase} starts from {stage.path} (phase {stage.phase})")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The stage config always travels with the checkpoint: generation rebuilds the networks from it."""
+        super().on_save_checkpoint(checkpoint)
+        if not checkpoint["seespeaker"]["config"]:
+            checkpoint["seespeaker"]["config"] = {"stage": asdict(self.cfg)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from trainer.checkpoints import CheckpointError

@@ -1,0 +1,206 @@
+"""The codebook stage: straight-through VQ and code usage, dead-code re-initialisation, the code transformer,
+the renderer's fidelity weight, the paper-scale configs, and the three phases exported into one file."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.config import DataConfig
+from lightning_modules.codebook import CodebookStage, load_codebook
+from lightning_modules.codebook_parts import CodebookConfig
+from lightning_modules.nets.vq import VectorQuantizer
+from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file, save_stage_file
+
+LR, HR = 32, 128
+
+
+def tiny_cfg(**overrides) -> CodebookConfig:
+    values = dict(base_channels=4, channel_multipliers=[1, 2, 2, 4, 4], blocks_per_level=1, lr_base_channels=8,
+                  lr_channel_multipliers=[1, 2, 4], codebook_size=32, code_dim=8, transformer_layers=1,
+                  transformer_width=32, transformer_heads=4, discriminator_channels=[8, 16], window_frames=4,
+                  degrade=0.0, lr=3e-3, warmup_steps=0, schedule="constant")
+    values.update(overrides)
+    return CodebookConfig(**values)
+
+
+def tiny_stage(phase: str = "vqgan", clip_frames: int = 1, stages_dir: str = "", load_earlier: bool = False,
+               **overrides) -> CodebookStage:
+    torch.manual_seed(0)
+    data = DataConfig(resolution=LR, hr_resolution=HR, clip_frames=clip_frames, batch_size=2)
+    return CodebookStage(tiny_cfg(phase=phase, **overrides), data, stages_dir, load_earlier=load_earlier)
+
+
+def make_batch(batch: int = 2, frames: int = 1, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    hr = torch.rand(batch, frames, 3, HR, HR, generator=g) * 2 - 1
+    lr = torch.nn.functional.interpolate(hr.flatten(0, 1), size=LR, mode="area").view(batch, frames, 3, LR, LR)
+    return {"key": [f"k{i}" for i in range(batch)], "hr_frames": hr, "frames": lr,
+            "valid": torch.ones(batch, dtype=torch.bool)}
+
+
+def test_quantizer_is_straight_through_and_tracks_usage_and_perplexity():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4, beta=0.25, usage_decay=0.5)
+    codes = vq.embedding.weight.detach()
+    z = codes[torch.tensor([0, 1, 2, 3] * 4)].view(1, 4, 4, 4).permute(0, 3, 1, 2).clone() + 1e-4
+    z.requires_grad_(True)
+    out = vq(z)
+    assert out.indices.shape == (1, 4, 4) and sorted(out.indices.unique().tolist()) == [0, 1, 2, 3]
+    assert torch.allclose(out.latents, vq.lookup(out.indices), atol=1e-6)  # values are the codes
+    weights = torch.randn_like(out.latents)
+    (out.latents * weights).sum().backward()
+    assert torch.equal(z.grad, weights)  # the gradient passes straight through
+    assert torch.allclose(out.perplexity, torch.tensor(4.0), atol=1e-4)  # four codes used equally
+    assert torch.allclose(vq.usage[:4], torch.full((4,), 0.5 * 0.125 + 0.5 * 0.25))
+    assert torch.allclose(vq.usage[4:], torch.full((4,), 0.5 * 0.125))
+    assert torch.allclose(out.commitment_loss, 0.25 * out.codebook_loss, atol=1e-9)
+
+
+def test_dead_code_reinit_changes_only_dead_codes():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4)
+    vq.usage.fill_(1 / 16)
+    dead = torch.tensor([2, 7, 11])
+    vq.usage[dead] = 0.0
+    before = vq.embedding.weight.detach().clone()
+    candidates = torch.randn(50, 4) + 10.0
+    replaced = vq.reinit_dead(candidates, threshold=0.1, generator=torch.Generator().manual_seed(0))
+    after = vq.embedding.weight.detach()
+    assert replaced.tolist() == dead.tolist()
+    alive = torch.ones(16, dtype=torch.bool)
+    alive[dead] = False
+    assert torch.equal(after[alive], before[alive])
+    for index in dead.tolist():  # each dead code is now one of the encoder outputs
+        assert (candidates - after[index]).abs().sum(1).min() == 0
+    assert torch.all(vq.usage[dead] == 1 / 16)
+    assert len(vq.reinit_dead(candidates, threshold=0.1)) == 0  # nothing dead any more
+
+
+def test_transformer_predicts_code_grid_and_its_loss_falls_on_a_fixed_batch():
+    module = tiny_stage("transformer")
+    batch = make_batch(2)
+    logits, z, _ = module.predict_codes(batch["frames"])
+    assert logits.shape == (2, 1, 64, 32) and z.shape == (2, 8, 8, 8)  # 128 / 2^4 = 32 / 2^2 = 8 x 8 tokens
+    optimizer = torch.optim.Adam(module.trainable_parameters(), lr=3e-3)
+    encoder_before = module.encoder.conv_in.weight.detach().clone()
+    first = None
+    for _ in range(25):
+        losses = module.compute_losses(batch)
+        loss = losses["ce"].mean() + losses["latent"].mean()
+        first = float(losses["ce"].mean().detach()) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(module.compute_losses(batch)["ce"].mean()) < 0.5 * first
+    assert torch.equal(module.encoder.conv_in.weight, encoder_before)  # the VQ encoder stays frozen
+
+
+def test_fidelity_weight_switches_between_the_code_path_and_the_encoder_path():
+    module = tiny_stage("render").eval()
+    lr = make_batch(2)["frames"]
+    with torch.no_grad():
+        logits, z, features = module.predict_codes(lr)
+        codes = logits.argmax(-1).view(2, 8, 8)
+        other = (codes + 5) % 32
+        decode = lambda c, w: module.decoder(module.quantizer.lookup(c), fuse=module.fusion.hook(features, w))  # noqa: E731
+        w0, w1 = module.render(lr, 0.0), module.render(lr, 1.0)
+        assert (w0 - w1).abs().mean() > 1e-3
+        assert torch.allclose(w0, module.decoder(module.quantizer.lookup(codes)), atol=1e-6)  # pure codebook
+        assert torch.allclose(w1, decode(other, 1.0), atol=1e-6)  # w = 1: the codes no longer matter
+        assert (decode(other, 0.5) - w1).abs().mean() > 1e-4   # in between, both paths count
+        per_sample = module.render(lr, torch.tensor([0.0, 1.0]))
+        assert torch.allclose(per_sample[0], w0[0], atol=1e-6) and torch.allclose(per_sample[1], w1[1], atol=1e-6)
+
+
+def test_temporal_variant_attends_across_frames():
+    for temporal in (False, True):
+        module = tiny_stage("transformer", clip_frames=3, temporal=temporal).eval()
+        lr = make_batch(1, frames=3)["frames"]
+        changed = lr.clone()
+        changed[:, 2] = -changed[:, 2]
+        with torch.no_grad():
+            first = module.predict_codes(lr)[0][:, 0]
+            again = module.predict_codes(changed)[0][:, 0]
+        moved = (first - again).abs().max()
+        assert (moved > 1e-4) if temporal else (moved == 0), (temporal, moved)
+
+
+@pytest.mark.parametrize("experiment, hr, levels", [("paper_codebook", 512, 6), ("paper_codebook_1024", 1024, 7)])
+def test_paper_configs_construct_and_run_on_meta(experiment, hr, levels):
+    from trainer.config import compose
+    cfg = compose([f"experiment={experiment}"])
+    stage = cfg.stage
+    assert (cfg.data.hr_resolution, cfg.data.resolution, len(stage.channel_multipliers)) == (hr, 256, levels)
+    assert (stage.codebook_size, stage.code_dim, stage.beta) == (1024, 256, 0.25)
+    assert (stage.transformer_layers, stage.transformer_width, stage.transformer_heads) == (9, 512, 8)
+    with torch.device("meta"):
+        module = CodebookStage(stage, cfg.data, load_earlier=False)
+        z = module.encoder(torch.randn(1, 3, hr, hr))
+        logits = module.predict_codes(torch.randn(1, 1, 3, 256, 256))[0]
+        image = module.render(torch.randn(1, 1, 3, 256, 256), 0.5)
+    assert z.shape == (1, 256, 16, 16) and logits.shape == (1, 1, 256, 1024) and image.shape == (1, 3, hr, hr)
+    assert module.num_optimizers == 2 and not module.automatic_optimization  # the GAN is on at paper scale
+    transformer = sum(p.numel() for p in module.transformer.parameters())
+    assert 25e6 < transformer < 35e6  # 9 x (attention + 4x MLP) at width 512 plus the heads
+
+
+def fit(module: CodebookStage, root, steps: int = 2) -> pl.Trainer:
+    batches = [make_batch(2, seed=i) for i in range(steps)]
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    return trainer
+
+
+def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
+    from trainer.export import export_stage
+    stages = tmp_path / "stages"
+    with pytest.raises(StageFileError, match="stage.phase=vqgan"):
+        tiny_stage("transformer", stages_dir=str(stages), load_earlier=True)
+    exported = {}
+    for phase in ("vqgan", "transformer", "render"):
+        module = tiny_stage(phase, stages_dir=str(stages), load_earlier=phase != "vqgan", reinit_every=1,
+                            adversarial=phase == "render")
+        if phase != "vqgan":  # starts exactly where the previous export ended
+            previous = exported[phase_before(phase)]
+            assert all(torch.equal(module.state_dict()[k], v) for k, v in previous.weights().items()
+                       if k in module.state_dict())
+        trainer = fit(module, tmp_path / phase)
+        ckpt = tmp_path / f"{phase}.ckpt"
+        trainer.save_checkpoint(str(ckpt))
+        assert torch.load(ckpt, weights_only=True)["seespeaker"]["phase"] == phase
+        path = export_stage(ckpt, stages_dir=stages)
+        assert path == stages / "codebook.safetensors"
+        exported[phase] = load_stage_file(path, expect_stage="codebook")
+        assert exported[phase].phase == phase
+    final, first = exported["render"], exported["vqgan"]
+    assert any(k.startswith("fusion.") for k in final.state) and any(k.startswith("transformer.") for k in final.state)
+    frozen = [k for k in first.state if k.startswith(("encoder.", "decoder.", "quantizer.embedding"))]
+    assert frozen and all(torch.equal(final.state[k], first.state[k]) for k in frozen)
+    changed = [k for k in final.state if k.startswith("fusion.") and not torch.equal(final.state[k], exported["transformer"].state[k])]
+    assert changed  # the render phase trained the fusion layers (with the GAN's two optimizers)
+    assert load_codebook(stages / "codebook.safetensors").cfg.phase == "render"
+
+
+def phase_before(phase: str) -> str:
+    return {"transformer": "vqgan", "render": "transformer"}[phase]
+
+
+def test_generation_refuses_a_vqgan_only_file_and_resume_refuses_another_phase(tmp_path):
+    from trainer.checkpoints import CheckpointError
+    module = tiny_stage("vqgan")
+    path = save_stage_file(tmp_path / "codebook.safetensors",
+                           StageFile(stage="codebook", state=module.state_dict(), config=asdict(module.cfg), phase="vqgan"))
+    with pytest.raises(StageFileError, match="stage.phase=transformer"):
+        load_codebook(path)
+    with pytest.raises(CheckpointError, match="run.name=vqgan"):
+        module.on_load_checkpoint({"seespeaker": {"phase": "render"}})
+
+
+def test_mismatched_grids_are_a_config_error():
+    with pytest.raises(ValueError, match="must match"):
+        CodebookStage(tiny_cfg(), DataConfig(resolution=LR, hr_resolution=256))
