@@ -127,16 +127,23 @@ class SAWStage(StageModule):
     def validation_metrics(self, batch: dict[str, Any]) -> None:
         _, a = self.prior_weights(batch["audio"])
         valid = batch.get("valid")
-        self._val_weights.append((a if valid is None else a[valid]).detach())
+        valid = torch.ones(len(a), dtype=torch.bool, device=a.device) if valid is None else valid.to(a.device)
+        self._val_weights.append((a.detach(), valid))
 
     def on_validation_epoch_end(self) -> None:
+        """Log how much a varies across the validation speakers (std over samples, mean over channels)."""
         if not self._val_weights:
             return
-        a = torch.cat(self._val_weights)
+        a = torch.cat([w for w, _ in self._val_weights])
+        valid = torch.cat([v for _, v in self._val_weights])
         self._val_weights.clear()
         if self.trainer is not None and self.trainer.world_size > 1:
-            a = self.all_gather(a).flatten(0, 1)
-        std = a.std(dim=0, unbiased=False).mean() if len(a) > 1 else torch.zeros((), device=a.device)
+            # every rank holds the same number of (padded) samples, so the gather shapes agree
+            a, valid = self.all_gather(a).flatten(0, 1), self.all_gather(valid).flatten(0, 1)
+        a = a[valid]
+        if len(a) == 0:
+            return
+        std = a.std(dim=0, unbiased=False).mean()
         self.log("val/saw_a_std", std, rank_zero_only=True)
         self.log("val/saw_a_mean", a.mean(), rank_zero_only=True)
 
