@@ -80,10 +80,11 @@ def parse_segment(text: str) -> tuple[float, float]:
 
 
 def hdtf_speaker(name: str, aliases: dict[str, str] | None = None) -> str:
-    """The HDTF speaker of a video name: trailing digits stripped, then the alias table applied."""
+    """The HDTF speaker of a video name: clip suffix ``_<k>``, a group prefix (``WRA_``) and trailing digits
+    stripped, then the alias table applied."""
     table = HDTF_ALIASES if aliases is None else aliases
     stem = re.sub(r"\.mp4$", "", name)
-    stem = re.sub(r"_\d+$", "", stem)
+    stem = re.sub(r"^(RD|WDA|WRA)_", "", re.sub(r"_\d+$", "", stem))
     base = re.sub(r"\d+$", "", stem) or stem
     return table.get(base, table.get(stem, base))
 

@@ -36,6 +36,7 @@ def test_segments_parse_minutes_and_hours():
     ("AmyKlobuchar0", "AmyKlobuchar"), ("AmyKlobuchar1.mp4", "AmyKlobuchar"), ("Radio11_0", "Radio"),
     ("JamesClyburn", "JamesClyburn"), ("JamesClyburn1", "JamesClyburn"), ("WhipJimClyburn", "JamesClyburn"),
     ("TerriSewell", "TerriSewell"), ("TerriSewell0", "TerriSewell"), ("TerriSewell1_2.mp4", "TerriSewell"),
+    ("WRA_TerriSewell1_000", "TerriSewell"), ("WDA_WhipJimClyburn_001.mp4", "JamesClyburn"),
 ])
 def test_hdtf_speaker_strips_digits_and_applies_aliases(name, speaker):
     assert hdtf_speaker(name) == speaker
