@@ -6,7 +6,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,12 +117,10 @@ def find_sbatch(env: dict | None = None) -> str:
     return path
 
 
-def write_script(script: str, job: JobSpec, log_dir: Path) -> Path:
-    """Save the script next to the job logs (atomically), so that the run can be resubmitted as it was."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = log_dir / f"{job.job_name}-{stamp}-{job.wandb_run_id.rsplit('-', 1)[-1]}.sbatch"
-    tmp = path.with_suffix(".tmp")
+def save_script(script: str, job: JobSpec, log_dir: Path, job_id: str) -> Path:
+    """Keep the submitted script next to its log (atomically), so that the run can be resubmitted as it was."""
+    path = log_dir / f"{job.job_name}-{job_id}.sbatch"
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(script)
     os.replace(tmp, path)
     return path
@@ -145,9 +142,14 @@ def submit(profile: SlurmProfile, job: JobSpec, dry_run: bool = False, env: dict
         return SubmitResult(script=script)
     sbatch = find_sbatch(env)
     log_dir = Path(job.workdir) / profile.log_dir
-    path = write_script(script, job, log_dir)
-    result = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True, env=env,
+    created = not log_dir.exists()
+    log_dir.mkdir(parents=True, exist_ok=True)  # SLURM does not create the folder of --output
+    result = subprocess.run([sbatch, "--parsable"], input=script, capture_output=True, text=True, env=env,
                             cwd=job.workdir)
     if result.returncode != 0:
-        raise SubmitError(f"sbatch rejected {path} (exit {result.returncode}): {result.stderr.strip()}")
-    return SubmitResult(script=script, script_path=path, job_id=parse_job_id(result.stdout))
+        if created and not any(log_dir.iterdir()):
+            log_dir.rmdir()
+        raise SubmitError(f"sbatch rejected the script (exit {result.returncode}): {result.stderr.strip()}; "
+                          "see it with --dry-run")
+    job_id = parse_job_id(result.stdout)
+    return SubmitResult(script=script, script_path=save_script(script, job, log_dir, job_id), job_id=job_id)

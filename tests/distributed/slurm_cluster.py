@@ -27,7 +27,7 @@ from pathlib import Path
 NODES = (("node1", "10.77.0.1"), ("node2", "10.77.0.2"))
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun", "sacct")
 DAEMONS = ("munged", "slurmctld", "slurmd")
-INSTALL_HINT = "apt-get install -y slurm-wlm munge"
+INSTALL_HINT = "apt-get install -y slurm-wlm munge iproute2"
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                    "DEADLINE", "PREEMPTED"}
 

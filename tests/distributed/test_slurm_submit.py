@@ -136,6 +136,17 @@ def test_submitted_script_passes_hostile_values_literally(slurm_cluster, tmp_pat
     for rank in (0, 1):
         assert re.findall(rf"^{rank}: arg=\[(.*)\]$", log, re.MULTILINE) == expected, log
     assert not list(workdir.glob("pwned*")) and not list(tmp_path.glob("pwned*"))
+    assert list((workdir / "logs dir").glob(f"*-{job}.sbatch"))  # the submitted script is kept next to its log
+
+
+def test_a_script_sbatch_rejects_is_reported_and_leaves_nothing(slurm_cluster, tmp_path):
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text("partition: nosuch\ntime: '00:05:00'\n")
+    result = seespeaker("slurm", "submit", "--profile", str(profile), "--nodes", "1", "--tasks-per-node", "1",
+                        "--no-config-check", "--", "train", "stage=conre", env=job_env(slurm_cluster), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "sbatch rejected the script" in result.stderr and "partition" in result.stderr.lower(), result.stderr
+    assert not (tmp_path / "slurm-logs").exists() and slurm_cluster.squeue() == []
 
 
 def test_submit_trains_two_node_ddp_to_completion(slurm_cluster, corpus, tmp_path):
