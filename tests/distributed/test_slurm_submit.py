@@ -1,4 +1,6 @@
-"""`seespeaker slurm submit` on a real two-node SLURM cluster: plain jobs, 2-node DDP training, requeue, SIGTERM."""
+"""`seespeaker slurm submit` on a real two-node SLURM cluster: plain jobs, quoting through sbatch and srun, 2-node
+DDP training, requeue and resume, SIGTERM, job arrays. Training runs are a few tiny steps without validation
+(validation is the stage tests' concern)."""
 from __future__ import annotations
 
 import json
