@@ -43,9 +43,10 @@ def launch(out: Path, *args: str, devices: int = 2) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PL_")) and k not in launcher_vars}
     env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONWARNINGS="ignore")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
-    cmd = [sys.executable, str(SCRIPT), "--devices", str(devices), "--steps", str(MAX_STEPS), "--accumulate", str(ACCUMULATE),
-           "--out", str(out), *args]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    cmd = [sys.executable, str(SCRIPT), "--devices", str(devices), "--steps", str(MAX_STEPS),
+           "--accumulate", str(ACCUMULATE), "--out", str(out), *args]
+    # generous: a first JIT build on a busy machine is slow; a broken rendezvous fails within 60 s anyway
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 class Runs:

@@ -16,7 +16,8 @@ from lightning_modules.base import StageConfig, StageModule
 from trainer.cli import UserError
 from trainer.config import load_group_file
 from trainer.deepspeed_checkpoint import (
-    DeepSpeedCheckpointError, clear_complete, is_complete, is_deepspeed_checkpoint, load_deepspeed_checkpoint, mark_complete,
+    DeepSpeedCheckpointError, clear_complete, is_complete, is_deepspeed_checkpoint, load_deepspeed_checkpoint,
+    mark_complete,
 )
 from trainer.schemas import TrainerConfig
 from trainer.strategies import CPUCapableDeepSpeedStrategy, build_strategy, deepspeed_config, media_needs_all_ranks
