@@ -57,8 +57,12 @@ def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dic
 
     clips = []
     for video in videos:
-        frames = reference_crops(video.frames, protocol.crop_scale) if protocol.crop_mode == "reference" \
-            else video.frames
+        frames = video.frames
+        if protocol.crop_mode == "reference":
+            try:
+                frames = reference_crops(video.frames, protocol.crop_scale)
+            except ValueError as exc:
+                raise EvalInputError(f"{video.source}: {exc}") from None
         if info["region"] == "lower_face":
             frames = np.ascontiguousarray(frames[:, frames.shape[1] // 2:])
         clips.append(SyncClip(video.key, frames, video.audio, fps=protocol.fps, sample_rate=protocol.sample_rate))
@@ -66,7 +70,12 @@ def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dic
                         expert_label=info["label"], crop_mode=LSE_CROP_NAMES[protocol.crop_mode])
     per_video = {s.key: {"lse_c": s.lse_c, "lse_d": s.lse_d, "av_offset": s.offset, "sync_windows": s.n_windows}
                  for s in result.clips}
-    details = {**result.protocol, "expert_weights_sha256": info["sha256"], "expert_path": info["path"]}
+    details = {**result.protocol, "expert_weights_sha256": info["sha256"], "expert_path": info["path"],
+               "expert_region": info["region"]}
+    if protocol.crop_mode == "reference":
+        from evaluation.facecrop import DETECTOR
+
+        details["face_detector"] = DETECTOR
     return {"lse_c": result.lse_c, "lse_d": result.lse_d}, per_video, details
 
 

@@ -58,13 +58,12 @@ class EvalVideo:
 
 @dataclass
 class VideoSet:
-    """The videos of one evaluation, what was skipped (with reasons) and the speakers' reference faces."""
+    """The videos of one evaluation, what was skipped (with reasons) and each video's reference face (by key)."""
 
     kind: str
     videos: list[EvalVideo]
     skipped: list[dict] = field(default_factory=list)
     references: dict[str, ReferenceFace] = field(default_factory=dict)
-    truth_keys: list[str] = field(default_factory=list)
     shard_skipped: int = 0
 
 
@@ -171,8 +170,15 @@ def read_video(path: Path, protocol: EvalProtocol) -> tuple[EvalVideo | None, st
 
 
 def _check_length(video: EvalVideo, protocol: EvalProtocol) -> str:
-    if "lse" in protocol.metrics and len(video.frames) < MIN_SYNC_FRAMES:
+    """A reason to skip a video LSE cannot score (fewer than 6 frames with speech under them), else ""."""
+    if "lse" not in protocol.metrics:
+        return ""
+    if len(video.frames) < MIN_SYNC_FRAMES:
         return f"{len(video.frames)} frames; LSE needs at least {MIN_SYNC_FRAMES} (0.24 s at 25 fps)"
+    audio_frames = int(len(video.audio) // (protocol.sample_rate / protocol.fps))
+    if audio_frames < MIN_SYNC_FRAMES:
+        return (f"{len(video.audio)} audio samples cover {audio_frames} frames; LSE needs speech under at least "
+                f"{MIN_SYNC_FRAMES} frames")
     return ""
 
 
@@ -208,7 +214,7 @@ def videos_from_dir(folder: str | Path, protocol: EvalProtocol, test: TestSet | 
         else:
             videos.append(video)
     references = _attach(videos, test)
-    return VideoSet("videos", videos, skipped, references, sorted(references), len(test.skipped) if test else 0)
+    return VideoSet("videos", videos, skipped, references, len(test.skipped) if test else 0)
 
 
 def _test_clip_videos(test: TestSet, protocol: EvalProtocol, make: Callable[[Clip], EvalVideo], kind: str) -> VideoSet:
@@ -223,8 +229,7 @@ def _test_clip_videos(test: TestSet, protocol: EvalProtocol, make: Callable[[Cli
         else:
             videos.append(video)
     references = {v.key: test.reference(v.speaker, v.key) for v in videos}
-    return VideoSet(kind, videos, skipped, {k: f for k, f in references.items() if f is not None}, keys,
-                    len(test.skipped))
+    return VideoSet(kind, videos, skipped, {k: f for k, f in references.items() if f is not None}, len(test.skipped))
 
 
 def videos_from_truth(test: TestSet, protocol: EvalProtocol) -> VideoSet:

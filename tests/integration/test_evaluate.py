@@ -221,3 +221,16 @@ def test_the_commands_in_docs_evaluate_md_run(world, tmp_path):
     official_results = json.loads((tmp_path / "official" / "results.json").read_text())
     assert official_results["protocol"]["sync_expert_used"] == "official syncnet_v2"
     assert official_results["protocol"]["sync_expert_sha256"] == sha256(official)
+
+
+def test_reference_crop_mode_crops_the_detected_face_and_is_recorded(world, tmp_path):
+    protocol = tmp_path / "reference.yaml"
+    protocol.write_text("name: reference_crop\nmetrics: [lse]\nsync_expert: project\ncrop_mode: reference\n")
+    common = ("--ground-truth", "--max-clips", "1", "--sync-expert", str(world["stages"] / "syncnet.safetensors"))
+    cropped = evaluate(world, tmp_path / "ref", *common, "--protocol", str(protocol))
+    whole = evaluate(world, tmp_path / "whole", *common, "--protocol", "synthetic", "--metrics", "lse")
+    assert cropped["details"]["lse"]["crop_mode"] == "reference_face_track"
+    assert cropped["details"]["lse"]["face_detector"].startswith("dlib HOG")
+    assert whole["details"]["lse"]["crop_mode"] == "whole_frame"
+    assert list(cropped["per_video"]) == list(whole["per_video"])  # the same seeded clip
+    assert cropped["metrics"]["lse_d"] != pytest.approx(whole["metrics"]["lse_d"], rel=1e-3)

@@ -92,6 +92,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
     """Collect, score, write; user errors from the evaluation become one message."""
     from evaluation.report import ResultsReadError, build_results, log_to_wandb, write_results
     from evaluation.runner import evaluate as score
+    from datamodules.shards import ShardSetError
     from evaluation.sources import EvalInputError, TestSet
     from lightning_modules.nets.syncnet import SyncNetWeightsError
     from lightning_modules.stagefile import StageFileError
@@ -103,7 +104,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         videos, source = collect(args, protocol, test, stages)
         source.update({"data": str(args.data), "split": args.split, "label": args.label or source["kind"]})
         scores = score(videos, protocol, test, stages, args.fid_cache, args.device)
-    except (EvalInputError, SyncNetWeightsError, StageFileError, FileNotFoundError) as exc:
+    except (EvalInputError, SyncNetWeightsError, StageFileError, ShardSetError, FileNotFoundError, ImportError) as exc:
         raise UserError(str(exc)) from None
     results = build_results(scores, videos, protocol, source, argv=sys.argv)
     json_path, md_path = write_results(results, args.out)

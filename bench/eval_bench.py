@@ -1,0 +1,87 @@
+"""Evaluation speed on the CPU: Inception (FID) frames/s, SyncNet windows/s (compact and official layouts, random
+weights), and LSE over N clips with the windows of many clips batched against a per-video loop (one clip at a
+time in batches of 20 windows, as the reference ``syncnet_python`` scripts run), in the same process.
+
+``python -m bench.eval_bench`` writes ``bench/out/eval.json``. One thread (per-core figures).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from bench.common import write_report
+from evaluation.fid import InceptionFeatures
+from evaluation.lse import SyncClip, lse_scores
+from lightning_modules.nets.syncnet import build_syncnet
+
+CLIP_FRAMES = 30
+REFERENCE_BATCH = 20  # windows per forward pass in syncnet_python's evaluation
+BATCHED_WINDOWS = 128
+CLIPS = {"compact": 20, "official": 4}
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Seconds per call (best of ``repeat``)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def inception_rate(frames: int = 16) -> dict:
+    extractor = InceptionFeatures()
+    images = np.random.default_rng(0).integers(0, 256, (frames, 64, 64, 3), dtype=np.uint8)
+    extractor(images[:2])  # first call compiles the TorchScript graph
+    seconds = timed(lambda: extractor(images))
+    return {"what": "FID Inception features (64 px -> 299, tf1_bilinear)", "items": frames,
+            "per_s": round(frames / seconds, 2), "unit": "frames/s"}
+
+
+def syncnet_rate(layout: str, windows: int) -> dict:
+    expert = build_syncnet(layout).eval()
+    size = expert.input_size
+    video = torch.rand(windows, 3, 5, size, size) * 255
+    mfcc = torch.randn(windows, 1, 13, 20)
+    with torch.no_grad():
+        expert.forward_lip(video[:2]), expert.forward_aud(mfcc[:2])
+        seconds = timed(lambda: (expert.forward_lip(video), expert.forward_aud(mfcc)), repeat=2)
+    return {"what": f"SyncNet {layout} ({size} px) video + audio embeddings", "items": windows,
+            "per_s": round(windows / seconds, 2), "unit": "windows/s"}
+
+
+def clips(count: int) -> list[SyncClip]:
+    rng = np.random.default_rng(1)
+    return [SyncClip(f"c{i}", rng.integers(0, 256, (CLIP_FRAMES, 64, 64, 3), dtype=np.uint8),
+                     (rng.standard_normal(CLIP_FRAMES * 640) * 0.1).astype(np.float32)) for i in range(count)]
+
+
+def batched_vs_loop(layout: str) -> dict:
+    expert = build_syncnet(layout).eval()
+    data = clips(CLIPS[layout])
+    batched_result = []
+    batched = timed(lambda: batched_result.append(lse_scores(expert, data, batch_windows=BATCHED_WINDOWS)))
+    looped_result = []
+    looped = timed(lambda: looped_result.append([lse_scores(expert, [c], batch_windows=REFERENCE_BATCH)
+                                                 for c in data]))
+    same = np.allclose([c.lse_d for c in batched_result[0].clips], [r.lse_d for r in looped_result[0]], rtol=1e-4)
+    return {"what": f"LSE of {len(data)} clips x {CLIP_FRAMES} frames, {layout}", "items": len(data),
+            "batched_s": round(batched, 2), "per_video_s": round(looped, 2), "speedup": round(looped / batched, 2),
+            "same_scores": bool(same)}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rows = [inception_rate(), syncnet_rate("compact", 64), syncnet_rate("official", 16)]
+    rows += [batched_vs_loop("compact"), batched_vs_loop("official")]
+    columns = ["what", "items", "per_s", "unit", "batched_s", "per_video_s", "speedup", "same_scores"]
+    write_report("eval", rows, columns,
+                 notes=f"batched: the windows of consecutive clips share forward passes of {BATCHED_WINDOWS}; "
+                       f"per-video: one clip at a time, {REFERENCE_BATCH} windows per pass (the reference scripts).")
+
+
+if __name__ == "__main__":
+    main()
