@@ -122,11 +122,13 @@ def _follow(box, ref_marks: np.ndarray, marks: np.ndarray) -> tuple:
 
 
 def track_face(frames: np.ndarray, detect_every: int = 5, detect_size: int = 640,
-               hint: tuple[float, float] | None = None, max_missed: int = 2) -> Track:
+               hint: tuple[float, float] | None = None, max_missed: int = 2,
+               give_up_fraction: float = 1.0) -> Track:
     """Track one face through ``frames`` (T x H x W x 3 RGB); ``hint`` is a face centre in pixels.
 
     The detector runs every ``detect_every`` frames; after ``max_missed`` detection frames in a row without
-    a face the track counts as lost until the detector finds it again.
+    a face the track counts as lost until the detector finds it again. Tracking stops early once more than
+    ``give_up_fraction`` of the frames are lost (the clip would be rejected anyway).
     """
     count = len(frames)
     marks = np.full((count, 68, 2), np.nan, np.float32)
@@ -135,6 +137,8 @@ def track_face(frames: np.ndarray, detect_every: int = 5, detect_size: int = 640
     anchor: tuple | None = None  # (detector box, landmarks found in it)
     missed = 0
     for i, frame in enumerate(frames):
+        if i - detected[:i].sum() > give_up_fraction * count:
+            break
         fresh = None
         if i % detect_every == 0 or anchor is None:
             near = detect_near(frame, anchor[0]) if anchor is not None else []

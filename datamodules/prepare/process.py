@@ -163,7 +163,8 @@ def _clip(item, opts, j, ws, we, roi, audio_path, info, extra, notes) -> dict:
     hint = None
     if item.face_hint is not None:
         hint = (item.face_hint[0] * info.width - origin[0], item.face_hint[1] * info.height - origin[1])
-    track = faces.track_face(frames, opts.detect_every, opts.detect_size, hint)
+    track = faces.track_face(frames, opts.detect_every, opts.detect_size, hint,
+                             give_up_fraction=opts.max_lost_fraction)
     if not track.detected.any():
         raise Skip("no_face", f"no face found in {ws:.2f}-{we:.2f} s")
     lost = 1.0 - track.found_fraction

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from datamodules.prepare.listing import SourceItem
+from datamodules.prepare.listing import SourceItem, printable
 from datamodules.prepare.process import PrepareOptions, SourceResult, process_item
 from datamodules.shards import INDEX_NAME, ShardIndex, ShardInfo, ShardSetError, ShardSetWriter, atomic_write_text
 
@@ -229,7 +229,7 @@ def _record(writer: ManifestShardWriter, result: SourceResult, item: SourceItem,
         writer.write_sample({k: v for k, v in sample.items() if k != "__split__"}, result.split)
     record = {"source": result.source_id, "outcome": result.outcome, "reason": result.reason,
               "detail": result.detail[:2000], "split": result.split, "speaker": item.speaker,
-              "path": item.path.encode("utf-8", "backslashreplace").decode("utf-8"), "keys": keys,
+              "path": printable(item.path)[0] if item.path else "", "keys": keys,
               "clip_skips": result.clip_skips, "notes": result.notes, "cpu_seconds": round(result.cpu_seconds, 3),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     writer.add_source(record, result.split if keys else None)
