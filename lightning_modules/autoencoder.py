@@ -1,6 +1,8 @@
 """The face latent space: a diffusers ``AutoencoderKL`` trained on the shards or loaded from a local path.
 
-Loss: L1 reconstruction + KL to the unit Gaussian. The latent scaling factor (1 / std of the latents) is
+Loss: L1 reconstruction + KL to the unit Gaussian; optional (off by default) a perceptual distance in the frozen
+ConRe face encoder's features (``perceptual_weight``, needs the exported conre stage) and a hinge patch GAN
+(``adversarial``; two optimizers with manual optimisation, so DDP rather than DeepSpeed). The latent scaling factor (1 / std of the latents) is
 measured on the validation data and kept in the buffer ``scaling_factor``, so it lands in the exported file.
 ``load_vae`` is how every later stage gets the VAE: ``(AutoencoderKL in eval mode, scaling_factor, vae_hash)``.
 """
@@ -12,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.nets.vq import PatchDiscriminator
 from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
 from safetensors.torch import load_file
 
@@ -43,13 +47,18 @@ class AutoencoderConfig(StageConfig):
     kl_weight: float = field(default=1e-6, metadata={"help": "weight of the KL term"})
     scaling_factor: float = field(default=0.0, metadata={"help": "latent scaling factor; 0: measure 1/std on the validation data"})
     scale_batches: int = field(default=8, metadata={"help": "validation batches the scaling factor is measured on"})
+    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the ConRe face-feature distance (needs the conre stage); 0: off"})
+    adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed)"})
+    adversarial_weight: float = field(default=0.1, metadata={"help": "weight of the generator's hinge loss"})
+    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "patch discriminator widths"})
 
     def validate(self) -> list[str]:
         errors = super().validate()
         if self.finetune not in FINETUNE:
             errors.append(f"stage.finetune must be one of {FINETUNE}, got {self.finetune!r}")
-        if self.kl_weight < 0 or self.scaling_factor < 0:
-            errors.append("stage.kl_weight and stage.scaling_factor must be >= 0")
+        for name in ("kl_weight", "scaling_factor", "perceptual_weight", "adversarial_weight"):
+            if getattr(self, name) < 0:
+                errors.append(f"stage.{name} must be >= 0, got {getattr(self, name)}")
         return errors
 
 
@@ -148,7 +157,13 @@ class AutoencoderStage(StageModule):
             self.vae.encoder.requires_grad_(False)
             self.vae.quant_conv.requires_grad_(False)
         self.register_buffer("scaling_factor", torch.tensor(float(cfg.scaling_factor or 1.0)))
-        self.loss_weights = {"l1": 1.0, "kl": cfg.kl_weight}
+        self.loss_weights = {"l1": 1.0, "kl": cfg.kl_weight, "perceptual": cfg.perceptual_weight,
+                             "adversarial": cfg.adversarial_weight}
+        self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if cfg.adversarial else None
+        self.num_optimizers = 2 if cfg.adversarial else 1
+        self.automatic_optimization = not cfg.adversarial
+        self._perceptual = None
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self._latent_stats = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
         self._scale_batches_seen = 0
 
@@ -158,7 +173,55 @@ class AutoencoderStage(StageModule):
         recon = self.vae.decode(posterior.sample()).sample
         l1 = (recon - images).abs().flatten(1).mean(1)
         kl = posterior.kl() / images[0].numel()  # summed over the latent, per image value
-        return {"l1": l1, "kl": kl}
+        losses = {"l1": l1, "kl": kl}
+        if self.cfg.perceptual_weight > 0:
+            losses["perceptual"] = self.perceptual()(recon, images)
+        if self.discriminator is not None:
+            self._last = (recon, images)
+            losses["adversarial"] = -self.discriminator(recon).mean(dim=(1, 2, 3))
+        return losses
+
+    def perceptual(self):
+        """The ConRe face-feature distance, built on first use from the exported conre stage."""
+        if self._perceptual is None:
+            from lightning_modules.codebook_parts import FacePerceptual
+            conre = self.load_required("conre")
+            resolution = (conre.provenance.get("run_config", {}).get("data", {}) or {}).get("resolution")
+            self._perceptual = FacePerceptual(conre, int(resolution or self.data_cfg.resolution))
+        return self._perceptual
+
+    # ---- adversarial option: two optimizers, manual optimisation --------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        opt_g, opt_d = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        if loss is None:
+            return None
+        opt_g.zero_grad()
+        self.manual_backward(loss)
+        opt_g.step()
+        recon, images = self._last
+        d_loss = (F.relu(1 - self.discriminator(images)).mean()
+                  + F.relu(1 + self.discriminator(recon.detach())).mean())
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        self.log("train/discriminator", d_loss.detach(), batch_size=len(batch["key"]))
+        return loss
+
+    def configure_optimizers(self):
+        if self.discriminator is None:
+            return super().configure_optimizers()
+        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
+        opt_g = torch.optim.AdamW(self.trainable_parameters(), **kwargs)
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), **kwargs)
+        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(o, self.lr_factor) for o in (opt_g, opt_d)]
 
     def validation_metrics(self, batch: dict[str, Any]) -> None:
         """Accumulate latent statistics over the first ``scale_batches`` validation batches (float64)."""

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from lightning_modules.autoencoder import AutoencoderStage, build_vae, load_vae, weights_hash
 from lightning_modules.stagefile import StageFileError
-from tests.unit.stage1_helpers import export, synthetic_batch, tiny_autoencoder, tiny_data
+from lightning_modules.conre import ConReStage
+from tests.unit.stage1_helpers import export, synthetic_batch, tiny_autoencoder, tiny_conre, tiny_data
 
 
 def fit(module, train_batches, val_batches, steps):
@@ -77,3 +78,23 @@ def test_decoder_finetune_freezes_encoder():
     module = AutoencoderStage(cfg, tiny_data())
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in trainable)
+
+
+def test_optional_perceptual_and_adversarial_terms(tmp_path):
+    torch.manual_seed(0)
+    data = tiny_data()
+    export(ConReStage(tiny_conre(), data), tmp_path / "conre.safetensors")
+    cfg = tiny_autoencoder()
+    cfg.perceptual_weight, cfg.adversarial, cfg.discriminator_channels = 0.5, True, [8, 16]
+    module = AutoencoderStage(cfg, data, stages_dir=str(tmp_path))
+    batch = synthetic_batch(4)
+    losses = module.compute_losses(batch)
+    assert set(losses) == {"l1", "kl", "perceptual", "adversarial"} and losses["perceptual"].shape == (4,)
+    images = batch["frames"][:, 0]
+    assert torch.all(losses["perceptual"] > 0) and torch.allclose(module.perceptual()(images, images), torch.zeros(4))
+    discriminator = module.discriminator.net[0].weight.clone()
+    decoder = module.vae.decoder.conv_out.weight.clone()
+    trainer = fit(module, [batch] * 2, [batch], steps=2)
+    assert not torch.equal(module.discriminator.net[0].weight, discriminator)
+    assert not torch.equal(module.vae.decoder.conv_out.weight, decoder)
+    assert "train/discriminator" in trainer.callback_metrics
