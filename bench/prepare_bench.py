@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(row)
                 print(f"{resolution} px, {workers} worker(s): {row['clips_per_s']:.2f} clips/s "
                       f"({row['clips_per_s_per_worker']:.2f} per worker; without the pool's start "
-                      f"{row['steady_clips_per_s_per_worker']:.2f} per worker; {row['clips_per_cpu_s']:.2f} per CPU-second, "
+                      f"{row['steady_clips_per_s_per_worker']:.2f} per worker; "
+                      f"{row['clips_per_cpu_s']:.2f} per CPU-second, "
                       f"{row['clips']} clips of {args.seconds:g} s, load average {row['load_average']})")
     scaling = {}
     for resolution in (256, 512):

@@ -112,7 +112,8 @@ def _run(args: argparse.Namespace, items, dataset: str) -> int:
 
 def _common(parser: argparse.ArgumentParser, test_fraction: bool = False) -> None:
     parser.add_argument("--out", required=True, help="output folder (index.json, split folders, manifest.jsonl)")
-    parser.add_argument("--resolution", type=int, default=256, choices=(256, 512), help="aligned face size (default 256)")
+    parser.add_argument("--resolution", type=int, default=256, choices=(256, 512),
+                        help="aligned face size (default 256)")
     parser.add_argument("--clip-seconds", type=float, default=5.0,
                         help="cut sources into clips of this length (0: one clip per source; default 5)")
     parser.add_argument("--shard-size", type=int, default=64, help="clips per shard (default 64)")

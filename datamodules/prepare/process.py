@@ -79,9 +79,10 @@ def process_item(item: SourceItem, opts: PrepareOptions) -> SourceResult:
 def _process(item: SourceItem, opts: PrepareOptions, result: SourceResult) -> None:
     info = media.probe(item.path)
     end = info.duration if item.end is None else item.end
-    known = info.duration > 0
-    if known and item.end is not None and (item.end > info.duration + ANNOTATION_SLACK_S or item.start >= info.duration):
-        raise Skip("annotation_past_end", f"{item.start:.2f}-{item.end:.2f} s but the video lasts {info.duration:.2f} s")
+    past_end = item.end is not None and (item.end > info.duration + ANNOTATION_SLACK_S or item.start >= info.duration)
+    if info.duration > 0 and past_end:
+        raise Skip("annotation_past_end",
+                   f"{item.start:.2f}-{item.end:.2f} s but the video lasts {info.duration:.2f} s")
     audio_path = item.audio_path or item.path
     if not item.audio_path and not info.has_audio:
         raise Skip("no_audio", f"{printable(item.path)[0]} has no audio track")

@@ -140,7 +140,8 @@ def load_index_file(path: Path, dataset: str) -> ShardIndex:
         return ShardIndex(dataset)
     raw = json.loads(path.read_text())
     splits = {k: [ShardInfo(**s) for s in v] for k, v in raw.get("splits", {}).items()}
-    return ShardIndex(raw["dataset"], raw.get("schema_version", 1), splits, raw.get("created", ""), raw.get("extra", {}))
+    return ShardIndex(raw["dataset"], raw.get("schema_version", 1), splits, raw.get("created", ""),
+                      raw.get("extra", {}))
 
 
 def reconcile(out: Path, writer: ManifestShardWriter, done_keys: set[str]) -> None:
@@ -295,7 +296,8 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("sources"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]:.2f} clips/s"), TextColumn("skipped {task.fields[skipped]}"),
+                                TextColumn("{task.fields[rate]:.2f} clips/s"),
+                                TextColumn("skipped {task.fields[skipped]}"),
                                 TimeElapsedColumn(), transient=False)
             self.bar.start()
             self.task = self.bar.add_task("prepare", total=self.total, rate=0.0, skipped=0)
