@@ -50,6 +50,7 @@ class MotionDiffusionConfig(StageConfig):
     transformer_heads: int = field(default=8, metadata={"help": "motion transformer attention heads"})
     unet_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280], metadata={"help": "UNet block widths"})
     unet_layers: int = field(default=2, metadata={"help": "UNet layers per block"})
+    attention_levels: list[bool] = field(default_factory=lambda: [True, True, True, False], metadata={"help": "cross-attention at each UNet level, highest resolution first"})
     cross_attention_dim: int = field(default=768, metadata={"help": "width of the motion/audio tokens"})
     attention_head_dim: int = field(default=8, metadata={"help": "UNet attention heads setting (diffusers' attention_head_dim)"})
     audio_radius: int = field(default=2, metadata={"help": "audio tokens per frame: the frame and this many neighbours each side"})
@@ -74,6 +75,9 @@ class MotionDiffusionConfig(StageConfig):
                 errors.append(f"stage.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.context_frames < self.window_frames:
             errors.append(f"stage.context_frames must be in [0, window_frames), got {self.context_frames}")
+        if len(self.attention_levels) != len(self.unet_channels):
+            errors.append(f"stage.attention_levels needs one flag per stage.unet_channels entry "
+                          f"({len(self.unet_channels)}), got {self.attention_levels}")
         if not 0 <= self.prev_noise_max_step < self.num_train_timesteps:
             errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), got {self.prev_noise_max_step}")
         return errors
@@ -90,7 +94,7 @@ def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, late
                                  cfg.transformer_layers, cfg.transformer_heads, cfg.context_frames,
                                  max_frames=cfg.window_frames)
     unet = build_frame_unet(latent_channels, cfg.previous_frames, list(cfg.unet_channels), cfg.cross_attention_dim,
-                            cfg.unet_layers, cfg.attention_head_dim, latent_size)
+                            cfg.unet_layers, cfg.attention_head_dim, latent_size, list(cfg.attention_levels))
     return encoder, transformer, FrameDenoiser(unet, cfg.group_dims(), audio_dim, cfg.previous_frames)
 
 

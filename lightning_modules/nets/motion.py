@@ -187,16 +187,23 @@ class MotionDenoiser(nn.Module):
 
 
 def build_frame_unet(latent_channels: int, previous_frames: int, block_channels: list[int], cross_dim: int,
-                     layers_per_block: int = 1, head_dim: int = 8, sample_size: int = 8) -> UNet2DConditionModel:
+                     layers_per_block: int = 1, head_dim: int = 8, sample_size: int = 8,
+                     attention_levels: list[bool] | None = None) -> UNet2DConditionModel:
     """A UNet2DConditionModel whose input is [noisy | portrait | previous frames] latents and whose second
-    timestep embedding (``class_labels``) carries the previous frames' noise-augmentation step."""
+    timestep embedding (``class_labels``) carries the previous frames' noise-augmentation step.
+    ``attention_levels`` says which resolution levels (highest first) have cross-attention blocks."""
     n = len(block_channels)
+    levels = list(attention_levels) if attention_levels else [True] * (n - 1) + [False]
+    if len(levels) != n:
+        raise ValueError(f"attention_levels needs one flag per UNet level ({n}), got {levels}")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels))
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=latent_channels * (2 + previous_frames),
         out_channels=latent_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=down,
+        up_block_types=up,
         block_out_channels=tuple(block_channels),
         layers_per_block=layers_per_block,
         cross_attention_dim=cross_dim,

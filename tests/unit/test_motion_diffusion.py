@@ -25,7 +25,7 @@ def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200) -> MotionDiffusion
     cfg = MotionDiffusionConfig(
         window_frames=WINDOW, context_frames=CONTEXT, previous_frames=PREVIOUS, lips_dim=8, expression_dim=4,
         eyes_dim=4, pose_dim=4, encoder_hidden=32, transformer_width=32, transformer_layers=1, transformer_heads=2,
-        unet_channels=[16, 32], unet_layers=1, cross_attention_dim=32, attention_head_dim=4, frames_per_clip=2,
+        unet_channels=[16, 32], attention_levels=[False, True], unet_layers=1, cross_attention_dim=32, attention_head_dim=4, frames_per_clip=2,
         motion_steps=2, frame_steps=2, prev_noise_max_step=prev_noise_max_step, media_frames=8)
     data = DataConfig(resolution=RES, clip_frames=WINDOW + CONTEXT, batch_size=2)
     return MotionDiffusionStage(cfg, data, frozen=frozen)
