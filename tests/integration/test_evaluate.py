@@ -12,6 +12,7 @@ import json
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,40 @@ def test_reference_crop_mode_crops_the_detected_face_and_is_recorded(world, tmp_
     assert whole["details"]["lse"]["crop_mode"] == "whole_frame"
     assert list(cropped["per_video"]) == list(whole["per_video"])  # the same seeded clip
     assert cropped["metrics"]["lse_d"] != pytest.approx(whole["metrics"]["lse_d"], rel=1e-3)
+
+
+def test_a_stages_folder_or_run_folder_supplies_the_project_expert(world, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"run:\n  stages_dir: {world['stages']}\n")
+    for source in (world["stages"], run):
+        results = evaluate(world, tmp_path / source.name, str(source), "--ground-truth", "--protocol", "synthetic",
+                           "--metrics", "lse", "--max-clips", "1")
+        assert results["details"]["lse"]["expert_path"] == str(world["stages"] / "syncnet.safetensors")
+
+
+def test_a_stages_folder_is_generated_through_the_pipeline_adapter(world, tmp_path, monkeypatch):
+    """The speech-to-video pipeline is written elsewhere; a stand-in with its interface (grey frames, one per
+    640 samples of speech) exercises the adapter, the generated source and the scoring against ground truth."""
+    class Pipeline:
+        calls: list[int] = []
+
+        @classmethod
+        def from_stages_dir(cls, stages_dir, device="cpu"):
+            return cls()
+
+        def generate(self, audio, sample_rate=16000, seed=0):
+            Pipeline.calls.append(len(audio))
+            return np.full((len(audio) // 640, 64, 64, 3), 128, np.uint8)
+
+    module = types.ModuleType("lightning_modules.pipeline")
+    module.SpeechToVideoPipeline = Pipeline
+    monkeypatch.setitem(sys.modules, "lightning_modules.pipeline", module)
+    results = evaluate(world, tmp_path / "gen", str(world["stages"]), "--protocol", "synthetic",
+                       "--metrics", "lse,psnr")
+    assert results["source"]["kind"] == "generated" and results["source"]["stage_files"] == ["syncnet.safetensors"]
+    assert sorted(results["per_video"]) == [c.key for c in world["clips"]]
+    assert Pipeline.calls == [len(c.audio) for c in world["clips"]]
+    for clip in world["clips"]:  # PSNR per frame of the grey frames against the ground truth, averaged
+        mse = ((clip.frames.astype(np.float64) - 128) ** 2).mean(axis=(1, 2, 3)) / 255 ** 2
+        assert results["per_video"][clip.key]["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
