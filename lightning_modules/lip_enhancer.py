@@ -28,6 +28,7 @@ from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import LipRefiner, PatchDiscriminator, degrade_mouths, lower_face_mask
 from lightning_modules.nets.motion import audio_context, check_landmarks, per_frame_audio
 from lightning_modules.nets.syncnet import WINDOW_FRAMES, SyncExpert
+from lightning_modules.stagefile import StageFile
 from lightning_modules.syncnet import load_sync_expert, offset_sync_loss, sync_region, video_windows_at
 from lightning_modules.video_io import to_uint8_frames, write_mp4
 
@@ -62,6 +63,37 @@ class LipEnhancerConfig(StageConfig):
         if self.sync_max_offset < 1 or self.sync_windows < 1:
             errors.append("stage.sync_max_offset and stage.sync_windows must be at least 1")
         return errors
+
+
+def refine_frames(refiner: LipRefiner, mel: LogMel, audio_radius: int, frames: torch.Tensor, mask: torch.Tensor,
+                  reference: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Run the refiner over every frame of a batch of clips with each frame's audio context."""
+    steps = frames.shape[1]
+    sound = audio_context(per_frame_audio(mel, audio, steps), audio_radius).flatten(2)
+    ref = reference[:, None].expand(-1, steps, -1, -1, -1)
+    out = refiner(frames.flatten(0, 1), mask.flatten(0, 1), ref.flatten(0, 1), sound.flatten(0, 1))
+    return out.view_as(frames)
+
+
+@dataclass
+class LipRefinerParts:
+    """What refining a generated video needs (no sync expert): the config, the refiner and its audio features."""
+
+    cfg: LipEnhancerConfig
+    refiner: LipRefiner
+    mel: LogMel
+
+    def refine(self, frames, mask, reference, audio) -> torch.Tensor:
+        return refine_frames(self.refiner, self.mel, self.cfg.audio_radius, frames, mask, reference, audio)
+
+
+def load_lip_refiner(stage_file: StageFile, use_ema: bool = True) -> LipRefinerParts:
+    """The trained refiner from an exported ``lip_enhancer`` stage file (EMA weights by default)."""
+    known = LipEnhancerConfig.__dataclass_fields__
+    cfg = LipEnhancerConfig(**{k: v for k, v in stage_file.config.items() if k in known})
+    refiner = LipRefiner(4 * cfg.n_mels * (2 * cfg.audio_radius + 1), list(cfg.channels), cfg.cond_dim)
+    refiner.load_state_dict(stage_file.sub_state("refiner", use_ema))
+    return LipRefinerParts(cfg, refiner.eval(), LogMel(n_mels=cfg.n_mels))
 
 
 class FrozenExpert:
@@ -102,11 +134,7 @@ class LipEnhancerStage(StageModule):
     # ---- refinement -----------------------------------------------------------------------------------
     def refine(self, frames: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """frames [B, T, 3, R, R], mask [B, T, 1, R, R], reference [B, 3, R, R], speech [B, N] -> refined frames."""
-        batch, steps = frames.shape[:2]
-        sound = audio_context(per_frame_audio(self.mel, audio, steps), self.cfg.audio_radius).flatten(2)
-        ref = reference[:, None].expand(-1, steps, -1, -1, -1)
-        out = self.refiner(frames.flatten(0, 1), mask.flatten(0, 1), ref.flatten(0, 1), sound.flatten(0, 1))
-        return out.view_as(frames)
+        return refine_frames(self.refiner, self.mel, self.cfg.audio_radius, frames, mask, reference, audio)
 
     def masks(self, landmarks: torch.Tensor) -> torch.Tensor:
         return lower_face_mask(landmarks, self.data_cfg.resolution, self.cfg.mask_feather)
@@ -193,10 +221,11 @@ class LipEnhancerStage(StageModule):
 
 
 @torch.no_grad()
-def refine_video(stage: LipEnhancerStage, frames: torch.Tensor, landmarks: torch.Tensor, audio: torch.Tensor,
+def refine_video(stage: LipEnhancerStage | LipRefinerParts, frames: torch.Tensor, landmarks: torch.Tensor, audio: torch.Tensor,
                  reference: torch.Tensor | None = None) -> torch.Tensor:
     """Refine the lower face of a generated video: frames [T, 3, R, R], landmarks [T, 68, 2] or one set [68, 2]
-    (e.g. the portrait's) for all frames, mono speech [N] -> refined frames [T, 3, R, R]."""
+    (e.g. the portrait's) for all frames, mono speech [N] -> refined frames [T, 3, R, R]. ``stage`` is the
+    training stage or :func:`load_lip_refiner`'s parts."""
     steps = frames.shape[0]
     marks = landmarks[None].expand(steps, -1, -1) if landmarks.ndim == 2 else landmarks
     check_landmarks(marks[None], steps)
