@@ -29,13 +29,13 @@ def load_speech(path: str | Path) -> np.ndarray:
                 raise GenerationError(f"{path} has no audio stream; give a speech recording (wav, flac, mp3, m4a)")
             stream = container.streams.audio[0]
             rate, channels = stream.rate or 0, stream.channels or 0
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            chunks = []
+            resampler, chunks = None, []
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                if resampler is None:  # keep the channels: averaging them keeps the level (FFmpeg's mix does not)
+                    resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=SAMPLE_RATE)
+                chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(frame)]
+            if resampler is not None:
+                chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(None)]
     except av.error.FFmpegError as exc:
         raise GenerationError(f"{path} cannot be decoded as audio ({exc}); give a wav, flac, mp3 or m4a file") from exc
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
