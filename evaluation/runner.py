@@ -99,7 +99,7 @@ def score_fid(videos: list[EvalVideo], protocol: EvalProtocol, test: TestSet, ca
     provenance = {**extractor.describe(), "source": source}
     reused = path.is_file() and FeatureStats.load(path).provenance == provenance
     real = cached_stats(path, extractor, (_strided(c.frames, protocol.fid_frame_stride)
-                                          for c in test.clips(keys).values()), source)
+                                          for c in test.iter_clips(keys)), source)
     fake = FeatureStats(provenance=extractor.describe())
     for video in videos:
         fake.update(extractor(_strided(video.frames, protocol.fid_frame_stride)))

@@ -101,13 +101,17 @@ class TestSet:
         """Every readable clip key of the split, sorted."""
         return sorted(self.speakers)
 
-    def clips(self, keys: list[str]) -> dict[str, Clip]:
-        """The whole clips of ``keys`` (frames at the protocol resolution, landmarks scaled to match)."""
-        wanted, out = set(keys), {}
+    def iter_clips(self, keys: list[str]):
+        """The whole clips of ``keys`` one at a time, in shard order (frames at the protocol resolution,
+        landmarks scaled to match)."""
+        wanted = set(keys)
         for sample in self._samples():
             if str(sample.get("__key__")) in wanted:
-                out[str(sample["__key__"])] = decode_clip(sample, self.resolution)
-        return out
+                yield decode_clip(sample, self.resolution)
+
+    def clips(self, keys: list[str]) -> dict[str, Clip]:
+        """The whole clips of ``keys`` by key."""
+        return {clip.key: clip for clip in self.iter_clips(keys)}
 
     def reference(self, speaker: str, key: str) -> ReferenceFace | None:
         """The speaker's reference face: another clip's first frame when there is one, else this clip's."""
