@@ -87,9 +87,23 @@ def _existing_dir(path: str, flag: str, what: str) -> Path:
     return folder
 
 
+def _check_face_tools() -> None:
+    try:
+        from datamodules.prepare.faces import predictor_path
+
+        import dlib  # noqa: F401
+
+        predictor_path()
+    except ImportError as exc:
+        raise UserError(f"the face tools are not installed ({exc}); install them with "
+                        f"`pip install -e .[faces] -c constraints.txt` (dlib-bin, face-recognition-models)") from exc
+
+
 def _run(args: argparse.Namespace, items, dataset: str) -> int:
     from datamodules.prepare.process import PrepareOptions
     from datamodules.prepare.runner import parse_shard_range, run
+
+    _check_face_tools()
 
     options = PrepareOptions(resolution=args.resolution, clip_seconds=args.clip_seconds, min_face=args.min_face,
                              detect_every=args.detect_every)
