@@ -23,7 +23,7 @@ from lightning_modules.pipeline_audio import FPS, SAMPLE_RATE, GenerationError, 
 log = logging.getLogger("seespeaker.generate")
 
 PORTRAIT_STAGES = ("conre", "autoencoder", "portrait_diffusion", "saw")
-VIDEO_STAGES = ("motion_diffusion", "syncnet", "lip_enhancer", "codebook")
+VIDEO_STAGES = ("motion_diffusion", "lip_enhancer", "codebook")
 STAGE_COMMANDS = {"codebook": "stage=codebook stage.phase=transformer run.name=transformer (then stage.phase=render "
                               "run.name=render)"}
 
@@ -133,21 +133,12 @@ class TalkingFacePipeline:
             self.codebook = load_codebook(files["codebook"], self.device)
 
     def _load_lip_enhancer(self):
-        from datamodules.config import DataConfig
-        from lightning_modules.lip_enhancer import FrozenExpert, LipEnhancerConfig, LipEnhancerStage
+        from lightning_modules.lip_enhancer import load_lip_refiner
         from lightning_modules.stagefile import load_stage_file
-        from lightning_modules.syncnet import load_sync_expert
-        with stage_file_errors(self.files["syncnet"]):
-            expert, sync_cfg = load_sync_expert(load_stage_file(self.files["syncnet"], expect_stage="syncnet"))
-        stage = load_stage_file(self.files["lip_enhancer"], expect_stage="lip_enhancer")
-        known = LipEnhancerConfig.__dataclass_fields__
-        cfg = LipEnhancerConfig(**{k: v for k, v in stage.config.items() if k in known})
-        module = LipEnhancerStage(cfg, DataConfig(clip_frames=8), expert=FrozenExpert(expert, sync_cfg.region))
-        result = module.load_state_dict(stage.weights(use_ema=True), strict=False)
-        missing = [k for k in result.missing_keys if k.startswith("refiner.")]
-        if missing:
-            raise KeyError(f"the refiner weights {missing[:3]} are missing")
-        return module.eval().to(self.device)
+        parts = load_lip_refiner(load_stage_file(self.files["lip_enhancer"], expect_stage="lip_enhancer"))
+        parts.refiner.to(self.device)
+        parts.mel.to(self.device)
+        return parts
 
     # ---- steps ----------------------------------------------------------------------------------------
     def portrait(self, speech: torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
