@@ -212,8 +212,8 @@ class MotionDiffusionStage(StageModule):
         """A generated video of the first validation clip's speech (left) beside the real frames (right)."""
         per_frame = int(self.data_cfg.sample_rate // self.data_cfg.fps)
         audio = batch["audio"][0]
-        n_frames = min(self.cfg.media_frames, audio.shape[-1] // per_frame)
-        audio = audio[: n_frames * per_frame]
+        n_frames = max(min(self.cfg.media_frames, audio.shape[-1] // per_frame), self.cfg.window_frames)
+        audio = F.pad(audio, (0, max(0, n_frames * per_frame - audio.shape[-1])))[: n_frames * per_frame]
         with self.ema_scope():
             video = generate_motion_video(self.parts(), batch["frames"][0, 0], audio,
                                           fps=self.data_cfg.fps, sample_rate=self.data_cfg.sample_rate)
