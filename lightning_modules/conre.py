@@ -95,17 +95,18 @@ class ConReStage(StageModule):
 
     def validation_metrics(self, batch: dict[str, Any]) -> None:
         speech, face = self.embed(batch)
-        valid = batch["valid"]
-        self._val_outputs.append((speech[valid], face[valid], batch["speaker_index"][valid]))
+        self._val_outputs.append((speech, face, batch["speaker_index"], batch["valid"]))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        speech, face, speaker = (torch.cat(parts) for parts in zip(*self._val_outputs))
+        speech, face, speaker, valid = (torch.cat(parts) for parts in zip(*self._val_outputs))
         self._val_outputs.clear()
-        if self.trainer.world_size > 1:
-            speech, face, speaker = (self.all_gather(t).flatten(0, 1) for t in (speech, face, speaker))
-        top1, chance = retrieval_accuracy(speech, face, speaker, k=1)
+        if self.trainer.world_size > 1:  # every rank holds the same number of (padded) samples
+            speech, face, speaker, valid = (self.all_gather(t).flatten(0, 1) for t in (speech, face, speaker, valid))
+        if not valid.any():
+            return
+        top1, chance = retrieval_accuracy(speech[valid], face[valid], speaker[valid], k=1)
         self.log("val/retrieval_top1", top1, rank_zero_only=True)
         self.log("val/retrieval_chance", chance, rank_zero_only=True)
 

@@ -34,8 +34,9 @@ def demo_steps(stages: list[str]) -> list[tuple[str, ...]]:
     for stage in stages:
         steps.append(("train", "experiment=tiny", f"stage={stage}"))
         if stage == "autoencoder":
-            steps.append(("prior", "--data", str(CORPUS), "--stages", str(OUTPUTS / "tiny" / "stages"),
-                          "--resolution", "64"))
+            stages_dir = OUTPUTS / "tiny" / "stages"
+            steps.append(("prior", "--data", str(CORPUS), "--stages", str(stages_dir),
+                          "--out", str(stages_dir / "face_prior.safetensors")))
     return steps
 
 

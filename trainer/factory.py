@@ -37,14 +37,14 @@ class TrainingRun:
     health: DataHealthMonitor
 
 
-def global_rank_from_env() -> int:
+def global_rank_from_env(devices: int = 1) -> int:
     """This process's global rank before the Trainer exists (SLURM, torchrun or Lightning's launcher)."""
     for name in ("RANK", "SLURM_PROCID"):
         if name in os.environ and (name != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
             return int(os.environ[name])
     local = int(os.environ.get("LOCAL_RANK", 0))
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
-    return node * int(os.environ.get("SEESPEAKER_DEVICES", 1)) + local
+    return node * devices + local
 
 
 def plain_logs() -> bool:
@@ -115,7 +115,7 @@ def cluster_plugins(cfg: Config) -> list[Any]:
 
 def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
     pl.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
-    is_zero = global_rank_from_env() == 0
+    is_zero = global_rank_from_env(cfg.trainer.devices) == 0
     config_dict = to_container(cfg)
     if is_zero:
         prov = provenance.collect(argv)

@@ -57,8 +57,6 @@ class TrainerConfig:
                 errors.append(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             errors.append(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.accelerator == "cpu" and self.precision != "32-true" and self.strategy != "deepspeed":
-            errors.append(f"trainer.precision={self.precision} needs a GPU; use 32-true on CPU")
         return errors
 
 

@@ -72,7 +72,7 @@ def test_no_secret_is_written_anywhere(two_runs):
 def test_resumed_training_keeps_the_run_id_and_merges_one_continuous_history(two_runs, synthetic_corpus):
     run = two_runs[0]
     run_id = (run / "wandb_id").read_text().strip()
-    train(synthetic_corpus, run.parent.parent.parent, "a", "stage.lr=1.0e-3", "trainer.max_steps=30")
+    train(synthetic_corpus, run.parent.parent, "a", "stage.lr=1.0e-3", "trainer.max_steps=30")
     segments = sorted((run / "wandb").glob("offline-run-*"))
     assert len(segments) == 2 and all(s.name.endswith(run_id) for s in segments)
     merged = merge_offline_segments(run)
