@@ -12,7 +12,6 @@ import json
 import shlex
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -248,27 +247,36 @@ def test_a_stages_folder_or_run_folder_supplies_the_project_expert(world, tmp_pa
 
 
 def test_a_stages_folder_is_generated_through_the_pipeline_adapter(world, tmp_path, monkeypatch):
-    """The speech-to-video pipeline is written elsewhere; a stand-in with its interface (grey frames, one per
-    640 samples of speech) exercises the adapter, the generated source and the scoring against ground truth."""
+    """A full tiny stage chain takes minutes to train, so a stand-in with TalkingFacePipeline's interface (grey
+    frames, one per 640 samples of speech) exercises the adapter, the generated source and the scoring."""
+    import lightning_modules.pipeline as pipeline_module
+
+    calls = []
+
     class Pipeline:
-        calls: list[int] = []
+        def __init__(self, stages_dir, options):
+            self.options = options
 
-        @classmethod
-        def from_stages_dir(cls, stages_dir, device="cpu"):
-            return cls()
+        def portrait(self, speech, timings):
+            calls.append((len(speech), self.options.seed))
+            return torch.zeros(3, 64, 64)
 
-        def generate(self, audio, sample_rate=16000, seed=0):
-            Pipeline.calls.append(len(audio))
-            return np.full((len(audio) // 640, 64, 64, 3), 128, np.uint8)
+        def video(self, portrait, speech, timings, advance):
+            return None, np.full((len(speech) // 640, 64, 64, 3), 128, np.uint8)
 
-    module = types.ModuleType("lightning_modules.pipeline")
-    module.SpeechToVideoPipeline = Pipeline
-    monkeypatch.setitem(sys.modules, "lightning_modules.pipeline", module)
+    monkeypatch.setattr(pipeline_module, "TalkingFacePipeline", Pipeline)
     results = evaluate(world, tmp_path / "gen", str(world["stages"]), "--protocol", "synthetic",
                        "--metrics", "lse,psnr")
     assert results["source"]["kind"] == "generated" and results["source"]["stage_files"] == ["syncnet.safetensors"]
     assert sorted(results["per_video"]) == [c.key for c in world["clips"]]
-    assert Pipeline.calls == [len(c.audio) for c in world["clips"]]
+    assert calls == [(len(c.audio), 0) for c in world["clips"]]
     for clip in world["clips"]:  # PSNR per frame of the grey frames against the ground truth, averaged
         mse = ((clip.frames.astype(np.float64) - 128) ** 2).mean(axis=(1, 2, 3)) / 255 ** 2
         assert results["per_video"][clip.key]["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
+
+
+def test_a_stages_folder_without_the_generation_stages_is_a_clear_error(world, capsys):
+    assert main(["evaluate", str(world["stages"]), "--data", str(world["corpus"]), "--protocol", "synthetic",
+                 "--out", str(world["root"] / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "missing stage file(s)" in err and "conre.safetensors" in err

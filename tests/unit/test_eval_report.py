@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import numpy as np
 import pytest
+import torch
 
 from evaluation.facecrop import CROP_SIZE, crop_faces, smooth_track
 from evaluation.generation import load_generator
@@ -122,24 +122,31 @@ def test_reference_crop_extends_below_the_face():
     assert rows.min() == 0 and abs(rows.max() - CROP_SIZE * 20 / 28) < 6
 
 
-def test_pipeline_adapter_needs_the_pipeline_and_converts_its_frames(tmp_path, monkeypatch):
+def test_pipeline_adapter_reports_a_missing_pipeline_and_missing_stage_files(tmp_path, monkeypatch):
+    with pytest.raises(EvalInputError, match="missing stage file"):
+        load_generator(tmp_path)  # the real pipeline, an empty stages folder
     monkeypatch.setitem(sys.modules, "lightning_modules.pipeline", None)
     with pytest.raises(EvalInputError, match="no speech-to-video pipeline"):
         load_generator(tmp_path)
 
+
+def test_pipeline_adapter_seeds_each_clip_and_converts_float_frames(tmp_path, monkeypatch):
+    import lightning_modules.pipeline as pipeline_module
+
     class Pipeline:
-        @classmethod
-        def from_stages_dir(cls, stages_dir, device="cpu"):
-            return cls()
+        def __init__(self, stages_dir, options):
+            self.options = options
 
-        def generate(self, audio, sample_rate=16000, seed=0):
-            frames = len(audio) // (sample_rate // 25)
-            return np.full((frames, 3, 4, 4), -1.0 + seed, np.float32)
+        def portrait(self, speech, timings):
+            return torch.full((3, 4, 4), float(self.options.seed))
 
-    module = types.ModuleType("lightning_modules.pipeline")
-    module.SpeechToVideoPipeline = Pipeline
-    monkeypatch.setitem(sys.modules, "lightning_modules.pipeline", module)
+        def video(self, portrait, speech, timings, advance):
+            frames = portrait[None].expand(len(speech) // 640, -1, -1, -1) - 1.0
+            return frames, frames
+
+    monkeypatch.setattr(pipeline_module, "TalkingFacePipeline", Pipeline)
     generate, info = load_generator(tmp_path)
     frames = generate(np.zeros(6400, np.float32), 1, "k")
     assert frames.shape == (10, 4, 4, 3) and frames.dtype == np.uint8 and (frames == 128).all()
-    assert info["pipeline"] == "lightning_modules.pipeline.SpeechToVideoPipeline"
+    assert (generate(np.zeros(640 * 6, np.float32), 0, "k") == 0).all()
+    assert info["pipeline"] == "lightning_modules.pipeline.TalkingFacePipeline"

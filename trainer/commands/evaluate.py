@@ -57,7 +57,7 @@ def collect(args: argparse.Namespace, protocol, test, stages: Path | None):
                         "videos), --videos DIR, or --ground-truth")
     from evaluation.generation import load_generator
 
-    generate, info = load_generator(stages, args.device, protocol.sample_rate)
+    generate, info = load_generator(stages, args.device)
     return sources.videos_from_generator(test, protocol, generate), {"kind": "generated", **info}
 
 
