@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"reader": "bench.reader_bench", "prepare": "bench.prepare_bench"}
+BENCHES = {"reader": "bench.reader_bench", "prepare": "bench.prepare_bench", "generate": "bench.generate_bench"}
 
 
 def main(argv: list[str]) -> int:
