@@ -22,7 +22,7 @@ def test_the_shipped_protocols_load_typed():
     assert (default.sync_expert, default.crop_mode, default.resize_mode) == ("official", "none", "tf1_bilinear")
     assert (default.fps_mismatch, default.missing_audio, default.fps) == ("refuse", "error", 25.0)
     synthetic = load_group_file("eval", "synthetic", EvalProtocol)
-    assert (synthetic.sync_expert, synthetic.resolution, synthetic.csim_landmarks) == ("project", 64, "reference_clip")
+    assert (synthetic.sync_expert, synthetic.resolution, synthetic.csim_landmarks) == ("project", 0, "reference_clip")
 
 
 @pytest.mark.parametrize("text, message", [
