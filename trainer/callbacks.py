@@ -166,14 +166,49 @@ class MediaLogger(pl.Callback):
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """SIGTERM (what preemption sends) saves a checkpoint on every rank before the process ends."""
+    """SIGTERM or the requeue signal: every rank saves a checkpoint; for a requeue, rank 0 then requeues the job."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
-            path = self.dirpath / f"preempt-step={trainer.global_step}.ckpt"
-            trainer.save_checkpoint(str(path))
-            if trainer.is_global_zero:
-                print(f"[preemption] SIGTERM received: saved {path}", flush=True)
+        if not isinstance(exception, SIGTERMException):
+            return
+        path = self.dirpath / f"preempt-step={trainer.global_step}.ckpt"
+        trainer.save_checkpoint(str(path))
+        requeue = getattr(trainer._signal_connector, "requeue_requested", False)
+        if trainer.is_global_zero:
+            print(f"[preemption] {'requeue signal' if requeue else 'SIGTERM'} at step {trainer.global_step}: "
+                  f"saved {path}", flush=True)
+            if requeue:
+                from trainer.signals import requeue_slurm_job
+
+                requeue_slurm_job()
+
+
+class RankInfo(pl.Callback):
+    """One line per rank at the start of training (read from SLURM logs to check the job's layout)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import socket
+
+        print(f"[seespeaker] global_rank={trainer.global_rank} local_rank={trainer.local_rank} "
+              f"node_rank={trainer.node_rank} world_size={trainer.world_size} host={socket.gethostname()}", flush=True)
+
+
+class PlainProgress(pl.Callback):
+    """Line-by-line progress for log files (SLURM, pipes): step, loss and speed every ``every`` steps, rank 0."""
+
+    def __init__(self, every: int):
+        self.every = max(1, every)
+        self._start = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.is_global_zero and step % self.every == 0:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss", "val/"))}
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+            print(f"step {step}/{trainer.max_steps} {shown} elapsed={time.time() - self._start:.0f}s", flush=True)

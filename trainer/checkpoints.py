@@ -34,6 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+                _fault_injection_pause()
             os.replace(tmp, path)
         except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
             tmp.unlink(missing_ok=True)
@@ -44,6 +45,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         return safe_load(path, map_location or "cpu")
+
+
+def _fault_injection_pause() -> None:
+    """``SEESPEAKER_CHECKPOINT_WRITE_PAUSE_S``: hold a written checkpoint before its rename (crash tests)."""
+    pause = float(os.environ.get("SEESPEAKER_CHECKPOINT_WRITE_PAUSE_S", "0") or 0)
+    if pause > 0:
+        import time
+
+        time.sleep(pause)
 
 
 def safe_load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -11,16 +11,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
 from datamodules.datamodule import ShardDataModule
 from lightning_modules.registry import stage_class
 from lightning_modules.stagefile import load_stage_file
 from trainer import provenance
-from trainer.callbacks import DataHealthMonitor, EMACallback, MediaLogger, PreemptionCheckpoint, ThroughputMonitor
+from trainer.callbacks import (DataHealthMonitor, EMACallback, MediaLogger, PlainProgress, PreemptionCheckpoint, RankInfo,
+                               ThroughputMonitor)
 from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
 from trainer.config import ConfigError, to_container, to_yaml
 from trainer.schemas import Config
+from trainer.signals import FlagSignalConnector
 from trainer.strategies import build_strategy, media_needs_all_ranks
 from trainer.tracking import build_loggers
 
@@ -67,7 +69,7 @@ def build_callbacks(cfg: Config, module: pl.LightningModule, health: DataHealthM
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
                         every_n_train_steps=t.checkpoint_every_n_steps or None, save_top_k=-1 if t.checkpoint_every_n_steps else 0,
-                        save_last=True),
+                        save_last=False),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best-step={step}", auto_insert_metric_name=False,
                         monitor=cfg.stage.monitor, mode=cfg.stage.monitor_mode, save_top_k=t.save_top_k),
         PreemptionCheckpoint(ckpt_dir),
@@ -75,7 +77,8 @@ def build_callbacks(cfg: Config, module: pl.LightningModule, health: DataHealthM
         LearningRateMonitor(logging_interval="step"),
         health,
         MediaLogger(cfg.run.dir, t.media_every_n_steps, all_ranks=media_needs_all_ranks(t, module)),
-        TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps)) if plain_logs() else RichProgressBar(),
+        RankInfo(),
+        PlainProgress(t.log_every_n_steps) if plain_logs() else RichProgressBar(),
     ]
     if t.checkpoint_minutes > 0:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="time-step={step}", auto_insert_metric_name=False,
@@ -136,8 +139,9 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
         log_every_n_steps=t.log_every_n_steps, default_root_dir=cfg.run.dir, callbacks=build_callbacks(cfg, module, health),
         logger=build_loggers(cfg, config_dict, is_zero), plugins=cluster_plugins(cfg), enable_model_summary=is_zero,
         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0, deterministic=t.deterministic or None,
-        **extra,
+        enable_progress_bar=not plain_logs(), **extra,
     )
+    trainer._signal_connector = FlagSignalConnector(trainer)
     trainer.max_bad_steps = t.max_bad_steps
     if trainer.is_global_zero:
         print(f"[seespeaker] stage={cfg.stage.name} run_dir={cfg.run.dir} world={cfg.world_size} "

@@ -16,12 +16,18 @@ from trainer.schemas import Config
 def run_training(cfg: Config, argv: list[str] | None = None) -> int:
     from trainer.factory import build_run, fit
 
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     try:
         run = build_run(cfg, argv)
         run.module.run_config = to_container(cfg)
         fit(run)
     except (ConfigError, ShardSetError, StageFileError, CheckpointError, SpeechTooShortError) as exc:
         raise UserError(str(exc)) from None
+    except SIGTERMException:
+        print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
+              f"(resume with resume=auto)", flush=True)
+        return 143
     trainer = run.trainer
     final = Path(cfg.run.dir) / CHECKPOINT_DIR / f"final-step={trainer.global_step}.ckpt"
     trainer.save_checkpoint(str(final))

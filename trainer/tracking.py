@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import string
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from trainer.schemas import Config
 
 WANDB_ID_FILE = "wandb_id"
+STOP_LOGGING = threading.Event()  # set by a preemption signal: W&B's own process may already be gone
 METRICS_FILE = "metrics.jsonl"
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN")
 
@@ -103,11 +105,29 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class SeespeakerWandbLogger(WandbLogger):
-    """WandbLogger that also knows how to upload a stage's ``Media`` items."""
+    """WandbLogger that uploads a stage's ``Media`` items and stays quiet once a preemption signal arrived.
+
+    SLURM signals every process of the job, W&B's service process included; logging to it after that would
+    fail and cost the preemption checkpoint. The local metric log keeps every value either way.
+    """
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if not STOP_LOGGING.is_set():
+            try:
+                super().log_metrics(metrics, step)
+            except (ConnectionError, BrokenPipeError, OSError) as exc:
+                STOP_LOGGING.set()
+                print(f"[tracking] W&B stopped accepting metrics ({exc}); metrics.jsonl keeps them", flush=True)
+
+    def finalize(self, status: str) -> None:
+        if not STOP_LOGGING.is_set():
+            super().finalize(status)
 
     def log_media_item(self, key: str, item: Any, step: int) -> None:
         import wandb
 
+        if STOP_LOGGING.is_set():
+            return
         if item.image is not None:
             self.experiment.log({key: wandb.Image(item.image, caption=item.caption), "trainer/global_step": step})
         elif item.video_path:

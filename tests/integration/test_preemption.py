@@ -1,0 +1,76 @@
+"""Killed and preempted trainings: nothing already checkpointed is lost, and resume=auto picks it up."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start(corpus: Path, out: Path, *extra: str, env_extra: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "experiment=tiny", "stage=conre", f"data.root={corpus}",
+           f"experiment.output_root={out}", "tracking=disabled", "trainer.val_check_interval=1000",
+           "trainer.limit_val_batches=0", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("timed out waiting for the training")
+
+
+def last_step(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return -1
+    return max((json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()), default=-1)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_from_it(synthetic_corpus, tmp_path):
+    run = tmp_path / "tiny" / "conre"
+    proc = start(synthetic_corpus, tmp_path, "trainer.max_steps=2000", "trainer.checkpoint_every_n_steps=0",
+                 "trainer.log_every_n_steps=2")
+    wait_for(lambda: last_step(run) >= 6, 300, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:]
+    saved = list((run / "checkpoints").glob("preempt-step=*.ckpt"))
+    assert len(saved) == 1, out[-2000:]
+    step = int(saved[0].stem.split("=")[1])
+    assert step >= 6
+    resumed = start(synthetic_corpus, tmp_path, f"trainer.max_steps={step + 4}", "trainer.checkpoint_every_n_steps=0")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-2000:]
+    assert f"(regular, step {step})" in out and "preempt-step" in out
+    assert (run / "checkpoints" / f"final-step={step + 4}.ckpt").is_file()
+
+
+def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_complete_one(synthetic_corpus, tmp_path):
+    run = tmp_path / "tiny" / "conre"
+    ckpts = run / "checkpoints"
+    proc = start(synthetic_corpus, tmp_path, "trainer.max_steps=2000", "trainer.checkpoint_every_n_steps=8",
+                 env_extra={"SEESPEAKER_CHECKPOINT_WRITE_PAUSE_S": "4"})
+    wait_for(lambda: (ckpts / "step=8.ckpt").is_file() and any(p.name.startswith(".step=16") for p in ckpts.glob(".*.tmp")),
+             300, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (ckpts / "step=16.ckpt").exists()
+    assert any(p.suffix == ".tmp" for p in ckpts.iterdir())  # the interrupted write is left as a partial file
+    resumed = start(synthetic_corpus, tmp_path, "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=0")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-2000:]
+    assert "step 8)" in out and "step=8.ckpt" in out
+    assert (ckpts / "final-step=12.ckpt").is_file()

@@ -1,0 +1,58 @@
+"""Preemption signals handled at a batch boundary, never inside the signal handler.
+
+Lightning's handlers run collectives (a broadcast, a checkpoint barrier) inside the handler itself; when SLURM
+signals every task at once those collectives interleave with the training's own and can deadlock. Here the
+handlers only set flags: Lightning's per-batch check then raises ``SIGTERMException`` on every rank at the same
+batch, the ``PreemptionCheckpoint`` callback saves on every rank, and for the requeue signal rank 0 asks SLURM to
+requeue the job once the checkpoint is complete.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
+
+from trainer import tracking
+
+
+class FlagSignalConnector(_SignalConnector):
+    """SIGTERM and the SLURM requeue signal set flags; the loop acts on them at the next batch."""
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer)
+        self.requeue_requested = False
+
+    def register_signal_handlers(self) -> None:
+        self.received_sigterm = False
+        self.requeue_requested = False
+        self._original_handlers = self._get_current_signal_handlers()
+        environment = self.trainer._accelerator_connector.cluster_environment
+        self._register_signal(signal.SIGTERM, self._on_sigterm)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+            self._register_signal(environment.requeue_signal, self._on_requeue_signal)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        launcher = self.trainer.strategy.launcher
+        if launcher is not None and not self.received_sigterm and not SLURMEnvironment.detect():
+            launcher.kill(signum)  # forward to the processes Lightning's launcher started
+        self.received_sigterm = True
+        tracking.STOP_LOGGING.set()
+
+    def _on_requeue_signal(self, signum, frame) -> None:
+        self.requeue_requested = True
+        self.received_sigterm = True
+        tracking.STOP_LOGGING.set()
+
+
+def requeue_slurm_job() -> int:
+    """``scontrol requeue`` this job (or array task); the return code of scontrol."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID", "")
+    if not re.fullmatch(r"[0-9_]+", job):
+        return 1
+    print(f"[preemption] requeueing SLURM job {job}", flush=True)
+    return subprocess.call(["scontrol", "requeue", job])
