@@ -181,6 +181,34 @@ class StageModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def adversarial_optimizers(self, generator_params) -> tuple[list, list]:
+        """Generator and ``self.discriminator`` AdamW with the stage's schedule (two optimizers: DDP only)."""
+        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
+        optimizers = [torch.optim.AdamW(list(generator_params), **kwargs),
+                      torch.optim.AdamW(self.discriminator.parameters(), **kwargs)]
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, self.lr_factor) for o in optimizers]
+
+    def adversarial_step(self, loss: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, batch_size: int,
+                         clip: float | None = None) -> torch.Tensor:
+        """Manual optimisation: the generator steps on ``loss``, then the discriminator on the hinge loss."""
+        opt_g, opt_d = self.optimizers()
+        opt_g.zero_grad()
+        self.manual_backward(loss)
+        if clip:
+            self.clip_gradients(opt_g, gradient_clip_val=clip)
+        opt_g.step()
+        d_loss = (torch.relu(1 - self.discriminator(real)).mean()
+                  + torch.relu(1 + self.discriminator(fake.detach())).mean())
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        if clip:
+            self.clip_gradients(opt_d, gradient_clip_val=clip)
+        opt_d.step()
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        self.log("train/discriminator", d_loss.detach(), batch_size=batch_size)
+        return loss
+
     def lr_factor(self, step: int) -> float:
         warmup = self.cfg.warmup_steps
         if warmup and step < warmup:

@@ -65,14 +65,31 @@ def _close_wandb() -> None:
         wandb.teardown()  # the next training in this process starts from clean W&B settings
 
 
-def _log_artifact(cfg: Config, run, exported: Path) -> None:
-    """The exported stage file as a W&B artifact with the `latest` alias (never checkpoints or DeepSpeed folders)."""
-    if not cfg.tracking.log_artifacts:
-        return
-    for logger in run.trainer.loggers:
-        if logger.__class__.__name__ == "SeespeakerWandbLogger":
-            import wandb
+def _best_checkpoint(run) -> str:
+    for callback in run.trainer.checkpoint_callbacks:
+        if getattr(callback, "monitor", None) and callback.best_model_path:
+            return callback.best_model_path
+    return ""
 
-            artifact = wandb.Artifact(f"{cfg.experiment.name}-{cfg.stage.name}", type="stage")
-            artifact.add_file(str(exported))
-            logger.experiment.log_artifact(artifact, aliases=["latest"])
+
+def _log_artifact(cfg: Config, run, exported: Path) -> None:
+    """The exported stage file as a W&B artifact: `latest` (end of training) and `best` (best monitored checkpoint).
+
+    Never checkpoints or DeepSpeed folders: only the exported safetensors files.
+    """
+    loggers = [lg for lg in run.trainer.loggers if lg.__class__.__name__ == "SeespeakerWandbLogger"]
+    if not cfg.tracking.log_artifacts or not loggers:
+        return
+    import wandb
+
+    from trainer.export import export_stage
+
+    files = {"latest": exported}
+    best = _best_checkpoint(run)
+    if best:
+        files["best"] = export_stage(best, out=Path(cfg.run.dir) / "export" / f"{cfg.stage.name}-best.safetensors")
+    for alias, path in files.items():
+        artifact = wandb.Artifact(f"{cfg.experiment.name}-{cfg.stage.name}", type="stage",
+                                  metadata={"alias": alias, "stage": cfg.stage.name})
+        artifact.add_file(str(path), name=f"{cfg.stage.name}.safetensors")
+        loggers[0].experiment.log_artifact(artifact, aliases=[alias])
