@@ -100,3 +100,22 @@ def test_a_failed_write_leaves_no_partial_mp4(stages, tmp_path, monkeypatch, cap
               "--out", str(out), *FAST])
     assert not out.exists()
     assert list(out.parent.glob("*")) == []  # no temporary file left behind either
+
+
+@pytest.mark.cuda
+def test_generate_on_the_gpu_matches_the_cpu_frame_count(stages, tmp_path):
+    audio, out = speech(tmp_path / "speech.wav", 0.9), tmp_path / "gpu.mp4"
+    assert main(["generate", "--audio", str(audio), "--stages", str(stages), "--out", str(out), "--device", "cuda",
+                 *FAST]) == 0
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == int(0.9 * 25)
+
+
+def test_asking_for_a_missing_gpu_is_a_user_error(stages, tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the error cannot occur")
+    audio = speech(tmp_path / "speech.wav", 0.8)
+    assert main(["generate", "--audio", str(audio), "--stages", str(stages), "--out", str(tmp_path / "x.mp4"),
+                 "--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
