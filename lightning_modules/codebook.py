@@ -218,30 +218,16 @@ class CodebookStage(StageModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         if self.automatic_optimization:
             return super().training_step(batch, batch_idx)
-        opt_g, opt_d = self.optimizers()
         loss = super().training_step(batch, batch_idx)
         if loss is None:
             return None
-        opt_g.zero_grad()
-        self.manual_backward(loss)
-        opt_g.step()
         output, target = self._last
-        d_loss = F.relu(1 - self.discriminator(target)).mean() + F.relu(1 + self.discriminator(output.detach())).mean()
-        opt_d.zero_grad()
-        self.manual_backward(d_loss)
-        opt_d.step()
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
-        self.log("train/discriminator", d_loss.detach(), batch_size=len(batch["key"]))
-        return loss
+        return self.adversarial_step(loss, target, output, len(batch["key"]), clip=self.cfg.adversarial_grad_clip or None)
 
     def configure_optimizers(self):
         if self.discriminator is None:
             return super().configure_optimizers()
-        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
-        opt_g = torch.optim.AdamW(self.trainable_parameters(), **kwargs)
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), **kwargs)
-        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(o, self.lr_factor) for o in (opt_g, opt_d)]
+        return self.adversarial_optimizers(self.trainable_parameters())
 
     # ---- media ----------------------------------------------------------------------------------------
     @torch.no_grad()

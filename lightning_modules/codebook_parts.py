@@ -42,6 +42,7 @@ class CodebookConfig(StageConfig):
     perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe face encoder's features (0: off)"})
     adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed)"})
     adversarial_weight: float = field(default=0.1, metadata={"help": "weight of the generator's hinge loss"})
+    adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with adversarial=true (the stage clips itself)"})
     discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512], metadata={"help": "discriminator widths"})
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the code cross-entropy (transformer phase)"})
     latent_weight: float = field(default=1.0, metadata={"help": "weight of the latent L2 to the quantized high-res latent (transformer phase)"})

@@ -164,12 +164,14 @@ def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
     exported = {}
     for phase in ("vqgan", "transformer", "render"):
         module = tiny_stage(phase, stages_dir=str(stages), load_earlier=phase != "vqgan", reinit_every=1,
-                            adversarial=phase == "render")
+                            usage_decay=0.0, adversarial=phase == "render")
         if phase != "vqgan":  # starts exactly where the previous export ended
             previous = exported[phase_before(phase)]
             assert all(torch.equal(module.state_dict()[k], v) for k, v in previous.weights().items()
                        if k in module.state_dict())
         trainer = fit(module, tmp_path / phase)
+        if phase == "vqgan":  # with no usage memory, the codes a step leaves unused are dead and re-initialised
+            assert trainer.callback_metrics["train/dead_codes_reset"] > 0
         ckpt = tmp_path / f"{phase}.ckpt"
         trainer.save_checkpoint(str(ckpt))
         assert torch.load(ckpt, weights_only=True)["seespeaker"]["phase"] == phase
@@ -204,3 +206,13 @@ def test_generation_refuses_a_vqgan_only_file_and_resume_refuses_another_phase(t
 def test_mismatched_grids_are_a_config_error():
     with pytest.raises(ValueError, match="must match"):
         CodebookStage(tiny_cfg(), DataConfig(resolution=LR, hr_resolution=256))
+
+
+def test_deepspeed_refuses_the_gan_phases_but_not_the_transformer():
+    from trainer.cli import UserError
+    from trainer.schemas import TrainerConfig
+    from trainer.strategies import check_deepspeed_stage
+    ds = TrainerConfig(strategy="deepspeed", deepspeed_stage=2)
+    with pytest.raises(UserError, match="trainer=ddp"):
+        check_deepspeed_stage(ds, tiny_stage("vqgan", adversarial=True))
+    check_deepspeed_stage(ds, tiny_stage("transformer", adversarial=True))  # no GAN in this phase: one optimizer
