@@ -69,7 +69,7 @@ class ConReStage(StageModule):
         self.speech_encoder = build_speech_encoder(cfg)
         self.face_encoder = build_face_encoder(cfg)
         self.predictor = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.GELU(), nn.Linear(cfg.embed_dim, cfg.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature_init)))
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.temperature_init)]))  # 1-d: ZeRO flattens parameters
         self.loss_weights = {"contrastive": 1.0, "recon": cfg.recon_weight}
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 

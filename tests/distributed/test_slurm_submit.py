@@ -220,3 +220,25 @@ def test_array_runs_one_task_per_override_line(slurm_cluster, corpus, tmp_path):
         run_dir = tmp_path / "out" / "tiny" / f"conre-{name}"
         assert steps - 1 <= max(metric_steps(run_dir)) <= steps  # the line's own max_steps reached this task
         assert (run_dir / "wandb_id").read_text().strip().endswith(f"-{task}")  # one W&B run per task
+
+
+def test_deepspeed_zero2_across_two_nodes_exports_the_trained_weights(slurm_cluster, corpus, tmp_path):
+    import torch
+
+    from lightning_modules.stagefile import load_stage_file
+    from trainer.deepspeed_checkpoint import load_deepspeed_checkpoint
+
+    words = train_words(corpus, tmp_path / "out", **{"trainer.strategy": "deepspeed", "trainer.deepspeed_stage": "2"})
+    job = submit(slurm_cluster, tmp_path, words, "--no-config-check")
+    state = slurm_cluster.wait(job, timeout=240)
+    log = job_log(tmp_path, job)
+    assert state == "COMPLETED", log[-4000:]
+    assert re.search(r"^1: .*global_rank=1 .*world_size=2 .*host=node2\b", log, re.MULTILINE), log[-4000:]
+    run_dir = tmp_path / "out" / "tiny" / "conre"
+    final = run_dir / "checkpoints" / f"final-step={TRAIN_STEPS}.ckpt"
+    assert final.is_dir(), sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    consolidated, _ = load_deepspeed_checkpoint(final)
+    exported = load_stage_file(tmp_path / "out" / "tiny" / "stages" / "conre.safetensors", expect_stage="conre")
+    assert set(exported.state) == set(consolidated)
+    for key, value in consolidated.items():
+        assert torch.equal(exported.state[key], value.float()), key
