@@ -59,21 +59,23 @@ class SkipCounter:
     def __init__(self) -> None:
         self.pending = 0
         self.reasons: dict[str, int] = {}
-        self.last_error = ""
+        self.messages: list[str] = []
 
     def add(self, reason: str, message: str) -> None:
         self.pending += 1
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        self.last_error = message
+        self.messages.append(message)
 
     def handler(self, exc: Exception) -> bool:
         """webdataset error handler: count an unreadable shard or tar member, continue."""
         self.add("shard", f"{type(exc).__name__}: {exc}")
         return True
 
-    def take(self) -> int:
-        pending, self.pending = self.pending, 0
-        return pending
+    def take(self) -> tuple[int, list[str]]:
+        """(samples skipped since the last call, their messages)."""
+        pending, messages = self.pending, self.messages
+        self.pending, self.messages = 0, []
+        return pending, messages
 
 
 def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def to_unit_range(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
 
 
-def collate(samples: list[dict[str, Any]], skipped: int = 0) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]], skipped: tuple[int, list[str]] = (0, [])) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
         "speaker": [s["speaker"] for s in samples],
@@ -135,7 +137,8 @@ def collate(samples: list[dict[str, Any]], skipped: int = 0) -> dict[str, Any]:
         "audio": torch.from_numpy(np.stack([s["audio"] for s in samples])),
         "frame_start": torch.tensor([s["frame_start"] for s in samples], dtype=torch.long),
         "valid": torch.tensor([s["valid"] for s in samples], dtype=torch.bool),
-        "skipped": torch.tensor(skipped, dtype=torch.long),
+        "skipped": torch.tensor(skipped[0], dtype=torch.long),
+        "skip_messages": list(skipped[1]),
     }
     if "hr_frames" in samples[0]:
         batch["hr_frames"] = to_unit_range(np.stack([s["hr_frames"] for s in samples]))

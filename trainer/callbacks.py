@@ -90,10 +90,19 @@ class DataHealthMonitor(pl.Callback):
         self.max_skip_fraction = max_skip_fraction
         self.skipped = 0
         self.seen = 0
+        self.printed = 0
         self.missing_shards = missing_shards
+
+    MAX_PRINTED = 20
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.skipped += int(batch.get("skipped", 0))
+        for message in batch.get("skip_messages", []):
+            self.printed += 1
+            if self.printed <= self.MAX_PRINTED:
+                print(f"[data] rank {trainer.global_rank}: skipped {message}", flush=True)
+            elif self.printed == self.MAX_PRINTED + 1:
+                print("[data] further skipped samples are counted in data/skipped_samples and summary.json", flush=True)
         self.seen += len(batch["key"])
         total = self.seen + self.skipped
         if (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0:

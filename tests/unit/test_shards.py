@@ -129,7 +129,7 @@ def test_bad_samples_and_truncated_shards_are_skipped_and_counted(shard_set):
     paths = ShardIndex.load(shard_set).shard_paths(shard_set, "train")
     corrupt_member(Path(paths[0]), "audio.flac", b"not a flac file")
     corrupt_member(Path(paths[1]), "landmarks.npy", np.zeros((3, 3), np.float16).tobytes())
-    corrupt_member(Path(paths[1]), "f0000.jpg", b"\xff\xd8 broken jpeg")
+    corrupt_member(Path(paths[1]), "1-1.f0000.jpg", b"\xff\xd8 broken jpeg")
     data = Path(paths[2]).read_bytes()
     Path(paths[2]).write_bytes(data[: len(data) // 2])
     index = ShardIndex.load(shard_set)
@@ -139,6 +139,10 @@ def test_bad_samples_and_truncated_shards_are_skipped_and_counted(shard_set):
     skipped = sum(int(b["skipped"]) for b in batches)
     assert read + skipped >= 9 - 2 and skipped >= 3
     assert read <= 6
+    messages = [m for b in batches for m in b["skip_messages"]]
+    assert len(messages) == skipped
+    assert any("test-spk" in m and "audio.flac is not readable" in m for m in messages)
+    assert any("landmarks.npy" in m for m in messages) and any("not a decodable JPEG" in m for m in messages)
 
 
 def test_frames_outside_the_window_are_never_decoded(shard_set):
