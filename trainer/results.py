@@ -46,7 +46,7 @@ def run(*words: str) -> None:
 
 def ensure_corpus() -> None:
     if not (CORPUS / "index.json").is_file():
-        run("prepare", "synthetic", "--out", str(CORPUS), "--speakers", "60", "--clips-per-speaker", "6", "--seed", "1")
+        run("prepare", "synthetic", "--out", str(CORPUS), "--speakers", "150", "--clips-per-speaker", "3", "--seed", "1")
 
 
 def mean_spread(values: list[float]) -> str:
