@@ -141,6 +141,7 @@ class TalkingFacePipeline:
         return parts
 
     # ---- steps ----------------------------------------------------------------------------------------
+    @torch.no_grad()
     def portrait(self, speech: torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
         """Speech [N] -> portrait [3, R, R] in [-1, 1] (speaker embedding, SAW weight, portrait diffusion)."""
         from lightning_modules.portrait import prepare_speech
@@ -154,6 +155,7 @@ class TalkingFacePipeline:
             image = gen.generate(speech, opts.steps, opts.guidance, opts.seed)
         return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
+    @torch.no_grad()
     def video(self, portrait: torch.Tensor, speech: torch.Tensor, timings: dict[str, float],
               advance: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
         """Portrait + speech [N] -> (low-res frames [T, 3, r, r], final uint8 frames [T, S, S, 3])."""
