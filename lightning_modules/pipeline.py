@@ -24,8 +24,7 @@ log = logging.getLogger("seespeaker.generate")
 
 PORTRAIT_STAGES = ("conre", "autoencoder", "portrait_diffusion", "saw")
 VIDEO_STAGES = ("motion_diffusion", "lip_enhancer", "codebook")
-STAGE_COMMANDS = {"codebook": "stage=codebook stage.phase=transformer run.name=transformer (then stage.phase=render "
-                              "run.name=render)"}
+STAGE_COMMANDS = {"codebook": "stage=codebook stage.phase=P run.name=P` for P = vqgan, transformer, render in turn"}
 
 
 @dataclass
@@ -65,7 +64,7 @@ def required_files(stages_dir: Path, portrait_only: bool, use_saw: bool = True) 
     if missing:
         experiment = stages_dir.resolve().parent.name or "<experiment>"
         lines = [f"{files[n]} (make it with `seespeaker train experiment={experiment} "
-                 f"{STAGE_COMMANDS.get(n, f'stage={n}')}`)" for n in missing]
+                 f"{STAGE_COMMANDS.get(n, f'stage={n}`')})" for n in missing]
         raise GenerationError("missing stage file(s) in " + str(stages_dir) + ":\n  " + "\n  ".join(lines))
     return files
 

@@ -84,7 +84,7 @@ def test_missing_stage_files_are_named_with_the_command_that_makes_them(tmp_path
     for name in VIDEO_STAGES:
         assert str(stages / f"{name}.safetensors") in message
     assert "seespeaker train experiment=tiny stage=motion_diffusion" in message
-    assert "stage=codebook stage.phase=transformer" in message
+    assert "stage=codebook stage.phase=P run.name=P` for P = vqgan, transformer, render" in message
 
 
 def test_an_unreadable_stage_file_is_an_error_naming_it(tmp_path):
