@@ -216,3 +216,20 @@ def test_deepspeed_refuses_the_gan_phases_but_not_the_transformer():
     with pytest.raises(UserError, match="trainer=ddp"):
         check_deepspeed_stage(ds, tiny_stage("vqgan", adversarial=True))
     check_deepspeed_stage(ds, tiny_stage("transformer", adversarial=True))  # no GAN in this phase: one optimizer
+
+
+def test_upscale_renders_a_video_window_by_window():
+    module = tiny_stage("render", clip_frames=4, temporal=True).eval()
+    frames = make_batch(1, frames=6)["frames"][0]
+    out = module.upscale(frames, fidelity=0.3)
+    assert out.shape == (6, 3, HR, HR) and out.min() >= -1 and out.max() <= 1
+    with torch.no_grad():  # windows of window_frames = 4: frames 0-3 together, then 4-5
+        first = module.render(frames[None, :4], 0.3).clamp(-1, 1)
+        second = module.render(frames[None, 4:], 0.3).clamp(-1, 1)
+    assert torch.allclose(out, torch.cat([first, second]), atol=1e-5)
+
+
+@pytest.mark.parametrize("phase", ["vqgan", "render"])
+def test_media_shows_input_output_and_target_side_by_side(phase):
+    media = tiny_stage(phase).log_media(make_batch(2))[phase]
+    assert media.image.shape == (2 * HR, 3 * HR, 3) and media.image.dtype.name == "uint8"
