@@ -79,8 +79,9 @@ def main() -> int:
     print(f"\nseespeaker demo finished in {time.time() - start:.0f} s")
     print(f"  corpus:            {CORPUS}/ (index.json, train/val/test shards)")
     for stage in stages:
-        run = OUTPUTS / "tiny" / stage
-        print(f"  {stage:18s} run {run}/  checkpoints {run}/checkpoints/  W&B offline {run}/wandb/  media {run}/media/")
+        for folder in ([f"codebook-{p}" for p in ("vqgan", "transformer", "render")] if stage == "codebook" else [stage]):
+            run = OUTPUTS / "tiny" / folder
+            print(f"  {folder:20s} run {run}/  checkpoints {run}/checkpoints/  W&B {run}/wandb/  media {run}/media/")
     print(f"  exported stages:   {OUTPUTS / 'tiny' / 'stages'}/")
     if video is not None:
         print(f"  generated video:   {video} (from the speech of held-out speaker, {held_out_speech.speaker})")
