@@ -190,17 +190,9 @@ class AutoencoderStage(StageModule):
         return self._perceptual
 
     # ---- adversarial option: two optimizers, manual optimisation --------------------------------------
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int):
-        if self.automatic_optimization:
-            return super().training_step(batch, batch_idx)
-        loss = super().training_step(batch, batch_idx)
-        if loss is None:
-            return None
+    def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         recon, images = self._last
-        return self.adversarial_step(loss, images, recon, len(batch["key"]))
+        return images, recon
 
     def configure_optimizers(self):
         if self.discriminator is None:

@@ -140,6 +140,9 @@ class StageModule(pl.LightningModule):
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach().mean(), batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        if not self.automatic_optimization:  # the adversarial option: generator, then discriminator
+            real, fake = self.adversarial_inputs()
+            return self.adversarial_step(loss, real, fake, bs, clip=self.adversarial_clip())
         return loss
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
@@ -168,7 +171,8 @@ class StageModule(pl.LightningModule):
 
     # ---- optimisation ---------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        """The generator's parameters (a ``discriminator`` submodule has its own optimizer)."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
@@ -180,6 +184,14 @@ class StageModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(params, **kwargs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real, generated) images of the last training step for ``self.discriminator`` (stages with a GAN)."""
+        raise NotImplementedError(f"stage {self.cfg.name} has no adversarial option")
+
+    def adversarial_clip(self) -> float | None:
+        """Gradient-norm clip of both adversarial optimizers (None: off)."""
+        return None
 
     def adversarial_optimizers(self, generator_params) -> tuple[list, list]:
         """Generator and ``self.discriminator`` AdamW with the stage's schedule (two optimizers: DDP only)."""

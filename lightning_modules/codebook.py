@@ -212,17 +212,12 @@ class CodebookStage(StageModule):
         self.log("train/dead_codes_reset", float(len(dead)), batch_size=1)
 
     # ---- adversarial option: two optimizers, manual optimisation ------------------------------------------
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int):
-        if self.automatic_optimization:
-            return super().training_step(batch, batch_idx)
-        loss = super().training_step(batch, batch_idx)
-        if loss is None:
-            return None
+    def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         output, target = self._last
-        return self.adversarial_step(loss, target, output, len(batch["key"]), clip=self.cfg.adversarial_grad_clip or None)
+        return target, output
+
+    def adversarial_clip(self) -> float | None:
+        return self.cfg.adversarial_grad_clip or None
 
     def configure_optimizers(self):
         if self.discriminator is None:

@@ -170,15 +170,12 @@ class LipEnhancerStage(StageModule):
         return F.pairwise_distance(embed(refined), target).view(starts.shape).mean(1)
 
     # ---- adversarial option: two optimizers, manual optimisation ------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int):
-        if self.automatic_optimization:
-            return super().training_step(batch, batch_idx)
-        loss = super().training_step(batch, batch_idx)
-        if loss is None:
-            return None
+    def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         refined, frames, mask = self._last
-        return self.adversarial_step(loss, (frames * mask).flatten(0, 1), (refined * mask).flatten(0, 1),
-                                     len(batch["key"]), clip=self.cfg.adversarial_grad_clip or None)
+        return (frames * mask).flatten(0, 1), (refined * mask).flatten(0, 1)
+
+    def adversarial_clip(self) -> float | None:
+        return self.cfg.adversarial_grad_clip or None
 
     def configure_optimizers(self):
         if self.discriminator is None:
