@@ -56,15 +56,23 @@ class ShardDataModule(pl.LightningDataModule):
                           persistent_workers=False, prefetch_factor=4 if workers else None)
 
     def train_dataloader(self) -> DataLoader:
+        """The training stream of this rank, positioned by the global step (a resumed run continues it exactly)."""
         rank, world = self._rank()
         shards, _ = self.split_shards(self.cfg.train_split)
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
         batches = max(1, self.cfg.samples_per_epoch // self.cfg.batch_size)
         workers = max(1, self.cfg.num_workers)
         batches = max(workers, batches - batches % workers)
+        epoch, skip = divmod(self.consumed_batches(), batches)
         stream = ClipStream(shards, self.window, self.cfg.batch_size, train=True, rank=rank, world_size=world,
-                            seed=self.seed, epoch=epoch, batches=batches, shuffle_buffer=self.cfg.shuffle_buffer)
+                            seed=self.seed, epoch=epoch, batches=batches, shuffle_buffer=self.cfg.shuffle_buffer,
+                            skip_batches=skip)
         return self._loader(stream)
+
+    def consumed_batches(self) -> int:
+        """Training batches this rank has consumed so far (optimizer steps x accumulation)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.global_step * self.trainer.accumulate_grad_batches
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.cfg.val_split, self.cfg.val_samples)

@@ -78,8 +78,8 @@ class SkipCounter:
         return pending, messages
 
 
-def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None) -> dict[str, Any]:
-    """Decode one clip window; ``start=None`` draws a random start (training), else clamps it."""
+def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None, draw: float = 0.0) -> dict[str, Any]:
+    """Decode one clip window starting at ``start`` (clamped), or at ``draw`` in [0, 1) of the valid starts."""
     meta = decode_meta(sample)
     key = str(sample["__key__"])
     if abs(meta.fps - window.fps) > 1e-3:
@@ -87,7 +87,7 @@ def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None)
     if meta.num_frames < window.frames:
         raise SampleError(key, f"clip has {meta.num_frames} frames, the window needs {window.frames}")
     last = meta.num_frames - window.frames
-    start = random.randint(0, last) if start is None else min(start, last)
+    start = min(int(draw * (last + 1)), last) if start is None else min(start, last)
     indices = np.arange(start, start + window.frames)
     marks = decode_landmarks(sample, meta.num_frames)[indices] * (window.resolution / meta.resolution)
     audio = decode_audio(sample, window.sample_rate)
@@ -145,6 +145,11 @@ def collate(samples: list[dict[str, Any]], skipped: tuple[int, list[str]] = (0, 
     return batch
 
 
+def share(batches: int, worker: int, num_workers: int) -> int:
+    """How many of ``batches`` round-robin batches come from ``worker`` (the DataLoader alternates workers)."""
+    return batches // num_workers + (1 if worker < batches % num_workers else 0)
+
+
 def worker_slot() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info else (0, 1)
@@ -155,10 +160,10 @@ class ClipStream(IterableDataset):
 
     def __init__(self, shards: list[str], window: ClipWindow, batch_size: int, *, train: bool, rank: int = 0,
                  world_size: int = 1, seed: int = 0, epoch: int = 0, batches: int = 0,
-                 shard_counts: list[int] | None = None, shuffle_buffer: int = 256):
+                 shard_counts: list[int] | None = None, shuffle_buffer: int = 256, skip_batches: int = 0):
         self.shards, self.window, self.batch_size, self.train = list(shards), window, batch_size, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
-        self.batches, self.shuffle_buffer = batches, shuffle_buffer
+        self.batches, self.shuffle_buffer, self.skip_batches = batches, shuffle_buffer, skip_batches
         self.shard_counts = shard_counts or [0] * len(self.shards)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -180,22 +185,37 @@ class ClipStream(IterableDataset):
                 counter.add("sample", str(exc))
 
     def _train_batches(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """Resampled, shuffled batches; the first ``skip_batches`` of the epoch are drawn but not decoded.
+
+        Every random choice (shard, buffer slot, window start) comes from this worker's generator, so skipping
+        reproduces the stream position of an interrupted epoch exactly (bad samples aside: a skipped slot is
+        not decoded, so it cannot be found bad).
+        """
         rng = self._rng(worker)
-        random.seed(rng.random())  # the window starts drawn in decode_window follow the same seed
         urls = (rng.choice(self.shards) for _ in iter(int, 1))
+        total, skip = share(self.batches, worker, num_workers), share(self.skip_batches, worker, num_workers)
         buffer: list[dict[str, Any]] = []
-        batch: list[dict[str, Any]] = []
-        remaining = self.batches // num_workers + (1 if worker < self.batches % num_workers else 0)
-        for sample in self._decoded(urls, counter, None):
-            if remaining <= 0:
+        batch: list[dict[str, Any] | None] = []
+        produced = 0
+        for sample in tarfile_samples(({"url": u} for u in urls), handler=counter.handler):
+            if produced >= total:
                 return
             buffer.append(sample)
             if len(buffer) < self.shuffle_buffer:
                 continue
-            batch.append(buffer.pop(rng.randrange(len(buffer))))
+            raw, draw = buffer.pop(rng.randrange(len(buffer))), rng.random()
+            if produced < skip:
+                batch.append(None)
+            else:
+                try:
+                    batch.append(decode_window(raw, self.window, None, draw))
+                except SampleError as exc:
+                    counter.add("sample", str(exc))
+                    continue
             if len(batch) == self.batch_size:
-                yield collate(batch, counter.take())
-                batch, remaining = [], remaining - 1
+                if produced >= skip:
+                    yield collate(batch, counter.take())
+                batch, produced = [], produced + 1
         raise RuntimeError(f"training shards {self.shards[:3]}... yielded no readable samples")
 
     def _eval_shards(self, worker: int, num_workers: int) -> list[list[int]]:

@@ -1,6 +1,7 @@
 """The callbacks every stage trains with: EMA, media, throughput, data health, preemption checkpoints."""
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,40 @@ class PlainProgress(pl.Callback):
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss", "val/"))}
             shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
             print(f"step {step}/{trainer.max_steps} {shown} elapsed={time.time() - self._start:.0f}s", flush=True)
+
+
+class RNGState(pl.Callback):
+    """Saves the Python, NumPy and torch generators with every checkpoint and restores them on resume.
+
+    Restored when training starts (after the data loaders exist), so that a resumed run draws the same
+    random numbers as an uninterrupted one from the next step on.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "RNGState"
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                 "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._pending:
+            return
+        state, self._pending = self._pending, None
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -18,7 +18,7 @@ from lightning_modules.registry import stage_class
 from lightning_modules.stagefile import load_stage_file
 from trainer import provenance
 from trainer.callbacks import (DataHealthMonitor, EMACallback, MediaLogger, PlainProgress, PreemptionCheckpoint, RankInfo,
-                               ThroughputMonitor)
+                               RNGState, ThroughputMonitor)
 from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
 from trainer.config import ConfigError, to_container, to_yaml
 from trainer.schemas import Config
@@ -78,6 +78,7 @@ def build_callbacks(cfg: Config, module: pl.LightningModule, health: DataHealthM
         health,
         MediaLogger(cfg.run.dir, t.media_every_n_steps, all_ranks=media_needs_all_ranks(t, module)),
         RankInfo(),
+        RNGState(),
         PlainProgress(t.log_every_n_steps) if plain_logs() else RichProgressBar(),
     ]
     if t.checkpoint_minutes > 0:
