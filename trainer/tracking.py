@@ -142,7 +142,6 @@ def build_loggers(cfg: Config, config_dict: dict[str, Any], is_global_zero: bool
     if mode == "disabled":
         return loggers
     os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ["WANDB_DIR"] = str(Path(cfg.run.dir))
     identifier = run_id(cfg.run.dir) if is_global_zero else os.environ.get("SEESPEAKER_WANDB_ID")
     tags = [cfg.stage.name, cfg.data.name, cfg.experiment.scale, cfg.trainer.strategy, *cfg.tracking.tags]
     commit = config_dict.get("_provenance", {}).get("git_commit", "")
