@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -9,10 +11,38 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.config import DataConfig
-from datamodules.pipeline import ClipStream, ClipWindow
+from datamodules.pipeline import ClipStream, ClipWindow, WorkerProgress
 from datamodules.shards import ShardIndex, ShardSetError
 
 log = logging.getLogger("seespeaker.data")
+
+
+class ReportingDataLoader(DataLoader):
+    """A DataLoader whose worker crash names the sample key the dead worker was decoding."""
+
+    def __init__(self, dataset: ClipStream, **kwargs):
+        self.progress_dir = tempfile.mkdtemp(prefix="seespeaker-loader-") if kwargs.get("num_workers") else ""
+        dataset.progress_dir = self.progress_dir
+        super().__init__(dataset, **kwargs)
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if "DataLoader worker" not in str(exc):
+                    raise
+                keys = WorkerProgress.last_keys(self.progress_dir)
+                raise RuntimeError(f"{exc}; the workers' last samples: {keys or 'unknown'}. Check that sample "
+                                   f"(a corrupt file, or memory: lower data.num_workers)") from exc
+            yield batch
+
+    def __del__(self):
+        if getattr(self, "progress_dir", ""):
+            shutil.rmtree(self.progress_dir, ignore_errors=True)
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -51,7 +81,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: ClipStream) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=None, num_workers=workers,
+        return ReportingDataLoader(dataset, batch_size=None, num_workers=workers,
                           pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
                           persistent_workers=False, prefetch_factor=4 if workers else None)
 

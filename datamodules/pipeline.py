@@ -8,7 +8,9 @@ Bad samples and unreadable shards are skipped and counted; the counts travel wit
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -145,6 +147,35 @@ def collate(samples: list[dict[str, Any]], skipped: tuple[int, list[str]] = (0, 
     return batch
 
 
+class WorkerProgress:
+    """The key a loader worker is decoding, kept in a small file, so that a worker that dies can be named.
+
+    ``SEESPEAKER_FAULT_KILL_WORKER_AT`` (a sample key) kills the worker there: the crash test uses it.
+    """
+
+    SIZE = 512
+
+    def __init__(self, folder: str, rank: int, worker: int):
+        self.path = os.path.join(folder, f"rank{rank}-worker{worker}.key") if folder else ""
+        self.fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600) if self.path else -1
+        self.kill_at = os.environ.get("SEESPEAKER_FAULT_KILL_WORKER_AT", "")
+
+    def note(self, key: Any) -> None:
+        if self.fd >= 0:
+            os.pwrite(self.fd, str(key).encode()[: self.SIZE].ljust(self.SIZE), 0)
+        if self.kill_at and str(key) == self.kill_at and get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @staticmethod
+    def last_keys(folder: str) -> dict[str, str]:
+        """{"rank0-worker1": key} of every worker that recorded a key in ``folder``."""
+        out = {}
+        for name in sorted(os.listdir(folder)) if folder and os.path.isdir(folder) else []:
+            with open(os.path.join(folder, name), "rb") as fh:
+                out[name.removesuffix(".key")] = fh.read().decode(errors="replace").strip()
+        return out
+
+
 def share(batches: int, worker: int, num_workers: int) -> int:
     """How many of ``batches`` round-robin batches come from ``worker`` (the DataLoader alternates workers)."""
     return batches // num_workers + (1 if worker < batches % num_workers else 0)
@@ -160,14 +191,18 @@ class ClipStream(IterableDataset):
 
     def __init__(self, shards: list[str], window: ClipWindow, batch_size: int, *, train: bool, rank: int = 0,
                  world_size: int = 1, seed: int = 0, epoch: int = 0, batches: int = 0,
-                 shard_counts: list[int] | None = None, shuffle_buffer: int = 256, skip_batches: int = 0):
+                 shard_counts: list[int] | None = None, shuffle_buffer: int = 256, skip_batches: int = 0,
+                 progress_dir: str = ""):
         self.shards, self.window, self.batch_size, self.train = list(shards), window, batch_size, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.batches, self.shuffle_buffer, self.skip_batches = batches, shuffle_buffer, skip_batches
+        self.progress_dir = progress_dir
+        self.progress = WorkerProgress("", rank, 0)
         self.shard_counts = shard_counts or [0] * len(self.shards)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_slot()
+        self.progress = WorkerProgress(self.progress_dir, self.rank, worker)
         counter = SkipCounter()
         if self.train:
             yield from self._train_batches(worker, num_workers, counter)
@@ -179,6 +214,7 @@ class ClipStream(IterableDataset):
 
     def _decoded(self, urls: Iterator[str], counter: SkipCounter, start: int | None) -> Iterator[dict[str, Any]]:
         for sample in tarfile_samples(({"url": u} for u in urls), handler=counter.handler):
+            self.progress.note(sample.get("__key__"))
             try:
                 yield decode_window(sample, self.window, start)
             except SampleError as exc:
@@ -207,6 +243,7 @@ class ClipStream(IterableDataset):
             if produced < skip:
                 batch.append(None)
             else:
+                self.progress.note(raw.get("__key__"))
                 try:
                     batch.append(decode_window(raw, self.window, None, draw))
                 except SampleError as exc:

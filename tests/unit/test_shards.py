@@ -165,3 +165,16 @@ def test_writer_refuses_malformed_clips(tmp_path):
     clip.landmarks = clip.landmarks[:, :10]
     with ShardSetWriter(tmp_path, "test") as writer, pytest.raises(SampleError, match="landmarks"):
         writer.write(clip)
+
+
+def test_a_dead_loader_worker_is_reported_with_its_sample_key(shard_set, monkeypatch):
+    from datamodules.datamodule import ReportingDataLoader
+
+    index = ShardIndex.load(shard_set)
+    counts = [s.count for s in index.splits["val"]]
+    victim = make_clip(3, 1, "val").key
+    monkeypatch.setenv("SEESPEAKER_FAULT_KILL_WORKER_AT", victim)
+    stream = ClipStream(index.shard_paths(shard_set, "val"), window(), 1, train=False, shard_counts=counts)
+    loader = ReportingDataLoader(stream, batch_size=None, num_workers=1)
+    with pytest.raises(RuntimeError, match=f"DataLoader worker.*{victim}"):
+        list(loader)
