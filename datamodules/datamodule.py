@@ -67,7 +67,7 @@ class ShardDataModule(pl.LightningDataModule):
         kept = [(p, i.count) for p, i in zip(paths, infos) if Path(p).is_file()]
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
-            self.missing_shards += missing
+            self.missing_shards = sorted(set(self.missing_shards) | set(missing))
             log.warning("%d of %d %s shards listed in %s/index.json are missing (skipped): %s",
                         len(missing), len(paths), split, self.cfg.root, missing[:3])
         if not kept:
