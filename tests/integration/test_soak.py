@@ -42,7 +42,7 @@ def test_soak_sigterm_resume_cycles_with_corrupt_shards(synthetic_corpus, tmp_pa
     cmd = [sys.executable, "-m", "trainer.cli", "train", "experiment=tiny", "stage=conre", f"data.root={corpus}",
            f"experiment.output_root={tmp_path}", "tracking=offline", f"trainer.max_steps={STEPS}",
            "trainer.checkpoint_every_n_steps=100", "trainer.val_check_interval=500", "data.max_skip_fraction=0.6",
-           "data.num_workers=1", "data.batch_size=8", "stage.speech_width=16", "stage.face_channels=[8,16,32]"]
+           "data.num_workers=1", "data.batch_size=8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cycles = 0
     while True:
