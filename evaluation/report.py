@@ -180,7 +180,7 @@ def log_to_wandb(results: dict, run_dir: str | Path, project: str = "seespeaker"
     run_id = id_file.read_text().strip()
     online = bool(os.environ.get("WANDB_API_KEY")) and os.environ.get("WANDB_MODE") != "offline"
     run = wandb.init(id=run_id, resume="allow", dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", project),
-                     mode="online" if online else "offline", job_type="evaluate")
+                     mode="online" if online else "offline", job_type="evaluate", reinit="finish_previous")
     names = [m for m in METRIC_ORDER if any(m in row for row in results["per_video"].values())]
     table = wandb.Table(columns=["video", "n_frames", *names])
     for key, row in results["per_video"].items():

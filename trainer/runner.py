@@ -14,20 +14,29 @@ from trainer.schemas import Config
 
 
 def run_training(cfg: Config, argv: list[str] | None = None) -> int:
-    from trainer.factory import build_run, fit
-
     from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from trainer.factory import build_run, fit
 
     try:
         run = build_run(cfg, argv)
         run.module.run_config = to_container(cfg)
         fit(run)
     except (ConfigError, ShardSetError, StageFileError, CheckpointError, SpeechTooShortError) as exc:
+        _close_wandb()
         raise UserError(str(exc)) from None
     except SIGTERMException:
+        _close_wandb()
         print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
               f"(resume with resume=auto)", flush=True)
         return 143
+    except RuntimeError as exc:
+        _close_wandb()
+        if "Error(s) in loading state_dict" in str(exc):
+            raise UserError(f"the checkpoint resumed from does not match stage {cfg.stage.name}'s networks "
+                            f"({str(exc).splitlines()[1].strip()}); start over with resume=false or use another "
+                            f"run.name") from None
+        raise
     trainer = run.trainer
     final = Path(cfg.run.dir) / CHECKPOINT_DIR / f"final-step={trainer.global_step}.ckpt"
     trainer.save_checkpoint(str(final))
@@ -61,8 +70,7 @@ def _close_wandb() -> None:
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
-        wandb.teardown()  # the next training in this process starts from clean W&B settings
+        wandb.finish(exit_code=0 if not sys.exc_info()[0] else 1)
 
 
 def _best_checkpoint(run) -> str:

@@ -79,7 +79,8 @@ def test_resume_auto_continues_the_step_count(conre_run, capsys):
 
 
 def test_missing_shards_and_config_typos_are_user_errors(synthetic_corpus, tmp_path, capsys):
-    assert main(["train", "experiment=tiny", "stage=conre", f"data.root={tmp_path / 'nowhere'}"]) == 2
+    assert main(["train", "experiment=tiny", "stage=conre", f"data.root={tmp_path / 'nowhere'}",
+                 f"experiment.output_root={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "seespeaker prepare synthetic" in err
     assert main(["train", "experiment=tiny", "stage=conre", "trainer.max_stepz=3"]) == 2
@@ -87,5 +88,5 @@ def test_missing_shards_and_config_typos_are_user_errors(synthetic_corpus, tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "index.json").write_text(json.dumps({"dataset": "x", "schema_version": 1, "splits": {}}))
-    assert main(["train", "experiment=tiny", "stage=conre", f"data.root={empty}"]) == 2
+    assert main(["train", "experiment=tiny", "stage=conre", f"data.root={empty}", f"experiment.output_root={tmp_path}"]) == 2
     assert "no shards for split 'train'" in capsys.readouterr().err
