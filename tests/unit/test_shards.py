@@ -178,3 +178,43 @@ def test_a_dead_loader_worker_is_reported_with_its_sample_key(shard_set, monkeyp
     loader = ReportingDataLoader(stream, batch_size=None, num_workers=1)
     with pytest.raises(RuntimeError, match=f"DataLoader worker.*{victim}"):
         list(loader)
+
+
+def drop_member(tar_path: Path, suffix: str) -> None:
+    """Rewrite a tar without its first member whose name ends with suffix."""
+    with tarfile.open(tar_path) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    dropped = False
+    with tarfile.open(tar_path, "w") as tf:
+        for member, payload in members:
+            if not dropped and member.name.endswith(suffix):
+                dropped = True
+                continue
+            tf.addfile(member, io.BytesIO(payload))
+
+
+def test_a_sample_missing_a_required_member_is_skipped_and_named(shard_set):
+    paths = ShardIndex.load(shard_set).shard_paths(shard_set, "val")
+    drop_member(Path(paths[0]), "meta.json")
+    batches = list(ClipStream(paths, window(), 1, train=False, shard_counts=[3]))
+    messages = [m for b in batches for m in b["skip_messages"]]
+    assert sum(int(b["valid"].sum()) for b in batches) == 2
+    assert len(messages) == 1 and "missing required member(s) ['meta.json']" in messages[0]
+
+
+def test_a_shard_listed_but_missing_is_reported_counted_and_the_rest_is_read(shard_set):
+    from datamodules.datamodule import ShardDataModule
+
+    index = ShardIndex.load(shard_set)
+    Path(index.shard_paths(shard_set, "train")[1]).unlink()
+    data = ShardDataModule(DataConfig(root=str(shard_set), resolution=RES, clip_frames=2, audio_seconds=0.2,
+                                      batch_size=2))
+    data.setup()
+    shards, counts = data.split_shards("train")
+    assert len(shards) == 2 and counts == [3, 3] and len(data.missing_shards) == 1
+    data.split_shards("train")
+    assert len(data.missing_shards) == 1  # counted once however often the split is read
+    for path in index.shard_paths(shard_set, "train"):
+        Path(path).unlink(missing_ok=True)
+    with pytest.raises(ShardSetError, match="none of the 3 train shards"):
+        data.split_shards("train")
