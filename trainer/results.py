@@ -97,7 +97,9 @@ RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {"conre": conre_results}
 def write_table(name: str, table: str) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    stamp = f"Machine: {machine()}. Commit: `{git_commit()[:12]}`. Date: {time.strftime('%Y-%m-%d')}."
+    commit = git_commit()
+    short = commit[:12] + (" with uncommitted changes" if commit.endswith("-dirty") else "")
+    stamp = f"Machine: {machine()}. Commit: `{short}`. Date: {time.strftime('%Y-%m-%d')}."
     block = f"<!-- results:{name} -->\n{table}\n\n{stamp}\n<!-- /results:{name} -->"
     pattern = re.compile(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
