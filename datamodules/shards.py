@@ -69,11 +69,34 @@ class ShardIndex:
             )
         return [str(Path(root) / s.path) for s in self.splits[split]]
 
+    def add(self, splits: dict[str, list[ShardInfo]], extra: dict[str, Any] | None = None) -> None:
+        """Merge shards (each path once, sorted) and extra entries into this index; stamp the time."""
+        for split, infos in splits.items():
+            known = {s.path for s in self.splits.get(split, [])}
+            self.splits.setdefault(split, []).extend(s for s in infos if s.path not in known)
+        self.splits = {k: sorted(v, key=lambda s: s.path) for k, v in self.splits.items() if v}
+        self.extra.update(extra or {})
+        self.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def write(self, path: str | Path) -> Path:
+        """Write this index to ``path`` atomically."""
+        atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True))
+        return Path(path)
+
     def save(self, root: str | Path) -> Path:
-        path = Path(root) / INDEX_NAME
-        data = asdict(self)
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
-        return path
+        return self.write(Path(root) / INDEX_NAME)
+
+    @classmethod
+    def read(cls, path: str | Path, dataset: str) -> "ShardIndex":
+        """The index file at ``path`` (a main or a part index), or an empty index of ``dataset`` if absent."""
+        path = Path(path)
+        return cls.from_raw(json.loads(path.read_text())) if path.exists() else cls(dataset)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> "ShardIndex":
+        splits = {k: [ShardInfo(**s) for s in v] for k, v in raw.get("splits", {}).items()}
+        return cls(raw["dataset"], raw.get("schema_version", SCHEMA_VERSION), splits, raw.get("created", ""),
+                   raw.get("extra", {}))
 
     @classmethod
     def load(cls, root: str | Path) -> "ShardIndex":
@@ -94,8 +117,7 @@ class ShardIndex:
             raise ShardSetError(
                 f"{path} has schema version {version}, this seespeaker reads {SCHEMA_VERSION}; re-run `seespeaker prepare`"
             )
-        splits = {k: [ShardInfo(**s) for s in v] for k, v in raw.get("splits", {}).items()}
-        return cls(raw["dataset"], version, splits, raw.get("created", ""), raw.get("extra", {}))
+        return cls.from_raw(raw)
 
 
 class ShardSetWriter:
@@ -108,6 +130,7 @@ class ShardSetWriter:
     def __init__(self, root: str | Path, dataset: str, shard_size: int = 256, prefix: str = "shard",
                  extra: dict[str, Any] | None = None):
         self.root = Path(root)
+        self.index_path = self.root / INDEX_NAME
         self.dataset = dataset
         self.shard_size = shard_size
         self.prefix = prefix
@@ -164,15 +187,8 @@ class ShardSetWriter:
         return self.update_index()
 
     def update_index(self) -> ShardIndex:
-        try:
-            index = ShardIndex.load(self.root)
-        except ShardSetError:
-            index = ShardIndex(self.dataset)
-        for split, infos in self.written.items():
-            known = {s.path for s in index.splits.get(split, [])}
-            index.splits.setdefault(split, []).extend(s for s in infos if s.path not in known)
-        index.splits = {k: sorted(v, key=lambda s: s.path) for k, v in index.splits.items() if v}
-        index.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        index.extra.update(self.extra)
-        index.save(self.root)
+        """Merge the shards written so far into the index at ``index_path`` (created when absent)."""
+        index = ShardIndex.read(self.index_path, self.dataset)
+        index.add(self.written, self.extra)
+        index.write(self.index_path)
         return index

@@ -88,9 +88,7 @@ def merge_into(base: DictConfig, update: Any, source: str, schema: Any) -> DictC
 def load_group_file(group: str, choice: str, schema_cls: type) -> Any:
     """A standalone typed group (e.g. a SLURM profile or an eval protocol) from ``configs/<group>/``."""
     path = group_file(group, choice)
-    schema = schema_cls.__new__(schema_cls)
-    base = OmegaConf.structured(schema_cls)
-    merged = merge_into(base, read_yaml(path), str(path), schema)
+    merged = merge_into(OmegaConf.structured(schema_cls), read_yaml(path), str(path), schema_cls)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{path}: required key(s) {', '.join(missing)} missing")

@@ -86,8 +86,7 @@ def load_run(path: Path) -> RunRecord:
         record.problems.append("no config.yaml (not a training run folder, or written by another tool)")
     metrics = path / METRICS_FILE
     if metrics.is_file():
-        record.history = read_metrics(metrics)
-        bad = record.history[0].pop("_bad_lines", 0) if record.history else 0
+        record.history, bad = read_metrics(metrics)
         if bad:
             record.problems.append(f"{METRICS_FILE}: {bad} corrupt line(s) skipped")
     else:

@@ -54,8 +54,8 @@ class JSONLMetricLogger(Logger):
             fh.write(json.dumps(row) + "\n")
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Metric rows merged per step (the last write for a step wins), sorted by step; bad lines skipped."""
+def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """(metric rows merged per step — the last write for a step wins — sorted by step, number of bad lines)."""
     by_step: dict[int, dict[str, Any]] = {}
     bad = 0
     for line in Path(path).read_text().splitlines():
@@ -66,10 +66,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             bad += 1
             continue
         by_step.setdefault(step, {}).update(row)
-    rows = [by_step[s] for s in sorted(by_step)]
-    if bad:
-        rows and rows[0].setdefault("_bad_lines", bad)
-    return rows
+    return [by_step[s] for s in sorted(by_step)], bad
 
 
 def tracking_mode(cfg: Config) -> str:

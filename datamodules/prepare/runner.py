@@ -17,13 +17,13 @@ import tarfile
 import threading
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from datamodules.prepare.listing import SourceItem, printable
 from datamodules.prepare.process import PrepareOptions, SourceResult, process_item
-from datamodules.shards import INDEX_NAME, ShardIndex, ShardInfo, ShardSetError, ShardSetWriter, atomic_write_text
+from datamodules.shards import INDEX_NAME, ShardIndex, ShardInfo, ShardSetError, ShardSetWriter
 
 RETRIED_REASONS = {"missing_video", "internal_error"}
 PART_INDEX_GLOB = "index-p*.json"
@@ -88,7 +88,8 @@ class ManifestShardWriter(ShardSetWriter):
     def __init__(self, root: Path, dataset: str, shard_size: int, suffix: str, extra: dict):
         super().__init__(root, dataset, shard_size, prefix=f"shard{suffix}", extra=extra)
         self.manifest = root / f"manifest{suffix}.jsonl"
-        self.part_index = root / f"index{suffix}.json" if suffix else None
+        if suffix:  # a --shard-range job writes its own part index; merge-index combines them
+            self.index_path = root / f"index{suffix}.json"
         self.pending: dict[str, list[dict]] = {}
         self.index_shards: set[str] = set()
 
@@ -120,35 +121,12 @@ class ManifestShardWriter(ShardSetWriter):
             fh.flush()
             os.fsync(fh.fileno())
 
-    def update_index(self) -> ShardIndex:
-        if self.part_index is None:
-            return super().update_index()
-        index = load_index_file(self.part_index, self.dataset)
-        for split, infos in self.written.items():
-            known = {s.path for s in index.splits.get(split, [])}
-            index.splits.setdefault(split, []).extend(s for s in infos if s.path not in known)
-        index.splits = {k: sorted(v, key=lambda s: s.path) for k, v in index.splits.items() if v}
-        index.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        index.extra.update(self.extra)
-        atomic_write_text(self.part_index, json.dumps(asdict(index), indent=2, sort_keys=True))
-        return index
-
-
-def load_index_file(path: Path, dataset: str) -> ShardIndex:
-    """An index (main or part) read from ``path``; an empty one when absent."""
-    if not path.exists():
-        return ShardIndex(dataset)
-    raw = json.loads(path.read_text())
-    splits = {k: [ShardInfo(**s) for s in v] for k, v in raw.get("splits", {}).items()}
-    return ShardIndex(raw["dataset"], raw.get("schema_version", 1), splits, raw.get("created", ""),
-                      raw.get("extra", {}))
-
 
 def reconcile(out: Path, writer: ManifestShardWriter, done_keys: set[str]) -> None:
     """After an interrupt: drop temporary shards; adopt finished shards whose every key is recorded, drop others."""
     for tmp in out.glob(f"*/.{writer.prefix}-*.tar.tmp"):
         tmp.unlink()
-    index = load_index_file(writer.part_index or out / INDEX_NAME, writer.dataset)
+    index = ShardIndex.read(writer.index_path, writer.dataset)
     listed = {s.path for infos in index.splits.values() for s in infos}
     own = re.compile(rf"{re.escape(writer.prefix)}-\d{{6}}\.tar")
     for tar in sorted(out.glob(f"*/{writer.prefix}-*.tar")):
@@ -318,19 +296,14 @@ def merge_index(out: str | Path) -> ShardIndex:
     parts = sorted(out.glob(PART_INDEX_GLOB))
     if not parts:
         raise ValueError(f"{out} holds no part indexes ({PART_INDEX_GLOB}); run prepare with --shard-range i/n first")
-    merged = load_index_file(out / INDEX_NAME, load_index_file(parts[0], "").dataset)
+    merged = ShardIndex.read(out / INDEX_NAME, ShardIndex.read(parts[0], "").dataset)
     for part in parts:
-        index = load_index_file(part, merged.dataset)
+        index = ShardIndex.read(part, merged.dataset)
         if index.dataset != merged.dataset:
             raise ValueError(f"{part} is a {index.dataset} index but {out} holds {merged.dataset}")
-        for split, infos in index.splits.items():
-            known = {s.path for s in merged.splits.get(split, [])}
-            merged.splits.setdefault(split, []).extend(s for s in infos if s.path not in known)
-        merged.extra.update(index.extra)
+        merged.add(index.splits, index.extra)
     missing = [s.path for infos in merged.splits.values() for s in infos if not (out / s.path).exists()]
     if missing:
         raise ValueError(f"{len(missing)} shard(s) listed in part indexes are missing under {out}, e.g. {missing[0]}")
-    merged.splits = {k: sorted(v, key=lambda s: s.path) for k, v in merged.splits.items() if v}
-    merged.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     merged.save(out)
     return merged

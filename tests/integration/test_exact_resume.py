@@ -1,18 +1,15 @@
 """A run interrupted at step k and resumed reproduces an uninterrupted run's losses from step k+1 on."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from trainer.cli import main
+from trainer.tracking import read_metrics
 
 
 def losses(run: Path) -> dict[int, float]:
-    rows: dict[int, dict] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        rows.setdefault(row["step"], {}).update(row)  # the last write for a step wins
-    return {step: row["train/loss"] for step, row in rows.items() if "train/loss" in row}
+    rows, _ = read_metrics(run / "metrics.jsonl")  # the last write for a step wins
+    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
 
 
 def test_resumed_run_reproduces_the_uninterrupted_losses(synthetic_corpus, tmp_path):

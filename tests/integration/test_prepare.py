@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-pytest.importorskip("dlib")
-pytest.importorskip("skimage")
 
 from datamodules.prepare import align, faces, media  # noqa: E402
 from datamodules.prepare import testmedia as tm  # noqa: E402

@@ -1,8 +1,6 @@
 """LSE-D / LSE-C / offset equal SyncNet's reference evaluation loop and find a known shift."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +10,7 @@ import torch
 from evaluation.lse import SyncClip, lse_scores, offset_distances
 from evaluation.mfcc import mfcc
 from lightning_modules.nets.syncnet import SyncNetCompact, preprocess_frames
-
-
-def load_reference_module(name: str):
-    """A module of the installed syncnet-python package, loaded by path (its __init__ needs ffmpeg)."""
-    spec = importlib.util.find_spec("syncnet_python")
-    assert spec is not None, "syncnet-python is missing: pip install --no-deps syncnet-python==0.2.3"
-    path = Path(spec.submodule_search_locations[0]) / f"{name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"reference_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+from tests.unit.syncnet_reference import load_reference_module
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """SyncNetOfficial matches the reference SyncNet (syncnet-python 0.2.3) key for key and output for output."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +9,7 @@ from lightning_modules.nets.syncnet import (
     SyncNetCompact, SyncNetOfficial, SyncNetWeightsError, build_syncnet, load_official_syncnet,
     mfcc_windows, video_windows,
 )
-
-
-def load_reference_module(name: str):
-    """A module of the installed syncnet-python package, loaded by path (its __init__ needs ffmpeg)."""
-    spec = importlib.util.find_spec("syncnet_python")
-    assert spec is not None, "syncnet-python is missing: pip install --no-deps syncnet-python==0.2.3"
-    path = Path(spec.submodule_search_locations[0]) / f"{name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"reference_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+from tests.unit.syncnet_reference import load_reference_module
 
 
 @pytest.fixture(scope="module")
