@@ -1,6 +1,7 @@
 """The typed ``data`` section: which shards, which clip window, how many samples per step."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,8 @@ class DataConfig:
     samples_per_epoch: int = field(default=1024, metadata={"help": "samples per rank per epoch (with_epoch)"})
     val_samples: int = field(default=0, metadata={"help": "cap on validation samples per rank (0: the whole split)"})
     shuffle_buffer: int = field(default=256, metadata={"help": "samples held in the shuffle buffer"})
+    speaker_part: str = field(default="", metadata={"help": "train only on part i of n of the speakers, 'i/n' "
+                              "(stable hash of the speaker id; e.g. two sync experts on disjoint speakers); '' = all"})
     max_skip_fraction: float = field(default=0.01, metadata={"help": "fail when more than this fraction of samples is bad"})
     pin_memory: bool = field(default=True, metadata={"help": "pin host memory for faster GPU transfers (GPU only)"})
 
@@ -33,6 +36,16 @@ class DataConfig:
                 errors.append(f"data.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             errors.append(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if self.speaker_part and self.speaker_part_numbers() is None:
+            errors.append(f"data.speaker_part must be 'i/n' with 0 <= i < n (e.g. '0/2'), got {self.speaker_part!r}")
         if self.num_workers < 0:
             errors.append(f"data.num_workers must be >= 0, got {self.num_workers}")
         return errors
+
+    def speaker_part_numbers(self) -> tuple[int, int] | None:
+        """``speaker_part`` as (i, n); None when it is empty or malformed."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", self.speaker_part)
+        if not match:
+            return None
+        part, parts = int(match.group(1)), int(match.group(2))
+        return (part, parts) if 0 <= part < parts else None

@@ -95,7 +95,7 @@ class ShardDataModule(pl.LightningDataModule):
         epoch, skip = divmod(self.consumed_batches(), batches)
         stream = ClipStream(shards, self.window, self.cfg.batch_size, train=True, rank=rank, world_size=world,
                             seed=self.seed, epoch=epoch, batches=batches, shuffle_buffer=self.cfg.shuffle_buffer,
-                            skip_batches=skip)
+                            skip_batches=skip, speaker_part=self.cfg.speaker_part_numbers())
         return self._loader(stream)
 
     def consumed_batches(self) -> int:

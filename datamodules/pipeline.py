@@ -30,6 +30,7 @@ from datamodules.sample import (
 )
 
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+MAX_SAMPLES_OUTSIDE_PART = 100_000  # consecutive samples outside data.speaker_part before giving up
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,11 @@ class ClipStream(IterableDataset):
     def __init__(self, shards: list[str], window: ClipWindow, batch_size: int, *, train: bool, rank: int = 0,
                  world_size: int = 1, seed: int = 0, epoch: int = 0, batches: int = 0,
                  shard_counts: list[int] | None = None, shuffle_buffer: int = 256, skip_batches: int = 0,
-                 progress_dir: str = ""):
+                 progress_dir: str = "", speaker_part: tuple[int, int] | None = None):
         self.shards, self.window, self.batch_size, self.train = list(shards), window, batch_size, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.batches, self.shuffle_buffer, self.skip_batches = batches, shuffle_buffer, skip_batches
-        self.progress_dir = progress_dir
+        self.progress_dir, self.speaker_part = progress_dir, speaker_part
         self.progress = WorkerProgress("", rank, 0)
         self.shard_counts = shard_counts or [0] * len(self.shards)
 
@@ -233,7 +234,7 @@ class ClipStream(IterableDataset):
         buffer: list[dict[str, Any]] = []
         batch: list[dict[str, Any] | None] = []
         produced = 0
-        for sample in tarfile_samples(({"url": u} for u in urls), handler=counter.handler):
+        for sample in self._in_part(tarfile_samples(({"url": u} for u in urls), handler=counter.handler), counter):
             if produced >= total:
                 return
             buffer.append(sample)
@@ -254,6 +255,26 @@ class ClipStream(IterableDataset):
                     yield collate(batch, counter.take())
                 batch, produced = [], produced + 1
         raise RuntimeError(f"training shards {self.shards[:3]}... yielded no readable samples")
+
+    def _in_part(self, samples: Iterator[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """The samples whose speaker falls in ``speaker_part`` (i, n): stable speaker id mod n == i."""
+        if self.speaker_part is None:
+            yield from samples
+            return
+        part, parts = self.speaker_part
+        passed = 0
+        for sample in samples:
+            try:
+                meta = decode_meta(sample)
+            except SampleError as exc:
+                counter.add("sample", str(exc))
+                continue
+            if speaker_index(meta.dataset, meta.speaker) % parts == part:
+                passed = 0
+                yield sample
+            elif (passed := passed + 1) > MAX_SAMPLES_OUTSIDE_PART:
+                raise RuntimeError(f"data.speaker_part={part}/{parts}: no speaker of the training shards falls in "
+                                   f"this part ({passed} samples in a row outside it); use fewer parts or ''")
 
     def _eval_shards(self, worker: int, num_workers: int) -> list[list[int]]:
         """Shard indices per (rank, worker): rank r takes shards r::world, its worker w every num_workers-th."""

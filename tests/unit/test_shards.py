@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.config import DataConfig
-from datamodules.pipeline import ClipStream, ClipWindow
+from datamodules.pipeline import ClipStream, ClipWindow, speaker_index
 from datamodules.sample import Clip, ClipMeta, SampleError, decode_clip, make_key
 from datamodules.shards import ShardIndex, ShardSetError, ShardSetWriter
 
@@ -218,3 +218,25 @@ def test_a_shard_listed_but_missing_is_reported_counted_and_the_rest_is_read(sha
         Path(path).unlink(missing_ok=True)
     with pytest.raises(ShardSetError, match="none of the 3 train shards"):
         data.split_shards("train")
+
+
+def test_speaker_parts_train_on_disjoint_speakers_that_cover_the_set(shard_set):
+    paths = ShardIndex.load(shard_set).shard_paths(shard_set, "train")
+
+    def speakers(part: tuple[int, int] | None) -> set[str]:
+        stream = ClipStream(paths, window(), 3, train=True, batches=6, shuffle_buffer=2, speaker_part=part)
+        return {s for b in stream for s in b["speaker"]}
+
+    everyone = {"spk0", "spk1", "spk2"}
+    expected = {part: {s for s in everyone if speaker_index("test", s) % 4 == part} for part in range(4)}
+    used = [part for part in range(4) if expected[part]]
+    assert len(used) >= 2
+    seen = {part: speakers((part, 4)) for part in used}
+    assert seen == {part: expected[part] for part in used}
+    assert set().union(*seen.values()) == speakers(None) == everyone
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_a_malformed_speaker_part_is_a_config_error(text):
+    errors = DataConfig(speaker_part=text).validate()
+    assert any("data.speaker_part" in e and "'i/n'" in e for e in errors)
