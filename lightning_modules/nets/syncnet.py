@@ -184,8 +184,9 @@ def _conv_bn(conv: nn.Module, channels: int, dims: int) -> list[nn.Module]:
 class SyncNetCompact(SyncExpert):
     """A small sync expert for 64 px face crops with the official interface and key prefixes.
 
-    Audio: four 3x3 conv blocks over the 13 x 20 MFCC, pooled to one vector. Video: a 5-frame 3D
-    conv that collapses time, then stride-2 conv blocks down to 4 x 4 and a global average.
+    Audio: four 3x3 conv blocks over the 13 x 20 MFCC. Video: a 5-frame 3D conv that collapses time, then
+    stride-2 conv blocks down to 1/16 of the crop. Both end in a 1x1 projection that is flattened, not pooled,
+    so that the audio branch keeps the order of its 20 MFCC columns and the video branch where the mouth is.
     """
 
     layout = "compact"
@@ -201,17 +202,22 @@ class SyncNetCompact(SyncExpert):
             *_conv_bn(nn.Conv2d(w, 2 * w, 3, stride=(1, 2), padding=1), 2 * w, 2),
             *_conv_bn(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), 4 * w, 2),
             *_conv_bn(nn.Conv2d(4 * w, 8 * w, 3, stride=2, padding=1), 8 * w, 2),
-            nn.AdaptiveAvgPool2d(1),
+            *_conv_bn(nn.Conv2d(8 * w, w, 1), w, 2),
         )
         self.netcnnlip = nn.Sequential(
             *_conv_bn(nn.Conv3d(3, w, (5, 5, 5), stride=(1, 2, 2), padding=(0, 2, 2)), w, 3),
             *_conv_bn(nn.Conv3d(w, 2 * w, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), 2 * w, 3),
             *_conv_bn(nn.Conv3d(2 * w, 4 * w, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), 4 * w, 3),
             *_conv_bn(nn.Conv3d(4 * w, 8 * w, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), 8 * w, 3),
-            nn.AdaptiveAvgPool3d(1),
+            *_conv_bn(nn.Conv3d(8 * w, w, 1), w, 3),
         )
-        self.netfcaud = _fc_head(embedding_dim, 8 * w)
-        self.netfclip = _fc_head(embedding_dim, 8 * w)
+        with torch.no_grad():  # feature sizes from a probe in eval mode (no batch-norm statistics touched)
+            self.eval()
+            audio_features = self.netcnnaud(torch.zeros(1, 1, 13, MFCC_WINDOW)).numel()
+            video_features = self.netcnnlip(torch.zeros(1, 3, WINDOW_FRAMES, input_size, input_size)).numel()
+            self.train()
+        self.netfcaud = _fc_head(embedding_dim, audio_features)
+        self.netfclip = _fc_head(embedding_dim, video_features)
 
     def forward_lip(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding [B, D] of five-frame BGR 0..255 windows [B, 3, 5, S, S] (scaled to [-1, 1] inside)."""
