@@ -41,6 +41,7 @@ class GenerationOptions:
     device: str = "cpu"
     batch_frames: int = 16          # frames per batch in the refinement and rendering steps
     use_saw: bool = True
+    codebook: bool = True           # False: stop before the codebook renderer (output the low-res frames)
 
 
 @dataclass
@@ -55,10 +56,11 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def required_files(stages_dir: Path, portrait_only: bool, use_saw: bool = True) -> dict[str, Path]:
+def required_files(stages_dir: Path, portrait_only: bool, use_saw: bool = True,
+                   codebook: bool = True) -> dict[str, Path]:
     """stage -> file; a missing file is a GenerationError naming it and the command that makes it."""
     names = [s for s in PORTRAIT_STAGES if use_saw or s != "saw"]
-    names += [] if portrait_only else list(VIDEO_STAGES)
+    names += [] if portrait_only else [s for s in VIDEO_STAGES if codebook or s != "codebook"]
     files = {name: stages_dir / f"{name}.safetensors" for name in names}
     missing = [name for name, path in files.items() if not path.is_file()]
     if missing:
@@ -106,7 +108,7 @@ class TalkingFacePipeline:
     def __init__(self, stages_dir: str | Path, options: GenerationOptions, portrait_only: bool = False):
         self.stages_dir, self.options = Path(stages_dir), options
         self.device = torch.device(options.device)
-        self.files = required_files(self.stages_dir, portrait_only, options.use_saw)
+        self.files = required_files(self.stages_dir, portrait_only, options.use_saw, options.codebook)
         from lightning_modules.portrait import PortraitGenerator
         with stage_file_errors(self.stages_dir / "portrait_diffusion.safetensors"):
             self.portraits = PortraitGenerator(self.stages_dir, options.use_saw, options.device)
@@ -128,8 +130,10 @@ class TalkingFacePipeline:
             self.motion.frame_denoiser.to(self.device)
         with stage_file_errors(files["lip_enhancer"]):
             self.lips = self._load_lip_enhancer()
-        with stage_file_errors(files["codebook"]):
-            self.codebook = load_codebook(files["codebook"], self.device)
+        self.codebook = None
+        if "codebook" in files:
+            with stage_file_errors(files["codebook"]):
+                self.codebook = load_codebook(files["codebook"], self.device)
 
     def _load_lip_enhancer(self):
         from lightning_modules.lip_enhancer import load_lip_refiner
@@ -156,8 +160,12 @@ class TalkingFacePipeline:
 
     @torch.no_grad()
     def video(self, portrait: torch.Tensor, speech: torch.Tensor, timings: dict[str, float],
-              advance: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
-        """Portrait + speech [N] -> (low-res frames [T, 3, r, r], final uint8 frames [T, S, S, 3])."""
+              advance: Callable[[str], None], steps: dict[str, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, np.ndarray]:
+        """Portrait + speech [N] -> (low-res frames [T, 3, r, r], final uint8 frames [T, S, S, 3]).
+
+        ``steps``, when given, receives the low-res frames before and after lip enhancement
+        (``motion_diffusion``, ``lip_enhancer``), for scoring what each stage adds."""
         from lightning_modules.motion_generation import (check_generation_inputs, render_frames, sample_motion)
         parts, opts, device = self.motion, self.options, self.device
         if opts.motion_steps:
@@ -181,10 +189,14 @@ class TalkingFacePipeline:
         with timed(timings, "decode"):
             frames = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(opts.batch_frames)])[:n_frames]
         advance("decoded frames")
+        if steps is not None:
+            steps["motion_diffusion"] = frames
         with timed(timings, "lip_enhancement"):
             marks = landmarks_from_motion(self.motion_encoder, motion[0, :n_frames], frames.shape[-1])
             frames = self.refine_lips(frames, marks, speech.to(device), portrait.to(device))
         advance("lip enhancement")
+        if steps is not None:
+            steps["lip_enhancer"] = frames
         with timed(timings, "codebook_render"):
             output = self.render(frames)
         advance("codebook rendering")
@@ -207,6 +219,8 @@ class TalkingFacePipeline:
     def render(self, frames: torch.Tensor) -> np.ndarray:
         """Low-res frames -> uint8 [T, S, S, 3] through the codebook renderer, resized to ``resolution``."""
         from lightning_modules.video_io import to_uint8_frames
+        if self.codebook is None:
+            return to_uint8_frames(frames)
         lr_size = self.codebook.cfg.lr_resolution
         if frames.shape[-1] != lr_size:
             log.info("resizing frames from %d to the codebook's input size %d", frames.shape[-1], lr_size)

@@ -93,16 +93,29 @@ class PortraitGenerator:
     @torch.no_grad()
     def generate(self, speech: torch.Tensor, steps: int, guidance: float, seed: int) -> np.ndarray:
         """One portrait (uint8 R x R x 3) from 16 kHz mono speech [N]."""
-        audio = speech[None].to(self.device)
+        return self.generate_batch(speech[None], steps, guidance, seed)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, speech: torch.Tensor, steps: int, guidance: float, seed: int) -> np.ndarray:
+        """Portraits (uint8 B x R x R x 3) from a batch of 16 kHz mono speech [B, N] of equal length."""
+        audio = speech.to(self.device)
         context, embedding = self.denoiser.speech(audio)
         if self.saw is not None:
             a = self.saw(embedding)
         else:
-            a = dataset_prior_weights(self.portrait_cfg, 1, self.denoiser.prior_mean.shape[0], self.device)
+            a = dataset_prior_weights(self.portrait_cfg, len(audio), self.denoiser.prior_mean.shape[0], self.device)
         generator = torch.Generator().manual_seed(seed)
         latents = self.diffusion.sample(self.denoiser, context, a, steps, guidance, generator)
-        image = decode_latents(self.vae, latents, self.scaling_factor)[0]
-        return ((image.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        return self.to_images(latents)
+
+    @torch.no_grad()
+    def mean_face(self) -> np.ndarray:
+        """The statistical face prior alone: the decoded mean latent (uint8 R x R x 3)."""
+        return self.to_images(self.denoiser.prior_mean[None].float())[0]
+
+    def to_images(self, latents: torch.Tensor) -> np.ndarray:
+        images = decode_latents(self.vae, latents, self.scaling_factor)
+        return ((images.permute(0, 2, 3, 1).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 @functools.lru_cache(maxsize=2)

@@ -4,7 +4,9 @@ A window is five frames (the whole face, or its lower half with ``region=lower_f
 4i .. 4i+19 of the speech (python_speech_features' MFCC of int16-valued samples, as LSE computes it). The
 embeddings are not normalised and LSE scores raw distances, so the loss works on distances: for each video
 window, the candidates are the audio windows at offsets -K .. K of the same clip and the in-sync audio of the
-other clips in the batch; the cross-entropy over logits ``-||v - a|| / tau`` makes the in-sync audio the nearest.
+other clips in the batch, and the zero vector (LSE zero-pads the audio embeddings at both ends of a clip, so an
+expert whose video embeddings lie near the origin reports padded offsets); the cross-entropy over logits
+``-||v - a|| / tau`` makes the in-sync audio the nearest.
 Offsets whose audio lies outside the clip's speech are masked. Validation reports the AV-offset accuracy: for each
 clip, the offset of least mean distance (as LSE finds it) is correct when it is 0.
 
@@ -39,6 +41,7 @@ class SyncNetConfig(StageConfig):
     region: str = field(default="face", metadata={"help": "what the video branch sees: the whole face crop (as LSE feeds it) or its lower half", "choices": REGIONS})
     max_offset: int = field(default=5, metadata={"help": "shifted-audio negatives at offsets -K..K frames (K = this)"})
     other_clip_negatives: bool = field(default=True, metadata={"help": "also contrast against the in-sync audio of the other clips in the batch"})
+    padding_negative: bool = field(default=True, metadata={"help": "also contrast against the zero vector, which LSE's zero padding of the audio embeddings puts at both ends of every clip (keeps video embeddings far from it)"})
     temperature: float = field(default=1.0, metadata={"help": "tau of the logits -distance / tau"})
     windows_per_clip: int = field(default=2, metadata={"help": "five-frame windows drawn from each clip per step"})
     monitor: str = "val/av_offset_accuracy"
@@ -176,6 +179,9 @@ class SyncNetStage(StageModule):
             other = own[None, None, :] != torch.arange(n_batch, device=device)[:, None, None]
             candidates = torch.cat([audio, in_sync], dim=2)
             mask = torch.cat([valid, other.expand(n_batch, n_win, -1)], dim=2)
+        if self.cfg.padding_negative:
+            candidates = torch.cat([candidates, candidates.new_zeros(n_batch, n_win, 1, candidates.shape[-1])], dim=2)
+            mask = torch.cat([mask, mask.new_ones(n_batch, n_win, 1)], dim=2)
         logits = distance_logits(video.flatten(0, 1), candidates.flatten(0, 1), self.cfg.temperature)
         loss = offset_cross_entropy(logits, k, mask.flatten(0, 1)).view(n_batch, n_win)
         return {"sync": loss.mean(1)}
