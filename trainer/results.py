@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,32 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def stages_dir(seed: int) -> Path:
+    return OUTPUT_ROOT / "small" / f"stages-seed{seed}"
+
+
+def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", force: bool = False) -> None:
+    """Train and export one small stage into ``stages`` unless its exported file is already there (or ``force``)."""
+    if not force and (stages / f"{stage}.safetensors").is_file():
+        print(f"= {stages / f'{stage}.safetensors'} exists; not retrained", flush=True)
+        return
+    run("train", "experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
+        f"experiment.output_root={OUTPUT_ROOT}", f"run.stages_dir={stages}", f"data.root={CORPUS}", *words)
+
+
+def shared_autoencoder(seed: int) -> Path:
+    """Seed 0's autoencoder and face prior, shared by every seed (the seeds vary the stages under test)."""
+    first, stages = stages_dir(0), stages_dir(seed)
+    train("autoencoder", 0, first)
+    if not (first / "face_prior.safetensors").is_file():
+        run("prior", "--data", str(CORPUS), "--stages", str(first), "--out", str(first / "face_prior.safetensors"))
+    stages.mkdir(parents=True, exist_ok=True)
+    for name in ("autoencoder.safetensors", "face_prior.safetensors"):
+        if not (stages / name).is_file():
+            shutil.copy2(first / name, stages / name)
+    return stages
+
+
 def conre_results() -> tuple[dict, str]:
     """Speech-to-face retrieval of held-out (test) speakers by the small ConRe, 3 seeds, against chance."""
     from evaluation.conre_eval import conre_retrieval
@@ -62,15 +89,14 @@ def conre_results() -> tuple[dict, str]:
 
     per_seed = []
     for seed in SEEDS:
-        stages = OUTPUT_ROOT / "small" / f"stages-seed{seed}"
+        stages = stages_dir(seed)
         start = time.time()
-        run("train", "experiment=small", "stage=conre", f"seed={seed}", f"run.name=seed{seed}",
-            f"experiment.output_root={OUTPUT_ROOT}", f"run.stages_dir={stages}", f"data.root={CORPUS}")
+        train("conre", seed, stages)
         minutes = (time.time() - start) / 60
         cfg = compose(["experiment=small", "stage=conre", f"data.root={CORPUS}"])
         test = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "test")
-        train = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "train")
-        per_seed.append({"seed": seed, "test": test.__dict__, "train": train.__dict__, "train_minutes": minutes})
+        train_split = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "train")
+        per_seed.append({"seed": seed, "test": test.__dict__, "train": train_split.__dict__, "train_minutes": minutes})
     top1 = [r["test"]["top1"] for r in per_seed]
     top5 = [r["test"]["top5"] for r in per_seed]
     chance1, chance5 = per_seed[0]["test"]["chance_top1"], per_seed[0]["test"]["chance_top5"]
@@ -91,7 +117,23 @@ def conre_results() -> tuple[dict, str]:
     return {"per_seed": per_seed}, "\n".join(lines)
 
 
-RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {"conre": conre_results}
+def portrait_results() -> tuple[dict, str]:
+    from trainer.results_portrait import portrait_results as results
+    return results()
+
+
+def codebook_results() -> tuple[dict, str]:
+    from trainer.results_codebook import codebook_results as results
+    return results()
+
+
+def sync_results() -> tuple[dict, str]:
+    from trainer.results_sync import sync_results as results
+    return results()
+
+
+RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {"conre": conre_results, "portrait": portrait_results,
+                                                      "sync": sync_results, "codebook": codebook_results}
 
 
 def write_table(name: str, table: str) -> None:
