@@ -39,7 +39,7 @@ test: install system-packages
 	$(BIN)/python tests/run_tiers.py
 
 results: install
-	$(BIN)/python -m trainer.results
+	$(BIN)/python -m trainer.results $(NAMES)
 
 bench: install
 	$(BIN)/python -m bench
