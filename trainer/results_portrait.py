@@ -51,9 +51,10 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
 
 
 def candidate_images(stages: Path, test: dict, train: dict, seed: int,
-                     batch: int = 26) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                     batch: int = 26) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
     """The four rows' images, one per test clip (uint8 [N, R, R, 3]), with the landmarks to align them by:
-    the test faces' mean landmarks for generated faces (the corpus is aligned), a real face's own otherwise."""
+    the test faces' mean landmarks for generated faces (the corpus is aligned), a real face's own otherwise;
+    and SAW's weights on the test clips."""
     count = len(test["audio"])
     mean_marks = np.repeat(test["landmarks"].numpy().mean(0, keepdims=True), count, axis=0)
     images = {}
@@ -62,10 +63,20 @@ def candidate_images(stages: Path, test: dict, train: dict, seed: int,
         chunks = [generator.generate_batch(test["audio"][i:i + batch], SAMPLE_STEPS, GUIDANCE, seed + i)
                   for i in range(0, len(test["audio"]), batch)]
         images[row] = (np.concatenate(chunks), mean_marks)
+        if use_saw:
+            weights = saw_weights(generator, test["audio"])
     images[ROWS[2]] = (np.repeat(generator.mean_face()[None], count, axis=0), mean_marks)
     pick = random.Random(seed).choices(range(len(train["frames"])), k=count)
     images[ROWS[3]] = (to_uint8(train["frames"][pick]), train["landmarks"][pick].numpy())
-    return images
+    return images, weights
+
+
+@torch.no_grad()
+def saw_weights(generator: PortraitGenerator, audio: torch.Tensor) -> dict[str, float]:
+    """How much SAW's prior weight a varies: its mean, its std across the clips (averaged over channels)."""
+    _, embedding = generator.denoiser.speech(audio)
+    a = generator.saw(embedding)
+    return {"mean": float(a.mean()), "std_across_clips": float(a.std(dim=0).mean())}
 
 
 def identity_scores(query: torch.Tensor, real: torch.Tensor, speaker: torch.Tensor) -> dict[str, float]:
@@ -84,10 +95,10 @@ def dlib_embeddings(embedder: DlibFaceEmbedder, images: np.ndarray, landmarks: n
 
 
 @torch.no_grad()
-def evaluate_portraits(stages: Path, data, seed: int) -> dict[str, dict[str, dict[str, float]]]:
-    """{row: {embedder: scores}} for one seed's exported Stage-1 files on the test split."""
+def evaluate_portraits(stages: Path, data, seed: int) -> dict:
+    """{"rows": {row: {embedder: scores}}, "saw_weights": ...} for one seed's Stage-1 files on the test split."""
     test, train = first_frames(data, "test"), first_frames(data, "train")
-    images = candidate_images(stages, test, train, seed)
+    images, weights = candidate_images(stages, test, train, seed)
     _, face_encoder = load_conre_encoders(load_stage_file(stages / "conre.safetensors", expect_stage="conre"))
     dlib = DlibFaceEmbedder()
     real = {"conre": face_encoder(test["frames"]),
@@ -96,7 +107,7 @@ def evaluate_portraits(stages: Path, data, seed: int) -> dict[str, dict[str, dic
     for row, (row_images, marks) in images.items():
         query = {"conre": face_encoder(to_unit(row_images)), "dlib": dlib_embeddings(dlib, row_images, marks)}
         results[row] = {name: identity_scores(query[name], real[name], test["speaker"]) for name in real}
-    return results
+    return {"rows": results, "saw_weights": weights}
 
 
 def portrait_results() -> tuple[dict, str]:
@@ -110,7 +121,7 @@ def portrait_results() -> tuple[dict, str]:
         for stage in ("conre", "portrait_diffusion", "saw"):
             train(stage, seed, stages)
         data = compose(["experiment=small", "stage=portrait_diffusion", f"data.root={CORPUS}"]).data
-        per_seed.append({"seed": seed, "rows": evaluate_portraits(stages, data, seed)})
+        per_seed.append({"seed": seed, **evaluate_portraits(stages, data, seed)})
 
     def cell(row: str, embedder: str, metric: str) -> str:
         return mean_spread([r["rows"][row][embedder][metric] for r in per_seed])
@@ -125,7 +136,10 @@ def portrait_results() -> tuple[dict, str]:
     for row in ROWS:
         lines.append(f"| {row} | " + " | ".join(cell(row, e, m) for e in ("conre", "dlib")
                                                for m in ("cosine", "top1", "top5")) + " |")
-    lines += ["", "The autoencoder and face prior are seed 0's, shared by all seeds; the seeds vary ConRe, the "
+    lines += ["", "SAW's prior weight a on the test clips: mean "
+              f"{mean_spread([r['saw_weights']['mean'] for r in per_seed])}, std across clips "
+              f"{mean_spread([r['saw_weights']['std_across_clips'] for r in per_seed])} (averaged over channels).",
+              "", "The autoencoder and face prior are seed 0's, shared by all seeds; the seeds vary ConRe, the "
               "portrait diffusion and SAW. dlib: `dlib_face_recognition_resnet_model_v1` on chips aligned from "
               "the test faces' mean landmarks (generated faces) or the face's own landmarks (real faces)."]
     return {"per_seed": per_seed}, "\n".join(lines)
