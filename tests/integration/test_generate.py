@@ -62,6 +62,20 @@ def test_portrait_only_writes_no_video(stages, tmp_path):
     assert (tmp_path / "only.png").is_file() and not out.exists()
 
 
+def test_no_codebook_writes_the_low_resolution_frames_without_needing_the_codebook(stages, tmp_path):
+    partial = tmp_path / "stages"
+    shutil.copytree(stages, partial)
+    (partial / "codebook.safetensors").unlink()
+    audio, out = speech(tmp_path / "speech.wav", 0.8), tmp_path / "low.mp4"
+    assert main(["generate", "--audio", str(audio), "--stages", str(partial), "--out", str(out), "--no-codebook",
+                 *FAST]) == 0
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == int(0.8 * 25) and frames[0].shape == (64, 64, 3)
+    assert main(["generate", "--audio", str(audio), "--stages", str(partial), "--out", str(tmp_path / "x.mp4"),
+                 *FAST]) == 2
+
+
 def test_bad_inputs_fail_with_messages_naming_the_file(stages, tmp_path, capsys):
     out = tmp_path / "never.mp4"
     video_only = tmp_path / "no_sound.mp4"

@@ -36,7 +36,7 @@ def generate(args: argparse.Namespace) -> int:
     options = GenerationOptions(steps=args.steps, guidance=args.guidance, motion_steps=args.motion_steps,
                                 frame_steps=args.frame_steps, fidelity=args.fidelity, resolution=args.resolution,
                                 seed=args.seed, device=device, batch_frames=args.batch_frames,
-                                use_saw=not args.no_saw)
+                                use_saw=not args.no_saw, codebook=not args.no_codebook)
     try:
         with progress_bar(1 if args.portrait_only else len(STEPS)) as advance:
             result = generate_video(args.audio, args.stages, args.out, options, args.portrait_only,
@@ -87,3 +87,5 @@ def register(subparsers) -> None:
     parser.add_argument("--portrait-only", action="store_true", help="write only the portrait (PNG)")
     parser.add_argument("--save-portrait", default=None, help="also write the portrait to this PNG")
     parser.add_argument("--no-saw", action="store_true", help="use the dataset-level prior weight instead of SAW")
+    parser.add_argument("--no-codebook", action="store_true",
+                        help="stop before the codebook renderer: the lip-enhanced frames at the motion stage's size")
