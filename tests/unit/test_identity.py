@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import pytest
 import skimage.data
+import torch
 from PIL import Image
 
 from evaluation.identity import (
@@ -123,3 +124,15 @@ def test_arcface_without_onnxruntime_says_what_to_install(monkeypatch, tmp_path)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         ArcFaceEmbedder(tmp_path / "w600k_r50.onnx")
+
+
+def test_portrait_identity_scores_find_each_speaker_and_only_their_own():
+    from trainer.results_portrait import identity_scores
+
+    generator = torch.Generator().manual_seed(0)
+    speaker = torch.arange(6).repeat_interleave(3)
+    faces = torch.randn(6, 16, generator=generator)[speaker] + 0.05 * torch.randn(18, 16, generator=generator)
+    own = identity_scores(faces, faces, speaker)
+    assert own["top1"] == 1.0 and own["cosine"] > 0.99 and own["chance_top1"] == pytest.approx(1 / 6)
+    others = identity_scores(faces[(torch.arange(18) + 3) % 18], faces, speaker)
+    assert others["top1"] == 0.0 and others["cosine"] < own["cosine"]
