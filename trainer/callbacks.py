@@ -181,6 +181,11 @@ class PreemptionCheckpoint(pl.Callback):
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        agree = getattr(trainer._signal_connector, "agree", None)
+        if agree is not None:
+            agree()  # all ranks take a pending signal at this batch; Lightning's check then stops them together
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return

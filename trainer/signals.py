@@ -2,8 +2,11 @@
 
 Lightning's handlers run collectives (a broadcast, a checkpoint barrier) inside the handler itself; when SLURM
 signals every task at once those collectives interleave with the training's own and can deadlock. Here the
-handlers only set flags: Lightning's per-batch check then raises ``SIGTERMException`` on every rank at the same
-batch, the ``PreemptionCheckpoint`` callback saves on every rank, and for the requeue signal rank 0 asks SLURM to
+handlers only set a *pending* flag. At the end of every training batch the ranks agree on it (a max all-reduce,
+:meth:`FlagSignalConnector.agree`), so that Lightning's per-batch check raises ``SIGTERMException`` on every rank
+at the same batch, whichever rank the signal reached first (Lightning alone syncs rank 0's flag only: a rank
+signalled before rank 0 would stop alone and leave the others blocked in a collective). The
+``PreemptionCheckpoint`` callback then saves on every rank, and for the requeue signal rank 0 asks SLURM to
 requeue the job once the checkpoint is complete.
 """
 from __future__ import annotations
@@ -12,6 +15,9 @@ import os
 import re
 import signal
 import subprocess
+
+import torch
+import torch.distributed as dist
 
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
@@ -25,10 +31,12 @@ class FlagSignalConnector(_SignalConnector):
     def __init__(self, trainer) -> None:
         super().__init__(trainer)
         self.requeue_requested = False
+        self.pending_sigterm = self.pending_requeue = False
 
     def register_signal_handlers(self) -> None:
         self.received_sigterm = False
         self.requeue_requested = False
+        self.pending_sigterm = self.pending_requeue = False
         self._original_handlers = self._get_current_signal_handlers()
         environment = self.trainer._accelerator_connector.cluster_environment
         self._register_signal(signal.SIGTERM, self._on_sigterm)
@@ -37,15 +45,25 @@ class FlagSignalConnector(_SignalConnector):
 
     def _on_sigterm(self, signum, frame) -> None:
         launcher = self.trainer.strategy.launcher
-        if launcher is not None and not self.received_sigterm and not SLURMEnvironment.detect():
+        if launcher is not None and not self.pending_sigterm and not SLURMEnvironment.detect():
             launcher.kill(signum)  # forward to the processes Lightning's launcher started
-        self.received_sigterm = True
+        self.pending_sigterm = True
         tracking.STOP_LOGGING.set()
 
     def _on_requeue_signal(self, signum, frame) -> None:
-        self.requeue_requested = True
-        self.received_sigterm = True
+        self.pending_requeue = True
+        self.pending_sigterm = True
         tracking.STOP_LOGGING.set()
+
+    def agree(self) -> None:
+        """Every rank takes the signal if any rank has it pending (called at the same point on every rank)."""
+        flags = torch.tensor([int(self.pending_sigterm), int(self.pending_requeue)])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flags = flags.to(self.trainer.strategy.root_device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        sigterm, requeue = (bool(v) for v in flags.tolist())
+        self.received_sigterm = self.received_sigterm or sigterm
+        self.requeue_requested = self.requeue_requested or requeue
 
 
 def requeue_slurm_job() -> int:
