@@ -6,6 +6,7 @@ the machine and the commit, whatever the numbers are. Raw numbers go to ``result
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -60,13 +61,15 @@ def stages_dir(seed: int) -> Path:
     return OUTPUT_ROOT / "small" / f"stages-seed{seed}"
 
 
-def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", force: bool = False) -> None:
-    """Train and export one small stage into ``stages`` unless its exported file is already there (or ``force``)."""
+def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", force: bool = False) -> bool:
+    """Train and export one small stage into ``stages`` unless its exported file is already there (or ``force``);
+    True when it trained."""
     if not force and (stages / f"{stage}.safetensors").is_file():
         print(f"= {stages / f'{stage}.safetensors'} exists; not retrained", flush=True)
-        return
+        return False
     run("train", "experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
         f"experiment.output_root={OUTPUT_ROOT}", f"run.stages_dir={stages}", f"data.root={CORPUS}", *words)
+    return True
 
 
 def shared_autoencoder(seed: int) -> Path:
@@ -91,8 +94,8 @@ def conre_results() -> tuple[dict, str]:
     for seed in SEEDS:
         stages = stages_dir(seed)
         start = time.time()
-        train("conre", seed, stages)
-        minutes = (time.time() - start) / 60
+        trained = train("conre", seed, stages)
+        minutes = (time.time() - start) / 60 if trained else None  # None: an existing export was reused
         cfg = compose(["experiment=small", "stage=conre", f"data.root={CORPUS}"])
         test = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "test")
         train_split = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "train")
@@ -111,29 +114,31 @@ def conre_results() -> tuple[dict, str]:
         f"| chance | {chance1:.3f} | {chance5:.3f} |",
         f"| ratio to chance | {statistics.mean(top1) / chance1:.2f}x | {statistics.mean(top5) / chance5:.2f}x |",
         "",
-        f"Training speakers (fit): top-1 {mean_spread([r['train']['top1'] for r in per_seed])}. "
-        f"Train time per seed: {mean_spread([r['train_minutes'] for r in per_seed])} min.",
+        f"Training speakers (fit): top-1 {mean_spread([r['train']['top1'] for r in per_seed])}. " + train_time(per_seed),
     ]
     return {"per_seed": per_seed}, "\n".join(lines)
 
 
-def portrait_results() -> tuple[dict, str]:
-    from trainer.results_portrait import portrait_results as results
-    return results()
+def train_time(per_seed: list[dict]) -> str:
+    minutes = [r["train_minutes"] for r in per_seed if r["train_minutes"] is not None]
+    if not minutes:
+        return "Stage files of an earlier run were reused (no training time measured)."
+    return f"Train time per trained seed: {mean_spread(minutes)} min."
 
 
-def codebook_results() -> tuple[dict, str]:
-    from trainer.results_codebook import codebook_results as results
-    return results()
+def from_module(module: str, name: str) -> Callable[[], tuple[dict, str]]:
+    """A results section defined in another module, imported only when it runs."""
+    def section() -> tuple[dict, str]:
+        return getattr(importlib.import_module(module), name)()
+    return section
 
 
-def sync_results() -> tuple[dict, str]:
-    from trainer.results_sync import sync_results as results
-    return results()
-
-
-RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {"conre": conre_results, "portrait": portrait_results,
-                                                      "sync": sync_results, "codebook": codebook_results}
+RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {
+    "conre": conre_results,
+    "portrait": from_module("trainer.results_portrait", "portrait_results"),
+    "sync": from_module("trainer.results_sync", "sync_results"),
+    "codebook": from_module("trainer.results_codebook", "codebook_results"),
+}
 
 
 def write_table(name: str, table: str) -> None:

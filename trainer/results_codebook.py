@@ -52,16 +52,12 @@ def upscaled(stage_path: Path, low: torch.Tensor, size: int) -> dict[str, torch.
     return outputs
 
 
-def fid(extractor: InceptionFeatures, real: torch.Tensor, generated: torch.Tensor) -> float:
-    stats = []
-    for frames in (real, generated):
-        images = (unit(frames) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        feature_stats = FeatureStats(provenance=extractor.describe())
-        feature_stats.update(np.concatenate([extractor(images[i:i + 64]) for i in range(0, len(images), 64)]))
-        stats.append(feature_stats)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # N < 2048 is reported with the table
-        return fid_from_stats(*stats).fid
+def feature_stats(extractor: InceptionFeatures, frames: torch.Tensor) -> FeatureStats:
+    """Inception statistics of frames in [-1, 1], rounded to uint8 as they would be written."""
+    images = (unit(frames) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    stats = FeatureStats(provenance=extractor.describe())
+    stats.update(np.concatenate([extractor(images[i:i + 64]) for i in range(0, len(images), 64)]))
+    return stats
 
 
 def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
@@ -69,14 +65,17 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
     low, high = held_out_frames(data)
     outputs = upscaled(stage_path, low, high.shape[-1])
     extractor = InceptionFeatures()
-    target = unit(high)
+    target, real_stats = unit(high), feature_stats(extractor, high)
     scores = {}
     for row, frames in outputs.items():
         pred = unit(frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # N < 2048 is reported with the table
+            fid = fid_from_stats(real_stats, feature_stats(extractor, frames)).fid
         scores[row] = {"psnr": float(peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none",
                                                              dim=(1, 2, 3)).mean()),
                        "ssim": float(structural_similarity_index_measure(pred, target, data_range=1.0)),
-                       "fid": fid(extractor, high, frames), "frames": len(frames)}
+                       "fid": fid, "frames": len(frames)}
     return scores
 
 
