@@ -39,6 +39,7 @@ class VoiceParams:
     jitter: float  # cycle-to-cycle pitch noise (fraction of f0)
     breathiness: float  # aspiration noise mixed into the source
     speech_rate: float  # syllables per second
+    open_quotient: float = 0.6  # open share of each glottal cycle: higher, a laxer voice with a steeper spectral tilt
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(float(v), 6) for k, v in asdict(self).items()}
@@ -76,10 +77,9 @@ def pitch_contour(voice: VoiceParams, n: int, rng: np.random.Generator) -> np.nd
     return voice.f0 * np.exp(curve + declination + jitter)
 
 
-def glottal_source(f0: np.ndarray, breathiness: float, rng: np.random.Generator) -> np.ndarray:
+def glottal_source(f0: np.ndarray, breathiness: float, rng: np.random.Generator, open_phase: float = 0.6) -> np.ndarray:
     """A glottal pulse train (smoothed sawtooth, strongest harmonics at the bottom) plus aspiration noise."""
     phase = np.cumsum(f0 / SAMPLE_RATE) % 1.0
-    open_phase = 0.6
     pulse = np.where(phase < open_phase, np.sin(np.pi * phase / open_phase) ** 2, 0.0)
     pulse = np.diff(pulse, prepend=0.0) * 20.0
     return pulse + breathiness * rng.normal(0.0, 1.0, size=len(f0))
@@ -110,7 +110,7 @@ def segment_envelope(n: int, attack: int, release: int) -> np.ndarray:
 def synthesise(voice: VoiceParams, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``(audio, vowel_of_each_sample)``: float32 mono 16 kHz peak-normalised to 0.9, and vowel ids (-1: none)."""
     n = int(round(seconds * SAMPLE_RATE))
-    source = glottal_source(pitch_contour(voice, n, rng), voice.breathiness, rng)
+    source = glottal_source(pitch_contour(voice, n, rng), voice.breathiness, rng, voice.open_quotient)
     audio, labels = np.zeros(n), np.full(n, NO_VOWEL, dtype=np.int8)
     ms = SAMPLE_RATE // 1000
     for kind, a, b, vowel in syllable_plan(seconds, voice.speech_rate, rng):

@@ -1,11 +1,12 @@
 """The synthetic talking-face corpus: procedural speakers whose faces and voices are partially correlated.
 
-Each speaker draws a latent ``size`` factor. It sets the voice (a larger speaker has a longer vocal tract,
-so lower formants, and a lower pitch; the pitch also has a small variation of its own, see
-:mod:`datamodules.synth_voice`) and, in standard units, each correlated face attribute (width, height, eye
-spacing, skin tone) is ``sqrt(VOICE_SHARE) * size + sqrt(1 - VOICE_SHARE) * noise``: the voice explains
-about half of their variance, as in real speakers. Everything else about a face (jaw shape, hair, eyes,
-freckles, skin texture) is independent of the voice.
+Each speaker draws two latent factors that both the voice and the face carry, as body size and sex or age
+do in real speakers. ``size`` sets the vocal tract (a larger speaker has a longer one, so lower formants) and
+the face's width and height; ``register`` sets the pitch (with a small variation of its own and a little of
+``size``, see :mod:`datamodules.synth_voice`) and the eye spacing and skin tone. In standard units each
+correlated face attribute is ``sqrt(VOICE_SHARE) * latent + sqrt(1 - VOICE_SHARE) * noise``: the voice
+explains about half of its variance, so that speech-to-face is learnable but not a lookup. Everything else
+about a face (jaw shape, hair, eyes, freckles, skin texture) is independent of the voice.
 
 A clip's mouth opening follows the loudness of the 40 ms of audio under each frame and its width follows the
 vowel; the eyes blink now and then and the head drifts slightly. Frames are 25 fps, audio is 16 kHz with
@@ -107,13 +108,15 @@ def draw_speaker(seed: int, index: int) -> Speaker:
     rng = np.random.default_rng([seed, index, 1])
     size, own_voice = rng.normal(size=2)
     noise = rng.normal(size=4)
+    register = rng.normal()
     shared, own = np.sqrt(VOICE_SHARE), np.sqrt(1.0 - VOICE_SHARE)
-    width, height, eyes, tone = shared * size + own * noise
+    width, height, eyes, tone = shared * np.array([size, size, register, register]) + own * noise
     voice = VoiceParams(
-        f0=float(np.clip(150.0 * np.exp(-0.24 * size + 0.07 * own_voice), 70.0, 320.0)),
+        f0=float(np.clip(150.0 * np.exp(-0.24 * register - 0.05 * size + 0.07 * own_voice), 70.0, 320.0)),
         vocal_tract_scale=float(np.exp(0.075 * size)),
         intonation=float(rng.uniform(0.04, 0.1)), jitter=float(rng.uniform(0.004, 0.012)),
         breathiness=float(rng.uniform(0.01, 0.05)), speech_rate=float(rng.uniform(3.5, 5.5)),
+        open_quotient=float(np.clip(0.6 + 0.08 * size, 0.4, 0.8)),
     )
     face_width = float(np.clip(62.0 + 5.0 * width, 46.0, 78.0))
     eye_spacing = float(np.clip(24.0 + 2.2 * eyes, 18.0, 30.0))
@@ -128,7 +131,7 @@ def draw_speaker(seed: int, index: int) -> Speaker:
         mouth_width=float(face_width * rng.uniform(0.3, 0.38)), lip_thickness=float(rng.uniform(3.0, 6.0)),
         freckles=float(rng.uniform(0.05, 1.0)), texture=float(rng.uniform(0.6, 1.6)),
     )
-    return Speaker(speaker_id(index), {"size": float(size), "voice_own": float(own_voice)}, face, voice)
+    return Speaker(speaker_id(index), {"size": float(size), "register": float(register), "voice_own": float(own_voice)}, face, voice)
 
 
 def mouth_track(audio: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
