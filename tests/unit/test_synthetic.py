@@ -216,6 +216,16 @@ def test_cli_names_the_bad_option(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_cli_split_fractions_set_the_held_out_speakers(tmp_path):
+    from trainer.cli import main
+
+    out = tmp_path / "c"
+    assert main(["prepare", "synthetic", "--out", str(out), "--speakers", "20", "--clips-per-speaker", "1",
+                 "--seconds", "0.4", "--resolution", "64", "--val-fraction", "0.1", "--test-fraction", "0.25"]) == 0
+    speakers = ShardIndex.load(out).extra["synthetic"]["speakers"]
+    assert (len(speakers["train"]), len(speakers["val"]), len(speakers["test"])) == (13, 2, 5)
+
+
 def mouth_dark_pixels(frame: np.ndarray, marks: np.ndarray) -> float:
     """Pixels in the box around the outer lips darker than 0.6 x its median (the open mouth's inside)."""
     x0, y0 = np.floor(marks[48:60].min(0)).astype(int)

@@ -18,6 +18,7 @@ def prepare_synthetic(args: argparse.Namespace) -> int:
     cfg = SyntheticConfig(
         speakers=args.speakers, clips_per_speaker=args.clips_per_speaker, seconds=args.seconds,
         resolution=args.resolution, seed=args.seed, shard_size=args.shard_size,
+        val_speakers_fraction=args.val_fraction, test_speakers_fraction=args.test_fraction,
     )
     try:
         index = write_synthetic_corpus(args.out, cfg)
@@ -40,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=int, default=256, help="frame size in pixels (default 256)")
     p.add_argument("--shard-size", type=int, default=64, help="clips per shard (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.17, help="fraction of speakers for val (default 0.17)")
+    p.add_argument("--test-fraction", type=float, default=0.17, help="fraction of speakers for test (default 0.17)")
     register_corpora(sub)
 
 
