@@ -5,7 +5,9 @@ Trained jointly on windows of ``window_frames`` frames (after ``context_frames``
 - ``landmark``: the motion encoder's groups reconstruct their own landmarks (keeps the groups meaningful);
 - ``motion``: the temporal transformer denoises the window's (stop-gradient) motion latents from the per-frame
   log-mel features and the frozen ConRe speaker embedding, given the motion before the window (dropped at
-  ``context_dropout``, so that a video can start without it);
+  ``context_dropout``, so that a video can start without it); it predicts the clean latents by default
+  (``motion_prediction_type``): an epsilon prediction's error is amplified ~15x at the noisiest steps, which
+  made few-step sampling of these low-dimensional latents diverge;
 - ``frame``: the UNet denoises the latents of ``frames_per_clip`` frames of the window given the portrait
   (reference) latent, the ``previous_frames`` latents before each frame, noise-augmented by a random step up to
   ``prev_noise_max_step`` (the step is given to the network), the frame's motion latent and its audio.
@@ -30,6 +32,9 @@ from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.motion import (FrameDenoiser, MotionDenoiser, MotionEncoder, audio_context,
                                            build_frame_unet, check_landmarks)
 from lightning_modules.video_io import to_uint8_frames, write_mp4
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass
@@ -57,7 +62,8 @@ class MotionDiffusionConfig(StageConfig):
     n_mels: int = field(default=80, metadata={"help": "log-mel bins of the audio features"})
     speaker_dim: int = field(default=512, metadata={"help": "ConRe speaker embedding size (read from the conre stage)"})
     num_train_timesteps: int = field(default=1000, metadata={"help": "DDPM training steps"})
-    prediction_type: str = field(default="epsilon", metadata={"help": "what the networks predict", "choices": ("epsilon", "v_prediction", "sample")})
+    prediction_type: str = field(default="epsilon", metadata={"help": "what the frame UNet predicts", "choices": PREDICTION_TYPES})
+    motion_prediction_type: str = field(default="sample", metadata={"help": "what the motion transformer predicts: the clean motion (sample), as motion diffusion models do, keeps few-step sampling of the low-dimensional latents stable", "choices": PREDICTION_TYPES})
     prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous frames in training"})
     context_dropout: float = field(default=0.2, metadata={"help": "probability of training the transformer without motion context"})
     frames_per_clip: int = field(default=4, metadata={"help": "frames of each window rendered per training step"})
@@ -98,6 +104,11 @@ def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, late
     return encoder, transformer, FrameDenoiser(unet, cfg.group_dims(), audio_dim, cfg.previous_frames)
 
 
+def build_scheduler(cfg: MotionDiffusionConfig, prediction_type: str) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=prediction_type,
+                         beta_schedule="scaled_linear", clip_sample=False)
+
+
 def diffusion_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
@@ -129,15 +140,15 @@ class MotionDiffusionStage(StageModule):
         latent_size = data.resolution // self.frozen.downsample
         self.motion_encoder, self.motion_denoiser, self.frame_denoiser = build_motion_networks(
             cfg, self.frozen.latent_channels, latent_size)
-        self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
-                                       beta_schedule="scaled_linear", clip_sample=False)
+        self.scheduler = build_scheduler(cfg, cfg.prediction_type)
+        self.motion_scheduler = build_scheduler(cfg, cfg.motion_prediction_type)
         self.mel = LogMel(n_mels=cfg.n_mels)
         self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight}
 
     def parts(self) -> MotionParts:
         """The networks that generation needs, with this stage's config."""
         return MotionParts(self.cfg, self.motion_denoiser, self.frame_denoiser, self.frozen, self.scheduler,
-                           self.mel, self.data_cfg.resolution, self.data_cfg.fps)
+                           self.motion_scheduler, self.mel, self.data_cfg.resolution, self.data_cfg.fps)
 
     # ---- conditioning ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -163,13 +174,14 @@ class MotionDiffusionStage(StageModule):
     def motion_loss(self, motion, audio, speaker, start: int, window: slice) -> torch.Tensor:
         clean = motion[:, window]
         noise = torch.randn_like(clean)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
-        noisy = self.scheduler.add_noise(clean, noise, t)
+        scheduler = self.motion_scheduler
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
+        noisy = scheduler.add_noise(clean, noise, t)
         context = motion[:, :start] if start > 0 else None
         has_context = torch.rand(len(clean), device=clean.device) >= self.cfg.context_dropout if start > 0 else None
         pred = self.motion_denoiser(noisy, t, audio=audio[:, window], speaker=speaker, context=context,
                                     has_context=has_context)
-        return (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=(1, 2))
+        return (pred - diffusion_target(scheduler, clean, noise, t)).square().mean(dim=(1, 2))
 
     def span_latents(self, frames: torch.Tensor, span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents of the frames at ``span`` [B, L] (only those are encoded) and of a random reference frame;
@@ -243,12 +255,13 @@ def load_motion_parts(stages_dir: str | Path, fps: float = 25.0, use_ema: bool =
     frozen = FrozenParts.from_stages(load_stage_file(root / "conre.safetensors", expect_stage="conre"),
                                      load_stage_file(root / "autoencoder.safetensors", expect_stage="autoencoder"))
     known = MotionDiffusionConfig.__dataclass_fields__
-    cfg = MotionDiffusionConfig(**{k: v for k, v in stage.config.items() if k in known})
+    saved = dict(stage.config)
+    saved.setdefault("motion_prediction_type", saved.get("prediction_type", "epsilon"))  # files from before the option
+    cfg = MotionDiffusionConfig(**{k: v for k, v in saved.items() if k in known})
     cfg.speaker_dim = frozen.speaker_dim
     _, transformer, renderer = build_motion_networks(cfg, frozen.latent_channels, latent_size=8)
     transformer.load_state_dict(stage.sub_state("motion_denoiser", use_ema))
     renderer.load_state_dict(stage.sub_state("frame_denoiser", use_ema))
-    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
-                              beta_schedule="scaled_linear", clip_sample=False)
-    return MotionParts(cfg, transformer.eval(), renderer.eval(), frozen, scheduler, LogMel(n_mels=cfg.n_mels),
+    return MotionParts(cfg, transformer.eval(), renderer.eval(), frozen, build_scheduler(cfg, cfg.prediction_type),
+                       build_scheduler(cfg, cfg.motion_prediction_type), LogMel(n_mels=cfg.n_mels),
                        resolution=0, fps=fps)

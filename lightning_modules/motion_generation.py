@@ -88,7 +88,8 @@ class MotionParts:
     motion_denoiser: nn.Module
     frame_denoiser: nn.Module
     frozen: FrozenParts
-    scheduler: DDPMScheduler
+    scheduler: DDPMScheduler  # the frame UNet's training schedule
+    motion_scheduler: DDPMScheduler  # the motion transformer's (its own prediction type)
     mel: nn.Module
     resolution: int  # the portrait size the stage trained at (0: any size the VAE divides)
     fps: float = 25.0
@@ -98,8 +99,9 @@ class MotionParts:
         """audio [B, N] -> per-frame log-mel features [B, n_frames, 4 * n_mels], normalised over each utterance."""
         return per_frame_audio(self.mel, audio, n_frames)
 
-    def sampler(self, steps: int) -> DDIMScheduler:
-        sampler = DDIMScheduler.from_config(self.scheduler.config)
+    def sampler(self, steps: int, motion: bool = False) -> DDIMScheduler:
+        """A DDIM sampler of ``steps`` steps for the frame UNet, or (``motion``) for the motion transformer."""
+        sampler = DDIMScheduler.from_config((self.motion_scheduler if motion else self.scheduler).config)
         sampler.set_timesteps(steps)
         return sampler
 
@@ -143,7 +145,7 @@ def sample_motion(parts: MotionParts, audio: torch.Tensor, speaker: torch.Tensor
         context = torch.cat(produced, dim=1)[:, -context_len:] if produced and context_len else None
         has_context = torch.ones(1, dtype=torch.bool, device=device) if context is not None else None
         x = torch.randn(1, window, motion_dim, generator=generator).to(device)
-        sampler = parts.sampler(cfg.motion_steps)
+        sampler = parts.sampler(cfg.motion_steps, motion=True)
         for t in sampler.timesteps:
             pred = parts.motion_denoiser(x, t.reshape(1).to(device), audio=feats, speaker=speaker,
                                          context=context, has_context=has_context)

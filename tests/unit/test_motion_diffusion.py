@@ -142,3 +142,23 @@ def test_trainer_steps_update_only_the_stage_and_export_no_frozen_weights():
     changed = [k for k in after if k.startswith("frame_denoiser.unet") and not torch.equal(after[k], before[k])]
     assert changed and any(not torch.equal(after[k], before[k]) for k in after if k.startswith("motion_encoder"))
     assert all(torch.equal(a, b) for a, b in zip(vae_before, stage.frozen.vae.parameters()))
+
+
+class RecordingDenoiser(torch.nn.Module):
+    """Stands in for the motion transformer: records what it is asked and answers zeros."""
+
+    def forward(self, noisy, timestep, **_):
+        self.seen = noisy
+        return torch.zeros_like(noisy)
+
+
+def test_motion_transformer_regresses_the_clean_motion_and_the_frame_unet_the_noise():
+    stage = tiny_stage()
+    assert (stage.motion_scheduler.config.prediction_type, stage.scheduler.config.prediction_type) == ("sample", "epsilon")
+    stage.motion_denoiser = RecordingDenoiser()
+    clean = torch.randn(2, WINDOW + CONTEXT, stage.motion_encoder.dim)
+    audio = torch.randn(2, WINDOW + CONTEXT, 4 * stage.cfg.n_mels)
+    loss = stage.motion_loss(clean, audio, torch.randn(2, 32), CONTEXT, slice(CONTEXT, CONTEXT + WINDOW))
+    # a zero prediction costs exactly the clean latents' energy: the target is the motion, not the noise
+    assert torch.allclose(loss, clean[:, CONTEXT:].square().mean(dim=(1, 2)))
+    assert not torch.allclose(stage.motion_denoiser.seen, clean[:, CONTEXT:])
