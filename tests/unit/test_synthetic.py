@@ -10,7 +10,7 @@ import webdataset as wds
 
 from datamodules.sample import FPS, SAMPLE_RATE, SPLITS, decode_clip
 from datamodules.shards import ShardIndex
-from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
+from datamodules.synthetic import VOICE_SHARE, SyntheticConfig, draw_speaker, ideal_retrieval, write_synthetic_corpus
 
 CORPUS = SyntheticConfig(speakers=40, clips_per_speaker=1, seconds=1.0, resolution=256, seed=0, shard_size=16)
 SMALL = dict(speakers=3, clips_per_speaker=2, seconds=0.4, resolution=96, shard_size=4)
@@ -283,3 +283,16 @@ def test_speaker_identity_is_stable_and_blinks_happen(tmp_path):
         centre = clip.landmarks[:, 27:36].mean(1)
         spread = np.ptp(centre, axis=0).max()
         assert 0.2 < spread < 0.1 * cfg.resolution
+
+
+def test_the_ideal_reader_models_the_speakers_drawn():
+    """Each correlated face attribute shares VOICE_SHARE of its variance with exactly one voice latent, as the
+    ideal-retrieval ceiling assumes; the ceiling lies between chance and a lookup."""
+    speakers = [draw_speaker(5, i) for i in range(3000)]
+    latents = np.array([[s.latents["size"], s.latents["register"]] for s in speakers])
+    faces = np.array([[s.face.face_width, s.face.face_height, s.face.eye_spacing, s.face.skin_tone] for s in speakers])
+    corr = np.corrcoef(np.column_stack([latents, faces]).T)[:2, 2:] ** 2              # [latent, attribute]
+    expected = np.array([[1, 1, 0, 0], [0, 0, 1, 1]]) * VOICE_SHARE
+    assert np.abs(corr - expected).max() < 0.06, corr.round(3)
+    top1, top5 = ideal_retrieval(50, trials=4000)
+    assert 3 / 50 < top1 < 0.5 and top1 < top5 < 0.9
