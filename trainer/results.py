@@ -46,9 +46,40 @@ def run(*words: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+# The small corpus: 400 training speakers (speech-to-face needs many speakers to generalise rather than
+# memorise), 50 val and 50 test speakers with 3 clips each.
+CORPUS_OPTIONS = {"speakers": 500, "clips_per_speaker": 3, "seed": 1, "val_speakers_fraction": 0.1,
+                  "test_speakers_fraction": 0.1}
+
+
+def corpus_config(root: Path) -> dict:
+    """The options an existing synthetic corpus was written with ({} when there is none)."""
+    index = root / "index.json"
+    if not index.is_file():
+        return {}
+    extra = json.loads(index.read_text()).get("extra", {})
+    return extra.get("synthetic", {}).get("config", {})
+
+
 def ensure_corpus() -> None:
-    if not (CORPUS / "index.json").is_file():
-        run("prepare", "synthetic", "--out", str(CORPUS), "--speakers", "150", "--clips-per-speaker", "3", "--seed", "1")
+    """Write the small corpus, or check that the one there (and the stage files trained on it) is the right one."""
+    written = corpus_config(CORPUS)
+    if not written:
+        o = CORPUS_OPTIONS
+        run("prepare", "synthetic", "--out", str(CORPUS), "--speakers", str(o["speakers"]), "--clips-per-speaker",
+            str(o["clips_per_speaker"]), "--seed", str(o["seed"]), "--val-fraction", str(o["val_speakers_fraction"]),
+            "--test-fraction", str(o["test_speakers_fraction"]))
+        written = corpus_config(CORPUS)
+    differs = {k: (written.get(k), v) for k, v in CORPUS_OPTIONS.items() if written.get(k) != v}
+    if differs:
+        raise SystemExit(f"{CORPUS} was written with other options than make results uses ({differs}, as "
+                         f"(found, wanted)): move {CORPUS} and {OUTPUT_ROOT / 'small'} aside, then run make results again")
+    marker = OUTPUT_ROOT / "small" / "corpus.json"
+    if marker.is_file() and json.loads(marker.read_text()) != written:
+        raise SystemExit(f"the stage files under {marker.parent} were trained on another corpus than {CORPUS} "
+                         f"(see {marker}): move {marker.parent} aside, then run make results again")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps(written, indent=2, sort_keys=True))
 
 
 def mean_spread(values: list[float]) -> str:
@@ -87,6 +118,7 @@ def shared_autoencoder(seed: int) -> Path:
 
 def conre_results() -> tuple[dict, str]:
     """Speech-to-face retrieval of held-out (test) speakers by the small ConRe, 3 seeds, against chance."""
+    from datamodules.synthetic import ideal_retrieval
     from evaluation.conre_eval import conre_retrieval
     from trainer.config import compose
 
@@ -104,6 +136,7 @@ def conre_results() -> tuple[dict, str]:
     top5 = [r["test"]["top5"] for r in per_seed]
     chance1, chance5 = per_seed[0]["test"]["chance_top1"], per_seed[0]["test"]["chance_top5"]
     speakers = per_seed[0]["test"]["speakers"]
+    ideal1, ideal5 = ideal_retrieval(speakers)
     lines = [
         f"ConRe speech-to-face retrieval among {speakers} held-out speakers (small scale, seeds {', '.join(map(str, SEEDS))}; "
         f"mean ± std).",
@@ -113,10 +146,14 @@ def conre_results() -> tuple[dict, str]:
         f"| ConRe (small) | {mean_spread(top1)} | {mean_spread(top5)} |",
         f"| chance | {chance1:.3f} | {chance5:.3f} |",
         f"| ratio to chance | {statistics.mean(top1) / chance1:.2f}x | {statistics.mean(top5) / chance5:.2f}x |",
+        f"| ideal reader (ceiling) | {ideal1:.3f} | {ideal5:.3f} |",
+        "",
+        "Ideal reader: knows each voice's two face-related latents exactly and reads the face attributes without "
+        "error (`datamodules.synthetic.ideal_retrieval`); no encoder pair can do better on this corpus.",
         "",
         f"Training speakers (fit): top-1 {mean_spread([r['train']['top1'] for r in per_seed])}. " + train_time(per_seed),
     ]
-    return {"per_seed": per_seed}, "\n".join(lines)
+    return {"per_seed": per_seed, "ideal_reader": {"top1": ideal1, "top5": ideal5}}, "\n".join(lines)
 
 
 def train_time(per_seed: list[dict]) -> str:

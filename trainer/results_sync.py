@@ -27,7 +27,7 @@ from lightning_modules.stagefile import load_stage_file
 ROWS = {"motion_diffusion": "(i) motion_diffusion", "lip_enhancer": "(ii) + lip_enhancer",
         "codebook": "(v) + codebook (256 px)", "truth": "(iii) ground truth", "mismatched": "(iv) other clip's audio"}
 CLIP_FRAMES = 50  # 2 s per clip
-CLIPS = 26  # one clip per test speaker
+CLIPS = 26  # one clip each of 26 of the test speakers
 
 
 def test_clips(data, clips: int) -> list[dict]:
