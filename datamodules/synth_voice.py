@@ -77,7 +77,7 @@ def pitch_contour(voice: VoiceParams, n: int, rng: np.random.Generator) -> np.nd
     return voice.f0 * np.exp(curve + declination + jitter)
 
 
-def glottal_source(f0: np.ndarray, breathiness: float, rng: np.random.Generator, open_phase: float = 0.6) -> np.ndarray:
+def glottal_source(f0: np.ndarray, breathiness: float, rng: np.random.Generator, open_phase: float) -> np.ndarray:
     """A glottal pulse train (smoothed sawtooth, strongest harmonics at the bottom) plus aspiration noise."""
     phase = np.cumsum(f0 / SAMPLE_RATE) % 1.0
     pulse = np.where(phase < open_phase, np.sin(np.pi * phase / open_phase) ** 2, 0.0)

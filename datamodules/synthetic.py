@@ -28,6 +28,8 @@ from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VOWELS, VoicePa
 
 DATASET = "synthetic"
 VOICE_SHARE = 0.56  # fraction of each correlated face attribute's variance set by the voice latents
+# which voice latent (0: size, 1: register) sets each correlated face attribute: width, height, eye spacing, tone
+ATTRIBUTE_LATENT = np.array([0, 0, 1, 1])
 VOWEL_MOUTH_WIDTH = np.array([1.0, 1.08, 1.18, 0.8, 0.68])  # a e i o u: spread for i/e, rounded for o/u
 BLINK_PROFILE = np.array([0.45, 0.0, 0.0, 0.35, 0.8])
 
@@ -110,7 +112,7 @@ def draw_speaker(seed: int, index: int) -> Speaker:
     noise = rng.normal(size=4)
     register = rng.normal()
     shared, own = np.sqrt(VOICE_SHARE), np.sqrt(1.0 - VOICE_SHARE)
-    width, height, eyes, tone = shared * np.array([size, size, register, register]) + own * noise
+    width, height, eyes, tone = shared * np.array([size, register])[ATTRIBUTE_LATENT] + own * noise
     voice = VoiceParams(
         f0=float(np.clip(150.0 * np.exp(-0.24 * register - 0.05 * size + 0.07 * own_voice), 70.0, 320.0)),
         vocal_tract_scale=float(np.exp(0.075 * size)),
@@ -140,8 +142,8 @@ def ideal_retrieval(speakers: int, trials: int = 20000, seed: int = 0) -> tuple[
     encoder pair on this corpus (a Monte Carlo of :func:`draw_speaker`'s model)."""
     rng = np.random.default_rng(seed)
     shared, own = np.sqrt(VOICE_SHARE), np.sqrt(1.0 - VOICE_SHARE)
-    latents = rng.normal(size=(trials, speakers, 2)).repeat(2, axis=2)             # size, size, register, register
-    faces = shared * latents + own * rng.normal(size=(trials, speakers, 4))
+    latents = rng.normal(size=(trials, speakers, 2))[..., ATTRIBUTE_LATENT]        # per face attribute
+    faces = shared * latents + own * rng.normal(size=(trials, speakers, len(ATTRIBUTE_LATENT)))
     score = -((faces - shared * latents[:, :1]) ** 2).sum(-1)                       # the query is speaker 0's voice
     rank = (score[:, 1:] > score[:, :1]).sum(1)
     return float((rank == 0).mean()), float((rank < 5).mean())

@@ -54,11 +54,10 @@ CORPUS_OPTIONS = {"speakers": 500, "clips_per_speaker": 3, "seed": 1, "val_speak
 
 def corpus_config(root: Path) -> dict:
     """The options an existing synthetic corpus was written with ({} when there is none)."""
-    index = root / "index.json"
-    if not index.is_file():
+    from datamodules.shards import INDEX_NAME, ShardIndex
+    if not (root / INDEX_NAME).is_file():
         return {}
-    extra = json.loads(index.read_text()).get("extra", {})
-    return extra.get("synthetic", {}).get("config", {})
+    return ShardIndex.load(root).extra.get("synthetic", {}).get("config", {})
 
 
 def ensure_corpus() -> None:
