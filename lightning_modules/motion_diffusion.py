@@ -10,7 +10,9 @@ Trained jointly on windows of ``window_frames`` frames (after ``context_frames``
   made few-step sampling of these low-dimensional latents diverge;
 - ``frame``: the UNet denoises the latents of ``frames_per_clip`` frames of the window given the portrait
   (reference) latent, the ``previous_frames`` latents before each frame, noise-augmented by a random step up to
-  ``prev_noise_max_step`` (the step is given to the network), the frame's motion latent and its audio.
+  ``prev_noise_max_step`` (the step is given to the network), the frame's motion latent and its audio; with
+  ``motion_maps`` also the motion latent's decoded landmarks drawn as heatmaps, and with ``mouth_loss_weight``
+  the lower face (from the frame's landmarks) weighs more in the loss.
 
 Generation (``generate_motion_video`` in :mod:`lightning_modules.motion_generation`) runs the same networks over
 sliding windows.
@@ -29,8 +31,9 @@ from diffusers import DDPMScheduler
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.motion_generation import FrozenParts, MotionParts, generate_motion_video
 from lightning_modules.nets.audio_features import LogMel
+from lightning_modules.nets.lip import lower_face_mask
 from lightning_modules.nets.motion import (FrameDenoiser, MotionDenoiser, MotionEncoder, audio_context,
-                                           build_frame_unet, check_landmarks)
+                                           build_frame_unet, check_landmarks, landmark_maps, map_channels)
 from lightning_modules.video_io import to_uint8_frames, write_mp4
 
 
@@ -64,6 +67,8 @@ class MotionDiffusionConfig(StageConfig):
     num_train_timesteps: int = field(default=1000, metadata={"help": "DDPM training steps"})
     prediction_type: str = field(default="epsilon", metadata={"help": "what the frame UNet predicts", "choices": PREDICTION_TYPES})
     motion_prediction_type: str = field(default="sample", metadata={"help": "what the motion transformer predicts: the clean motion (sample), as motion diffusion models do, keeps few-step sampling of the low-dimensional latents stable", "choices": PREDICTION_TYPES})
+    motion_maps: bool = field(default=True, metadata={"help": "also give the frame UNet the motion latent's decoded landmarks as heatmap input channels (without them the rendered mouths ignored the motion)"})
+    mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: per-pixel weight 1 + this inside the landmark mask"})
     prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous frames in training"})
     context_dropout: float = field(default=0.2, metadata={"help": "probability of training the transformer without motion context"})
     frames_per_clip: int = field(default=4, metadata={"help": "frames of each window rendered per training step"})
@@ -84,6 +89,8 @@ class MotionDiffusionConfig(StageConfig):
         if len(self.attention_levels) != len(self.unet_channels):
             errors.append(f"stage.attention_levels needs one flag per stage.unet_channels entry "
                           f"({len(self.unet_channels)}), got {self.attention_levels}")
+        if self.mouth_loss_weight < 0:
+            errors.append(f"stage.mouth_loss_weight must be >= 0, got {self.mouth_loss_weight}")
         if not 0 <= self.prev_noise_max_step < self.num_train_timesteps:
             errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), got {self.prev_noise_max_step}")
         return errors
@@ -92,15 +99,16 @@ class MotionDiffusionConfig(StageConfig):
         return {"lips": self.lips_dim, "expression": self.expression_dim, "eyes": self.eyes_dim, "pose": self.pose_dim}
 
 
-def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, latent_size: int):
-    """(motion encoder, motion transformer, frame denoiser) of a config."""
+def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, latent_size: int, downsample: int):
+    """(motion encoder, motion transformer, frame denoiser) of a config; ``downsample`` is the VAE's factor."""
     encoder = MotionEncoder(cfg.group_dims(), cfg.encoder_hidden)
     audio_dim = 4 * cfg.n_mels
     transformer = MotionDenoiser(encoder.dim, audio_dim, cfg.speaker_dim, cfg.transformer_width,
                                  cfg.transformer_layers, cfg.transformer_heads, cfg.context_frames,
                                  max_frames=cfg.window_frames)
     unet = build_frame_unet(latent_channels, cfg.previous_frames, list(cfg.unet_channels), cfg.cross_attention_dim,
-                            cfg.unet_layers, cfg.attention_head_dim, latent_size, list(cfg.attention_levels))
+                            cfg.unet_layers, cfg.attention_head_dim, latent_size, list(cfg.attention_levels),
+                            extra_channels=map_channels(downsample) if cfg.motion_maps else 0)
     return encoder, transformer, FrameDenoiser(unet, cfg.group_dims(), audio_dim, cfg.previous_frames)
 
 
@@ -139,7 +147,7 @@ class MotionDiffusionStage(StageModule):
         cfg.speaker_dim = self.frozen.speaker_dim
         latent_size = data.resolution // self.frozen.downsample
         self.motion_encoder, self.motion_denoiser, self.frame_denoiser = build_motion_networks(
-            cfg, self.frozen.latent_channels, latent_size)
+            cfg, self.frozen.latent_channels, latent_size, self.frozen.downsample)
         self.scheduler = build_scheduler(cfg, cfg.prediction_type)
         self.motion_scheduler = build_scheduler(cfg, cfg.motion_prediction_type)
         self.mel = LogMel(n_mels=cfg.n_mels)
@@ -148,7 +156,8 @@ class MotionDiffusionStage(StageModule):
     def parts(self) -> MotionParts:
         """The networks that generation needs, with this stage's config."""
         return MotionParts(self.cfg, self.motion_denoiser, self.frame_denoiser, self.frozen, self.scheduler,
-                           self.motion_scheduler, self.mel, self.data_cfg.resolution, self.data_cfg.fps)
+                           self.motion_scheduler, self.mel, self.data_cfg.resolution, self.data_cfg.fps,
+                           motion_encoder=self.motion_encoder)
 
     # ---- conditioning ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -168,7 +177,7 @@ class MotionDiffusionStage(StageModule):
         start = cfg.context_frames if n_frames >= cfg.window_frames + cfg.context_frames else 0
         window = slice(start, start + cfg.window_frames)
         motion_loss = self.motion_loss(motion.detach(), audio, speaker, start, window)
-        frame_loss = self.frame_loss(frames, motion, audio, window)
+        frame_loss = self.frame_loss(frames, motion, audio, window, landmarks)
         return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark}
 
     def motion_loss(self, motion, audio, speaker, start: int, window: slice) -> torch.Tensor:
@@ -195,9 +204,9 @@ class MotionDiffusionStage(StageModule):
         inside = (span >= 0).view(*span.shape, 1, 1, 1)
         return torch.where(inside, encoded[:, :-1], reference[:, None]), reference
 
-    def frame_loss(self, frames, motion, audio, window: slice) -> torch.Tensor:
+    def frame_loss(self, frames, motion, audio, window: slice, landmarks: torch.Tensor) -> torch.Tensor:
         """Denoise ``frames_per_clip`` consecutive frames of the window, each from its noise-augmented previous
-        latents, the reference latent, its motion latent and its audio."""
+        latents, the reference latent, its motion latent (and its maps) and its audio."""
         batch, device, cfg = frames.shape[0], frames.device, self.cfg
         k, n_prev = min(cfg.frames_per_clip, window.stop - window.start), cfg.previous_frames
         first = torch.randint(window.start, window.stop - k + 1, (batch,), device=device)
@@ -213,10 +222,20 @@ class MotionDiffusionStage(StageModule):
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=device)
         noisy = self.scheduler.add_noise(clean, noise, t)
         sound = audio_context(audio, cfg.audio_radius)[rows, index]
+        maps = self.parts().motion_maps(motion[rows, index].detach(), clean.shape[-1])
         pred = self.frame_denoiser(noisy, t, portrait=reference.repeat_interleave(k, 0), previous=previous,
-                                   prev_noise_step=aug_steps, motion=motion[rows, index], audio=sound)
-        error = (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=(1, 2, 3))
+                                   prev_noise_step=aug_steps, motion=motion[rows, index], audio=sound, maps=maps)
+        squared = (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=1, keepdim=True)
+        weight = self.mouth_weights(landmarks[rows, index], clean.shape[-1])
+        error = (squared * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
         return error.view(batch, k).mean(1)
+
+    def mouth_weights(self, landmarks: torch.Tensor, latent_size: int) -> torch.Tensor:
+        """Per-latent-pixel loss weights [N, 1, h, w]: 1, plus ``mouth_loss_weight`` inside the lower face."""
+        if self.cfg.mouth_loss_weight <= 0:
+            return torch.ones(len(landmarks), 1, latent_size, latent_size, device=landmarks.device)
+        mask = lower_face_mask(landmarks, self.data_cfg.resolution)
+        return 1 + self.cfg.mouth_loss_weight * F.adaptive_avg_pool2d(mask, latent_size)
 
     # ---- media ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -257,11 +276,13 @@ def load_motion_parts(stages_dir: str | Path, fps: float = 25.0, use_ema: bool =
     known = MotionDiffusionConfig.__dataclass_fields__
     saved = dict(stage.config)
     saved.setdefault("motion_prediction_type", saved.get("prediction_type", "epsilon"))  # files from before the option
+    saved.setdefault("motion_maps", False)  # files from before the option
     cfg = MotionDiffusionConfig(**{k: v for k, v in saved.items() if k in known})
     cfg.speaker_dim = frozen.speaker_dim
-    _, transformer, renderer = build_motion_networks(cfg, frozen.latent_channels, latent_size=8)
+    encoder, transformer, renderer = build_motion_networks(cfg, frozen.latent_channels, 8, frozen.downsample)
+    encoder.load_state_dict(stage.sub_state("motion_encoder", use_ema))
     transformer.load_state_dict(stage.sub_state("motion_denoiser", use_ema))
     renderer.load_state_dict(stage.sub_state("frame_denoiser", use_ema))
     return MotionParts(cfg, transformer.eval(), renderer.eval(), frozen, build_scheduler(cfg, cfg.prediction_type),
                        build_scheduler(cfg, cfg.motion_prediction_type), LogMel(n_mels=cfg.n_mels),
-                       resolution=0, fps=fps)
+                       resolution=0, fps=fps, motion_encoder=encoder.eval())

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
-from lightning_modules.nets.motion import audio_context, per_frame_audio
+from lightning_modules.nets.motion import audio_context, landmark_maps, per_frame_audio
 from lightning_modules.stagefile import StageFile
 
 
@@ -94,10 +94,21 @@ class MotionParts:
     resolution: int  # the portrait size the stage trained at (0: any size the VAE divides)
     fps: float = 25.0
     sample_rate: int = 16000
+    motion_encoder: nn.Module | None = None  # decodes motion latents to landmarks (the UNet's maps, the lip mask)
 
     def audio_features(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
         """audio [B, N] -> per-frame log-mel features [B, n_frames, 4 * n_mels], normalised over each utterance."""
         return per_frame_audio(self.mel, audio, n_frames)
+
+    def motion_maps(self, motion: torch.Tensor, latent_size: int) -> torch.Tensor | None:
+        """Motion latents [N, M] -> the frame UNet's landmark maps [N, K, h, w] (None when it takes none)."""
+        if not self.cfg.motion_maps:
+            return None
+        factor = self.frozen.downsample
+        size = latent_size * factor
+        self.motion_encoder.to(motion.device)
+        with torch.no_grad():
+            return landmark_maps(self.motion_encoder.landmarks(motion, size), size, factor)
 
     def sampler(self, steps: int, motion: bool = False) -> DDIMScheduler:
         """A DDIM sampler of ``steps`` steps for the frame UNet, or (``motion``) for the motion transformer."""
@@ -162,6 +173,7 @@ def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: tor
     sounds = audio_context(audio, cfg.audio_radius)
     history = [portrait_latent] * cfg.previous_frames
     no_augmentation = torch.zeros(1, dtype=torch.long, device=device)
+    maps = parts.motion_maps(motion[0], portrait_latent.shape[-1])
     for index in range(motion.shape[1]):
         previous = torch.cat(history[-cfg.previous_frames:], dim=1)
         z = torch.randn(portrait_latent.shape, generator=generator).to(device)
@@ -169,7 +181,7 @@ def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: tor
         for t in sampler.timesteps:
             pred = parts.frame_denoiser(z, t.reshape(1).to(device), portrait=portrait_latent, previous=previous,
                                         prev_noise_step=no_augmentation, motion=motion[:, index],
-                                        audio=sounds[:, index])
+                                        audio=sounds[:, index], maps=None if maps is None else maps[index:index + 1])
             z = sampler.step(pred, t, z).prev_sample
         history.append(z)
     return torch.cat(history[cfg.previous_frames:], dim=0)

@@ -82,21 +82,6 @@ def stage_file_errors(path: Path) -> Iterator[None]:
                               f"(`seespeaker export <run folder>`)") from exc
 
 
-def landmarks_from_motion(encoder, motion: torch.Tensor, size: int) -> torch.Tensor:
-    """Motion latents [T, M] -> landmarks [T, 68, 2] in pixels of a ``size`` frame, decoded by the motion
-    encoder's group decoders (points in the face frame; the pose group also gives the frame itself)."""
-    from lightning_modules.nets.motion import LANDMARK_GROUPS
-    groups = encoder.groups(motion)
-    pose = encoder.decoders["pose"](groups["pose"])
-    centre = ((pose[:, -3:-1] + 1) / 2 * size)[:, None]
-    scale = (pose[:, -1:].abs() * size).clamp_min(1.0)[:, None]
-    points = torch.zeros(motion.shape[0], 68, 2, device=motion.device)
-    for name, index in LANDMARK_GROUPS.items():
-        decoded = encoder.decoders[name](groups[name])[:, : 2 * len(index)].view(-1, len(index), 2)
-        points[:, list(index)] = decoded * scale + centre
-    return points.clamp(0, size - 1)
-
-
 def to_image(frame: torch.Tensor) -> np.ndarray:
     """[3, R, R] in [-1, 1] -> uint8 [R, R, 3]."""
     return ((frame.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -117,15 +102,11 @@ class TalkingFacePipeline:
 
     def _load_video_stages(self) -> None:
         from lightning_modules.codebook import load_codebook
-        from lightning_modules.motion_diffusion import build_motion_networks, load_motion_parts
-        from lightning_modules.stagefile import load_stage_file
+        from lightning_modules.motion_diffusion import load_motion_parts
         files = self.files
         with stage_file_errors(files["motion_diffusion"]):
             self.motion = load_motion_parts(self.stages_dir)
-            stage = load_stage_file(files["motion_diffusion"], expect_stage="motion_diffusion")
-            encoder, _, _ = build_motion_networks(self.motion.cfg, self.motion.frozen.latent_channels, 8)
-            encoder.load_state_dict(stage.sub_state("motion_encoder"))
-            self.motion_encoder = encoder.eval().to(self.device)
+            self.motion.motion_encoder.to(self.device)
             self.motion.motion_denoiser.to(self.device)
             self.motion.frame_denoiser.to(self.device)
         with stage_file_errors(files["lip_enhancer"]):
@@ -192,7 +173,7 @@ class TalkingFacePipeline:
         if steps is not None:
             steps["motion_diffusion"] = frames
         with timed(timings, "lip_enhancement"):
-            marks = landmarks_from_motion(self.motion_encoder, motion[0, :n_frames], frames.shape[-1])
+            marks = parts.motion_encoder.landmarks(motion[0, :n_frames], frames.shape[-1])
             frames = self.refine_lips(frames, marks, speech.to(device), portrait.to(device))
         advance("lip enhancement")
         if steps is not None:

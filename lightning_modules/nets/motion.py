@@ -8,7 +8,9 @@ frame-latent denoiser conditioned on them.
   per-frame audio features, the speaker embedding and the motion of the frames before the window.
 - :class:`FrameDenoiser`: diffusers' ``UNet2DConditionModel`` over one frame latent with the portrait latent and
   the previous frame latents as extra input channels, motion-group and audio tokens by cross-attention, and the
-  noise level of the (augmented) previous frames given as a second timestep embedding.
+  noise level of the (augmented) previous frames given as a second timestep embedding. With motion maps, the
+  frame's motion latent is also decoded to landmarks and drawn as heatmaps (:func:`landmark_maps`) that enter as
+  input channels at every latent pixel: cross-attention tokens alone left the mouth of the rendered frames still.
 """
 from __future__ import annotations
 
@@ -102,11 +104,51 @@ class MotionEncoder(nn.Module):
     def groups(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: latent[..., sl] for name, sl in self.group_slices().items()}
 
+    def landmarks(self, latent: torch.Tensor, image_size: int) -> torch.Tensor:
+        """Motion latents [..., M] -> landmarks [..., 68, 2] in pixels of an ``image_size`` frame, decoded by the
+        group decoders (points in the face frame; the pose group also gives the frame's centre and scale)."""
+        flat = latent.reshape(-1, latent.shape[-1])
+        groups = self.groups(flat)
+        pose = self.decoders["pose"](groups["pose"])
+        centre = ((pose[:, -3:-1] + 1) / 2 * image_size)[:, None]
+        scale = (pose[:, -1:].abs() * image_size).clamp_min(1.0)[:, None]
+        points = flat.new_zeros(flat.shape[0], N_LANDMARKS, 2)
+        for name, index in LANDMARK_GROUPS.items():
+            decoded = self.decoders[name](groups[name])[:, : 2 * len(index)].view(-1, len(index), 2)
+            points[:, list(index)] = decoded * scale + centre
+        return points.clamp(0, image_size - 1).view(*latent.shape[:-1], N_LANDMARKS, 2)
+
     def reconstruction_error(self, latent: torch.Tensor, landmarks: torch.Tensor, image_size: int) -> torch.Tensor:
         """Mean squared error of the decoded group inputs, per leading index (e.g. [B, T] -> [B, T])."""
         targets = group_inputs(landmarks.float(), image_size)
         errors = [(self.decoders[n](g) - targets[n]).square().mean(-1) for n, g in self.groups(latent).items()]
         return torch.stack(errors).mean(0)
+
+
+MAP_GROUPS = (tuple(range(48, 68)), tuple(range(0, 48)))  # the lips, and every other point
+
+
+def landmark_maps(landmarks: torch.Tensor, image_size: int, factor: int, sigma: float | None = None) -> torch.Tensor:
+    """Landmarks [N, 68, 2] in pixels -> heatmaps at latent resolution [N, 2 * factor^2, size / f, size / f].
+
+    One map for the lips and one for the other points, each a sum of Gaussians (``sigma`` pixels, by default
+    one pixel of a 64 px frame) drawn at the frame's resolution and folded into channels by pixel-unshuffle,
+    so that sub-latent-pixel changes (a mouth opening by two pixels) stay visible. Separable: memory is
+    O(N * points * size), not O(N * points * size^2)."""
+    sigma = sigma or image_size / 64
+    coords = torch.arange(image_size, device=landmarks.device, dtype=torch.float32) + 0.5
+    maps = []
+    for index in MAP_GROUPS:
+        points = landmarks[:, list(index)].float()
+        gx = torch.exp(-(coords - points[..., 0:1]).square() / (2 * sigma ** 2))   # [N, K, W]
+        gy = torch.exp(-(coords - points[..., 1:2]).square() / (2 * sigma ** 2))   # [N, K, H]
+        maps.append(torch.bmm(gy.transpose(1, 2), gx).clamp(max=1.0))            # [N, H, W]
+    return F.pixel_unshuffle(torch.stack(maps, dim=1), factor)
+
+
+def map_channels(factor: int) -> int:
+    """Input channels that :func:`landmark_maps` adds at a VAE downsampling ``factor``."""
+    return len(MAP_GROUPS) * factor * factor
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -188,9 +230,10 @@ class MotionDenoiser(nn.Module):
 
 def build_frame_unet(latent_channels: int, previous_frames: int, block_channels: list[int], cross_dim: int,
                      layers_per_block: int = 1, head_dim: int = 8, sample_size: int = 8,
-                     attention_levels: list[bool] | None = None) -> UNet2DConditionModel:
-    """A UNet2DConditionModel whose input is [noisy | portrait | previous frames] latents and whose second
-    timestep embedding (``class_labels``) carries the previous frames' noise-augmentation step.
+                     attention_levels: list[bool] | None = None, extra_channels: int = 0) -> UNet2DConditionModel:
+    """A UNet2DConditionModel whose input is [noisy | portrait | previous frames | ``extra_channels`` of motion
+    maps] and whose second timestep embedding (``class_labels``) carries the previous frames' noise-augmentation
+    step.
     ``attention_levels`` says which resolution levels (highest first) have cross-attention blocks."""
     n = len(block_channels)
     levels = list(attention_levels) if attention_levels else [True] * (n - 1) + [False]
@@ -200,7 +243,7 @@ def build_frame_unet(latent_channels: int, previous_frames: int, block_channels:
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels))
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=latent_channels * (2 + previous_frames),
+        in_channels=latent_channels * (2 + previous_frames) + extra_channels,
         out_channels=latent_channels,
         down_block_types=down,
         up_block_types=up,
@@ -238,8 +281,10 @@ class FrameDenoiser(nn.Module):
         return torch.cat([groups, sound], dim=1)
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, portrait: torch.Tensor, previous: torch.Tensor,
-                prev_noise_step: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """noisy, portrait [N, C, h, w]; previous [N, P * C, h, w] (oldest first); steps [N] -> prediction."""
-        x = torch.cat([noisy, portrait, previous], dim=1)
+                prev_noise_step: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
+                maps: torch.Tensor | None = None) -> torch.Tensor:
+        """noisy, portrait [N, C, h, w]; previous [N, P * C, h, w] (oldest first); steps [N]; the motion's
+        landmark maps [N, K, h, w] when the UNet was built for them -> prediction."""
+        x = torch.cat([noisy, portrait, previous] + ([] if maps is None else [maps]), dim=1)
         return self.unet(x, timestep, encoder_hidden_states=self.tokens(motion, audio),
                          class_labels=prev_noise_step).sample

@@ -162,3 +162,45 @@ def test_motion_transformer_regresses_the_clean_motion_and_the_frame_unet_the_no
     # a zero prediction costs exactly the clean latents' energy: the target is the motion, not the noise
     assert torch.allclose(loss, clean[:, CONTEXT:].square().mean(dim=(1, 2)))
     assert not torch.allclose(stage.motion_denoiser.seen, clean[:, CONTEXT:])
+
+
+def test_landmark_maps_show_a_two_pixel_mouth_opening_only_in_the_lips_channels():
+    from lightning_modules.nets.motion import landmark_maps, map_channels
+    closed = landmarks_grid(1, 1)[0, 0]
+    opened = closed.clone()
+    opened[57:60, 1] += 2.0  # lower lip down by two pixels (a quarter of a latent pixel at factor 8)
+    maps = landmark_maps(torch.stack([closed, opened]), RES, factor=4)
+    assert maps.shape == (2, map_channels(4), RES // 4, RES // 4)
+    lips, others = maps[:, :16], maps[:, 16:]  # pixel-unshuffle keeps each map's channels together
+    assert torch.equal(others[0], others[1])
+    assert (lips[0] - lips[1]).abs().max() > 0.5
+
+
+def test_the_frame_unet_sees_the_maps_of_its_own_frames_motion():
+    stage = tiny_stage().eval()
+    calls: list = []
+    handle = _capture(stage.frame_denoiser, calls)
+    n_frames = WINDOW + 1
+    frames, motion, _ = generate_motion_video(stage.parts(), torch.rand(3, RES, RES) * 2 - 1,
+                                              torch.randn(n_frames * PER_FRAME) * 0.1,
+                                              generator=torch.Generator().manual_seed(0), return_latents=True)
+    handle.remove()
+    expected = stage.parts().motion_maps(motion, RES // stage.frozen.downsample)
+    per_frame = stage.cfg.frame_steps
+    for index in range(n_frames):
+        assert torch.equal(calls[index * per_frame]["maps"][0], expected[index])
+    assert not torch.equal(expected[0], expected[-1])
+
+
+def test_mouth_loss_weight_raises_the_weight_of_an_error_in_the_lower_face_only():
+    stage = tiny_stage()
+    landmarks = landmarks_grid(2, 1)[:, 0]
+    latent = RES // stage.frozen.downsample
+    weights = stage.mouth_weights(landmarks, latent)
+    assert torch.equal(weights, torch.ones_like(weights))  # off by default
+    stage.cfg.mouth_loss_weight = 4.0
+    weights = stage.mouth_weights(landmarks, latent)
+    from lightning_modules.nets.lip import lower_face_mask
+    mask = torch.nn.functional.adaptive_avg_pool2d(lower_face_mask(landmarks, RES), latent)
+    assert torch.allclose(weights, 1 + 4.0 * mask)
+    assert weights.max() > 4.0 and weights.min() < 1.1

@@ -10,7 +10,7 @@ import torch
 
 from lightning_modules.nets.motion import MotionEncoder, group_inputs
 from lightning_modules.pipeline import (PORTRAIT_STAGES, VIDEO_STAGES, GenerationOptions, TalkingFacePipeline,
-                                        landmarks_from_motion, required_files)
+                                        required_files)
 from lightning_modules.pipeline_audio import GenerationError, load_speech
 
 
@@ -110,17 +110,17 @@ def test_landmarks_decoded_from_motion_latents_invert_the_group_inputs():
     encoder = MotionEncoder({"lips": 8, "expression": 4, "eyes": 4, "pose": 4}, hidden=64)
     test = faces(torch.rand(68, 2) * 24 + 20, 8)
     with torch.no_grad():
-        untrained = landmarks_from_motion(encoder, encoder(test, size), size)
+        untrained = encoder.landmarks(encoder(test, size), size)
     assert untrained.shape == (8, 68, 2) and untrained.min() >= 0 and untrained.max() <= size - 1
     exact = group_inputs(test, size)
     encoder.decoders = torch.nn.ModuleDict({name: Constant(value) for name, value in exact.items()})
     with torch.no_grad():  # decoders that reproduce the group inputs exactly give the landmarks back exactly
-        decoded = landmarks_from_motion(encoder, encoder(test, size), size)
+        decoded = encoder.landmarks(encoder(test, size), size)
     assert torch.allclose(decoded, test, atol=1e-3)
     moved = group_inputs(test + torch.tensor([3.0, -2.0]), size)
     encoder.decoders = torch.nn.ModuleDict({name: Constant(value) for name, value in moved.items()})
     with torch.no_grad():
-        shifted = landmarks_from_motion(encoder, encoder(test, size), size)
+        shifted = encoder.landmarks(encoder(test, size), size)
     assert torch.allclose(shifted - decoded, torch.tensor([3.0, -2.0]).expand_as(decoded), atol=1e-3)
 
 
