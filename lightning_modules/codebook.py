@@ -7,7 +7,9 @@
   indices from the (degraded) low-resolution frame: cross-entropy + latent L2 to the quantized latent.
 - ``render``: the fusion layers feed the low-resolution encoder's features into the frozen decoder under a
   fidelity weight w (drawn per sample in [0, 1] in training): L1 + optional perceptual + optional GAN. The
-  inputs are degraded real frames (``degrade``), standing in for the motion stage's generated frames.
+  inputs are degraded real frames (``degrade``), standing in for the motion stage's generated frames. With
+  ``consistency`` the decoded image is also back-projected onto the input by the fraction w
+  (:func:`back_project`): at w = 1 its low frequencies come from the input, its detail from the decoder.
 
 Every phase builds all networks; a later phase starts from the exported file of the phase before it
 (``<stages_dir>/codebook.safetensors``) and trains only its own part. The export records the phase.
@@ -23,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.base import Media, StageModule
-from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, check_shapes, degrade_frames,
-                                              earlier_phase_file)
+from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, back_project, check_shapes,
+                                              degrade_frames, earlier_phase_file)
 from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.renderer import FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
@@ -110,7 +112,8 @@ class CodebookStage(StageModule):
         """lr [B, T, 3, r, r] in [-1, 1] -> high-res frames [B*T, 3, H, H] at fidelity w (number or [B*T])."""
         logits, z, features = self.predict_codes(lr)
         indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
-        return self.decoder(self.quantizer.lookup(indices), fuse=self.fusion.hook(features, fidelity))
+        output = self.decoder(self.quantizer.lookup(indices), fuse=self.fusion.hook(features, fidelity))
+        return back_project(output, lr.flatten(0, 1), fidelity) if self.cfg.consistency else output
 
     @torch.no_grad()
     def upscale(self, frames: torch.Tensor, fidelity: float | None = None, batch_frames: int = 16) -> torch.Tensor:

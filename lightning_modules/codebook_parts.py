@@ -37,6 +37,7 @@ class CodebookConfig(StageConfig):
     temporal: bool = field(default=False, metadata={"help": "temporal variant: the transformer also attends across a window's frames"})
     window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training windows: data.clip_frames)"})
     fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation (0: codes only, 1: encoder path)"})
+    consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low frequencies follow the low-res input and the decoder supplies the detail"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
     perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe face encoder's features (0: off)"})
@@ -91,6 +92,17 @@ def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Gener
     out = torch.where(draw() < 0.5 * strength, resized, out)
     noise = torch.randn(frames.shape, generator=generator).to(device)
     return (out + 0.05 * strength * draw() * noise).clamp(-1, 1)
+
+
+def back_project(output: torch.Tensor, low: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
+    """High-res output [N, 3, H, H] + the low-res input [N, 3, r, r] -> output + w * up(low - down(output)).
+
+    down is the area average (as the corpus makes its low-res frames), up is bicubic: one back-projection step,
+    which moves the output's downsampled image towards the input by the fraction w (number or [N])."""
+    residual = low - F.interpolate(output, size=low.shape[-2:], mode="area")
+    correction = F.interpolate(residual, size=output.shape[-2:], mode="bicubic", align_corners=False)
+    weight = torch.as_tensor(fidelity, dtype=output.dtype, device=output.device)
+    return output + (weight.view(-1, 1, 1, 1) if weight.ndim else weight) * correction
 
 
 class FacePerceptual:

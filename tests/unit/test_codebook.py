@@ -7,11 +7,12 @@ from dataclasses import asdict
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datamodules.config import DataConfig
 from lightning_modules.codebook import CodebookStage, load_codebook
-from lightning_modules.codebook_parts import CodebookConfig
+from lightning_modules.codebook_parts import CodebookConfig, back_project
 from lightning_modules.nets.vq import VectorQuantizer
 from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file, save_stage_file
 
@@ -110,10 +111,28 @@ def test_fidelity_weight_switches_between_the_code_path_and_the_encoder_path():
         w0, w1 = module.render(lr, 0.0), module.render(lr, 1.0)
         assert (w0 - w1).abs().mean() > 1e-3
         assert torch.allclose(w0, module.decoder(module.quantizer.lookup(codes)), atol=1e-6)  # pure codebook
-        assert torch.allclose(w1, decode(other, 1.0), atol=1e-6)  # w = 1: the codes no longer matter
-        assert (decode(other, 0.5) - w1).abs().mean() > 1e-4   # in between, both paths count
+        low = lr.flatten(0, 1)
+        decoded = decode(other, 1.0)
+        assert torch.allclose(w1, back_project(decoded, low, 1.0), atol=1e-6)  # w = 1: the codes no longer matter
+        assert (decode(other, 0.5) - decode(codes, 1.0)).abs().mean() > 1e-4   # in between, both paths count
         per_sample = module.render(lr, torch.tensor([0.0, 1.0]))
         assert torch.allclose(per_sample[0], w0[0], atol=1e-6) and torch.allclose(per_sample[1], w1[1], atol=1e-6)
+
+
+def test_back_projection_moves_the_output_towards_the_input_by_the_fidelity_weight():
+    torch.manual_seed(0)
+    low = F.interpolate(torch.rand(3, 3, 4, 4) * 2 - 1, size=16, mode="bilinear")  # image-like: smooth at 16 px
+    output = torch.rand(3, 3, 64, 64) * 2 - 1
+    down = lambda x: F.interpolate(x, size=16, mode="area")  # noqa: E731
+    gap = lambda x: (down(x) - low).abs().mean().item()  # noqa: E731
+    assert torch.equal(back_project(output, low, 0.0), output)
+    half, full = back_project(output, low, 0.5), back_project(output, low, 1.0)
+    assert gap(full) < 0.25 * gap(output) and gap(full) < gap(half) < gap(output)
+    smooth = F.interpolate(low, size=64, mode="bicubic", align_corners=False)  # detail the input cannot see stays
+    detail = output - F.interpolate(down(output), size=64, mode="bicubic", align_corners=False)
+    assert torch.allclose(full - detail, smooth, atol=1e-5)
+    per_sample = back_project(output, low, torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(per_sample[0], output[0]) and torch.allclose(per_sample[1], full[1], atol=1e-6)
 
 
 def test_temporal_variant_attends_across_frames():
