@@ -1,7 +1,8 @@
 """SCFP: speech-conditioned latent diffusion of the portrait, residual to the statistical face prior.
 
-Training: z = VAE(face) * scaling_factor, a drawn per sample and channel around the dataset-level prior weight,
-target r = z - a * z_prior; DDPM noise, epsilon or v prediction, min-SNR weighting per sample, condition dropout.
+Training: z = VAE(face) * scaling_factor, a per sample and channel (``prior_weight_mode``: fitted to the face, or
+drawn around the dataset-level prior weight), target r = z - a * z_prior; DDPM noise, epsilon or v prediction,
+min-SNR weighting per sample, condition dropout.
 Sampling (EMA weights): DDIM or DPM-Solver with classifier-free guidance gives r_hat; z = a * z_prior + r_hat.
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ from lightning_modules.prior import DEFAULT_PRIOR_NAME, FacePriorError, load_fac
 from lightning_modules.stagefile import StageFile, StageFileError
 
 
+PRIOR_WEIGHT_MODES = ("fitted", "drawn")
+
+
 @dataclass
 class PortraitDiffusionConfig(StageConfig):
     """Portrait diffusion: denoiser size, prior residual, objective, sampling."""
@@ -32,7 +36,8 @@ class PortraitDiffusionConfig(StageConfig):
     unet: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the UNet2DConditionModel"})
     prior_path: str = field(default="", metadata={"help": f"face prior file; empty: <stages_dir>/{DEFAULT_PRIOR_NAME}"})
     prior_weight: float = field(default=0.8, metadata={"help": "dataset-level prior weight a in [0, 1]"})
-    prior_weight_spread: float = field(default=0.2, metadata={"help": "training draws a ~ U(a - spread, a + spread) per channel (clipped to [0, 1])"})
+    prior_weight_mode: str = field(default="fitted", metadata={"help": "how training sets a: fitted (prior_weight x the least-squares coefficient of the prior in the face's latent, per channel: a then says how much of the prior this face holds, which SAW predicts from speech) | drawn (uniform around prior_weight, independent of the face: the UNet learns to ignore a and SAW stays constant)", "choices": PRIOR_WEIGHT_MODES})
+    prior_weight_spread: float = field(default=0.2, metadata={"help": "drawn mode: a ~ U(a - spread, a + spread) per channel (clipped to [0, 1])"})
     condition_on_prior_weight: bool = field(default=True, metadata={"help": "give a to the UNet through its class embedding (needed by SAW)"})
     finetune_speech: bool = field(default=False, metadata={"help": "train the ConRe speech encoder too (else frozen)"})
     prediction_type: str = field(default="epsilon", metadata={"help": "epsilon | v_prediction", "choices": PREDICTION_TYPES})
@@ -53,6 +58,7 @@ class PortraitDiffusionConfig(StageConfig):
         if not 0.0 <= self.cond_dropout < 1.0:
             errors.append(f"stage.cond_dropout must be in [0, 1), got {self.cond_dropout}")
         for name, allowed in (("prediction_type", PREDICTION_TYPES), ("loss_weighting", WEIGHTINGS),
+                              ("prior_weight_mode", PRIOR_WEIGHT_MODES),
                               ("sampler", SAMPLERS), ("beta_schedule", BETA_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 errors.append(f"stage.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -98,6 +104,15 @@ class ResidualDiffusion:
 def dataset_prior_weights(cfg: Any, batch_size: int, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The dataset-level a for every sample and channel."""
     return torch.full((batch_size, channels), float(config_get(cfg, "prior_weight")), device=device)
+
+
+def fitted_prior_weights(latents: torch.Tensor, prior_mean: torch.Tensor, prior_weight: float) -> torch.Tensor:
+    """a [B, C] = prior_weight * <z_c, p_c> / <p_c, p_c>, clipped to [0, 1]: the dataset-level weight scaled by
+    how strongly each face's latent channel holds the prior (the coefficient averages 1 over the faces the
+    prior was computed from, so a averages ``prior_weight``)."""
+    prior = prior_mean.float()
+    coefficient = (latents.float() * prior).sum(dim=(2, 3)) / prior.square().sum(dim=(1, 2)).clamp_min(1e-8)
+    return (prior_weight * coefficient).clamp(0.0, 1.0)
 
 
 def load_portrait_denoiser(portrait: StageFile, conre: StageFile, weights: StageFile | None = None,
@@ -154,16 +169,19 @@ class PortraitDiffusionStage(StageModule):
         """Scaled VAE latents of the window's first frame."""
         return encode_latents(self.vae, batch["frames"][:, 0], self.scaling_factor)
 
-    def draw_prior_weights(self, batch_size: int) -> torch.Tensor:
-        """a per sample and channel, uniform within ``prior_weight_spread`` of the dataset-level value."""
-        cfg, channels = self.cfg, self.model.prior_mean.shape[0]
-        noise = 2.0 * torch.rand(batch_size, channels, device=self.device) - 1.0
+    def training_prior_weights(self, latents: torch.Tensor) -> torch.Tensor:
+        """a per sample and channel: fitted to each face, or uniform within ``prior_weight_spread`` of the
+        dataset-level value (``prior_weight_mode``)."""
+        cfg = self.cfg
+        if cfg.prior_weight_mode == "fitted":
+            return fitted_prior_weights(latents, self.model.prior_mean, cfg.prior_weight)
+        noise = 2.0 * torch.rand(len(latents), self.model.prior_mean.shape[0], device=latents.device) - 1.0
         return (cfg.prior_weight + cfg.prior_weight_spread * noise).clamp(0.0, 1.0)
 
     def training_example(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """What the loss sees: residual target ``x0``, prior weights ``a``, context (after dropout), latents."""
         latents = self.face_latents(batch)
-        a = self.draw_prior_weights(len(latents))
+        a = self.training_prior_weights(latents)
         context, _ = self.model.speech(batch["audio"])
         if self.training and self.cfg.cond_dropout > 0:
             drop = torch.rand(len(context), device=context.device) < self.cfg.cond_dropout

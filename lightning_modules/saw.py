@@ -17,8 +17,8 @@ from torch import nn
 from lightning_modules.autoencoder import decode_latents, encode_latents, load_vae
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.portrait_denoiser import PortraitDenoiser
-from lightning_modules.portrait_diffusion import (ResidualDiffusion, dataset_prior_weights, image_grid,
-                                                  load_portrait_denoiser)
+from lightning_modules.portrait_diffusion import (ResidualDiffusion, dataset_prior_weights, fitted_prior_weights,
+                                                  image_grid, load_portrait_denoiser)
 from lightning_modules.stagefile import StageFile
 
 
@@ -31,6 +31,7 @@ class SAWConfig(StageConfig):
     hidden_dim: int = field(default=256, metadata={"help": "hidden width of the weighting MLP"})
     joint: bool = field(default=False, metadata={"help": "train the denoiser together with SAW (else frozen)"})
     reg_weight: float = field(default=0.1, metadata={"help": "weight of the pull of a towards the dataset-level value"})
+    fit_weight: float = field(default=1.0, metadata={"help": "weight of the regression of a(speech) on the a fitted to the speaker's face (used when the portrait stage trained with prior_weight_mode=fitted)"})
     cond_dropout: float = field(default=0.1, metadata={"help": "condition dropout when joint (keeps guidance working)"})
     sample_steps: int = field(default=50, metadata={"help": "sampling steps for the logged grid"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance for the logged grid"})
@@ -39,8 +40,8 @@ class SAWConfig(StageConfig):
 
     def validate(self) -> list[str]:
         errors = super().validate()
-        if self.hidden_dim < 1 or self.reg_weight < 0:
-            errors.append("stage.hidden_dim must be >= 1 and stage.reg_weight >= 0")
+        if self.hidden_dim < 1 or self.reg_weight < 0 or self.fit_weight < 0:
+            errors.append("stage.hidden_dim must be >= 1, stage.reg_weight and stage.fit_weight >= 0")
         return errors
 
 
@@ -90,9 +91,10 @@ class SAWStage(StageModule):
             for name, p in self.denoiser.named_parameters():
                 p.requires_grad_(not name.startswith("speech_encoder.") or self.portrait_cfg.get("finetune_speech", False))
         self.prior_weight = float(self.portrait_cfg.get("prior_weight", 0.8))
+        self.fitted = self.portrait_cfg.get("prior_weight_mode", "drawn") == "fitted"  # files before the option: drawn
         self.saw = build_saw(cfg, self.denoiser, self.prior_weight)
         self.diffusion = ResidualDiffusion(self.portrait_cfg)
-        self.loss_weights = {"diffusion": 1.0, "saw_reg": cfg.reg_weight}
+        self.loss_weights = {"diffusion": 1.0, "saw_reg": cfg.reg_weight, "saw_fit": cfg.fit_weight}
         self._val_weights: list[torch.Tensor] = []
 
     def train(self, mode: bool = True):
@@ -109,11 +111,15 @@ class SAWStage(StageModule):
 
     def losses_for(self, latents: torch.Tensor, context: torch.Tensor, a: torch.Tensor,
                    noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Per-sample diffusion loss of x0 = z - a * z_prior and the regulariser, before reduction."""
+        """Per-sample diffusion loss of x0 = z - a * z_prior, the regulariser and (fitted portrait stage) the
+        regression on the face's fitted a, before reduction."""
         x0 = self.denoiser.residual(latents, a)
         diffusion = self.diffusion.loss(self.denoiser, x0, context, a, noise, timesteps)
-        reg = (a - self.prior_weight).square().mean(dim=1)
-        return {"diffusion": diffusion, "saw_reg": reg}
+        losses = {"diffusion": diffusion, "saw_reg": (a - self.prior_weight).square().mean(dim=1)}
+        if self.fitted:
+            target = fitted_prior_weights(latents, self.denoiser.prior_mean, self.prior_weight)
+            losses["saw_fit"] = (a - target).square().mean(dim=1)
+        return losses
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -16,7 +16,7 @@ from lightning_modules.nets.diffusion import guided, snr_at
 from lightning_modules.nets.encoders import SpeechTooShortError
 from lightning_modules.nets.loss_weighting import MinSNRWeighting, build_loss_weighting
 from lightning_modules.portrait import SilentSpeechError, generate_portrait
-from lightning_modules.portrait_diffusion import PortraitDiffusionStage
+from lightning_modules.portrait_diffusion import PortraitDiffusionStage, fitted_prior_weights
 from lightning_modules.prior import FacePriorError, compute_face_prior
 from trainer.callbacks import EMACallback
 from tests.unit.stage1_helpers import RESOLUTION, export, make_stage1_inputs, synthetic_batch, tiny_portrait
@@ -35,8 +35,9 @@ def stage(stages, **overrides) -> PortraitDiffusionStage:
     return PortraitDiffusionStage(tiny_portrait(**overrides), info["data"], str(folder))
 
 
-def test_training_target_is_latent_minus_weighted_prior(stages):
-    module = stage(stages)
+@pytest.mark.parametrize("mode", ["fitted", "drawn"])
+def test_training_target_is_latent_minus_weighted_prior(stages, mode):
+    module = stage(stages, prior_weight_mode=mode)
     batch = synthetic_batch(4)
     torch.manual_seed(3)
     example = module.training_example(batch)
@@ -46,7 +47,12 @@ def test_training_target_is_latent_minus_weighted_prior(stages):
     prior = module.model.prior_mean
     a = example["a"]
     assert a.shape == (4, 4) and float(a.std()) > 0
-    assert torch.all((a >= 0.6 - 1e-6) & (a <= 1.0 + 1e-6))  # prior_weight 0.8 +- spread 0.2
+    if mode == "drawn":
+        assert torch.all((a >= 0.6 - 1e-6) & (a <= 1.0 + 1e-6))  # prior_weight 0.8 +- spread 0.2
+    else:  # each face's own weight: the same face always gets the same a, other faces another
+        assert torch.allclose(a, fitted_prior_weights(z, prior, 0.8), atol=1e-6)
+        assert torch.equal(module.training_example(batch)["a"], a)
+        assert not torch.allclose(a[0], a[1], atol=1e-3)
     assert torch.allclose(example["x0"], z - a[:, :, None, None] * prior, atol=1e-6)
     assert not torch.allclose(example["x0"], z - prior, atol=1e-3)
     torch.manual_seed(4)
@@ -55,6 +61,14 @@ def test_training_target_is_latent_minus_weighted_prior(stages):
     again = module.training_example(batch)
     assert losses.shape == (4,)
     assert torch.allclose(losses, module.diffusion.loss(module.model, again["x0"], again["context"], again["a"]))
+
+
+def test_fitted_weight_is_the_prior_coefficient_times_the_dataset_weight():
+    prior = torch.randn(4, 8, 8)
+    scales = torch.tensor([[1.0, 0.5, 1.1, 2.0]])
+    latents = scales[:, :, None, None] * prior + 1e-3 * torch.randn(1, 4, 8, 8)
+    a = fitted_prior_weights(latents, prior, 0.8)
+    assert torch.allclose(a, torch.tensor([[0.8, 0.4, 0.88, 1.0]]), atol=1e-2)  # 2.0 * 0.8 is clipped to 1
 
 
 class ZeroResidualUNet(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_modules.portrait import generate_portrait
-from lightning_modules.portrait_diffusion import PortraitDiffusionStage
+from lightning_modules.portrait_diffusion import PortraitDiffusionStage, fitted_prior_weights
 from lightning_modules.saw import SAWStage
 from lightning_modules.stagefile import StageFileError
 from tests.unit.stage1_helpers import (RESOLUTION, export, make_stage1_inputs, synthetic_batch, tiny_portrait,
@@ -52,6 +52,21 @@ def test_per_sample_gradient_depends_on_the_weight(stages):
     assert not torch.allclose(grad[0], grad[1], rtol=1e-3)
     (reg_grad,) = torch.autograd.grad(losses["saw_reg"].sum(), a)
     assert torch.allclose(reg_grad, 2 * (a.detach() - 0.8) / 4)
+
+
+def test_saw_regresses_the_weight_fitted_to_the_speakers_face(stages):
+    module = saw_stage(stages)
+    assert module.fitted  # the fixture's portrait stage trained with the default, fitted a
+    batch = synthetic_batch(2)
+    with torch.no_grad():
+        latents = module.vae.encode(batch["frames"][:, 0]).latent_dist.mode() * module.scaling_factor
+        context, _ = module.denoiser.speech(batch["audio"])
+    target = fitted_prior_weights(latents, module.denoiser.prior_mean, 0.8)
+    a = (target + torch.tensor([[0.1], [-0.2]])).clamp(0.01, 0.99).requires_grad_(True)
+    losses = module.losses_for(latents, context, a)
+    assert torch.allclose(losses["saw_fit"], (a - target).square().mean(1))
+    (grad,) = torch.autograd.grad(losses["saw_fit"].sum(), a)
+    assert torch.all(grad * (a - target).detach() >= 0)  # descent moves each a towards its face's fitted a
 
 
 def fit(module, steps: int = 3):
