@@ -105,6 +105,14 @@ def split_speakers(cfg: SyntheticConfig) -> dict[str, list[str]]:
             "train": sorted(ids[n_test + n_val:])}
 
 
+def voice_linked_face(width: float, height: float, eyes: float, tone: float) -> dict[str, float]:
+    """The four face attributes tied to the voice, from their standardised values."""
+    return {"face_width": float(np.clip(62.0 + 5.0 * width, 46.0, 78.0)),
+            "face_height": float(np.clip(92.0 + 6.0 * height, 74.0, 110.0)),
+            "eye_spacing": float(np.clip(24.0 + 2.2 * eyes, 18.0, 30.0)),
+            "skin_tone": float(np.clip(0.5 + 0.22 * tone, 0.0, 1.0))}
+
+
 def draw_speaker(seed: int, index: int) -> Speaker:
     """The speaker ``index`` of a seed (independent of how many speakers the corpus has)."""
     rng = np.random.default_rng([seed, index, 1])
@@ -120,13 +128,13 @@ def draw_speaker(seed: int, index: int) -> Speaker:
         breathiness=float(rng.uniform(0.01, 0.05)), speech_rate=float(rng.uniform(3.5, 5.5)),
         open_quotient=float(np.clip(0.6 + 0.08 * size, 0.4, 0.8)),
     )
-    face_width = float(np.clip(62.0 + 5.0 * width, 46.0, 78.0))
-    eye_spacing = float(np.clip(24.0 + 2.2 * eyes, 18.0, 30.0))
+    voiced = voice_linked_face(width, height, eyes, tone)
+    face_width, eye_spacing = voiced["face_width"], voiced["eye_spacing"]
     face = FaceParams(
-        face_width=face_width, face_height=float(np.clip(92.0 + 6.0 * height, 74.0, 110.0)),
+        face_width=face_width, face_height=voiced["face_height"],
         jaw_squareness=float(rng.uniform(2.0, 3.4)), eye_spacing=eye_spacing,
         eye_size=float(eye_spacing * rng.uniform(0.38, 0.46)),
-        skin_tone=float(np.clip(0.5 + 0.22 * tone, 0.0, 1.0)),
+        skin_tone=voiced["skin_tone"],
         hair_colour=int(rng.integers(len(HAIR_COLOURS))), hair_darkness=float(rng.uniform(0.7, 1.2)),
         hair_style=int(rng.integers(len(HAIR_STYLES))), iris_colour=int(rng.integers(len(IRIS_COLOURS))),
         brow_thickness=float(rng.uniform(2.0, 4.5)), nose_width=float(face_width * rng.uniform(0.18, 0.26)),
@@ -147,6 +155,21 @@ def ideal_retrieval(speakers: int, trials: int = 20000, seed: int = 0) -> tuple[
     score = -((faces - shared * latents[:, :1]) ** 2).sum(-1)                       # the query is speaker 0's voice
     rank = (score[:, 1:] > score[:, :1]).sum(1)
     return float((rank == 0).mean()), float((rank < 5).mean())
+
+
+def ideal_portrait(speaker: Speaker, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 [R, R, 3], landmarks [68, 2]) of the face an ideal reader of the voice would draw: the four
+    voice-linked attributes at their expectation given the voice's two latents, every other attribute at the
+    middle of its range (the first hair style, hair and iris colour) and no freckles or fine texture (what
+    averaging the speaker-specific patterns leaves), a fixed background; neutral pose, eyes open, mouth closed. Identity scores of this face are the ceiling of any speech-to-portrait model."""
+    latents = np.sqrt(VOICE_SHARE) * np.array([speaker.latents["size"], speaker.latents["register"]])
+    voiced = voice_linked_face(*latents[ATTRIBUTE_LATENT])
+    width, spacing = voiced["face_width"], voiced["eye_spacing"]
+    face = FaceParams(**voiced, jaw_squareness=2.7, eye_size=0.42 * spacing, hair_colour=0, hair_darkness=0.95,
+                      hair_style=0, iris_colour=0, brow_thickness=3.25, nose_width=0.22 * width,
+                      mouth_width=0.34 * width, lip_thickness=4.5, freckles=0.0, texture=0.0)
+    base = base_layer(face, resolution, np.random.default_rng(0))
+    return render_frame(base, face, neutral_landmarks(face), np.array([0.0, 0.0, 0.0, 1.0]), 1.0, 0.0, 1.0)
 
 
 def mouth_track(audio: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

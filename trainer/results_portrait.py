@@ -5,7 +5,8 @@ with the real faces of the test speakers: the cosine similarity to the speaker's
 top-5 of the speaker among all test speakers (gallery: each speaker's mean face embedding). Two face embedders
 score it: the ConRe face encoder of the same seed and dlib's face recognition model. The baselines, scored the
 same way in the same run: the prior alone (the decoded mean latent, the same face for every query) and the face
-of a random training speaker.
+of a random training speaker; and the ceiling: the face an ideal reader of each voice would draw
+(:func:`datamodules.synthetic.ideal_portrait`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from lightning_modules.portrait import PortraitGenerator
 from lightning_modules.retrieval import retrieval_accuracy
 from lightning_modules.stagefile import load_stage_file
 
-ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker")
+ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker",
+        "ideal reader's portrait (ceiling)")
 SAMPLE_STEPS, GUIDANCE = 25, 3.0
 
 
@@ -33,13 +35,15 @@ def first_frames(data, split: str) -> dict[str, torch.Tensor]:
     dm = ShardDataModule(replace(data, num_workers=0, clip_frames=1))
     dm.setup()
     parts: dict[str, list[torch.Tensor]] = {"frames": [], "landmarks": [], "audio": [], "speaker": []}
+    ids: list[str] = []
     for batch in dm.eval_dataloader(split):
         valid = batch["valid"]
+        ids += [name for name, ok in zip(batch["speaker"], valid.tolist()) if ok]
         parts["frames"].append(batch["frames"][valid, 0])
         parts["landmarks"].append(batch["landmarks"][valid, 0])
         parts["audio"].append(batch["audio"][valid])
         parts["speaker"].append(batch["speaker_index"][valid])
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return {k: torch.cat(v) for k, v in parts.items()} | {"speaker_id": ids}
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -68,7 +72,16 @@ def candidate_images(stages: Path, test: dict, train: dict, seed: int,
     images[ROWS[2]] = (np.repeat(generator.mean_face()[None], count, axis=0), mean_marks)
     pick = random.Random(seed).choices(range(len(train["frames"])), k=count)
     images[ROWS[3]] = (to_uint8(train["frames"][pick]), train["landmarks"][pick].numpy())
+    images[ROWS[4]] = ideal_images(test["speaker_id"], test["frames"].shape[-1])
     return images, weights
+
+
+def ideal_images(speaker_ids: list[str], resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ideal reader's portrait of each query's speaker, with its landmarks."""
+    from datamodules.synthetic import draw_speaker, ideal_portrait
+    from trainer.results import CORPUS_OPTIONS
+    drawn = [ideal_portrait(draw_speaker(CORPUS_OPTIONS["seed"], int(name[3:])), resolution) for name in speaker_ids]
+    return np.stack([image for image, _ in drawn]), np.stack([marks for _, marks in drawn])
 
 
 @torch.no_grad()

@@ -296,3 +296,21 @@ def test_the_ideal_reader_models_the_speakers_drawn():
     assert np.abs(corr - expected).max() < 0.06, corr.round(3)
     top1, top5 = ideal_retrieval(50, trials=4000)
     assert 3 / 50 < top1 < 0.5 and top1 < top5 < 0.9
+
+
+def test_ideal_portrait_follows_only_the_voice_linked_latents():
+    from dataclasses import replace
+
+    from datamodules.synthetic import ideal_portrait
+    speaker = draw_speaker(1, 3)
+    image, marks = ideal_portrait(speaker, 64)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and marks.shape == (68, 2)
+    unrelated = replace(speaker, face=replace(speaker.face, hair_colour=speaker.face.hair_colour + 1, freckles=0.9,
+                                              jaw_squareness=3.3), voice=replace(speaker.voice, speech_rate=5.4))
+    assert np.array_equal(ideal_portrait(unrelated, 64)[0], image)  # what the voice cannot tell is not drawn
+    wider = replace(speaker, latents={**speaker.latents, "size": speaker.latents["size"] + 1.5})
+    _, wide_marks = ideal_portrait(wider, 64)
+    assert wide_marks[16, 0] - wide_marks[0, 0] > marks[16, 0] - marks[0, 0] + 1  # a larger speaker, a wider jaw
+    darker = replace(speaker, latents={**speaker.latents, "register": speaker.latents["register"] + 1.5})
+    cheek = (slice(36, 40), slice(22, 26))
+    assert ideal_portrait(darker, 64)[0][cheek].mean() < image[cheek].mean() - 5  # register sets the skin tone
