@@ -36,7 +36,7 @@ class PortraitDiffusionConfig(StageConfig):
     unet: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the UNet2DConditionModel"})
     prior_path: str = field(default="", metadata={"help": f"face prior file; empty: <stages_dir>/{DEFAULT_PRIOR_NAME}"})
     prior_weight: float = field(default=0.8, metadata={"help": "dataset-level prior weight a in [0, 1]"})
-    prior_weight_mode: str = field(default="fitted", metadata={"help": "how training sets a: fitted (prior_weight x the least-squares coefficient of the prior in the face's latent, per channel: a then says how much of the prior this face holds, which SAW predicts from speech) | drawn (uniform around prior_weight, independent of the face: the UNet learns to ignore a and SAW stays constant)", "choices": PRIOR_WEIGHT_MODES})
+    prior_weight_mode: str = field(default="drawn", metadata={"help": "how training sets a: drawn (uniform around prior_weight, independent of the face: the UNet learns to ignore a and SAW stays constant) | fitted (prior_weight x the least-squares coefficient of the prior in the face's latent, per channel: a then says how much of the prior this face holds, which SAW predicts from speech)", "choices": PRIOR_WEIGHT_MODES})
     prior_weight_spread: float = field(default=0.2, metadata={"help": "drawn mode: a ~ U(a - spread, a + spread) per channel (clipped to [0, 1])"})
     condition_on_prior_weight: bool = field(default=True, metadata={"help": "give a to the UNet through its class embedding (needed by SAW)"})
     finetune_speech: bool = field(default=False, metadata={"help": "train the ConRe speech encoder too (else frozen)"})

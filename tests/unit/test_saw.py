@@ -54,9 +54,16 @@ def test_per_sample_gradient_depends_on_the_weight(stages):
     assert torch.allclose(reg_grad, 2 * (a.detach() - 0.8) / 4)
 
 
-def test_saw_regresses_the_weight_fitted_to_the_speakers_face(stages):
-    module = saw_stage(stages)
-    assert module.fitted  # the fixture's portrait stage trained with the default, fitted a
+def test_saw_regresses_the_weight_fitted_to_the_speakers_face(stages, tmp_path):
+    folder, info = stages
+    for name in ("conre", "autoencoder"):
+        (tmp_path / f"{name}.safetensors").write_bytes((folder / f"{name}.safetensors").read_bytes())
+    (tmp_path / "face_prior.safetensors").write_bytes((folder / "face_prior.safetensors").read_bytes())
+    torch.manual_seed(0)
+    export(PortraitDiffusionStage(tiny_portrait(prior_weight_mode="fitted"), info["data"], str(tmp_path)),
+           tmp_path / "portrait_diffusion.safetensors")
+    module = SAWStage(tiny_saw(), info["data"], str(tmp_path))
+    assert module.fitted and not saw_stage(stages).fitted  # the fixture's portrait stage drew a (the default)
     batch = synthetic_batch(2)
     with torch.no_grad():
         latents = module.vae.encode(batch["frames"][:, 0]).latent_dist.mode() * module.scaling_factor
