@@ -91,6 +91,30 @@ def stages_dir(seed: int) -> Path:
     return OUTPUT_ROOT / "small" / f"stages-seed{seed}"
 
 
+def file_digest(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[[], dict]) -> dict:
+    """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` while its input files are unchanged
+    (their SHA-256), so that an interrupted ``make results`` resumes and seeds can be evaluated apart."""
+    cache = stages_dir(seed) / f"eval-{name}.json"
+    digests = {str(path): file_digest(path) for path in inputs if path.is_file()}
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("inputs") == digests:
+            print(f"= {cache}: the {name} evaluation of these stage files is reused", flush=True)
+            return saved["result"]
+    result = evaluate()
+    atomic_write_text(cache, json.dumps({"inputs": digests, "result": result}, indent=2))
+    return result
+
+
 def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", force: bool = False) -> bool:
     """Train and export one small stage into ``stages`` unless its exported file is already there (or ``force``);
     True when it trained."""

@@ -79,22 +79,28 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
     return scores
 
 
+def codebook_seed(seed: int) -> dict:
+    """One seed's rows: its three codebook phases trained (or reused) and its upscaling scored."""
+    from trainer.config import compose
+    from trainer.results import CORPUS, cached_evaluation, stages_dir, train
+
+    stages = stages_dir(seed)
+    train("conre", seed, stages)
+    for phase in ("vqgan", "transformer", "render"):
+        marker = stages / f".codebook-{phase}.done"
+        if not marker.is_file():
+            train("codebook", seed, stages, f"stage.phase={phase}", name=f"seed{seed}-{phase}", force=True)
+            marker.touch()
+    data = compose(["experiment=small", "stage=codebook", f"data.root={CORPUS}"]).data
+    path = stages / "codebook.safetensors"
+    return {"seed": seed, "rows": cached_evaluation("codebook", seed, [path], lambda: evaluate_codebook(path, data))}
+
+
 def codebook_results() -> tuple[dict, str]:
     """Train (or reuse) the small codebook phases for every seed and tabulate the upscaling against bicubic."""
-    from trainer.config import compose
-    from trainer.results import CORPUS, SEEDS, mean_spread, stages_dir, train
+    from trainer.results import SEEDS, mean_spread
 
-    per_seed = []
-    for seed in SEEDS:
-        stages = stages_dir(seed)
-        train("conre", seed, stages)
-        for phase in ("vqgan", "transformer", "render"):
-            marker = stages / f".codebook-{phase}.done"
-            if not marker.is_file():
-                train("codebook", seed, stages, f"stage.phase={phase}", name=f"seed{seed}-{phase}", force=True)
-                marker.touch()
-        data = compose(["experiment=small", "stage=codebook", f"data.root={CORPUS}"]).data
-        per_seed.append({"seed": seed, "rows": evaluate_codebook(stages / "codebook.safetensors", data)})
+    per_seed = [codebook_seed(seed) for seed in SEEDS]
     frames = per_seed[0]["rows"]["bicubic"]["frames"]
     lines = [f"4x upscaling (64 -> 256 px) of {frames} held-out frames ({len(SEEDS)} seeds, mean ± std): PSNR / SSIM "
              f"at fidelity weight 1 and at the default, FID of the pooled frames against the real 256 px frames "

@@ -87,23 +87,30 @@ def expert_accuracy(run_dir: Path) -> float:
         return float("nan")
 
 
+def sync_seed(seed: int) -> dict:
+    """One seed's rows: its Stage-2 chain trained (or reused), generated, and scored by the scorer."""
+    from trainer.config import compose
+    from trainer.results import CORPUS, OUTPUT_ROOT, cached_evaluation, shared_autoencoder, train
+
+    scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
+    train("syncnet", 100, scorer.parent, "data.speaker_part=1/2", name="scorer")
+    stages = shared_autoencoder(seed)
+    train("conre", seed, stages)
+    train("syncnet", seed, stages, "data.speaker_part=0/2")
+    for stage in ("motion_diffusion", "lip_enhancer"):
+        train(stage, seed, stages)
+    data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
+    inputs = [scorer] + [stages / f"{name}.safetensors" for name in
+                         ("conre", "autoencoder", "motion_diffusion", "lip_enhancer", "codebook")]
+    evaluate = lambda: score_rows(stage2_videos(stages, test_clips(data, CLIPS), seed), scorer)  # noqa: E731
+    return {"seed": seed, "rows": cached_evaluation("sync", seed, inputs, evaluate)}
+
+
 def sync_results() -> tuple[dict, str]:
     """Train (or reuse) the small Stage-2 chain and its independent scorer, and tabulate LSE per step."""
-    from trainer.config import compose
-    from trainer.results import CORPUS, OUTPUT_ROOT, SEEDS, mean_spread, shared_autoencoder, train
+    from trainer.results import OUTPUT_ROOT, SEEDS, mean_spread
 
-    scorer_dir = OUTPUT_ROOT / "small" / "scorer-stages"
-    train("syncnet", 100, scorer_dir, "data.speaker_part=1/2", name="scorer")
-    per_seed = []
-    for seed in SEEDS:
-        stages = shared_autoencoder(seed)
-        train("conre", seed, stages)
-        train("syncnet", seed, stages, "data.speaker_part=0/2")
-        for stage in ("motion_diffusion", "lip_enhancer"):
-            train(stage, seed, stages)
-        data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
-        rows = stage2_videos(stages, test_clips(data, CLIPS), seed)
-        per_seed.append({"seed": seed, "rows": score_rows(rows, scorer_dir / "syncnet.safetensors")})
+    per_seed = [sync_seed(seed) for seed in SEEDS]
     names = [n for n in ROWS if all(n in r["rows"] for r in per_seed)]
     lines = [f"LSE of Stage 2 on {per_seed[0]['rows']['truth']['clips']} held-out clips (2 s each, animated from "
              f"the clip's first frame with its speech; {len(SEEDS)} seeds, mean ± std), scored by the *scorer*: a "
