@@ -25,3 +25,16 @@ def test_evaluation_is_reused_until_an_input_file_changes(tmp_path, monkeypatch)
     both = [stage_file, stages / "codebook.safetensors"]
     assert results.cached_evaluation("sync", 1, both, evaluate) == {"lse_c": 3.0}
     assert results.cached_evaluation("sync", 1, both, evaluate) == {"lse_c": 3.0} and len(calls) == 3
+
+
+def test_chunked_ssim_equals_the_whole_batch_ssim():
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from trainer.results_codebook import ssim_per_frame
+    torch.manual_seed(0)
+    target = torch.rand(7, 3, 32, 32)
+    pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
+    per_frame = ssim_per_frame(pred, target, chunk=3)
+    assert per_frame.shape == (7,)
+    assert torch.allclose(per_frame.mean(), structural_similarity_index_measure(pred, target, data_range=1.0), atol=1e-6)
