@@ -152,6 +152,9 @@ def portrait_results() -> tuple[dict, str]:
     lines += ["", "SAW's prior weight a on the test clips: mean "
               f"{mean_spread([r['saw_weights']['mean'] for r in per_seed])}, std across clips "
               f"{mean_spread([r['saw_weights']['std_across_clips'] for r in per_seed])} (averaged over channels).",
+              "", "Ideal reader's portrait: the face with the voice-linked attributes at their expectation given "
+              "the voice and nothing else speaker-specific (`datamodules.synthetic.ideal_portrait`), the most a "
+              "speech-to-portrait model can expect to match.",
               "", "The autoencoder and face prior are seed 0's, shared by all seeds; the seeds vary ConRe, the "
               "portrait diffusion and SAW. dlib: `dlib_face_recognition_resnet_model_v1` on chips aligned from "
               "the test faces' mean landmarks (generated faces) or the face's own landmarks (real faces)."]
