@@ -6,6 +6,7 @@ the machine and the commit, whatever the numbers are. Raw numbers go to ``result
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -92,7 +93,6 @@ def stages_dir(seed: int) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -109,7 +109,7 @@ def codebook_results() -> tuple[dict, str]:
 
     per_seed = [codebook_seed(seed) for seed in SEEDS]
     frames = per_seed[0]["rows"]["bicubic"]["frames"]
-    fid_frames = per_seed[0]["rows"]["bicubic"].get("fid_frames", frames)
+    fid_frames = per_seed[0]["rows"]["bicubic"]["fid_frames"]
     lines = [f"4x upscaling (64 -> 256 px) of {frames} held-out frames ({len(SEEDS)} seeds, mean ± std): PSNR / SSIM "
              f"at fidelity weight 1 and at the default, FID of every {FID_STRIDE}th frame against the same real "
              f"256 px frames (N = {fid_frames} < 2048: biased upward, comparable only within this table).", "",

@@ -1,6 +1,8 @@
 """SAW: a(speech) in (0, 1) per channel, gradients through the per-sample diffusion loss, frozen or joint."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -56,9 +58,8 @@ def test_per_sample_gradient_depends_on_the_weight(stages):
 
 def test_saw_regresses_the_weight_fitted_to_the_speakers_face(stages, tmp_path):
     folder, info = stages
-    for name in ("conre", "autoencoder"):
-        (tmp_path / f"{name}.safetensors").write_bytes((folder / f"{name}.safetensors").read_bytes())
-    (tmp_path / "face_prior.safetensors").write_bytes((folder / "face_prior.safetensors").read_bytes())
+    for name in ("conre.safetensors", "autoencoder.safetensors", "face_prior.safetensors"):
+        shutil.copy(folder / name, tmp_path / name)
     torch.manual_seed(0)
     export(PortraitDiffusionStage(tiny_portrait(prior_weight_mode="fitted"), info["data"], str(tmp_path)),
            tmp_path / "portrait_diffusion.safetensors")
