@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -42,20 +43,28 @@ def unit(frames: torch.Tensor) -> torch.Tensor:
     return ((frames.clamp(-1, 1) + 1) * 127.5).round() / 255
 
 
+CHUNK_FRAMES = 64  # frames upscaled and scored at a time (a multiple of FRAMES_PER_CLIP and of FID_STRIDE)
+
+
 @torch.no_grad()
-def upscaled(stage_path: Path, low: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+def upscaled_chunks(stage_path: Path, low: torch.Tensor, size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Each row's outputs for CHUNK_FRAMES input frames at a time, so that memory does not grow with the clips."""
     codebook = load_codebook(stage_path)
     window = codebook.cfg.window_frames if codebook.cfg.temporal else FRAMES_PER_CLIP
-    outputs = {}
-    for row, fidelity in (("codebook_w1", 1.0), ("codebook_default", None)):
-        outputs[row] = torch.cat([codebook.upscale(chunk, fidelity) for chunk in low.split(window)])
-    outputs["bicubic"] = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    return outputs
+    for chunk in low.split(CHUNK_FRAMES):
+        outputs = {row: torch.cat([codebook.upscale(part, fidelity) for part in chunk.split(window)])
+                   for row, fidelity in (("codebook_w1", 1.0), ("codebook_default", None))}
+        outputs["bicubic"] = F.interpolate(chunk, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+        yield outputs
 
 
-def feature_stats(extractor: InceptionFeatures, frames: torch.Tensor) -> FeatureStats:
-    """Inception statistics of frames in [-1, 1], rounded to uint8 as they would be written."""
-    images = (unit(frames) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def uint8_images(frames: torch.Tensor) -> np.ndarray:
+    """Frames in [-1, 1] -> uint8 [N, H, W, 3], rounded as they would be written."""
+    return (unit(frames) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def feature_stats(extractor: InceptionFeatures, images: np.ndarray) -> FeatureStats:
+    """Inception statistics of uint8 images [N, H, W, 3]."""
     stats = FeatureStats(provenance=extractor.describe())
     stats.update(np.concatenate([extractor(images[i:i + 64]) for i in range(0, len(images), 64)]))
     return stats
@@ -68,21 +77,31 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, chunk: int = 32) ->
 
 
 def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
-    """{row: {psnr, ssim, fid, frames, fid_frames}} for one seed's exported codebook on the test split."""
+    """{row: {psnr, ssim, fid, frames, fid_frames}} for one seed's exported codebook on the test split.
+
+    PSNR and SSIM are per frame, averaged; frames are scored a chunk at a time and only every FID_STRIDE-th one
+    is kept (as uint8) for FID."""
     low, high = held_out_frames(data)
-    outputs = upscaled(stage_path, low, high.shape[-1])
+    psnr: dict[str, list[torch.Tensor]] = {row: [] for row in ROWS.values()}
+    ssim: dict[str, list[torch.Tensor]] = {row: [] for row in ROWS.values()}
+    kept: dict[str, list[np.ndarray]] = {row: [] for row in [*ROWS.values(), "real"]}
+    for outputs, real in zip(upscaled_chunks(stage_path, low, high.shape[-1]), high.split(CHUNK_FRAMES)):
+        target = unit(real)
+        kept["real"].append(uint8_images(real[::FID_STRIDE]))
+        for row, frames in outputs.items():
+            pred = unit(frames)
+            psnr[row].append(peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+            ssim[row].append(ssim_per_frame(pred, target))
+            kept[row].append(uint8_images(frames[::FID_STRIDE]))
     extractor = InceptionFeatures()
-    target, real_stats = unit(high), feature_stats(extractor, high[::FID_STRIDE])
+    real_stats = feature_stats(extractor, np.concatenate(kept.pop("real")))
     scores = {}
-    for row, frames in outputs.items():
-        pred = unit(frames)
+    for row, images in kept.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # N < 2048 is reported with the table
-            fid = fid_from_stats(real_stats, feature_stats(extractor, frames[::FID_STRIDE])).fid
-        scores[row] = {"psnr": float(peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none",
-                                                             dim=(1, 2, 3)).mean()),
-                       "ssim": float(ssim_per_frame(pred, target).mean()), "fid": fid, "frames": len(frames),
-                       "fid_frames": len(frames[::FID_STRIDE])}
+            fid = fid_from_stats(real_stats, feature_stats(extractor, np.concatenate(images))).fid
+        scores[row] = {"psnr": float(torch.cat(psnr[row]).mean()), "ssim": float(torch.cat(ssim[row]).mean()),
+                       "fid": fid, "frames": len(low), "fid_frames": sum(len(i) for i in images)}
     return scores
 
 
