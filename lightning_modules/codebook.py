@@ -74,7 +74,7 @@ class CodebookStage(StageModule):
     # ---- phases ---------------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         """Freeze everything but the networks this phase trains (and the discriminator)."""
-        trained = TRAINS[phase] + ("discriminator",)
+        trained = (tuple(self.cfg.render_trains) if phase == "render" else TRAINS[phase]) + ("discriminator",)
         for name, child in self.named_children():
             child.requires_grad_(name in trained)
         self.cfg.phase = phase

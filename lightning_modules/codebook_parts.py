@@ -37,6 +37,7 @@ class CodebookConfig(StageConfig):
     temporal: bool = field(default=False, metadata={"help": "temporal variant: the transformer also attends across a window's frames"})
     window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training windows: data.clip_frames)"})
     fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation (0: codes only, 1: encoder path)"})
+    render_trains: list[str] = field(default_factory=lambda: ["fusion"], metadata={"help": "networks the render phase trains: fusion (CodeFormer's recipe), plus decoder and/or lr_encoder"})
     consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low frequencies follow the low-res input and the decoder supplies the detail"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
@@ -61,6 +62,9 @@ class CodebookConfig(StageConfig):
             errors.append(f"stage.transformer_width={self.transformer_width} must divide by transformer_heads={self.transformer_heads}")
         if not 0.0 <= self.fidelity_weight <= 1.0:
             errors.append(f"stage.fidelity_weight must be in [0, 1], got {self.fidelity_weight}")
+        if not self.render_trains or set(self.render_trains) - {"fusion", "decoder", "lr_encoder"}:
+            errors.append(f"stage.render_trains must be a non-empty subset of [fusion, decoder, lr_encoder], "
+                          f"got {self.render_trains}")
         if not 0.0 < self.dead_threshold < 1.0:
             errors.append(f"stage.dead_threshold must be in (0, 1), got {self.dead_threshold}")
         return errors

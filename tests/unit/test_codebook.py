@@ -119,6 +119,14 @@ def test_fidelity_weight_switches_between_the_code_path_and_the_encoder_path():
         assert torch.allclose(per_sample[0], w0[0], atol=1e-6) and torch.allclose(per_sample[1], w1[1], atol=1e-6)
 
 
+@pytest.mark.parametrize("trains", [["fusion"], ["fusion", "decoder"]])
+def test_render_phase_trains_the_networks_it_is_told(trains):
+    module = tiny_stage("render", render_trains=trains)
+    trained = {name for name, child in module.named_children() if any(p.requires_grad for p in child.parameters())}
+    assert trained == set(trains)  # no discriminator without the GAN; the codebook and the transformer stay frozen
+    assert "stage.render_trains" in "".join(tiny_cfg(render_trains=["codes"]).validate())
+
+
 def test_back_projection_moves_the_output_towards_the_input_by_the_fidelity_weight():
     torch.manual_seed(0)
     low = F.interpolate(torch.rand(3, 3, 4, 4) * 2 - 1, size=16, mode="bilinear")  # image-like: smooth at 16 px
