@@ -1,14 +1,19 @@
-"""``python -m bench [name ...]``: run the CPU benchmarks (all by default) and print their tables."""
+"""``python -m bench [name ...] [--flag ...]``: run the benchmarks (all by default) and print their tables.
+
+Flags go to the benchmarks that take them (``python -m bench generate_paper --scale=tiny``); the GPU benchmark
+(``generate_paper``) says so and returns where there is no GPU."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHES = {"reader": "bench.reader_bench", "prepare": "bench.prepare_bench", "generate": "bench.generate_bench"}
+BENCHES = {"reader": "bench.reader_bench", "prepare": "bench.prepare_bench", "eval": "bench.eval_bench",
+           "generate": "bench.generate_bench", "generate_paper": "bench.generate_paper_bench"}
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(BENCHES)
+    names = [a for a in argv if not a.startswith("-")] or list(BENCHES)
+    flags = [a for a in argv if a.startswith("-")]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}", file=sys.stderr)
@@ -19,7 +24,7 @@ def main(argv: list[str]) -> int:
         except ModuleNotFoundError as exc:
             print(f"skipping {name}: {exc}")
             continue
-        module.main()
+        module.main(flags) if flags else module.main()
     return 0
 
 

@@ -32,8 +32,9 @@ def stages_folder(scratch: Path) -> tuple[Path, str]:
     return folder, "untrained small exports (tests/integration/tiny_stages.py)"
 
 
-def speech_file(path: Path) -> Path:
-    t = np.arange(int(SECONDS * 16000)) / 16000
+def speech_file(path: Path, seconds: float = SECONDS) -> Path:
+    """A voiced, amplitude-modulated tone of ``seconds`` at 16 kHz (speed does not depend on the words)."""
+    t = np.arange(int(seconds * 16000)) / 16000
     sf.write(path, (0.3 * np.sin(2 * np.pi * 170 * t) * (1 + np.sin(2 * np.pi * 4 * t)) / 2).astype(np.float32), 16000)
     return path
 

@@ -221,6 +221,8 @@ class TalkingFacePipeline:
 def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # kernels run asynchronously: charge them to the step that launched them
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 

@@ -1,0 +1,102 @@
+"""Speech -> 512 px video at paper scale on one CUDA GPU: frames/s of the output video and seconds per step.
+
+The stages are built untrained from the paper configs (bench/untrained_stages.py: the SD-sized portrait and frame
+UNets, the SD VAE architecture, the 256 -> 512 codebook); speed does not depend on the weights. One warm-up
+generation (kernels, cuDNN autotuning) precedes the timed ones. Each row is one sampler setting; TF32 matmuls are
+on, as a GPU user would run. A second table times the codebook renderer alone (256 -> 512 px) by batch.
+Without a GPU it says so and exits; on a CPU the same code runs at the tiny scale with ``--scale=tiny``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import write_report
+from bench.generate_bench import speech_file
+from bench.untrained_stages import PAPER, TINY, build_untrained_stages
+from lightning_modules.pipeline import GenerationOptions, generate_video
+
+SECONDS = 4.0
+# (portrait steps, motion steps, frame steps per frame): reduced-step samplers, then the paper configs' own
+SETTINGS = [(25, 10, 10), (50, 50, 50)]
+
+
+def generation_row(stages: Path, scratch: Path, steps: tuple[int, int, int], device: str, seconds: float) -> dict:
+    portrait, motion, frame = steps
+    options = GenerationOptions(steps=portrait, motion_steps=motion, frame_steps=frame, seed=0, device=device)
+    result = generate_video(speech_file(scratch / "speech.wav", seconds), stages, scratch / "bench.mp4", options)
+    generating = result.seconds - result.timings.get("load_stages", 0.0)
+    row = {"steps": f"{portrait}/{motion}/{frame}", "frames": result.frames, "size": result.size,
+           "seconds": round(generating, 2), "video_fps": round(result.frames / generating, 2),
+           "realtime_factor": round(seconds / generating, 3)}
+    row.update({f"s_{k}": round(v, 3) for k, v in result.timings.items() if k != "load_stages"})
+    return row
+
+
+def renderer_rows(stages: Path, device: str) -> list[dict]:
+    from lightning_modules.codebook import load_codebook
+    codebook = load_codebook(stages / "codebook.safetensors", device)
+    size, rows = codebook.cfg.lr_resolution, []
+    for batch in (1, 8, 32):
+        frames = torch.rand(64, 3, size, size, device=device) * 2 - 1
+        codebook.upscale(frames[:batch], batch_frames=batch)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        codebook.upscale(frames, batch_frames=batch)
+        sync(device)
+        elapsed = time.perf_counter() - start
+        rows.append({"batch_frames": batch, "frames": 64, "size": codebook.cfg.hr_resolution,
+                     "seconds": round(elapsed, 3), "frames_s": round(64 / elapsed, 1)})
+    return rows
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(scale: str, stages_root: Path, settings: list[tuple[int, int, int]], seconds: float) -> None:
+    """Build the stages, warm up, then one row per sampler setting; the report is rewritten after each row so
+    that a run stopped early keeps what it measured."""
+    device = "cuda" if scale == "paper" else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    stages = build_untrained_stages(stages_root / scale, PAPER if scale == "paper" else TINY)
+    renderer = renderer_rows(stages, device)
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
+    notes = (f"GPU: {gpu}; {scale} scale, untrained stages built from the {scale} configs; {seconds:g} s of speech "
+             f"at 25 fps; steps = portrait/motion/frame sampler steps; seconds exclude loading the stages; "
+             f"video_fps = output frames per second of generation. Codebook renderer alone "
+             f"({renderer[0]['size']} px): " + ", ".join(f"batch {r['batch_frames']}: {r['frames_s']} frames/s"
+                                                          for r in renderer))
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="seespeaker-bench-") as tmp:
+        scratch = Path(tmp)
+        generation_row(stages, scratch, settings[0], device, 1.0)  # warm-up
+        for steps in settings:
+            rows.append(generation_row(stages, scratch, steps, device, seconds))
+            write_report(f"generate-{scale}", rows, list(rows[0]), notes=notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench generate_paper", description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=("paper", "tiny"), default="paper")
+    parser.add_argument("--stages", type=Path, default=Path(tempfile.gettempdir()) / "seespeaker-untrained-stages")
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--quick", action="store_true", help="only the first (reduced-step) sampler setting")
+    args = parser.parse_args(argv if argv is not None else [])
+    if args.scale == "paper" and not torch.cuda.is_available():
+        print("generate_paper: no CUDA GPU here; this benchmark runs at paper scale on a GPU "
+              "(or pass --scale tiny to run the same code on the CPU)")
+        return
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    run(args.scale, args.stages, SETTINGS[:1] if args.quick else SETTINGS, args.seconds)
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])

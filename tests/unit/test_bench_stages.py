@@ -1,0 +1,28 @@
+"""The generation benchmark's untrained stages: built from the experiment configs, they are what generation reads."""
+from __future__ import annotations
+
+import torch
+
+from bench.untrained_stages import SD_SCALING, TINY, build_untrained_stages
+from lightning_modules.autoencoder import load_vae
+from lightning_modules.pipeline import required_files
+from lightning_modules.prior import load_face_prior
+from lightning_modules.stagefile import load_stage_file
+from trainer.config import compose
+
+
+def test_untrained_stages_follow_their_configs_and_cover_generation(tmp_path):
+    folder = build_untrained_stages(tmp_path / "stages", TINY, log=lambda line: None)
+    files = required_files(folder, portrait_only=False)  # raises when any file generation reads is missing
+    assert set(files) == {"conre", "autoencoder", "portrait_diffusion", "saw", "motion_diffusion", "lip_enhancer",
+                          "codebook"}
+    portrait = load_stage_file(files["portrait_diffusion"], expect_stage="portrait_diffusion")
+    wanted = compose(["experiment=tiny", "stage=portrait_diffusion"]).stage.unet.block_out_channels
+    assert portrait.config["unet"]["block_out_channels"] == list(wanted)
+    assert load_stage_file(files["codebook"]).phase == "render"
+    vae, scaling, vae_hash = load_vae(files["autoencoder"])
+    assert float(scaling) == torch.tensor(SD_SCALING).item()
+    load_face_prior(folder / "face_prior.safetensors", expect_vae_hash=vae_hash)  # made with this VAE
+    before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    build_untrained_stages(folder, TINY, log=lambda line: None)  # a second call keeps what is there
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before
