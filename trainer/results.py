@@ -38,7 +38,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU"
+    import torch
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
 
 
 def run(*words: str) -> None:

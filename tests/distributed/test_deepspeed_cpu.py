@@ -177,14 +177,15 @@ def test_zero3_resumes_from_its_checkpoint_directory(runs):
 @pytest.mark.cuda
 @pytest.mark.parametrize("zero,offload", [(2, False), (3, True)])
 def test_deepspeed_bf16_on_one_gpu(tmp_path, zero, offload):
-    """The GPU presets: DeepSpeed bf16 (and ZeRO-3 offload with DeepSpeedCPUAdam) train and consolidate."""
+    """The GPU presets: DeepSpeed bf16 (and ZeRO-3 offload with DeepSpeedCPUAdam) train and consolidate. A step
+    on one GPU averages half the samples of a step of the two CPU ranks, in bf16: it runs the whole schedule."""
     args = ["--strategy", "deepspeed", "--zero", str(zero), "--accelerator", "gpu", "--precision", "bf16-mixed",
-            "--stop-at", str(STEPS), *(["--offload"] if offload else [])]
+            "--stop-at", str(MAX_STEPS), *(["--offload"] if offload else [])]
     result = launch(tmp_path, *args, devices=1)
     assert result.returncode == 0, result.stderr[-6000:]
     rec = record(tmp_path)
     assert rec["optimizer"] == ("DeepSpeedCPUAdam" if offload else "AdamW")
     losses = rec["losses"]
-    assert sum(losses[-4:]) < 0.5 * sum(losses[:4])
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
     assert json.loads((tmp_path / "deepspeed_config.json").read_text())["bf16"] == {"enabled": True}
-    assert_consolidates_to_trained_weights(tmp_path, rtol=1e-2)
+    assert_consolidates_to_trained_weights(tmp_path, step=MAX_STEPS, rtol=1e-2)
