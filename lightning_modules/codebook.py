@@ -96,6 +96,7 @@ class CodebookStage(StageModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from trainer.checkpoints import CheckpointError
+        super().on_load_checkpoint(checkpoint)
         phase = (checkpoint.get("seespeaker") or {}).get("phase")
         if phase and phase != self.cfg.phase:
             raise CheckpointError(

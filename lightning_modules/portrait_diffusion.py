@@ -157,6 +157,9 @@ class PortraitDiffusionStage(StageModule):
         self.diffusion = ResidualDiffusion(cfg)
         self.loss_weights = {"diffusion": 1.0}
 
+    def rebuilt_prefixes(self) -> tuple[str, ...]:
+        return ("vae.",)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.vae.eval()

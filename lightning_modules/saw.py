@@ -67,8 +67,11 @@ def build_saw(cfg: Any, denoiser: PortraitDenoiser, prior_weight: float) -> Samp
 
 def load_saw(saw_file: StageFile, portrait: StageFile, conre: StageFile,
              use_ema: bool = True) -> tuple[PortraitDenoiser, SampleAdaptiveWeighting]:
-    """(denoiser, weighting network) from an exported saw file: the denoiser as SAW trained with it."""
-    denoiser = load_portrait_denoiser(portrait, conre, weights=saw_file, prefix="denoiser", use_ema=use_ema)
+    """(denoiser, weighting network) from an exported saw file: the denoiser as SAW trained with it (a saw file
+    trained with the denoiser frozen holds none: the portrait file's)."""
+    joint = "denoiser.prior_mean" in saw_file.state
+    denoiser = load_portrait_denoiser(portrait, conre, weights=saw_file if joint else None,
+                                      prefix="denoiser" if joint else "model", use_ema=use_ema)
     saw = build_saw(saw_file.config, denoiser, float(portrait.config.get("prior_weight", 0.8)))
     saw.load_state_dict(saw_file.sub_state("saw", use_ema))
     return denoiser, saw.eval().requires_grad_(False)
@@ -96,6 +99,9 @@ class SAWStage(StageModule):
         self.diffusion = ResidualDiffusion(self.portrait_cfg)
         self.loss_weights = {"diffusion": 1.0, "saw_reg": cfg.reg_weight, "saw_fit": cfg.fit_weight}
         self._val_weights: list[torch.Tensor] = []
+
+    def rebuilt_prefixes(self) -> tuple[str, ...]:
+        return ("vae.",) + (() if self.cfg.joint else ("denoiser.",))
 
     def train(self, mode: bool = True):
         super().train(mode)

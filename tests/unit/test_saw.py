@@ -124,3 +124,40 @@ def test_generation_with_saw_uses_its_weights(stages):
     assert np.abs(with_saw.astype(int) - expected.astype(int)).max() <= 1
     without = generate_portrait(speech, 16000, folder, steps=3, seed=1, use_saw=False)
     assert np.abs(with_saw.astype(int) - without.astype(int)).mean() > 0.5
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_checkpoints_leave_out_the_frozen_networks_and_resume_and_export_without_them(stages, tmp_path, joint):
+    from dataclasses import asdict
+
+    from lightning_modules.saw import load_saw
+    from lightning_modules.stagefile import load_stage_file
+    from trainer.checkpoints import safe_load
+    from trainer.export import export_stage
+
+    folder = stages[0]
+    batches = [synthetic_batch(4, seed=i) for i in range(3)]
+
+    def trainer(steps: int) -> pl.Trainer:
+        return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+
+    module = saw_stage(stages, joint=joint)
+    module.run_config = {"stage": asdict(module.cfg)}
+    first = trainer(2)
+    first.fit(module, DataLoader(batches, batch_size=None))
+    first.save_checkpoint(tmp_path / "saw.ckpt")
+    saved = safe_load(tmp_path / "saw.ckpt")["state_dict"]
+    assert any(k.startswith("saw.") for k in saved) and not any(k.startswith("vae.") for k in saved)
+    assert any(k.startswith("denoiser.") for k in saved) == joint  # a jointly trained denoiser is kept
+
+    resumed = saw_stage(stages, joint=joint)  # Lightning loads strictly: the frozen networks must be put back
+    trainer(3).fit(resumed, DataLoader(batches, batch_size=None), ckpt_path=str(tmp_path / "saw.ckpt"))
+    assert resumed.global_step == 3
+
+    exported = load_stage_file(export_stage(tmp_path / "saw.ckpt", tmp_path / "out" / "saw.safetensors"))
+    denoiser, saw = load_saw(exported, load_stage_file(folder / "portrait_diffusion.safetensors"),
+                             load_stage_file(folder / "conre.safetensors"), use_ema=False)
+    expected = module.denoiser if joint else saw_stage(stages).denoiser  # as trained, or the portrait file's
+    assert all(torch.equal(p, expected.state_dict()[k]) for k, p in denoiser.state_dict().items())
+    assert torch.equal(saw.net[-1].weight, module.saw.net[-1].weight)
