@@ -5,9 +5,11 @@
   re-initialised from encoder outputs every ``reinit_every`` steps.
 - ``transformer``: a low-resolution encoder and the code transformer predict the high-resolution frame's code
   indices from the (degraded) low-resolution frame: cross-entropy + latent L2 to the quantized latent.
-- ``render``: the fusion layers feed the low-resolution encoder's features into the frozen decoder under a
-  fidelity weight w (drawn per sample in [0, 1] in training): L1 + optional perceptual + optional GAN. The
-  inputs are degraded real frames (``degrade``), standing in for the motion stage's generated frames. With
+- ``render``: the fusion layers feed the low-resolution encoder's features into the decoder (frozen unless
+  ``render_trains`` names it) under a fidelity weight w (drawn per sample in [0, 1] in training): L1 + optional
+  perceptual + optional GAN. The inputs are degraded real frames (``degrade``), standing in for the motion
+  stage's generated frames; ``render_source: autoencoder`` first passes them through the exported autoencoder,
+  whose decoder makes those frames. With
   ``consistency`` the decoded image is also back-projected onto the input by the fraction w
   (:func:`back_project`): at w = 1 its low frequencies come from the input, its detail from the decoder.
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.autoencoder import load_vae
 from lightning_modules.base import Media, StageModule
 from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, back_project, check_shapes,
                                               degrade_frames, earlier_phase_file)
@@ -66,6 +69,7 @@ class CodebookStage(StageModule):
                              "perceptual": cfg.perceptual_weight, "adversarial": cfg.adversarial_weight,
                              "ce": cfg.ce_weight, "latent": cfg.latent_weight}
         self._perceptual: FacePerceptual | None = None
+        self._autoencoder: list | None = None
         self._candidates: torch.Tensor | None = None
         if load_earlier and cfg.phase != "vqgan":
             self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
@@ -162,7 +166,7 @@ class CodebookStage(StageModule):
         return {"ce": per_clip(ce, len(hr)), "latent": per_clip(latent, len(hr))}
 
     def render_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        hr, lr = batch["hr_frames"], self.degraded(batch["frames"])
+        hr, lr = batch["hr_frames"], self.render_inputs(batch["frames"])
         target = hr.flatten(0, 1)
         w = torch.rand(len(target), device=target.device) if self.training else self.cfg.fidelity_weight
         output = self.render(lr, w)
@@ -177,6 +181,22 @@ class CodebookStage(StageModule):
         if self.discriminator is not None:
             losses["adversarial"] = -self.discriminator(output).mean(dim=(1, 2, 3))
         return losses
+
+    def render_inputs(self, frames: torch.Tensor) -> torch.Tensor:
+        """The render phase's low-res inputs [B, T, 3, r, r]: degraded, after the autoencoder's round trip when
+        ``render_source`` is autoencoder (the frames stage 2 makes are decoded from its latents)."""
+        if self.cfg.render_source == "autoencoder":
+            frames = self.autoencoder_round_trip(frames)
+        return self.degraded(frames)
+
+    @torch.no_grad()
+    def autoencoder_round_trip(self, frames: torch.Tensor) -> torch.Tensor:
+        if self._autoencoder is None:
+            vae, _, _ = load_vae(self.load_required("autoencoder"))
+            self._autoencoder = [vae.eval().requires_grad_(False)]  # a list: outside the module tree and checkpoints
+        vae = self._autoencoder[0].to(frames.device)
+        flat = frames.flatten(0, 1)
+        return vae.decode(vae.encode(flat).latent_dist.mode()).sample.clamp(-1, 1).view_as(frames)
 
     def degraded(self, frames: torch.Tensor) -> torch.Tensor:
         generator = None if self.training else torch.Generator().manual_seed(0)
@@ -238,7 +258,8 @@ class CodebookStage(StageModule):
             if self.cfg.phase == "vqgan":
                 output = self.decoder(self.quantizer(self.encoder(hr.flatten(0, 1)), track_usage=False).latents)
             else:
-                output = self.render(self.degraded(lr), self.cfg.fidelity_weight if self.cfg.phase == "render" else 0.0)
+                inputs = self.render_inputs(lr) if self.cfg.phase == "render" else self.degraded(lr)
+                output = self.render(inputs, self.cfg.fidelity_weight if self.cfg.phase == "render" else 0.0)
         size = hr.shape[-1]
         up = F.interpolate(lr.flatten(0, 1), size=size, mode="nearest")
         rows = torch.cat([up, output.clamp(-1, 1), hr.flatten(0, 1)], dim=-1)

@@ -12,6 +12,7 @@ from lightning_modules.base import StageConfig
 from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
 
 PHASES = ("vqgan", "transformer", "render")
+RENDER_SOURCES = ("degraded", "autoencoder")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CodebookConfig(StageConfig):
     window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training windows: data.clip_frames)"})
     fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation (0: codes only, 1: encoder path)"})
     render_trains: list[str] = field(default_factory=lambda: ["fusion"], metadata={"help": "networks the render phase trains: fusion (CodeFormer's recipe), plus decoder and/or lr_encoder"})
+    render_source: str = field(default="degraded", metadata={"help": "render phase inputs: degraded (real low-res frames, degraded) or autoencoder (through the exported autoencoder's round trip first, as stage-2 frames are decoded from its latents, then degraded)"})
     consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low frequencies follow the low-res input and the decoder supplies the detail"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
@@ -65,6 +67,8 @@ class CodebookConfig(StageConfig):
         if not self.render_trains or set(self.render_trains) - {"fusion", "decoder", "lr_encoder"}:
             errors.append(f"stage.render_trains must be a non-empty subset of [fusion, decoder, lr_encoder], "
                           f"got {self.render_trains}")
+        if self.render_source not in RENDER_SOURCES:
+            errors.append(f"stage.render_source must be one of {', '.join(RENDER_SOURCES)}, got {self.render_source!r}")
         if not 0.0 < self.dead_threshold < 1.0:
             errors.append(f"stage.dead_threshold must be in (0, 1), got {self.dead_threshold}")
         return errors

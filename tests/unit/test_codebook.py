@@ -127,6 +127,23 @@ def test_render_phase_trains_the_networks_it_is_told(trains):
     assert "stage.render_trains" in "".join(tiny_cfg(render_trains=["codes"]).validate())
 
 
+def test_render_inputs_can_come_through_the_autoencoder_like_stage_2_frames(tmp_path):
+    from lightning_modules.autoencoder import load_vae
+    from tests.unit.stage1_helpers import make_stage1_inputs
+
+    make_stage1_inputs(tmp_path, resolution=LR)
+    frames = make_batch(2, frames=2)["frames"]
+    plain = tiny_stage("render", stages_dir=str(tmp_path)).eval()
+    assert torch.equal(plain.render_inputs(frames), frames)  # degrade 0: the real frames as they are
+    module = tiny_stage("render", stages_dir=str(tmp_path), render_source="autoencoder").eval()
+    vae, _, _ = load_vae(tmp_path / "autoencoder.safetensors")
+    with torch.no_grad():
+        expected = vae.decode(vae.encode(frames.flatten(0, 1)).latent_dist.mode()).sample.clamp(-1, 1)
+    assert torch.allclose(module.render_inputs(frames), expected.view_as(frames), atol=1e-6)
+    assert not any(k.startswith(("vae.", "_autoencoder")) for k in module.state_dict())  # never checkpointed
+    assert "stage.render_source" in "".join(tiny_cfg(render_source="generated").validate())
+
+
 def test_back_projection_moves_the_output_towards_the_input_by_the_fidelity_weight():
     torch.manual_seed(0)
     low = F.interpolate(torch.rand(3, 3, 4, 4) * 2 - 1, size=16, mode="bilinear")  # image-like: smooth at 16 px
