@@ -1,8 +1,7 @@
 """Speech -> video at the tiny scale on the CPU: frames/s of the output video and seconds per pipeline step.
 
-The stages come from ``outputs/tiny/stages`` when the demo has trained all of them, else from small untrained
-exports (tests/integration/tiny_stages.py: the same network shapes as the generate tests, a tiny codebook of the
-tiny experiment's size); speed does not depend on the weights. Sampler steps are the tiny experiment's (portrait
+The stages come from ``outputs/tiny/stages`` when the demo has trained all of them, else they are built untrained
+from the tiny configs (bench/untrained_stages.py: the demo's network shapes); speed does not depend on the weights. Sampler steps are the tiny experiment's (portrait
 10, motion 10, frame latents 5 per frame). A second table times the codebook renderer alone (64 -> 256 px) by batch.
 """
 from __future__ import annotations
@@ -26,10 +25,8 @@ DEMO_STAGES = Path("outputs/tiny/stages")
 def stages_folder(scratch: Path) -> tuple[Path, str]:
     if all((DEMO_STAGES / f"{n}.safetensors").is_file() for n in PORTRAIT_STAGES + VIDEO_STAGES):
         return DEMO_STAGES, "trained tiny demo stages"
-    from tests.integration.tiny_stages import export_codebook, make_generation_stages
-    folder = make_generation_stages(scratch / "stages")
-    export_codebook(folder)
-    return folder, "untrained small exports (tests/integration/tiny_stages.py)"
+    from bench.untrained_stages import TINY, build_untrained_stages
+    return build_untrained_stages(scratch / "stages", TINY), "untrained stages built from the tiny configs"
 
 
 def speech_file(path: Path, seconds: float = SECONDS) -> Path:
@@ -39,29 +36,39 @@ def speech_file(path: Path, seconds: float = SECONDS) -> Path:
     return path
 
 
-def pipeline_row(stages: Path, scratch: Path) -> dict:
-    options = GenerationOptions(steps=10, motion_steps=10, frame_steps=5, seed=0)
-    result = generate_video(speech_file(scratch / "speech.wav"), stages, scratch / "bench.mp4", options)
+def pipeline_row(stages: Path, scratch: Path, options: GenerationOptions, seconds: float = SECONDS) -> dict:
+    """Generate ``seconds`` of speech with ``options``: output frames/s and seconds per pipeline step."""
+    result = generate_video(speech_file(scratch / "speech.wav", seconds), stages, scratch / "bench.mp4", options)
     generating = result.seconds - result.timings.get("load_stages", 0.0)
-    row = {"frames": result.frames, "size": result.size, "seconds": round(generating, 2),
-           "video_fps": round(result.frames / generating, 2), "realtime_factor": round(SECONDS / generating, 3)}
+    row = {"steps": f"{options.steps}/{options.motion_steps}/{options.frame_steps}", "frames": result.frames,
+           "size": result.size, "seconds": round(generating, 2), "video_fps": round(result.frames / generating, 2),
+           "realtime_factor": round(seconds / generating, 3)}
     row.update({f"s_{k}": round(v, 3) for k, v in result.timings.items()})
     return row
 
 
-def renderer_rows(stages: Path) -> list[dict]:
+def renderer_rows(stages: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 8, 16),
+                  frames: int = 32) -> list[dict]:
+    """The codebook renderer alone: frames/s by batch size, after a warm-up batch."""
     from lightning_modules.codebook import load_codebook
-    codebook = load_codebook(stages / "codebook.safetensors")
-    rows = []
-    for batch in (1, 8, 16):
-        frames = torch.rand(32, 3, codebook.cfg.lr_resolution, codebook.cfg.lr_resolution) * 2 - 1
-        codebook.upscale(frames[:batch], batch_frames=batch)  # warm-up
+    codebook = load_codebook(stages / "codebook.safetensors", device)
+    size, rows = codebook.cfg.lr_resolution, []
+    for batch in batches:
+        inputs = torch.rand(frames, 3, size, size, device=device) * 2 - 1
+        codebook.upscale(inputs[:batch], batch_frames=batch)  # warm-up
+        synchronize(device)
         start = time.perf_counter()
-        codebook.upscale(frames, batch_frames=batch)
+        codebook.upscale(inputs, batch_frames=batch)
+        synchronize(device)
         elapsed = time.perf_counter() - start
-        rows.append({"batch_frames": batch, "frames": 32, "seconds": round(elapsed, 2),
-                     "frames_s": round(32 / elapsed, 2), "phase": codebook.cfg.phase})
+        rows.append({"batch_frames": batch, "frames": frames, "size": codebook.cfg.hr_resolution,
+                     "seconds": round(elapsed, 3), "frames_s": round(frames / elapsed, 2), "phase": codebook.cfg.phase})
     return rows
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -69,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seespeaker-bench-") as tmp:
         scratch = Path(tmp)
         stages, source = stages_folder(scratch)
-        row = pipeline_row(stages, scratch)
+        row = pipeline_row(stages, scratch, GenerationOptions(steps=10, motion_steps=10, frame_steps=5, seed=0))
         renderer = renderer_rows(stages)
     load = os.getloadavg()[0]
     notes = (f"load average {load:.1f} on {os.cpu_count()} cores during the run; stages: {source}; {SECONDS:g} s of speech -> {row['frames']} frames at 25 fps, {row['size']} px; "

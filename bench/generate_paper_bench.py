@@ -11,53 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from bench.common import write_report
-from bench.generate_bench import speech_file
+from bench.generate_bench import pipeline_row, renderer_rows
 from bench.untrained_stages import PAPER, TINY, build_untrained_stages
-from lightning_modules.pipeline import GenerationOptions, generate_video
+from lightning_modules.pipeline import GenerationOptions
 
 SECONDS = 4.0
 # (portrait steps, motion steps, frame steps per frame): reduced-step samplers, then the paper configs' own
 SETTINGS = [(25, 10, 10), (50, 50, 50)]
 
 
-def generation_row(stages: Path, scratch: Path, steps: tuple[int, int, int], device: str, seconds: float) -> dict:
+def options(steps: tuple[int, int, int], device: str) -> GenerationOptions:
     portrait, motion, frame = steps
-    options = GenerationOptions(steps=portrait, motion_steps=motion, frame_steps=frame, seed=0, device=device)
-    result = generate_video(speech_file(scratch / "speech.wav", seconds), stages, scratch / "bench.mp4", options)
-    generating = result.seconds - result.timings.get("load_stages", 0.0)
-    row = {"steps": f"{portrait}/{motion}/{frame}", "frames": result.frames, "size": result.size,
-           "seconds": round(generating, 2), "video_fps": round(result.frames / generating, 2),
-           "realtime_factor": round(seconds / generating, 3)}
-    row.update({f"s_{k}": round(v, 3) for k, v in result.timings.items() if k != "load_stages"})
-    return row
-
-
-def renderer_rows(stages: Path, device: str) -> list[dict]:
-    from lightning_modules.codebook import load_codebook
-    codebook = load_codebook(stages / "codebook.safetensors", device)
-    size, rows = codebook.cfg.lr_resolution, []
-    for batch in (1, 8, 32):
-        frames = torch.rand(64, 3, size, size, device=device) * 2 - 1
-        codebook.upscale(frames[:batch], batch_frames=batch)  # warm-up
-        sync(device)
-        start = time.perf_counter()
-        codebook.upscale(frames, batch_frames=batch)
-        sync(device)
-        elapsed = time.perf_counter() - start
-        rows.append({"batch_frames": batch, "frames": 64, "size": codebook.cfg.hr_resolution,
-                     "seconds": round(elapsed, 3), "frames_s": round(64 / elapsed, 1)})
-    return rows
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    return GenerationOptions(steps=portrait, motion_steps=motion, frame_steps=frame, seed=0, device=device)
 
 
 def run(scale: str, stages_root: Path, settings: list[tuple[int, int, int]], seconds: float) -> None:
@@ -66,7 +36,7 @@ def run(scale: str, stages_root: Path, settings: list[tuple[int, int, int]], sec
     device = "cuda" if scale == "paper" else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     stages = build_untrained_stages(stages_root / scale, PAPER if scale == "paper" else TINY)
-    renderer = renderer_rows(stages, device)
+    renderer = renderer_rows(stages, device, batches=(1, 8, 32), frames=64)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
     notes = (f"GPU: {gpu}; {scale} scale, untrained stages built from the {scale} configs; {seconds:g} s of speech "
              f"at 25 fps; steps = portrait/motion/frame sampler steps; seconds exclude loading the stages; "
@@ -76,9 +46,9 @@ def run(scale: str, stages_root: Path, settings: list[tuple[int, int, int]], sec
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="seespeaker-bench-") as tmp:
         scratch = Path(tmp)
-        generation_row(stages, scratch, settings[0], device, 1.0)  # warm-up
+        pipeline_row(stages, scratch, options(settings[0], device), 1.0)  # warm-up
         for steps in settings:
-            rows.append(generation_row(stages, scratch, steps, device, seconds))
+            rows.append(pipeline_row(stages, scratch, options(steps, device), seconds))
             write_report(f"generate-{scale}", rows, list(rows[0]), notes=notes)
 
 
@@ -91,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv if argv is not None else [])
     if args.scale == "paper" and not torch.cuda.is_available():
         print("generate_paper: no CUDA GPU here; this benchmark runs at paper scale on a GPU "
-              "(or pass --scale tiny to run the same code on the CPU)")
+              "(or pass --scale=tiny to run the same code on the CPU)")
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     run(args.scale, args.stages, SETTINGS[:1] if args.quick else SETTINGS, args.seconds)

@@ -17,14 +17,14 @@ from lightning_modules.stagefile import StageFile, save_stage_file
 PAPER = {"stage1": "paper_stage1", "stage2": "paper_stage2", "codebook": "paper_codebook"}
 TINY = {"stage1": "tiny", "stage2": "tiny", "codebook": "tiny"}
 # stage -> experiment group, in the order each reads the ones before it
-ORDER = [("conre", "stage1"), ("autoencoder", "stage1"), ("portrait_diffusion", "stage1"), ("saw", "stage1"),
-         ("syncnet", "stage2"), ("motion_diffusion", "stage2"), ("lip_enhancer", "stage2"), ("codebook", "codebook")]
+GROUPS = {"conre": "stage1", "autoencoder": "stage1", "portrait_diffusion": "stage1", "saw": "stage1",
+          "syncnet": "stage2", "motion_diffusion": "stage2", "lip_enhancer": "stage2", "codebook": "codebook"}
 SD_SCALING = 0.18215
 PRIOR_IMAGES = 8
 
 
 def stage_words(stage: str, folder: Path, experiments: dict[str, str]) -> list[str]:
-    words = [f"experiment={experiments[dict(ORDER)[stage]]}", f"stage={stage}", f"run.stages_dir={folder}",
+    words = [f"experiment={experiments[GROUPS[stage]]}", f"stage={stage}", f"run.stages_dir={folder}",
              "tracking=disabled"]
     if stage == "autoencoder":
         words.append("stage.vae.pretrained_path=''")  # the configured architecture, randomly initialised
@@ -48,7 +48,7 @@ def build_untrained_stages(folder: Path, experiments: dict[str, str] = PAPER, lo
     from trainer.factory import build_module
 
     folder.mkdir(parents=True, exist_ok=True)
-    for stage, _ in ORDER:
+    for stage in GROUPS:
         path = folder / f"{stage}.safetensors"
         if not path.is_file():
             cfg = compose(stage_words(stage, folder, experiments))
@@ -61,7 +61,7 @@ def build_untrained_stages(folder: Path, experiments: dict[str, str] = PAPER, lo
             params = sum(p.numel() for p in module.parameters()) / 1e6
             save_stage_file(path, StageFile(stage=stage, state=module.state_dict(), config=asdict(module.cfg),
                                             phase=phase, provenance={"untrained": True}))
-            log(f"built {stage} ({experiments[dict(ORDER)[stage]]}, {params:.1f} M parameters)")
+            log(f"built {stage} ({experiments[GROUPS[stage]]}, {params:.1f} M parameters)")
             del module
         if stage == "autoencoder" and not (folder / "face_prior.safetensors").is_file():
             write_face_prior(folder, compose(stage_words(stage, folder, experiments)).data.resolution)

@@ -6,7 +6,6 @@ the machine and the commit, whatever the numbers are. Raw numbers go to ``result
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -94,19 +93,13 @@ def stages_dir(seed: int) -> Path:
     return OUTPUT_ROOT / "small" / f"stages-seed{seed}"
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[[], dict]) -> dict:
     """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` while its input files are unchanged
     (their SHA-256), so that an interrupted ``make results`` resumes and seeds can be evaluated apart."""
+    from evaluation.fid import file_sha256
+
     cache = stages_dir(seed) / f"eval-{name}.json"
-    digests = {str(path): file_digest(path) for path in inputs if path.is_file()}
+    digests = {str(path): file_sha256(path) for path in inputs if path.is_file()}
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("inputs") == digests:

@@ -22,6 +22,7 @@ from evaluation.fid import FeatureStats, InceptionFeatures, fid_from_stats
 from lightning_modules.codebook import load_codebook
 
 FRAMES_PER_CLIP = 8
+CHUNK_FRAMES = 64  # frames upscaled and scored at a time (a multiple of FRAMES_PER_CLIP and of FID_STRIDE)
 FID_STRIDE = 4  # Inception features of every 4th frame (2 per clip): about 1 s per 256 px frame on one CPU core
 ROWS = {"codebook, fidelity 1": "codebook_w1", "codebook, default fidelity": "codebook_default", "bicubic": "bicubic"}
 
@@ -41,9 +42,6 @@ def held_out_frames(data) -> tuple[torch.Tensor, torch.Tensor]:
 def unit(frames: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> uint8-rounded values in [0, 1], as the frames would be written."""
     return ((frames.clamp(-1, 1) + 1) * 127.5).round() / 255
-
-
-CHUNK_FRAMES = 64  # frames upscaled and scored at a time (a multiple of FRAMES_PER_CLIP and of FID_STRIDE)
 
 
 @torch.no_grad()

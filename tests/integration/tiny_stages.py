@@ -1,21 +1,15 @@
 """Every exported stage file that ``seespeaker generate`` reads, built small and fast: untrained Stage-1 and
 Stage-2 networks exported as ``seespeaker export`` writes them (generation's wiring, not its quality, is what the
-generate tests and the benchmark measure), and the codebook trained phase by phase through the CLI."""
+generate tests measure), and the codebook trained phase by phase through the CLI."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from datamodules.config import DataConfig
-from lightning_modules.codebook import CodebookStage
-from lightning_modules.codebook_parts import CodebookConfig
 from lightning_modules.lip_enhancer import LipEnhancerConfig, LipEnhancerStage
 from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage
 from lightning_modules.portrait_diffusion import PortraitDiffusionStage
 from lightning_modules.saw import SAWStage
-from lightning_modules.stagefile import StageFile, save_stage_file
 from lightning_modules.syncnet import SyncNetConfig, SyncNetStage
 from tests.unit.stage1_helpers import export, make_stage1_inputs, tiny_portrait, tiny_saw
 
@@ -36,7 +30,7 @@ def tiny_motion() -> MotionDiffusionConfig:
 
 def make_generation_stages(stages_dir: Path, seed: int = 0) -> Path:
     """conre, autoencoder, face prior, portrait_diffusion, saw, motion_diffusion, syncnet, lip_enhancer (untrained,
-    64 px) in ``stages_dir``; the codebook comes from :func:`codebook_train_words` or :func:`export_codebook`."""
+    64 px) in ``stages_dir``; the codebook comes from :func:`codebook_train_words`."""
     info = make_stage1_inputs(stages_dir, resolution=RESOLUTION, seed=seed)
     data, root = info["data"], str(stages_dir)
     export(PortraitDiffusionStage(tiny_portrait(), data, root), stages_dir / "portrait_diffusion.safetensors")
@@ -56,23 +50,3 @@ def codebook_train_words(corpus: Path, output_root: Path, phase: str) -> list[st
     """The `seespeaker train` words of one tiny codebook phase (a few steps: the wiring, not the learning)."""
     return ["train", "experiment=tiny", "stage=codebook", f"stage.phase={phase}", f"run.name={phase}",
             f"data.root={corpus}", f"experiment.output_root={output_root}", *CODEBOOK_WORDS]
-
-
-def export_codebook(stages_dir: Path, phase: str = "render", temporal: bool = False) -> Path:
-    """An untrained tiny codebook stage (64 -> 256) exported with ``phase`` (no training: for the benchmark)."""
-    cfg = CodebookConfig(base_channels=8, channel_multipliers=[1, 2, 2, 4, 4], blocks_per_level=1,
-                         lr_base_channels=16, lr_channel_multipliers=[1, 2, 4], codebook_size=128, code_dim=32,
-                         transformer_layers=2, transformer_width=64, transformer_heads=4, temporal=temporal,
-                         window_frames=4)
-    module = CodebookStage(cfg, DataConfig(resolution=RESOLUTION, hr_resolution=256), load_earlier=False)
-    module.set_phase(phase)
-    path = stages_dir / "codebook.safetensors"
-    return save_stage_file(path, StageFile(stage="codebook", state=module.state_dict(), config=asdict(cfg), phase=phase))
-
-
-if __name__ == "__main__":
-    import sys
-    target = Path(sys.argv[1])
-    make_generation_stages(target)
-    export_codebook(target)
-    print(target)
