@@ -12,6 +12,8 @@
   whose decoder makes those frames. With
   ``consistency`` the decoded image is also back-projected onto the input by the fraction w
   (:func:`back_project`): at w = 1 its low frequencies come from the input, its detail from the decoder.
+  ``detail_gate`` adds a learned gate that first pulls the decoded image towards bicubic upsampling of the input
+  (:class:`DetailGate`), trained with the render phase.
 
 Every phase builds all networks; a later phase starts from the exported file of the phase before it
 (``<stages_dir>/codebook.safetensors``) and trains only its own part. The export records the phase.
@@ -31,7 +33,7 @@ from lightning_modules.base import Media, StageModule
 from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, back_project, check_shapes,
                                               degrade_frames, earlier_phase_file)
 from lightning_modules.nets.code_transformer import CodeTransformer
-from lightning_modules.nets.renderer import FidelityFusion
+from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
 from lightning_modules.stagefile import StageFile, load_stage_file
 
@@ -61,6 +63,7 @@ class CodebookStage(StageModule):
                                            max_frames=cfg.window_frames)
         lr_widths = {data.resolution // 2 ** i: w for i, w in enumerate(self.lr_encoder.widths)}
         self.fusion = FidelityFusion(lr_widths, self.decoder.level_widths(grid))
+        self.detail_gate = DetailGate() if cfg.detail_gate else None
         gan = cfg.adversarial and cfg.phase != "transformer"
         self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if gan else None
         self.num_optimizers = 2 if gan else 1
@@ -78,7 +81,8 @@ class CodebookStage(StageModule):
     # ---- phases ---------------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         """Freeze everything but the networks this phase trains (and the discriminator)."""
-        trained = (tuple(self.cfg.render_trains) if phase == "render" else TRAINS[phase]) + ("discriminator",)
+        trained = (tuple(self.cfg.render_trains) + ("detail_gate",) if phase == "render" else TRAINS[phase])
+        trained += ("discriminator",)
         for name, child in self.named_children():
             child.requires_grad_(name in trained)
         self.cfg.phase = phase
@@ -118,7 +122,10 @@ class CodebookStage(StageModule):
         logits, z, features = self.predict_codes(lr)
         indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
         output = self.decoder(self.quantizer.lookup(indices), fuse=self.fusion.hook(features, fidelity))
-        return back_project(output, lr.flatten(0, 1), fidelity) if self.cfg.consistency else output
+        low = lr.flatten(0, 1)
+        if self.detail_gate is not None:
+            output = self.detail_gate(output, low, fidelity)
+        return back_project(output, low, fidelity) if self.cfg.consistency else output
 
     @torch.no_grad()
     def upscale(self, frames: torch.Tensor, fidelity: float | None = None, batch_frames: int = 16) -> torch.Tensor:

@@ -5,10 +5,17 @@ At every decoder level whose resolution the low-resolution encoder also has, the
 codebook decoder (the output depends only on the codes); w = 1 replaces the code path at every fused level with
 the encoder path (the output depends only on the low-resolution frame); values in between trade the codebook's
 prior against fidelity to the input. ``w`` is a number or a per-sample tensor [N].
+
+:class:`DetailGate` optionally pulls the decoder's output towards bicubic upsampling of the input: by ``w * (1 - g)``
+with a learned per-pixel gate g in (0, 1), so that at w = 1 the network keeps its own output only where g says its
+detail helps.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.nets.vq import ResBlock
@@ -48,3 +55,22 @@ class FidelityFusion(nn.Module):
             weight = weight.view(-1, 1, 1, 1) if weight.ndim else weight
             return (1 - weight) * h + weight * self.projections[key](features[size])
         return fuse
+
+
+class DetailGate(nn.Module):
+    """A per-pixel gate g in (0, 1) from the decoder's output and the bicubic upsampling of the input; at fidelity w
+    the output becomes ``decoded + w * (1 - g) * (bicubic - decoded)``. Starts at g = ``initial`` everywhere."""
+
+    def __init__(self, hidden: int = 16, initial: float = 0.25):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(6, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, 1, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, math.log(initial / (1 - initial)))
+
+    def forward(self, decoded: torch.Tensor, low: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+        """decoded [N, 3, H, H], low-res input [N, 3, r, r], w (number or [N]) -> the gated output [N, 3, H, H]."""
+        bicubic = F.interpolate(low, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
+        gate = torch.sigmoid(self.net(torch.cat([decoded, bicubic], dim=1)))
+        weight = torch.as_tensor(w, dtype=decoded.dtype, device=decoded.device)
+        weight = weight.view(-1, 1, 1, 1) if weight.ndim else weight
+        return decoded + weight * (1 - gate) * (bicubic - decoded)

@@ -119,11 +119,34 @@ def test_fidelity_weight_switches_between_the_code_path_and_the_encoder_path():
         assert torch.allclose(per_sample[0], w0[0], atol=1e-6) and torch.allclose(per_sample[1], w1[1], atol=1e-6)
 
 
+def test_detail_gate_pulls_the_decoded_image_towards_bicubic_by_fidelity_and_gate():
+    plain = tiny_stage("render").eval()
+    module = tiny_stage("render", detail_gate=True).eval()
+    lr = make_batch(2)["frames"]
+    low = lr.flatten(0, 1)
+    bicubic = F.interpolate(low, size=HR, mode="bicubic", align_corners=False)
+    gate_bias = module.detail_gate.net[-1].bias
+    with torch.no_grad():
+        assert torch.allclose(module.render(lr, 0.0), plain.render(lr, 0.0), atol=1e-6)  # w = 0: the codes alone
+        gate_bias.fill_(-30.0)  # gate closed: at w = 1 the output is back-projected bicubic
+        assert torch.allclose(module.render(lr, 1.0), back_project(bicubic, low, 1.0), atol=1e-5)
+        gate_bias.fill_(30.0)  # gate open: the decoder's output, as without the gate
+        assert torch.allclose(module.render(lr, 1.0), plain.render(lr, 1.0), atol=1e-5)
+        gate_bias.fill_(0.0)  # half open, half the fidelity: a quarter of the way to bicubic before back-projection
+        plain.cfg.consistency = module.cfg.consistency = False
+        decoded = plain.render(lr, 0.5)
+        assert torch.allclose(module.render(lr, 0.5), decoded + 0.25 * (bicubic - decoded), atol=1e-5)
+    module.cfg.consistency = True
+    module.render(lr, 1.0).square().mean().backward()
+    assert module.detail_gate.net[-1].weight.grad.abs().sum() > 0  # the gate learns from the image loss
+
+
 @pytest.mark.parametrize("trains", [["fusion"], ["fusion", "decoder"]])
-def test_render_phase_trains_the_networks_it_is_told(trains):
-    module = tiny_stage("render", render_trains=trains)
+@pytest.mark.parametrize("gate", [False, True])
+def test_render_phase_trains_the_networks_it_is_told(trains, gate):
+    module = tiny_stage("render", render_trains=trains, detail_gate=gate)
     trained = {name for name, child in module.named_children() if any(p.requires_grad for p in child.parameters())}
-    assert trained == set(trains)  # no discriminator without the GAN; the codebook and the transformer stay frozen
+    assert trained == set(trains) | ({"detail_gate"} if gate else set())  # no discriminator without the GAN
     assert "stage.render_trains" in "".join(tiny_cfg(render_trains=["codes"]).validate())
 
 
@@ -208,7 +231,7 @@ def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
     exported = {}
     for phase in ("vqgan", "transformer", "render"):
         module = tiny_stage(phase, stages_dir=str(stages), load_earlier=phase != "vqgan", reinit_every=1,
-                            usage_decay=0.0, adversarial=phase == "render")
+                            usage_decay=0.0, adversarial=phase == "render", detail_gate=phase == "render")
         if phase != "vqgan":  # starts exactly where the previous export ended
             previous = exported[phase_before(phase)]
             assert all(torch.equal(module.state_dict()[k], v) for k, v in previous.weights().items()
@@ -229,7 +252,10 @@ def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
     assert frozen and all(torch.equal(final.state[k], first.state[k]) for k in frozen)
     changed = [k for k in final.state if k.startswith("fusion.") and not torch.equal(final.state[k], exported["transformer"].state[k])]
     assert changed  # the render phase trained the fusion layers (with the GAN's two optimizers)
-    assert load_codebook(stages / "codebook.safetensors").cfg.phase == "render"
+    gate = final.state["detail_gate.net.2.bias"]  # trained away from its initial logit(0.25)
+    assert not torch.allclose(gate, torch.full_like(gate, -1.0986), atol=1e-4)
+    loaded = load_codebook(stages / "codebook.safetensors")
+    assert loaded.cfg.phase == "render" and loaded.detail_gate is not None
 
 
 def phase_before(phase: str) -> str:
