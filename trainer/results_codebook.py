@@ -29,8 +29,7 @@ FID_STRIDE = 4  # Inception features of every 4th frame (2 per clip): about 1 s 
 ROWS = {"codebook, fidelity 1": "codebook_w1", "codebook, default fidelity": "codebook_default", "bicubic": "bicubic",
         "bicubic, back-projected once (no network)": "bicubic_back_projected"}
 FID_ROWS = ("codebook_w1", "codebook_default", "bicubic")  # Inception costs ~1 s a frame: not for the diagnostic row
-# the render phase (fusion, decoder and detail gate) trains longer than the VQ and transformer phases: at 300 steps
-# its output at fidelity 1 stayed below bicubic
+# the render phase (fusion, decoder and detail gate) trains twice as long as the VQ and transformer phases
 PHASE_WORDS = {"render": ("trainer.max_steps=600",)}
 
 
