@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.base import StageConfig
+from lightning_modules.nets.renderer import fidelity_like
 from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
 
 PHASES = ("vqgan", "transformer", "render")
@@ -110,8 +111,7 @@ def back_project(output: torch.Tensor, low: torch.Tensor, fidelity: float | torc
     which moves the output's downsampled image towards the input by the fraction w (number or [N])."""
     residual = low - F.interpolate(output, size=low.shape[-2:], mode="area")
     correction = F.interpolate(residual, size=output.shape[-2:], mode="bicubic", align_corners=False)
-    weight = torch.as_tensor(fidelity, dtype=output.dtype, device=output.device)
-    return output + (weight.view(-1, 1, 1, 1) if weight.ndim else weight) * correction
+    return output + fidelity_like(fidelity, output) * correction
 
 
 class FacePerceptual:

@@ -21,6 +21,12 @@ from torch import nn
 from lightning_modules.nets.vq import ResBlock
 
 
+def fidelity_like(w: float | torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The fidelity weight (a number or per-sample [N]) as a tensor that broadcasts over images [N, C, H, W]."""
+    weight = torch.as_tensor(w, dtype=images.dtype, device=images.device)
+    return weight.view(-1, 1, 1, 1) if weight.ndim else weight
+
+
 class FeatureProjection(nn.Module):
     """Encoder features (width ``channels_in``) -> decoder width: a 1x1 conv and a residual block."""
 
@@ -51,8 +57,7 @@ class FidelityFusion(nn.Module):
             key = str(size)
             if key not in self.projections:
                 return h
-            weight = torch.as_tensor(w, dtype=h.dtype, device=h.device)
-            weight = weight.view(-1, 1, 1, 1) if weight.ndim else weight
+            weight = fidelity_like(w, h)
             return (1 - weight) * h + weight * self.projections[key](features[size])
         return fuse
 
@@ -71,6 +76,4 @@ class DetailGate(nn.Module):
         """decoded [N, 3, H, H], low-res input [N, 3, r, r], w (number or [N]) -> the gated output [N, 3, H, H]."""
         bicubic = F.interpolate(low, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
         gate = torch.sigmoid(self.net(torch.cat([decoded, bicubic], dim=1)))
-        weight = torch.as_tensor(w, dtype=decoded.dtype, device=decoded.device)
-        weight = weight.view(-1, 1, 1, 1) if weight.ndim else weight
-        return decoded + weight * (1 - gate) * (bicubic - decoded)
+        return decoded + fidelity_like(w, decoded) * (1 - gate) * (bicubic - decoded)

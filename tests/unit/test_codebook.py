@@ -253,7 +253,7 @@ def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
     changed = [k for k in final.state if k.startswith("fusion.") and not torch.equal(final.state[k], exported["transformer"].state[k])]
     assert changed  # the render phase trained the fusion layers (with the GAN's two optimizers)
     gate = final.state["detail_gate.net.2.bias"]  # trained away from its initial logit(0.25)
-    assert not torch.allclose(gate, torch.full_like(gate, -1.0986), atol=1e-4)
+    assert not torch.allclose(gate, torch.logit(torch.full_like(gate, 0.25)), atol=1e-4)
     loaded = load_codebook(stages / "codebook.safetensors")
     assert loaded.cfg.phase == "render" and loaded.detail_gate is not None
 
