@@ -9,7 +9,8 @@
   ``render_trains`` names it) under a fidelity weight w (drawn per sample in [0, 1] in training): L1 + optional
   perceptual + optional GAN. The inputs are degraded real frames (``degrade``), standing in for the motion
   stage's generated frames; ``render_source: autoencoder`` first passes them through the exported autoencoder,
-  whose decoder makes those frames. With
+  whose decoder makes those frames, and ``render_source: motion`` replaces them with the exported motion stage's
+  rendering of each frame from the clip's own motion (:func:`rerender_frames`). With
   ``consistency`` the decoded image is also back-projected onto the input by the fraction w
   (:func:`back_project`): at w = 1 its low frequencies come from the input, its detail from the decoder.
   ``detail_gate`` adds a learned gate that first pulls the decoded image towards bicubic upsampling of the input
@@ -32,6 +33,7 @@ from lightning_modules.autoencoder import load_vae
 from lightning_modules.base import Media, StageModule
 from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, back_project, check_shapes,
                                               degrade_frames, earlier_phase_file)
+from lightning_modules.motion_generation import rerender_frames
 from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
@@ -73,6 +75,7 @@ class CodebookStage(StageModule):
                              "ce": cfg.ce_weight, "latent": cfg.latent_weight}
         self._perceptual: FacePerceptual | None = None
         self._autoencoder: list | None = None
+        self._motion: list | None = None
         self._candidates: torch.Tensor | None = None
         if load_earlier and cfg.phase != "vqgan":
             self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
@@ -173,7 +176,7 @@ class CodebookStage(StageModule):
         return {"ce": per_clip(ce, len(hr)), "latent": per_clip(latent, len(hr))}
 
     def render_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        hr, lr = batch["hr_frames"], self.render_inputs(batch["frames"])
+        hr, lr = batch["hr_frames"], self.render_inputs(batch)
         target = hr.flatten(0, 1)
         w = torch.rand(len(target), device=target.device) if self.training else self.cfg.fidelity_weight
         output = self.render(lr, w)
@@ -189,12 +192,26 @@ class CodebookStage(StageModule):
             losses["adversarial"] = -self.discriminator(output).mean(dim=(1, 2, 3))
         return losses
 
-    def render_inputs(self, frames: torch.Tensor) -> torch.Tensor:
-        """The render phase's low-res inputs [B, T, 3, r, r]: degraded, after the autoencoder's round trip when
-        ``render_source`` is autoencoder (the frames stage 2 makes are decoded from its latents)."""
+    def render_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The render phase's low-res inputs [B, T, 3, r, r]: the batch's frames, degraded; first through the
+        autoencoder's round trip (``render_source: autoencoder``: the frames stage 2 makes are decoded from its
+        latents) or re-rendered by the motion stage (``render_source: motion``)."""
+        frames = batch["frames"]
         if self.cfg.render_source == "autoencoder":
             frames = self.autoencoder_round_trip(frames)
+        elif self.cfg.render_source == "motion":
+            frames = self.motion_rerender(batch)
         return self.degraded(frames)
+
+    @torch.no_grad()
+    def motion_rerender(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self._motion is None:
+            from lightning_modules.motion_diffusion import load_motion_parts
+            self.load_required("motion_diffusion")  # names the missing file and how to make it
+            self._motion = [load_motion_parts(self.stages_dir)]  # a list: outside the module tree and checkpoints
+        generator = None if self.training else torch.Generator().manual_seed(0)
+        return rerender_frames(self._motion[0], batch["frames"], batch["landmarks"], batch["audio"],
+                               self.data_cfg.resolution, generator)
 
     @torch.no_grad()
     def autoencoder_round_trip(self, frames: torch.Tensor) -> torch.Tensor:
@@ -258,17 +275,21 @@ class CodebookStage(StageModule):
     # ---- media ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
-        """First frames of the batch: low-res input (upsampled) | this phase's output | high-res target."""
+        """First frames of the batch: the low-res frame the phase sees (upsampled) | its output | high-res target."""
         hr = batch["hr_frames"][:4, :1]
-        lr = batch["frames"][:4, :1]
+        inputs = batch["frames"][:4, :1]
         with self.ema_scope():
             if self.cfg.phase == "vqgan":
                 output = self.decoder(self.quantizer(self.encoder(hr.flatten(0, 1)), track_usage=False).latents)
+            elif self.cfg.phase == "render":
+                first_four = {k: v[:4] for k, v in batch.items() if k in ("frames", "landmarks", "audio")}
+                inputs = self.render_inputs(first_four)[:, :1]
+                output = self.render(inputs, self.cfg.fidelity_weight)
             else:
-                inputs = self.render_inputs(lr) if self.cfg.phase == "render" else self.degraded(lr)
-                output = self.render(inputs, self.cfg.fidelity_weight if self.cfg.phase == "render" else 0.0)
+                inputs = self.degraded(inputs)
+                output = self.render(inputs, 0.0)
         size = hr.shape[-1]
-        up = F.interpolate(lr.flatten(0, 1), size=size, mode="nearest")
+        up = F.interpolate(inputs.flatten(0, 1), size=size, mode="nearest")
         rows = torch.cat([up, output.clamp(-1, 1), hr.flatten(0, 1)], dim=-1)
         grid = torch.cat(list(rows), dim=-2)
         image = ((grid.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

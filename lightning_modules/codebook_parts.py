@@ -13,7 +13,7 @@ from lightning_modules.nets.renderer import fidelity_like
 from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
 
 PHASES = ("vqgan", "transformer", "render")
-RENDER_SOURCES = ("degraded", "autoencoder")
+RENDER_SOURCES = ("degraded", "autoencoder", "motion")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class CodebookConfig(StageConfig):
     window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training windows: data.clip_frames)"})
     fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation (0: codes only, 1: encoder path)"})
     render_trains: list[str] = field(default_factory=lambda: ["fusion"], metadata={"help": "networks the render phase trains: fusion (CodeFormer's recipe), plus decoder and/or lr_encoder"})
-    render_source: str = field(default="degraded", metadata={"help": "render phase inputs: degraded (real low-res frames, degraded) or autoencoder (through the exported autoencoder's round trip first, as stage-2 frames are decoded from its latents, then degraded)"})
+    render_source: str = field(default="degraded", metadata={"help": "render phase inputs: degraded (real low-res frames, degraded) or autoencoder (through the exported autoencoder's round trip first, as stage-2 frames are decoded from its latents, then degraded) or motion (re-rendered by the exported motion_diffusion stage from each frame's own motion latent, audio and real preceding frames, then degraded; clips of more than previous_frames frames give most frames real predecessors)"})
     detail_gate: bool = field(default=False, metadata={"help": "a learned per-pixel gate g pulls the decoder's output towards bicubic upsampling of the input by w * (1 - g) before back-projection, so that at w = 1 the decoder adds only the detail the gate lets through (trains in the render phase)"})
     consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low frequencies follow the low-res input and the decoder supplies the detail"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})

@@ -188,6 +188,40 @@ def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: tor
 
 
 @torch.no_grad()
+def rerender_frames(parts: MotionParts, frames: torch.Tensor, landmarks: torch.Tensor, audio: torch.Tensor,
+                    resolution: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Real clips [B, T, 3, r, r] -> the motion stage's rendering of each of their frames, [B, T, 3, r, r].
+
+    Every frame is denoised in one batched run of ``frame_steps`` from what it would be generated from, taken
+    from the clip itself: its motion latent (encoded from its landmarks), its audio, the clip's first frame as
+    the portrait and the real latents of the frames before it (the portrait's before the clip's start), then
+    decoded by the autoencoder. So the frames carry the motion stage's rendering errors and stay aligned with
+    the real ones: the codebook render phase's inputs with ``render_source: motion``.
+    """
+    cfg, device = parts.cfg, frames.device
+    batch, n_frames, n_prev = frames.shape[0], frames.shape[1], cfg.previous_frames
+    for module in (parts.frame_denoiser, parts.motion_encoder):
+        module.to(device)
+    latents = parts.frozen.encode(frames.flatten(0, 1)).unflatten(0, (batch, n_frames))
+    portrait = latents[:, 0]
+    history = torch.cat([portrait[:, None].expand(-1, n_prev, -1, -1, -1), latents], dim=1)
+    previous = torch.stack([history[:, t:t + n_prev].flatten(1, 2) for t in range(n_frames)], 1).flatten(0, 1)
+    motion = parts.motion_encoder(landmarks.to(device), resolution).flatten(0, 1)
+    sounds = audio_context(parts.audio_features(audio.to(device), n_frames), cfg.audio_radius).flatten(0, 1)
+    maps = parts.motion_maps(motion, latents.shape[-1])
+    count = batch * n_frames
+    portraits = portrait.repeat_interleave(n_frames, 0)
+    no_augmentation = torch.zeros(count, dtype=torch.long, device=device)
+    z = torch.randn(portraits.shape, generator=generator).to(device)
+    sampler = parts.sampler(cfg.frame_steps)
+    for t in sampler.timesteps:
+        pred = parts.frame_denoiser(z, t.repeat(count).to(device), portrait=portraits, previous=previous,
+                                    prev_noise_step=no_augmentation, motion=motion, audio=sounds, maps=maps)
+        z = sampler.step(pred, t, z).prev_sample
+    return parts.frozen.decode(z).view_as(frames)
+
+
+@torch.no_grad()
 def generate_motion_video(parts: MotionParts, portrait: torch.Tensor, audio: torch.Tensor, *, fps: float = 25.0,
                           sample_rate: int = 16000, speaker: torch.Tensor | None = None,
                           generator: torch.Generator | None = None, return_latents: bool = False):

@@ -157,14 +157,42 @@ def test_render_inputs_can_come_through_the_autoencoder_like_stage_2_frames(tmp_
     make_stage1_inputs(tmp_path, resolution=LR)
     frames = make_batch(2, frames=2)["frames"]
     plain = tiny_stage("render", stages_dir=str(tmp_path)).eval()
-    assert torch.equal(plain.render_inputs(frames), frames)  # degrade 0: the real frames as they are
+    assert torch.equal(plain.render_inputs({"frames": frames}), frames)  # degrade 0: the real frames as they are
     module = tiny_stage("render", stages_dir=str(tmp_path), render_source="autoencoder").eval()
     vae, _, _ = load_vae(tmp_path / "autoencoder.safetensors")
     with torch.no_grad():
         expected = vae.decode(vae.encode(frames.flatten(0, 1)).latent_dist.mode()).sample.clamp(-1, 1)
-    assert torch.allclose(module.render_inputs(frames), expected.view_as(frames), atol=1e-6)
+    assert torch.allclose(module.render_inputs({"frames": frames}), expected.view_as(frames), atol=1e-6)
     assert not any(k.startswith(("vae.", "_autoencoder")) for k in module.state_dict())  # never checkpointed
     assert "stage.render_source" in "".join(tiny_cfg(render_source="generated").validate())
+
+
+def test_render_inputs_can_be_the_motion_stages_rendering_of_each_frame(tmp_path):
+    from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage, load_motion_parts
+    from lightning_modules.motion_generation import rerender_frames
+    from tests.unit.stage1_helpers import export, make_stage1_inputs
+
+    make_stage1_inputs(tmp_path, resolution=LR)
+    batch = make_batch(2, frames=3)
+    batch["landmarks"] = (torch.rand(68, 2) * LR * 0.6 + LR * 0.2 + torch.randn(2, 3, 68, 2)).clamp(0, LR - 1)
+    batch["audio"] = torch.randn(2, 3 * 640) * 0.1
+    module = tiny_stage("render", clip_frames=3, stages_dir=str(tmp_path), render_source="motion").eval()
+    with pytest.raises(StageFileError, match="motion_diffusion"):
+        module.render_inputs(batch)  # the motion stage is not exported yet
+    motion_cfg = MotionDiffusionConfig(
+        window_frames=2, context_frames=0, previous_frames=2, lips_dim=4, expression_dim=4, eyes_dim=2, pose_dim=2,
+        encoder_hidden=16, transformer_width=16, transformer_layers=1, transformer_heads=2, unet_channels=[8, 16],
+        attention_levels=[False, True], unet_layers=1, cross_attention_dim=16, attention_head_dim=4, frame_steps=2)
+    export(MotionDiffusionStage(motion_cfg, DataConfig(resolution=LR, clip_frames=3), str(tmp_path)),
+           tmp_path / "motion_diffusion.safetensors")
+    inputs = module.render_inputs(batch)
+    expected = rerender_frames(load_motion_parts(tmp_path), batch["frames"], batch["landmarks"], batch["audio"], LR,
+                               torch.Generator().manual_seed(0))
+    assert torch.allclose(inputs, expected, atol=1e-5)  # degrade 0: exactly the motion stage's frames
+    assert (inputs - batch["frames"]).abs().mean() > 0.05  # not the real frames
+    assert not any("denoiser" in k or k.startswith("_motion") for k in module.state_dict())  # never checkpointed
+    losses = module.render_losses(batch)
+    assert losses["l1"].shape == (2,) and torch.isfinite(losses["l1"]).all()
 
 
 def test_back_projection_moves_the_output_towards_the_input_by_the_fidelity_weight():

@@ -8,7 +8,8 @@ from diffusers import AutoencoderKL
 
 from datamodules.config import DataConfig
 from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage
-from lightning_modules.motion_generation import FrozenParts, GenerationInputError, generate_motion_video
+from lightning_modules.motion_generation import FrozenParts, GenerationInputError, generate_motion_video, \
+    rerender_frames
 from lightning_modules.nets.encoders import SpeechEncoder
 from lightning_modules.nets.motion import LANDMARK_GROUPS, LandmarkMismatchError, MotionEncoder
 
@@ -116,6 +117,29 @@ def test_sliding_window_length_continuity_and_no_augmentation_at_sampling():
     for index in (WINDOW, 2 * WINDOW):  # the first frame of a window continues from the frames just before it
         previous = frame_calls[index * per_frame]["previous"][0]
         assert torch.equal(previous, torch.cat([latents[index - 2], latents[index - 1]], dim=0))
+
+
+def test_rerendering_denoises_every_frame_from_its_own_motion_and_the_real_frames_before_it():
+    stage = tiny_stage().eval()
+    batch = make_batch(batch=2, frames=3)
+    calls: list = []
+    handle = _capture(stage.frame_denoiser, calls)
+    out = rerender_frames(stage.parts(), batch["frames"], batch["landmarks"], batch["audio"][:, :3 * PER_FRAME],
+                          RES, generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    assert out.shape == batch["frames"].shape and out.abs().max() <= 1
+    assert len(calls) == stage.cfg.frame_steps  # one batched sampler run for all frames
+    kwargs = calls[-1]
+    latents = stage.frozen.encode(batch["frames"].flatten(0, 1)).view(2, 3, -1, RES // 4, RES // 4)
+    expected_previous = {0: [latents[1, 0], latents[1, 0]], 1: [latents[1, 0], latents[1, 0]],
+                         2: [latents[1, 0], latents[1, 1]]}  # clip 1; before the clip: its first frame
+    for frame, parts in expected_previous.items():
+        assert torch.allclose(kwargs["previous"][3 + frame], torch.cat(parts), atol=1e-6)
+    assert torch.allclose(kwargs["portrait"][4], latents[1, 0], atol=1e-6)
+    motion = stage.motion_encoder(batch["landmarks"], RES)
+    assert torch.allclose(kwargs["motion"][4], motion[1, 1], atol=1e-6)
+    assert not torch.allclose(kwargs["motion"][4], kwargs["motion"][5])
+    assert int(kwargs["prev_noise_step"].max()) == 0
 
 
 def test_bad_generation_inputs_are_named():
