@@ -4,8 +4,9 @@ Each speaker draws two latent factors that both the voice and the face carry, as
 do in real speakers. ``size`` sets the vocal tract (a larger speaker has a longer one, so lower formants) and
 the face's width and height; ``register`` sets the pitch (with a small variation of its own and a little of
 ``size``, see :mod:`datamodules.synth_voice`) and the eye spacing and skin tone. In standard units each
-correlated face attribute is ``sqrt(VOICE_SHARE) * latent + sqrt(1 - VOICE_SHARE) * noise``: the voice
-explains about half of its variance, so that speech-to-face is learnable but not a lookup. Everything else
+correlated face attribute is ``sqrt(voice_share) * latent + sqrt(1 - voice_share) * noise``: by default
+(``VOICE_SHARE``) the voice explains about half of its variance, so that speech-to-face is learnable but not a
+lookup; ``voice_share`` sets it per corpus. Everything else
 about a face (jaw shape, hair, eyes, freckles, skin texture) is independent of the voice.
 
 A clip's mouth opening follows the loudness of the 40 ms of audio under each frame and its width follows the
@@ -27,7 +28,7 @@ from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VOWELS, VoicePa
     synthesise
 
 DATASET = "synthetic"
-VOICE_SHARE = 0.56  # fraction of each correlated face attribute's variance set by the voice latents
+VOICE_SHARE = 0.56  # default fraction of each correlated face attribute's variance set by the voice latents
 # which voice latent (0: size, 1: register) sets each correlated face attribute: width, height, eye spacing, tone
 ATTRIBUTE_LATENT = np.array([0, 0, 1, 1])
 VOWEL_MOUTH_WIDTH = np.array([1.0, 1.08, 1.18, 0.8, 0.68])  # a e i o u: spread for i/e, rounded for o/u
@@ -46,6 +47,7 @@ class SyntheticConfig:
     shard_size: int = field(default=64, metadata={"help": "clips per WebDataset shard"})
     val_speakers_fraction: float = field(default=0.17, metadata={"help": "share of speakers held out for val (at least 1)"})
     test_speakers_fraction: float = field(default=0.17, metadata={"help": "share of speakers held out for test (at least 1)"})
+    voice_share: float = field(default=VOICE_SHARE, metadata={"help": "fraction of each voice-linked face attribute's variance (width, height, eye spacing, skin tone) that the voice sets, in (0, 1)"})
 
     @property
     def frames(self) -> int:
@@ -61,6 +63,7 @@ class Speaker:
     latents: dict[str, float]
     face: FaceParams
     voice: VoiceParams
+    voice_share: float = VOICE_SHARE  # of the corpus it was drawn for
 
     def truth(self) -> dict:
         """Ground truth stored in every clip's ``meta.extra``."""
@@ -84,6 +87,9 @@ def check_config(cfg: SyntheticConfig) -> None:
     for name in ("val_speakers_fraction", "test_speakers_fraction"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             problems.append(f"{name}={getattr(cfg, name)}: must be in [0, 1)")
+    if not 0.0 < cfg.voice_share < 1.0:
+        problems.append(f"voice_share={cfg.voice_share}: must be in (0, 1), the fraction of a voice-linked face "
+                        f"attribute's variance that the voice sets (default {VOICE_SHARE})")
     if not problems and len(split_speakers(cfg)["train"]) < 1:
         problems.append(f"val/test fractions {cfg.val_speakers_fraction}/{cfg.test_speakers_fraction} leave no "
                         f"training speaker out of {cfg.speakers}: lower them or add speakers")
@@ -113,13 +119,13 @@ def voice_linked_face(width: float, height: float, eyes: float, tone: float) -> 
             "skin_tone": float(np.clip(0.5 + 0.22 * tone, 0.0, 1.0))}
 
 
-def draw_speaker(seed: int, index: int) -> Speaker:
+def draw_speaker(seed: int, index: int, voice_share: float = VOICE_SHARE) -> Speaker:
     """The speaker ``index`` of a seed (independent of how many speakers the corpus has)."""
     rng = np.random.default_rng([seed, index, 1])
     size, own_voice = rng.normal(size=2)
     noise = rng.normal(size=4)
     register = rng.normal()
-    shared, own = np.sqrt(VOICE_SHARE), np.sqrt(1.0 - VOICE_SHARE)
+    shared, own = np.sqrt(voice_share), np.sqrt(1.0 - voice_share)
     width, height, eyes, tone = shared * np.array([size, register])[ATTRIBUTE_LATENT] + own * noise
     voice = VoiceParams(
         f0=float(np.clip(150.0 * np.exp(-0.24 * register - 0.05 * size + 0.07 * own_voice), 70.0, 320.0)),
@@ -141,15 +147,17 @@ def draw_speaker(seed: int, index: int) -> Speaker:
         mouth_width=float(face_width * rng.uniform(0.3, 0.38)), lip_thickness=float(rng.uniform(3.0, 6.0)),
         freckles=float(rng.uniform(0.05, 1.0)), texture=float(rng.uniform(0.6, 1.6)),
     )
-    return Speaker(speaker_id(index), {"size": float(size), "register": float(register), "voice_own": float(own_voice)}, face, voice)
+    return Speaker(speaker_id(index), {"size": float(size), "register": float(register), "voice_own": float(own_voice)},
+                   face, voice, voice_share)
 
 
-def ideal_retrieval(speakers: int, trials: int = 20000, seed: int = 0) -> tuple[float, float]:
+def ideal_retrieval(speakers: int, trials: int = 20000, seed: int = 0,
+                    voice_share: float = VOICE_SHARE) -> tuple[float, float]:
     """(top-1, top-5) speech-to-face retrieval among ``speakers`` by an ideal reader that knows each voice's two
     latents exactly and reads the four correlated face attributes without error: the ceiling of any learned
     encoder pair on this corpus (a Monte Carlo of :func:`draw_speaker`'s model)."""
     rng = np.random.default_rng(seed)
-    shared, own = np.sqrt(VOICE_SHARE), np.sqrt(1.0 - VOICE_SHARE)
+    shared, own = np.sqrt(voice_share), np.sqrt(1.0 - voice_share)
     latents = rng.normal(size=(trials, speakers, 2))[..., ATTRIBUTE_LATENT]        # per face attribute
     faces = shared * latents + own * rng.normal(size=(trials, speakers, len(ATTRIBUTE_LATENT)))
     score = -((faces - shared * latents[:, :1]) ** 2).sum(-1)                       # the query is speaker 0's voice
@@ -162,7 +170,7 @@ def ideal_portrait(speaker: Speaker, resolution: int) -> tuple[np.ndarray, np.nd
     voice-linked attributes at their expectation given the voice's two latents, every other attribute at the
     middle of its range (the first hair style, hair and iris colour) and no freckles or fine texture (what
     averaging the speaker-specific patterns leaves), a fixed background; neutral pose, eyes open, mouth closed. Identity scores of this face are the ceiling of any speech-to-portrait model."""
-    latents = np.sqrt(VOICE_SHARE) * np.array([speaker.latents["size"], speaker.latents["register"]])
+    latents = np.sqrt(speaker.voice_share) * np.array([speaker.latents["size"], speaker.latents["register"]])
     voiced = voice_linked_face(*latents[ATTRIBUTE_LATENT])
     width, spacing = voiced["face_width"], voiced["eye_spacing"]
     face = FaceParams(**voiced, jaw_squareness=2.7, eye_size=0.42 * spacing, hair_colour=0, hair_darkness=0.95,
@@ -225,7 +233,7 @@ def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: i
 
 def speaker_clips(cfg: SyntheticConfig, index: int, split: str):
     """The clips of speaker ``index``, generated one at a time."""
-    speaker = draw_speaker(cfg.seed, index)
+    speaker = draw_speaker(cfg.seed, index, cfg.voice_share)
     base = base_layer(speaker.face, cfg.resolution, np.random.default_rng([cfg.seed, index, 0]))
     for clip in range(cfg.clips_per_speaker):
         yield make_clip(speaker, base, cfg, clip, split)
@@ -240,7 +248,7 @@ def write_synthetic_corpus(out: str | Path, cfg: SyntheticConfig | None = None) 
         raise ValueError(f"{out} already holds a shard set: choose an empty --out folder or delete it first")
     splits = split_speakers(cfg)
     split_of = {spk: split for split, ids in splits.items() for spk in ids}
-    extra = {"synthetic": {"config": asdict(cfg), "speakers": splits, "voice_share": VOICE_SHARE}}
+    extra = {"synthetic": {"config": asdict(cfg), "speakers": splits, "voice_share": cfg.voice_share}}
     with ShardSetWriter(out, DATASET, shard_size=cfg.shard_size, prefix=DATASET, extra=extra) as writer:
         for index in range(cfg.speakers):
             for clip in speaker_clips(cfg, index, split_of[speaker_id(index)]):

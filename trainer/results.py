@@ -62,6 +62,12 @@ def corpus_config(root: Path) -> dict:
     return ShardIndex.load(root).extra.get("synthetic", {}).get("config", {})
 
 
+def corpus_voice_share() -> float:
+    """The voice share the small corpus was written with (what its ideal-reader ceilings must assume)."""
+    from datamodules.shards import ShardIndex
+    return float(ShardIndex.load(CORPUS).extra["synthetic"]["voice_share"])
+
+
 def ensure_corpus() -> None:
     """Write the small corpus, or check that the one there (and the stage files trained on it) is the right one."""
     written = corpus_config(CORPUS)
@@ -154,7 +160,7 @@ def conre_results() -> tuple[dict, str]:
     top5 = [r["test"]["top5"] for r in per_seed]
     chance1, chance5 = per_seed[0]["test"]["chance_top1"], per_seed[0]["test"]["chance_top5"]
     speakers = per_seed[0]["test"]["speakers"]
-    ideal1, ideal5 = ideal_retrieval(speakers)
+    ideal1, ideal5 = ideal_retrieval(speakers, voice_share=corpus_voice_share())
     lines = [
         f"ConRe speech-to-face retrieval among {speakers} held-out speakers (small scale, seeds {', '.join(map(str, SEEDS))}; "
         f"mean ± std).",

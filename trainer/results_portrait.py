@@ -79,9 +79,36 @@ def candidate_images(stages: Path, test: dict, train: dict, seed: int,
 def ideal_images(speaker_ids: list[str], resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """The ideal reader's portrait of each query's speaker, with its landmarks."""
     from datamodules.synthetic import draw_speaker, ideal_portrait
-    from trainer.results import CORPUS_OPTIONS
-    drawn = [ideal_portrait(draw_speaker(CORPUS_OPTIONS["seed"], int(name[3:])), resolution) for name in speaker_ids]
+    from trainer.results import CORPUS_OPTIONS, corpus_voice_share
+    share = corpus_voice_share()
+    drawn = [ideal_portrait(draw_speaker(CORPUS_OPTIONS["seed"], int(name[3:]), share), resolution)
+             for name in speaker_ids]
     return np.stack([image for image, _ in drawn]), np.stack([marks for _, marks in drawn])
+
+
+def dlib_ideal_retrieval(voice_share: float, speakers: int = 200, group: int = 50, seed: int = 5,
+                         resolution: int = 64) -> tuple[float, float]:
+    """(top-1, top-5) dlib retrieval of the ideal reader's portrait among ``group`` speakers drawn with
+    ``voice_share`` (a neutral frame of each speaker's own face as the gallery), averaged over speakers // group
+    groups: how much identity dlib can see in the voice for a corpus written with that share."""
+    from datamodules.synth_face import base_layer, neutral_landmarks, render_frame
+    from datamodules.synthetic import draw_speaker, ideal_portrait
+
+    def neutral(face) -> tuple[np.ndarray, np.ndarray]:
+        base = base_layer(face, resolution, np.random.default_rng(1))
+        return render_frame(base, face, neutral_landmarks(face), np.array([0.0, 0.0, 0.0, 1.0]), 1.0, 0.0, 1.0)
+
+    dlib = DlibFaceEmbedder()
+    drawn = [draw_speaker(seed, i, voice_share) for i in range(speakers)]
+    real = [neutral(s.face) for s in drawn]
+    ideal = [ideal_portrait(s, resolution) for s in drawn]
+    real_emb = dlib_embeddings(dlib, np.stack([i for i, _ in real]), np.stack([m for _, m in real]))
+    ideal_emb = dlib_embeddings(dlib, np.stack([i for i, _ in ideal]), np.stack([m for _, m in ideal]))
+    labels, hits = torch.arange(group), []
+    for start in range(0, speakers - group + 1, group):
+        part = slice(start, start + group)
+        hits.append([retrieval_accuracy(ideal_emb[part], real_emb[part], labels, k)[0] for k in (1, 5)])
+    return tuple(float(v) for v in np.mean(hits, axis=0))
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ def prepare_synthetic(args: argparse.Namespace) -> int:
         speakers=args.speakers, clips_per_speaker=args.clips_per_speaker, seconds=args.seconds,
         resolution=args.resolution, seed=args.seed, shard_size=args.shard_size,
         val_speakers_fraction=args.val_fraction, test_speakers_fraction=args.test_fraction,
+        **({} if args.voice_share is None else {"voice_share": args.voice_share}),
     )
     try:
         index = write_synthetic_corpus(args.out, cfg)
@@ -43,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.17, help="fraction of speakers for val (default 0.17)")
     p.add_argument("--test-fraction", type=float, default=0.17, help="fraction of speakers for test (default 0.17)")
+    p.add_argument("--voice-share", type=float, default=None,
+                   help="fraction of each voice-linked face attribute's variance the voice sets (default 0.56)")
     register_corpora(sub)
 
 
