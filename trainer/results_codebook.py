@@ -146,3 +146,38 @@ def codebook_results() -> tuple[dict, str]:
         lines.append(f"| {label} | " + " | ".join(mean_spread([v[m] for v in values]) if m in values[0] else "—"
                                                   for m in ("psnr", "ssim", "fid")) + " |")
     return {"per_seed": per_seed}, "\n".join(lines)
+
+
+@torch.no_grad()
+def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: int = 50) -> dict[str, dict]:
+    """PSNR / SSIM against the real 256 px frames of renderers and bicubic on held-out frames as the motion stage
+    of ``stages`` renders them (:func:`rerender_frames`, seeded): the inputs ``render_source: motion`` trains on.
+    Usage: ``stage2_frame_scores(Path("outputs/results/small/stages-seed0"), [file, ...], data)``."""
+    from lightning_modules.motion_diffusion import load_motion_parts
+    from lightning_modules.motion_generation import rerender_frames
+
+    dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=8))
+    dm.setup()
+    parts, generator = load_motion_parts(stages), torch.Generator().manual_seed(0)
+    low, high = [], []
+    for batch in dm.eval_dataloader("test"):
+        valid = batch["valid"]
+        low.append(rerender_frames(parts, batch["frames"][valid], batch["landmarks"][valid], batch["audio"][valid],
+                                   data.resolution, generator).flatten(0, 1))
+        high.append(batch["hr_frames"][valid].flatten(0, 1))
+        if sum(len(h) for h in high) >= max_clips * FRAMES_PER_CLIP:
+            break
+    low, target = torch.cat(low), unit(torch.cat(high))
+
+    def scores(frames: torch.Tensor) -> dict[str, float]:
+        pred = unit(frames)
+        psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+        return {"psnr": float(psnr.mean()), "ssim": float(ssim_per_frame(pred, target).mean())}
+
+    bicubic = F.interpolate(low, size=target.shape[-1], mode="bicubic", align_corners=False).clamp(-1, 1)
+    result = {"frames": len(low), "bicubic": scores(bicubic)}
+    for path in renderers:
+        codebook = load_codebook(path)
+        result[str(path)] = {w: scores(torch.cat([codebook.upscale(c, w) for c in low.split(FRAMES_PER_CLIP)]))
+                             for w in (1.0, 0.5, 0.0)}
+    return result
