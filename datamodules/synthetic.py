@@ -176,7 +176,12 @@ def ideal_portrait(speaker: Speaker, resolution: int) -> tuple[np.ndarray, np.nd
     face = FaceParams(**voiced, jaw_squareness=2.7, eye_size=0.42 * spacing, hair_colour=0, hair_darkness=0.95,
                       hair_style=0, iris_colour=0, brow_thickness=3.25, nose_width=0.22 * width,
                       mouth_width=0.34 * width, lip_thickness=4.5, freckles=0.0, texture=0.0)
-    base = base_layer(face, resolution, np.random.default_rng(0))
+    return neutral_frame(face, resolution, np.random.default_rng(0))
+
+
+def neutral_frame(face: FaceParams, resolution: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 [R, R, 3], landmarks [68, 2]) of a face in the neutral pose, eyes open, mouth closed."""
+    base = base_layer(face, resolution, rng)
     return render_frame(base, face, neutral_landmarks(face), np.array([0.0, 0.0, 0.0, 1.0]), 1.0, 0.0, 1.0)
 
 

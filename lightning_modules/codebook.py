@@ -37,7 +37,7 @@ from lightning_modules.motion_generation import rerender_frames
 from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
-from lightning_modules.stagefile import StageFile, load_stage_file
+from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
           "render": ("fusion",)}
@@ -207,8 +207,13 @@ class CodebookStage(StageModule):
     def motion_rerender(self, batch: dict[str, Any]) -> torch.Tensor:
         if self._motion is None:
             from lightning_modules.motion_diffusion import load_motion_parts
-            self.load_required("motion_diffusion")  # names the missing file and how to make it
-            self._motion = [load_motion_parts(self.stages_dir)]  # a list: outside the module tree and checkpoints
+            try:
+                self._motion = [load_motion_parts(self.stages_dir or ".")]  # a list: outside the module tree
+            except StageFileError as exc:
+                raise StageFileError(
+                    f"stage.render_source=motion needs the exported motion_diffusion, conre and autoencoder stages: "
+                    f"{exc}. Train them first (`seespeaker train experiment=<same> stage=motion_diffusion`) or set "
+                    f"run.stages_dir") from exc
         generator = None if self.training else torch.Generator().manual_seed(0)
         return rerender_frames(self._motion[0], batch["frames"], batch["landmarks"], batch["audio"],
                                self.data_cfg.resolution, generator)
@@ -304,8 +309,6 @@ def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
 def load_codebook(path: str | Path, device: str | torch.device = "cpu") -> CodebookStage:
     """The exported codebook stage for generation (EMA weights); the file must hold phase transformer or render."""
     from datamodules.config import DataConfig
-    from lightning_modules.stagefile import StageFileError
-
     stage = load_stage_file(path, expect_stage="codebook")
     if stage.phase not in PHASES[1:]:
         raise StageFileError(

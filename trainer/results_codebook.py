@@ -82,6 +82,13 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, chunk: int = 32) ->
                       for p, t in zip(pred.split(chunk), target.split(chunk))])
 
 
+def frame_scores(frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame (PSNR [N], SSIM [N]) of frames in [-1, 1] against a target already through :func:`unit`."""
+    pred = unit(frames)
+    return (peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)),
+            ssim_per_frame(pred, target))
+
+
 def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
     """{row: {psnr, ssim, fid, frames, fid_frames}} for one seed's exported codebook on the test split.
 
@@ -95,9 +102,9 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
         target = unit(real)
         kept["real"].append(uint8_images(real[::FID_STRIDE]))
         for row, frames in outputs.items():
-            pred = unit(frames)
-            psnr[row].append(peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)))
-            ssim[row].append(ssim_per_frame(pred, target))
+            row_psnr, row_ssim = frame_scores(frames, target)
+            psnr[row].append(row_psnr)
+            ssim[row].append(row_ssim)
             if row in kept:
                 kept[row].append(uint8_images(frames[::FID_STRIDE]))
     extractor = InceptionFeatures()
@@ -170,9 +177,8 @@ def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: in
     low, target = torch.cat(low), unit(torch.cat(high))
 
     def scores(frames: torch.Tensor) -> dict[str, float]:
-        pred = unit(frames)
-        psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-        return {"psnr": float(psnr.mean()), "ssim": float(ssim_per_frame(pred, target).mean())}
+        psnr, ssim = frame_scores(frames, target)
+        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
 
     bicubic = F.interpolate(low, size=target.shape[-1], mode="bicubic", align_corners=False).clamp(-1, 1)
     result = {"frames": len(low), "bicubic": scores(bicubic)}

@@ -91,16 +91,11 @@ def dlib_ideal_retrieval(voice_share: float, speakers: int = 200, group: int = 5
     """(top-1, top-5) dlib retrieval of the ideal reader's portrait among ``group`` speakers drawn with
     ``voice_share`` (a neutral frame of each speaker's own face as the gallery), averaged over speakers // group
     groups: how much identity dlib can see in the voice for a corpus written with that share."""
-    from datamodules.synth_face import base_layer, neutral_landmarks, render_frame
-    from datamodules.synthetic import draw_speaker, ideal_portrait
-
-    def neutral(face) -> tuple[np.ndarray, np.ndarray]:
-        base = base_layer(face, resolution, np.random.default_rng(1))
-        return render_frame(base, face, neutral_landmarks(face), np.array([0.0, 0.0, 0.0, 1.0]), 1.0, 0.0, 1.0)
+    from datamodules.synthetic import draw_speaker, ideal_portrait, neutral_frame
 
     dlib = DlibFaceEmbedder()
     drawn = [draw_speaker(seed, i, voice_share) for i in range(speakers)]
-    real = [neutral(s.face) for s in drawn]
+    real = [neutral_frame(s.face, resolution, np.random.default_rng(1)) for s in drawn]
     ideal = [ideal_portrait(s, resolution) for s in drawn]
     real_emb = dlib_embeddings(dlib, np.stack([i for i, _ in real]), np.stack([m for _, m in real]))
     ideal_emb = dlib_embeddings(dlib, np.stack([i for i, _ in ideal]), np.stack([m for _, m in ideal]))
