@@ -24,6 +24,7 @@ from lightning_modules.conre import load_conre_encoders
 from lightning_modules.portrait import PortraitGenerator
 from lightning_modules.retrieval import retrieval_accuracy
 from lightning_modules.stagefile import load_stage_file
+from trainer.results import Corpus
 
 ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker",
         "ideal reader's portrait (ceiling)")
@@ -54,7 +55,7 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def candidate_images(stages: Path, test: dict, train: dict, seed: int,
+def candidate_images(stages: Path, test: dict, train: dict, seed: int, corpus: Corpus,
                      batch: int = 26) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
     """The four rows' images, one per test clip (uint8 [N, R, R, 3]), with the landmarks to align them by:
     the test faces' mean landmarks for generated faces (the corpus is aligned), a real face's own otherwise;
@@ -72,16 +73,15 @@ def candidate_images(stages: Path, test: dict, train: dict, seed: int,
     images[ROWS[2]] = (np.repeat(generator.mean_face()[None], count, axis=0), mean_marks)
     pick = random.Random(seed).choices(range(len(train["frames"])), k=count)
     images[ROWS[3]] = (to_uint8(train["frames"][pick]), train["landmarks"][pick].numpy())
-    images[ROWS[4]] = ideal_images(test["speaker_id"], test["frames"].shape[-1])
+    images[ROWS[4]] = ideal_images(test["speaker_id"], test["frames"].shape[-1], corpus)
     return images, weights
 
 
-def ideal_images(speaker_ids: list[str], resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def ideal_images(speaker_ids: list[str], resolution: int, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
     """The ideal reader's portrait of each query's speaker, with its landmarks."""
     from datamodules.synthetic import draw_speaker, ideal_portrait
-    from trainer.results import CORPUS_OPTIONS, corpus_voice_share
-    share = corpus_voice_share()
-    drawn = [ideal_portrait(draw_speaker(CORPUS_OPTIONS["seed"], int(name[3:]), share), resolution)
+    share = corpus.voice_share()
+    drawn = [ideal_portrait(draw_speaker(corpus.options["seed"], int(name[3:]), share), resolution)
              for name in speaker_ids]
     return np.stack([image for image, _ in drawn]), np.stack([marks for _, marks in drawn])
 
@@ -130,10 +130,10 @@ def dlib_embeddings(embedder: DlibFaceEmbedder, images: np.ndarray, landmarks: n
 
 
 @torch.no_grad()
-def evaluate_portraits(stages: Path, data, seed: int) -> dict:
+def evaluate_portraits(stages: Path, data, seed: int, corpus: Corpus) -> dict:
     """{"rows": {row: {embedder: scores}}, "saw_weights": ...} for one seed's Stage-1 files on the test split."""
     test, train = first_frames(data, "test"), first_frames(data, "train")
-    images, weights = candidate_images(stages, test, train, seed)
+    images, weights = candidate_images(stages, test, train, seed, corpus)
     _, face_encoder = load_conre_encoders(load_stage_file(stages / "conre.safetensors", expect_stage="conre"))
     dlib = DlibFaceEmbedder()
     real = {"conre": face_encoder(test["frames"]),
@@ -145,24 +145,34 @@ def evaluate_portraits(stages: Path, data, seed: int) -> dict:
     return {"rows": results, "saw_weights": weights}
 
 
-def portrait_results() -> tuple[dict, str]:
-    """Train (or reuse) the small Stage-1 chain for every seed and tabulate the identity of its portraits."""
+def portrait_seed(seed: int, corpus: Corpus) -> dict:
+    """One seed's rows: its Stage-1 chain on ``corpus`` trained (or reused) and its portraits scored."""
     from trainer.config import compose
-    from trainer.results import CORPUS, SEEDS, mean_spread, shared_autoencoder, train
+    from trainer.results import cached_evaluation, shared_autoencoder, train
 
-    per_seed = []
-    for seed in SEEDS:
-        stages = shared_autoencoder(seed)
-        for stage in ("conre", "portrait_diffusion", "saw"):
-            train(stage, seed, stages)
-        data = compose(["experiment=small", "stage=portrait_diffusion", f"data.root={CORPUS}"]).data
-        per_seed.append({"seed": seed, **evaluate_portraits(stages, data, seed)})
+    stages = shared_autoencoder(seed, corpus)
+    for stage in ("conre", "portrait_diffusion", "saw"):
+        train(stage, seed, stages, corpus=corpus)
+    data = compose(["experiment=small", "stage=portrait_diffusion", f"data.root={corpus.root}"]).data
+    inputs = [stages / f"{name}.safetensors" for name in ("conre", "autoencoder", "face_prior", "portrait_diffusion",
+                                                          "saw")]
+    result = cached_evaluation("portrait", seed, inputs, lambda: evaluate_portraits(stages, data, seed, corpus),
+                               corpus)
+    return {"seed": seed, **result}
+
+
+def portrait_results(corpus: Corpus) -> tuple[dict, str]:
+    """Train (or reuse) the small Stage-1 chain on ``corpus`` for every seed; tabulate its portraits' identity."""
+    from trainer.results import SEEDS, mean_spread
+
+    per_seed = [portrait_seed(seed, corpus) for seed in SEEDS]
 
     def cell(row: str, embedder: str, metric: str) -> str:
         return mean_spread([r["rows"][row][embedder][metric] for r in per_seed])
 
     first = per_seed[0]["rows"][ROWS[0]]["conre"]
-    lines = [f"Identity of portraits generated from held-out speakers' speech ({len(SEEDS)} seeds, mean ± std; "
+    lines = [f"Identity of portraits generated from held-out speakers' speech (corpus `{corpus.root}`, voice share "
+             f"{corpus.voice_share():g}; {len(SEEDS)} seeds, mean ± std; "
              f"one portrait per test clip, {SAMPLE_STEPS} sampler steps, guidance {GUIDANCE}). Cosine: to the "
              f"speaker's own mean real face; top-k: retrieval of the speaker among the test speakers (chance "
              f"top-1 {first['chance_top1']:.3f}, top-5 {first['chance_top5']:.3f}).", "",
@@ -180,4 +190,4 @@ def portrait_results() -> tuple[dict, str]:
               "", "The autoencoder and face prior are seed 0's, shared by all seeds; the seeds vary ConRe, the "
               "portrait diffusion and SAW. dlib: `dlib_face_recognition_resnet_model_v1` on chips aligned from "
               "the test faces' mean landmarks (generated faces) or the face's own landmarks (real faces)."]
-    return {"per_seed": per_seed}, "\n".join(lines)
+    return {"corpus": str(corpus.root), "voice_share": corpus.voice_share(), "per_seed": per_seed}, "\n".join(lines)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import trainer.results as results
 
 
-def test_evaluation_is_reused_until_an_input_file_changes(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "OUTPUT_ROOT", tmp_path)
-    stages = results.stages_dir(1)
+def test_evaluation_is_reused_until_an_input_file_changes(tmp_path):
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    stages = corpus.stages(1)
     stages.mkdir(parents=True)
     stage_file = stages / "motion_diffusion.safetensors"
     stage_file.write_bytes(b"weights v1")
@@ -16,15 +16,15 @@ def test_evaluation_is_reused_until_an_input_file_changes(tmp_path, monkeypatch)
         calls.append(1)
         return {"lse_c": float(len(calls))}
 
-    first = results.cached_evaluation("sync", 1, [stage_file], evaluate)
-    again = results.cached_evaluation("sync", 1, [stage_file], evaluate)
+    first = results.cached_evaluation("sync", 1, [stage_file], evaluate, corpus)
+    again = results.cached_evaluation("sync", 1, [stage_file], evaluate, corpus)
     assert first == again == {"lse_c": 1.0} and len(calls) == 1
     stage_file.write_bytes(b"weights v2")  # retrained: the cached rows no longer describe these files
-    assert results.cached_evaluation("sync", 1, [stage_file], evaluate) == {"lse_c": 2.0}
+    assert results.cached_evaluation("sync", 1, [stage_file], evaluate, corpus) == {"lse_c": 2.0}
     (stages / "codebook.safetensors").write_bytes(b"a new stage joins the inputs")
     both = [stage_file, stages / "codebook.safetensors"]
-    assert results.cached_evaluation("sync", 1, both, evaluate) == {"lse_c": 3.0}
-    assert results.cached_evaluation("sync", 1, both, evaluate) == {"lse_c": 3.0} and len(calls) == 3
+    assert results.cached_evaluation("sync", 1, both, evaluate, corpus) == {"lse_c": 3.0}
+    assert results.cached_evaluation("sync", 1, both, evaluate, corpus) == {"lse_c": 3.0} and len(calls) == 3
 
 
 def test_chunked_ssim_equals_the_whole_batch_ssim():

@@ -1,0 +1,40 @@
+"""make results: each results corpus is written with its own options (the voice share included), and a corpus or
+stage files that do not match them are refused with what to move aside."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+import trainer.results as results
+
+OPTIONS = {"speakers": 6, "clips_per_speaker": 1, "seed": 3, "val_speakers_fraction": 0.2,
+           "test_speakers_fraction": 0.2, "voice_share": 0.8}
+
+
+def test_a_results_corpus_is_written_with_its_options_and_another_is_refused(tmp_path):
+    corpus = results.Corpus(tmp_path / "corpus", OPTIONS, tmp_path / "outputs")
+    results.ensure_corpus(corpus)
+    written = results.corpus_config(corpus.root)
+    assert {k: written[k] for k in OPTIONS} == OPTIONS
+    assert corpus.voice_share() == 0.8
+    marker = tmp_path / "outputs" / "small" / "corpus.json"
+    assert json.loads(marker.read_text()) == written
+
+    results.ensure_corpus(corpus)  # the same options again: accepted, nothing rewritten
+    assert results.corpus_config(corpus.root) == written
+
+    other_share = replace(corpus, options={**OPTIONS, "voice_share": 0.9})
+    with pytest.raises(SystemExit, match=r"voice_share.*\(0\.8, 0\.9\).*move .*corpus"):
+        results.ensure_corpus(other_share)
+
+    marker.write_text(json.dumps({**written, "seed": 4}))  # stage files trained on another corpus
+    with pytest.raises(SystemExit, match=r"trained on another corpus.*move .*outputs/small aside"):
+        results.ensure_corpus(corpus)
+
+
+def test_the_results_corpora_differ_only_in_the_voice_share():
+    assert results.VOICE09.options == {**results.SMALL.options, "voice_share": 0.9}
+    assert results.VOICE09.output_root != results.SMALL.output_root
+    assert set(results.VOICE09.options) <= set(results.PREPARE_FLAGS)
