@@ -171,12 +171,17 @@ def ideal_portrait(speaker: Speaker, resolution: int) -> tuple[np.ndarray, np.nd
     middle of its range (the first hair style, hair and iris colour) and no freckles or fine texture (what
     averaging the speaker-specific patterns leaves), a fixed background; neutral pose, eyes open, mouth closed. Identity scores of this face are the ceiling of any speech-to-portrait model."""
     latents = np.sqrt(speaker.voice_share) * np.array([speaker.latents["size"], speaker.latents["register"]])
-    voiced = voice_linked_face(*latents[ATTRIBUTE_LATENT])
+    face = middle_face(voice_linked_face(*latents[ATTRIBUTE_LATENT]))
+    return neutral_frame(face, resolution, np.random.default_rng(0))
+
+
+def middle_face(voiced: dict[str, float]) -> FaceParams:
+    """The face with the given voice-linked attributes (:func:`voice_linked_face`) and every other attribute at the
+    middle of its range (the first hair style, hair and iris colour; no freckles or fine texture)."""
     width, spacing = voiced["face_width"], voiced["eye_spacing"]
-    face = FaceParams(**voiced, jaw_squareness=2.7, eye_size=0.42 * spacing, hair_colour=0, hair_darkness=0.95,
+    return FaceParams(**voiced, jaw_squareness=2.7, eye_size=0.42 * spacing, hair_colour=0, hair_darkness=0.95,
                       hair_style=0, iris_colour=0, brow_thickness=3.25, nose_width=0.22 * width,
                       mouth_width=0.34 * width, lip_thickness=4.5, freckles=0.0, texture=0.0)
-    return neutral_frame(face, resolution, np.random.default_rng(0))
 
 
 def neutral_frame(face: FaceParams, resolution: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

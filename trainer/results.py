@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.names if name not in RESULTS]
     if unknown:
         parser.error(f"unknown results {unknown}: choose from {', '.join(RESULTS)}")
-    for corpus in dict.fromkeys(SECTION_CORPUS.get(name, SMALL) for name in args.names):
+    corpora = [SECTION_CORPUS.get(name, SMALL) for name in args.names]
+    for corpus in [c for i, c in enumerate(corpora) if c not in corpora[:i]]:
         ensure_corpus(corpus)
     for name in args.names:
         data, table = RESULTS[name]()

@@ -136,3 +136,15 @@ def test_portrait_identity_scores_find_each_speaker_and_only_their_own():
     assert own["top1"] == 1.0 and own["cosine"] > 0.99 and own["chance_top1"] == pytest.approx(1 / 6)
     others = identity_scores(faces[(torch.arange(18) + 3) % 18], faces, speaker)
     assert others["top1"] == 0.0 and others["cosine"] < own["cosine"]
+
+
+def test_dlib_attribute_probe_finds_whole_faces_and_not_a_face_with_nothing_of_its_own():
+    from datamodules.synth_face import FaceParams
+    from trainer.results_portrait import dlib_attribute_retrieval
+
+    every = set(FaceParams.__dataclass_fields__)
+    assert dlib_attribute_retrieval(every, speakers=10, group=5) == (1.0, 1.0)
+    top1, top5 = dlib_attribute_retrieval(set(), speakers=10, group=5)  # one query face for every speaker
+    assert top1 == pytest.approx(1 / 5) and top5 == 1.0
+    with pytest.raises(ValueError, match=r"\['hair_length'\] are not face attributes"):
+        dlib_attribute_retrieval({"hair_length"}, speakers=10, group=5)
