@@ -38,3 +38,20 @@ def test_the_results_corpora_differ_only_in_the_voice_share():
     assert results.VOICE09.options == {**results.SMALL.options, "voice_share": 0.9}
     assert results.VOICE09.output_root != results.SMALL.output_root
     assert set(results.VOICE09.options) <= set(results.PREPARE_FLAGS)
+
+
+def test_a_corpus_trains_its_stages_on_itself_with_its_own_overrides(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(results, "run", lambda *words: commands.append(words))
+    corpus = results.Corpus(tmp_path / "corpus", OPTIONS, tmp_path / "outputs",
+                            {"autoencoder": ("trainer.max_steps=7",)})
+    stages = corpus.stages(2)
+    assert results.train("autoencoder", 2, stages, "stage.lr=0.1", corpus=corpus)
+    assert results.train("conre", 2, stages, corpus=corpus)
+    autoencoder, conre = commands
+    assert f"data.root={corpus.root}" in autoencoder and f"experiment.output_root={corpus.output_root}" in autoencoder
+    assert autoencoder[-2:] == ("trainer.max_steps=7", "stage.lr=0.1")  # the caller's words win
+    assert not any(word.startswith("trainer.max_steps") for word in conre)
+    stages.mkdir(parents=True)
+    (stages / "conre.safetensors").write_bytes(b"exported")
+    assert not results.train("conre", 2, stages, corpus=corpus) and len(commands) == 2
