@@ -223,4 +223,8 @@ def portrait_results(corpus: Corpus) -> tuple[dict, str]:
               "", "The autoencoder and face prior are seed 0's, shared by all seeds; the seeds vary ConRe, the "
               "portrait diffusion and SAW. dlib: `dlib_face_recognition_resnet_model_v1` on chips aligned from "
               "the test faces' mean landmarks (generated faces) or the face's own landmarks (real faces)."]
-    return {"corpus": str(corpus.root), "voice_share": corpus.voice_share(), "per_seed": per_seed}, "\n".join(lines)
+    if corpus.train_words:
+        lines[-1] += " Trained on this corpus with, beyond `experiment=small`: " + "; ".join(
+            f"{stage} `{' '.join(words)}`" for stage, words in corpus.train_words.items()) + "."
+    return {"corpus": str(corpus.root), "voice_share": corpus.voice_share(), "train_words": corpus.train_words,
+            "per_seed": per_seed}, "\n".join(lines)
