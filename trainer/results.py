@@ -95,11 +95,6 @@ def corpus_config(root: Path) -> dict:
     return ShardIndex.load(root).extra.get("synthetic", {}).get("config", {})
 
 
-def corpus_voice_share() -> float:
-    """The voice share the small corpus was written with."""
-    return SMALL.voice_share()
-
-
 def ensure_corpus(corpus: Corpus = SMALL) -> None:
     """Write a results corpus, or check that the one there (and the stage files trained on it) is the right one."""
     written = corpus_config(corpus.root)
@@ -124,10 +119,6 @@ def mean_spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.3f}" if values else "-"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def stages_dir(seed: int, corpus: Corpus = SMALL) -> Path:
-    return corpus.stages(seed)
 
 
 def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[[], dict],
@@ -182,7 +173,7 @@ def conre_results() -> tuple[dict, str]:
 
     per_seed = []
     for seed in SEEDS:
-        stages = stages_dir(seed)
+        stages = SMALL.stages(seed)
         start = time.time()
         trained = train("conre", seed, stages)
         minutes = (time.time() - start) / 60 if trained else None  # None: an existing export was reused
@@ -194,7 +185,7 @@ def conre_results() -> tuple[dict, str]:
     top5 = [r["test"]["top5"] for r in per_seed]
     chance1, chance5 = per_seed[0]["test"]["chance_top1"], per_seed[0]["test"]["chance_top5"]
     speakers = per_seed[0]["test"]["speakers"]
-    ideal1, ideal5 = ideal_retrieval(speakers, voice_share=corpus_voice_share())
+    ideal1, ideal5 = ideal_retrieval(speakers, voice_share=SMALL.voice_share())
     lines = [
         f"ConRe speech-to-face retrieval among {speakers} held-out speakers (small scale, seeds {', '.join(map(str, SEEDS))}; "
         f"mean ± std).",
@@ -228,14 +219,14 @@ def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]
     return section
 
 
-RESULTS: dict[str, Callable[[], tuple[dict, str]]] = {
-    "conre": conre_results,
-    "portrait": from_module("trainer.results_portrait", "portrait_results", SMALL),
-    "portrait_voice09": from_module("trainer.results_portrait", "portrait_results", VOICE09),
-    "sync": from_module("trainer.results_sync", "sync_results"),
-    "codebook": from_module("trainer.results_codebook", "codebook_results"),
+# Each section with the corpus it trains on.
+RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
+    "conre": (SMALL, conre_results),
+    "portrait": (SMALL, from_module("trainer.results_portrait", "portrait_results", SMALL)),
+    "portrait_voice09": (VOICE09, from_module("trainer.results_portrait", "portrait_results", VOICE09)),
+    "sync": (SMALL, from_module("trainer.results_sync", "sync_results")),
+    "codebook": (SMALL, from_module("trainer.results_codebook", "codebook_results")),
 }
-SECTION_CORPUS = {"portrait_voice09": VOICE09}  # every other section uses SMALL
 
 
 def write_table(name: str, table: str) -> None:
@@ -257,11 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.names if name not in RESULTS]
     if unknown:
         parser.error(f"unknown results {unknown}: choose from {', '.join(RESULTS)}")
-    corpora = [SECTION_CORPUS.get(name, SMALL) for name in args.names]
-    for corpus in [c for i, c in enumerate(corpora) if c not in corpora[:i]]:
+    for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
         ensure_corpus(corpus)
     for name in args.names:
-        data, table = RESULTS[name]()
+        data, table = RESULTS[name][1]()
         data.update({"machine": machine(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d")})
         atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(data, indent=2))
         write_table(name, table)

@@ -122,9 +122,9 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
 def codebook_seed(seed: int) -> dict:
     """One seed's rows: its three codebook phases trained (or reused) and its upscaling scored."""
     from trainer.config import compose
-    from trainer.results import CORPUS, cached_evaluation, stages_dir, train
+    from trainer.results import CORPUS, SMALL, cached_evaluation, train
 
-    stages = stages_dir(seed)
+    stages = SMALL.stages(seed)
     train("conre", seed, stages)
     for phase in ("vqgan", "transformer", "render"):
         marker = stages / f".codebook-{phase}.done"
