@@ -33,13 +33,13 @@ system-packages:
 	fi
 
 demo: install
-	$(BIN)/python -m trainer.demo
+	$(BIN)/python -m reports.demo
 
 test: install system-packages
 	$(BIN)/python tests/run_tiers.py
 
 results: install
-	$(BIN)/python -m trainer.results $(NAMES)
+	$(BIN)/python -m reports.results $(NAMES)
 
 bench: install
 	$(BIN)/python -m bench

@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"reader": "bench.reader_bench", "prepare": "bench.prepare_bench", "eval": "bench.eval_bench",
-           "generate": "bench.generate_bench", "generate_paper": "bench.generate_paper_bench"}
+BENCHES = {"reader": "reader_bench", "prepare": "prepare_bench", "eval": "eval_bench", "generate": "generate_bench",
+           "generate_paper": "generate_paper_bench"}
 
 
 def main(argv: list[str]) -> int:
@@ -19,11 +19,7 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}", file=sys.stderr)
         return 2
     for name in names:
-        try:
-            module = importlib.import_module(BENCHES[name])
-        except ModuleNotFoundError as exc:
-            print(f"skipping {name}: {exc}")
-            continue
+        module = importlib.import_module(f"bench.{BENCHES[name]}")
         module.main(flags) if flags else module.main()
     return 0
 

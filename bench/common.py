@@ -6,8 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from trainer.provenance import git_commit
-from trainer.results import machine
+from trainer.provenance import git_commit, machine
 
 OUT = Path("bench/out")
 

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from bench.common import write_report
-from lightning_modules.pipeline import PORTRAIT_STAGES, VIDEO_STAGES, GenerationOptions, generate_video
+from generation.pipeline import PORTRAIT_STAGES, VIDEO_STAGES, GenerationOptions, generate_video
 
 SECONDS = 4.0
 DEMO_STAGES = Path("outputs/tiny/stages")
@@ -50,8 +50,9 @@ def pipeline_row(stages: Path, scratch: Path, options: GenerationOptions, second
 def renderer_rows(stages: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 8, 16),
                   frames: int = 32) -> list[dict]:
     """The codebook renderer alone: frames/s by batch size, after a warm-up batch."""
-    from lightning_modules.codebook import load_codebook
-    codebook = load_codebook(stages / "codebook.safetensors", device)
+    from lightning_modules.codebook import CodebookStage
+    from lightning_modules.stagefile import StageFiles
+    codebook = CodebookStage.for_inference(StageFiles(stages)).to(device)
     size, rows = codebook.cfg.lr_resolution, []
     for batch in batches:
         inputs = torch.rand(frames, 3, size, size, device=device) * 2 - 1

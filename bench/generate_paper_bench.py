@@ -18,7 +18,7 @@ import torch
 from bench.common import write_report
 from bench.generate_bench import pipeline_row, renderer_rows
 from bench.untrained_stages import PAPER, TINY, build_untrained_stages
-from lightning_modules.pipeline import GenerationOptions
+from generation.pipeline import GenerationOptions
 
 SECONDS = 4.0
 # (portrait steps, motion steps, frame steps per frame): reduced-step samplers, then the paper configs' own

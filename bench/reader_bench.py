@@ -5,7 +5,6 @@ frames of its window (8 frames here, a video stage's window), the baseline decod
 """
 from __future__ import annotations
 
-import io
 import time
 
 import torch

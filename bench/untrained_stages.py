@@ -32,14 +32,15 @@ def stage_words(stage: str, folder: Path, experiments: dict[str, str]) -> list[s
 
 
 def write_face_prior(folder: Path, resolution: int) -> None:
-    from lightning_modules.autoencoder import encode_latents, load_vae
+    from lightning_modules.autoencoder import AutoencoderStage
     from lightning_modules.prior import compute_face_prior
+    from lightning_modules.stagefile import StageFiles
 
-    vae, scaling, vae_hash = load_vae(folder / "autoencoder.safetensors")
+    vae = AutoencoderStage.for_inference(StageFiles(folder))
     images = torch.rand(PRIOR_IMAGES, 3, resolution, resolution) * 2 - 1
     with torch.no_grad():
-        latents = [encode_latents(vae, images[i:i + 2], scaling) for i in range(0, PRIOR_IMAGES, 2)]
-    compute_face_prior(latents, vae_hash, shards=["random images"]).save(folder / "face_prior.safetensors")
+        latents = [vae.encode(images[i:i + 2]) for i in range(0, PRIOR_IMAGES, 2)]
+    compute_face_prior(latents, vae.vae_hash, shards=["random images"]).save(folder / "face_prior.safetensors")
 
 
 def build_untrained_stages(folder: Path, experiments: dict[str, str] = PAPER, log=print) -> Path:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
+from common.images import to_unit
 from datamodules.config import DataConfig
 from datamodules.sample import (
     SampleError,
@@ -125,17 +126,12 @@ def padding_sample(window: ClipWindow) -> dict[str, Any]:
     return out
 
 
-def to_unit_range(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> float32 [B, T, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
-
-
 def collate(samples: list[dict[str, Any]], skipped: tuple[int, list[str]] = (0, [])) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
         "speaker": [s["speaker"] for s in samples],
         "speaker_index": torch.tensor([s["speaker_index"] for s in samples], dtype=torch.long),
-        "frames": to_unit_range(np.stack([s["frames"] for s in samples])),
+        "frames": to_unit(np.stack([s["frames"] for s in samples])),
         "landmarks": torch.from_numpy(np.stack([s["landmarks"] for s in samples])),
         "audio": torch.from_numpy(np.stack([s["audio"] for s in samples])),
         "frame_start": torch.tensor([s["frame_start"] for s in samples], dtype=torch.long),
@@ -144,7 +140,7 @@ def collate(samples: list[dict[str, Any]], skipped: tuple[int, list[str]] = (0, 
         "skip_messages": list(skipped[1]),
     }
     if "hr_frames" in samples[0]:
-        batch["hr_frames"] = to_unit_range(np.stack([s["hr_frames"] for s in samples]))
+        batch["hr_frames"] = to_unit(np.stack([s["hr_frames"] for s in samples]))
     return batch
 
 

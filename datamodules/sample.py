@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import soundfile as sf
 
+from common.errors import SeespeakerError
+
 SCHEMA_VERSION = 1
 SAMPLE_RATE = 16000
 FPS = 25
@@ -41,7 +43,7 @@ MOUTH = slice(48, 68)
 INNER_LIPS = slice(60, 68)
 
 
-class SampleError(ValueError):
+class SampleError(SeespeakerError, ValueError):
     """A sample that cannot be decoded; carries the sample key and the reason."""
 
     def __init__(self, key: str, reason: str):

@@ -11,33 +11,23 @@ writer never leaves a partial shard that a reader would take for a whole one.
 from __future__ import annotations
 
 import json
-import os
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
+from common.errors import SeespeakerError
+from common.files import atomic_path, atomic_write_text
 from datamodules.sample import SCHEMA_VERSION, SPLITS, Clip, encode_clip
 
 INDEX_NAME = "index.json"
 
 
-class ShardSetError(FileNotFoundError):
+class ShardSetError(SeespeakerError, FileNotFoundError):
     """A shard set that cannot be used as asked (missing, empty, wrong schema)."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -135,7 +125,7 @@ class ShardSetWriter:
         self.shard_size = shard_size
         self.prefix = prefix
         self.extra = dict(extra or {})
-        self._open: dict[str, tuple[wds.TarWriter, Path, Path, int]] = {}
+        self._open: dict[str, tuple[wds.TarWriter, AbstractContextManager[Path], Path, int]] = {}
         self._next_number: dict[str, int] = {}
         self.written: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
 
@@ -150,14 +140,14 @@ class ShardSetWriter:
         if split not in SPLITS:
             raise ValueError(f"clip {clip.key}: split {split!r} is not one of {SPLITS}")
         sample = encode_clip(clip)
-        writer, tmp, final, count = self._open.get(split) or self._start_shard(split)
+        writer, target, final, count = self._open.get(split) or self._start_shard(split)
         writer.write(sample)
         count += 1
-        self._open[split] = (writer, tmp, final, count)
+        self._open[split] = (writer, target, final, count)
         if count >= self.shard_size:
             self._finish_shard(split)
 
-    def _start_shard(self, split: str) -> tuple[wds.TarWriter, Path, Path, int]:
+    def _start_shard(self, split: str) -> tuple[wds.TarWriter, AbstractContextManager[Path], Path, int]:
         number = self._next_number.get(split, 0)
         folder = self.root / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,13 +155,13 @@ class ShardSetWriter:
             number += 1
         self._next_number[split] = number + 1
         final = folder / f"{self.prefix}-{number:06d}.tar"
-        tmp = final.with_name(f".{final.name}.tmp")
-        return wds.TarWriter(str(tmp)), tmp, final, 0
+        target = atomic_path(final)
+        return wds.TarWriter(str(target.__enter__())), target, final, 0
 
     def _finish_shard(self, split: str) -> None:
-        writer, tmp, final, count = self._open.pop(split)
+        writer, target, final, count = self._open.pop(split)
         writer.close()
-        os.replace(tmp, final)
+        target.__exit__(None, None, None)  # renamed into place
         self.written[split].append(ShardInfo(str(final.relative_to(self.root)), count))
 
     def close(self, write_index: bool = True) -> ShardIndex | None:
@@ -179,9 +169,9 @@ class ShardSetWriter:
             if write_index:
                 self._finish_shard(split)
             else:
-                writer, tmp, _, _ = self._open.pop(split)
+                writer, target, _, _ = self._open.pop(split)
                 writer.close()
-                tmp.unlink(missing_ok=True)
+                target.__exit__(GeneratorExit, GeneratorExit(), None)  # abandoned: the temporary file is removed
         if not write_index:
             return None
         return self.update_index()

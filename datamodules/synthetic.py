@@ -254,7 +254,7 @@ def write_synthetic_corpus(out: str | Path, cfg: SyntheticConfig | None = None) 
     cfg = cfg or SyntheticConfig()
     check_config(cfg)
     out = Path(out)
-    if (out / INDEX_NAME).exists() or any(next((out / s).glob("*.tar"), None) for s in SPLITS):
+    if (out / INDEX_NAME).exists() or any(next((out / s).glob("[!.]*.tar"), None) for s in SPLITS):
         raise ValueError(f"{out} already holds a shard set: choose an empty --out folder or delete it first")
     splits = split_speakers(cfg)
     split_of = {spk: split for split, ids in splits.items() for spk in ids}

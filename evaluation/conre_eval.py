@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import ShardDataModule
-from lightning_modules.conre import load_conre_encoders
+from lightning_modules.conre import ConReStage
 from lightning_modules.retrieval import retrieval_accuracy
-from lightning_modules.stagefile import load_stage_file
+from lightning_modules.stagefile import StageFiles
 
 
 @dataclass
@@ -27,7 +27,7 @@ class RetrievalResult:
 @torch.no_grad()
 def conre_retrieval(stage_path: str, data: DataConfig, split: str, use_ema: bool = True) -> RetrievalResult:
     """Each clip's speech embedding against per-speaker mean face embeddings of the same split (every clip once)."""
-    speech_encoder, face_encoder = load_conre_encoders(load_stage_file(stage_path, expect_stage="conre"), use_ema)
+    speech_encoder, face_encoder = ConReStage.for_inference(StageFiles.of(stage_path, "conre"), use_ema)
     dm = ShardDataModule(replace(data, num_workers=0))
     dm.setup()
     speech, face, speaker = [], [], []

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common.files import atomic_path
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -188,18 +188,9 @@ class FeatureStats:
 
     def save(self, path: str | Path) -> None:
         """Write mean, covariance, N and provenance to an ``.npz`` atomically (no pickle)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, mu=self.mean, sigma=self.covariance, n=np.int64(self.n),
-                         provenance=np.array(json.dumps(self.provenance, sort_keys=True)))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, mu=self.mean, sigma=self.covariance, n=np.int64(self.n),
+                     provenance=np.array(json.dumps(self.provenance, sort_keys=True)))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":

@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.errors import SeespeakerError
+
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float64,
@@ -29,7 +31,7 @@ DLIB_FIVE_FROM_68 = (45, 42, 36, 39, 33)
 DLIB_SAME_PERSON_DISTANCE = 0.6
 
 
-class FaceNotFoundError(ValueError):
+class FaceNotFoundError(SeespeakerError, ValueError):
     """No face was found in an image given without landmarks."""
 
 

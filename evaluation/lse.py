@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from common.images import to_uint8
 from evaluation.mfcc import SAMPLE_RATE, float_audio_to_int16_scale, syncnet_mfcc
 from lightning_modules.nets.syncnet import WINDOW_FRAMES, mfcc_windows, video_windows
 
@@ -126,8 +127,7 @@ def _uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tenso
     if isinstance(frames, torch.Tensor) and torch.is_floating_point(frames):
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise ValueError(f"float frames must be RGB [T, 3, H, W] in [-1, 1], got {tuple(frames.shape)}")
-        pixels = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).numpy()
+        return to_uint8(frames)
     return frames
 
 

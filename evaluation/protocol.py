@@ -26,12 +26,14 @@ class EvalProtocol:
     metrics: list[str] = field(default_factory=lambda: list(METRICS),
                                metadata={"help": "metrics to compute: lse, fid, csim, psnr, ssim"})
     sync_expert: str = field(default="official", metadata={
-        "help": "official: syncnet_v2.model from syncnet_weights (published LSE); project: the trained syncnet "
-                "stage (labelled, not comparable with papers); auto: official when weights are given, else project",
+        "help": "which expert scores LSE: official: syncnet_v2.model from syncnet_weights (published LSE); project: "
+                "the trained syncnet stage, project_expert (labelled, not comparable with papers); auto: official "
+                "when weights are given, else project",
         "choices": SYNC_EXPERTS})
     syncnet_weights: str = field(default="", metadata={"help": "path of the official syncnet_v2.model"})
     project_expert: str = field(default="", metadata={
-        "help": "an exported syncnet.safetensors (empty: <stages dir>/syncnet.safetensors)"})
+        "help": "the project's expert: an exported syncnet.safetensors (empty: <stages dir>/syncnet.safetensors); "
+                "--project-expert (or --sync-expert) on the command line"})
     crop_mode: str = field(default="none", metadata={
         "help": "none: the videos are face-centred crops, resized whole (Wav2Lip's LRS scoring); reference: the "
                 "SyncNet pipeline's crop (face track, median-filtered box, crop scale 0.4)", "choices": CROP_MODES})
@@ -63,16 +65,12 @@ class EvalProtocol:
     max_clips: int = field(default=0, metadata={"help": "score at most this many clips, a seeded subset (0: all)"})
 
     def validate(self) -> list[str]:
-        """Problems with the values, each naming the key and what is allowed."""
+        """Problems with the values, each naming the key and what is allowed (the fields with ``choices`` in their
+        metadata are checked where the protocol is loaded, by ``trainer.config``)."""
         errors = [f"eval.metrics: unknown metric {m!r}; choose from {', '.join(METRICS)}"
                   for m in self.metrics if m not in METRICS]
         if not self.metrics:
             errors.append(f"eval.metrics is empty; choose from {', '.join(METRICS)}")
-        for name, allowed in (("sync_expert", SYNC_EXPERTS), ("crop_mode", CROP_MODES), ("resize_mode", RESIZE_MODES),
-                              ("fps_mismatch", FPS_MISMATCH), ("missing_audio", MISSING_AUDIO),
-                              ("csim_landmarks", CSIM_LANDMARKS)):
-            if getattr(self, name) not in allowed:
-                errors.append(f"eval.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         for name in ("fid_frame_stride", "csim_frame_stride", "batch_windows"):
             if getattr(self, name) < 1:
                 errors.append(f"eval.{name} must be >= 1, got {getattr(self, name)}")
@@ -92,7 +90,7 @@ class EvalProtocol:
 
 def with_overrides(protocol: EvalProtocol, overrides: dict) -> EvalProtocol:
     """``protocol`` with the non-empty ``overrides`` (command-line options) applied; raises ValueError naming
-    any unknown key or invalid value."""
+    any unknown key or a value that ``validate()`` rejects."""
     for key, value in overrides.items():
         if value in (None, "", []):
             continue

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datamodules.shards import atomic_write_text
+from common.errors import SeespeakerError
+from common.files import atomic_write_text
 
 RESULTS_FORMAT = 1
 METRIC_ORDER = ("lse_c", "lse_d", "fid", "csim", "psnr", "ssim")
@@ -22,7 +23,7 @@ PROTOCOL_KEYS = ("protocol.name", "sync_expert.sha256", "crop_mode", "resize_mod
                  "face_model", "fps", "sample_rate", "seed", "max_clips")
 
 
-class ResultsReadError(ValueError):
+class ResultsReadError(SeespeakerError, ValueError):
     """A results.json that cannot be read or is not an evaluation result."""
 
 

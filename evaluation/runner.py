@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from evaluation.fid import FeatureStats, InceptionFeatures, cached_stats, file_sha256, fid_from_stats
+from evaluation.fid import FeatureStats, InceptionFeatures, cached_stats, fid_from_stats, file_sha256
 from evaluation.identity import ArcFaceEmbedder, DlibFaceEmbedder, csim, dataset_csim, face_recognition_models_dir
 from evaluation.lse import SyncClip, lse_scores
 from evaluation.protocol import LSE_CROP_NAMES, EvalProtocol
 from evaluation.sources import EvalInputError, EvalVideo, TestSet, VideoSet, choose, resize_frames
 from lightning_modules.nets.syncnet import load_official_syncnet
-from lightning_modules.stagefile import load_stage_file
-from lightning_modules.syncnet import load_sync_expert
+from lightning_modules.stagefile import StageFiles
+from lightning_modules.syncnet import SyncNetStage
 
 
 def sync_expert(protocol: EvalProtocol, stages_dir: str | Path | None, device: str = "cpu"):
@@ -45,7 +45,7 @@ def sync_expert(protocol: EvalProtocol, stages_dir: str | Path | None, device: s
         raise EvalInputError(f"no project sync expert at {path or '<no stages dir>'}: give an exported stages dir "
                              "(seespeaker export), --sync-expert PATH/syncnet.safetensors, or --syncnet-weights "
                              "for the official SyncNet")
-    expert, cfg = load_sync_expert(load_stage_file(path, expect_stage="syncnet"))
+    expert, cfg = SyncNetStage.for_inference(StageFiles.of(path, "syncnet"))
     return expert.to(device), {"label": f"project syncnet ({cfg.layout}; not comparable with published LSE)",
                                "layout": cfg.layout, "path": str(path), "sha256": file_sha256(path),
                                "input_size": expert.input_size, "region": cfg.region}

@@ -22,15 +22,16 @@ import numpy as np
 from scipy.signal import resample_poly
 from webdataset.tariterators import tarfile_samples
 
+from common.errors import SeespeakerError
+from common.media import read_mp4
 from datamodules.sample import Clip, SampleError, decode_clip, decode_frames, decode_landmarks, decode_meta
 from datamodules.shards import INDEX_NAME, ShardIndex
 from evaluation.protocol import EvalProtocol
-from lightning_modules.video_io import read_mp4
 
 MIN_SYNC_FRAMES = 6
 
 
-class EvalInputError(ValueError):
+class EvalInputError(SeespeakerError, ValueError):
     """An input the evaluation refuses (the message names the file and what to do)."""
 
 

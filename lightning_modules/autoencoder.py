@@ -4,22 +4,24 @@ Loss: L1 reconstruction + KL to the unit Gaussian; optional (off by default) a p
 ConRe face encoder's features (``perceptual_weight``, needs the exported conre stage) and a hinge patch GAN
 (``adversarial``; two optimizers with manual optimisation, so DDP rather than DeepSpeed). The latent scaling factor (1 / std of the latents) is
 measured on the validation data and kept in the buffer ``scaling_factor``, so it lands in the exported file.
-``load_vae`` is how every later stage gets the VAE: ``(AutoencoderKL in eval mode, scaling_factor, vae_hash)``.
+``AutoencoderStage.for_inference`` is how every later stage gets the VAE: a :class:`TrainedVAE` (the
+``AutoencoderKL`` in eval mode, the scaling factor and the hash of its weights).
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL
+from safetensors.torch import load_file
 
+from common.images import image_grid
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.vq import PatchDiscriminator
-from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
-from safetensors.torch import load_file
+from lightning_modules.stagefile import StageFileError, StageFiles
 
 FINETUNE = ("all", "decoder")
 
@@ -34,6 +36,7 @@ class VAEConfig:
     latent_channels: int = field(default=4, metadata={"help": "latent channels"})
     norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups"})
     mid_block_attention: bool = field(default=True, metadata={"help": "self-attention in the mid block (keep off at tiny scale)"})
+    file_defaults: ClassVar[dict[str, Any]] = {"mid_block_attention": True}  # files from before the option
 
 
 @dataclass
@@ -53,31 +56,24 @@ class AutoencoderConfig(StageConfig):
 
     def validate(self) -> list[str]:
         errors = super().validate()
-        if self.finetune not in FINETUNE:
-            errors.append(f"stage.finetune must be one of {FINETUNE}, got {self.finetune!r}")
         for name in ("kl_weight", "scaling_factor", "perceptual_weight", "adversarial_weight"):
             if getattr(self, name) < 0:
                 errors.append(f"stage.{name} must be >= 0, got {getattr(self, name)}")
         return errors
 
 
-def vae_config_dict(cfg: VAEConfig | dict[str, Any]) -> dict[str, Any]:
-    return asdict(cfg) if isinstance(cfg, VAEConfig) else dict(cfg)
-
-
-def build_vae(cfg: VAEConfig | dict[str, Any]) -> AutoencoderKL:
+def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     """An untrained ``AutoencoderKL`` of the configured architecture."""
-    c = vae_config_dict(cfg)
-    levels = len(c["block_out_channels"])
+    levels = len(cfg.block_out_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=c["latent_channels"],
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(c["block_out_channels"]), layers_per_block=c["layers_per_block"],
-        norm_num_groups=c["norm_num_groups"], mid_block_add_attention=c.get("mid_block_attention", True),
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups, mid_block_add_attention=cfg.mid_block_attention,
     )
 
 
-def load_pretrained_vae(path: str | Path, cfg: VAEConfig | dict[str, Any]) -> AutoencoderKL:
+def load_pretrained_vae(path: str | Path, cfg: VAEConfig) -> AutoencoderKL:
     """A VAE from a local diffusers folder, or a .safetensors file (diffusers or original SD key layout)."""
     path = Path(path)
     if not path.exists():
@@ -120,24 +116,19 @@ def weights_hash(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_vae(stage_file_or_path: StageFile | str | Path) -> tuple[AutoencoderKL, float, str]:
-    """(VAE in eval mode, latent scaling factor, hash of its weights) from an exported autoencoder stage file,
-    its path, or a local diffusers VAE folder (scaling factor from that folder's config)."""
-    source = stage_file_or_path
-    if not isinstance(source, StageFile) and Path(source).is_dir():
-        vae = AutoencoderKL.from_pretrained(str(source), local_files_only=True).eval()
-        state = {k: v for k, v in vae.state_dict().items()}
-        return vae.requires_grad_(False), float(vae.config.scaling_factor), weights_hash(state)
-    if not isinstance(source, StageFile):
-        source = load_stage_file(source, expect_stage="autoencoder")
-    if "vae" not in source.config:
-        raise StageFileError(f"{source.path} has no 'vae' section in its config; re-export the autoencoder stage")
-    weights = source.weights(use_ema=True)
-    vae = build_vae(source.config["vae"])
-    vae.load_state_dict(source.sub_state("vae"))
-    scaling = float(weights["scaling_factor"]) if "scaling_factor" in weights else 1.0
-    state = {k: v for k, v in weights.items() if k.startswith("vae.") or k == "scaling_factor"}
-    return vae.eval().requires_grad_(False), scaling, weights_hash(state)
+class TrainedVAE(NamedTuple):
+    """The trained VAE (eval mode, frozen), its latent scaling factor and a hash of its weights (the face prior
+    records the hash it was computed with)."""
+
+    vae: AutoencoderKL
+    scaling_factor: float
+    vae_hash: str
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return encode_latents(self.vae, images, self.scaling_factor)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return decode_latents(self.vae, latents, self.scaling_factor)
 
 
 class AutoencoderStage(StageModule):
@@ -166,6 +157,22 @@ class AutoencoderStage(StageModule):
         self._latent_stats = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
         self._scale_batches_seen = 0
 
+    @classmethod
+    def requires(cls, cfg: AutoencoderConfig) -> tuple[str, ...]:
+        return ("conre",) if cfg.perceptual_weight > 0 else ()
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> TrainedVAE:
+        """The trained VAE from the exported ``autoencoder`` file."""
+        stage = files["autoencoder"]
+        cfg = stage.typed_config(AutoencoderConfig)
+        weights = stage.weights(use_ema)
+        vae = build_vae(cfg.vae)
+        vae.load_state_dict(stage.sub_state("vae", use_ema))
+        scaling = float(weights["scaling_factor"]) if "scaling_factor" in weights else 1.0
+        state = {k: v for k, v in weights.items() if k.startswith("vae.") or k == "scaling_factor"}
+        return TrainedVAE(vae.eval().requires_grad_(False), scaling, weights_hash(state))
+
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["frames"][:, 0]
         posterior = self.vae.encode(images).latent_dist
@@ -184,9 +191,7 @@ class AutoencoderStage(StageModule):
         """The ConRe face-feature distance, built on first use from the exported conre stage."""
         if self._perceptual is None:
             from lightning_modules.codebook_parts import FacePerceptual
-            conre = self.load_required("conre")
-            resolution = (conre.provenance.get("run_config", {}).get("data", {}) or {}).get("resolution")
-            self._perceptual = FacePerceptual(conre, int(resolution or self.data_cfg.resolution))
+            self._perceptual = FacePerceptual.from_stages(self.earlier, self.data_cfg.resolution)
         return self._perceptual
 
     # ---- adversarial option: two optimizers, manual optimisation --------------------------------------
@@ -229,9 +234,7 @@ class AutoencoderStage(StageModule):
         images = batch["frames"][:4, 0]
         with self.ema_scope():
             recon = self.vae.decode(self.vae.encode(images).latent_dist.mode()).sample.clamp(-1, 1)
-        grid = torch.cat([torch.cat([a, b], dim=2) for a, b in zip(images, recon)], dim=1)
-        img = ((grid.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return {"reconstruction": Media(image=img.numpy(), caption="real | reconstruction")}
+        return {"reconstruction": Media(image=image_grid([images, recon]), caption="real | reconstruction")}
 
 
 def measured_scaling_factor(stats: torch.Tensor) -> float:

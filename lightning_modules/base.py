@@ -6,21 +6,20 @@ A stage subclasses :class:`StageModule` and implements:
   the weighted sum with ``loss_weights`` is reduced over the valid samples here, in one place;
 - optionally ``validation_metrics(batch)`` and ``on_validation_epoch_end``;
 - ``log_media(batch) -> dict[str, Media]``: images (``H x W x 3`` uint8) or videos (an mp4 path), called by
-  the media callback on rank 0 (or on every rank when the stage says ``media_on_all_ranks``).
+  the media callback on rank 0 (on every rank under ZeRO-3, where sampling gathers the partitioned parameters).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
 
 from datamodules.config import DataConfig
-from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
+from lightning_modules.stagefile import StageFiles
 
 
 @dataclass
@@ -56,9 +55,7 @@ class Media:
 
 class StageModule(pl.LightningModule):
     config_class: type[StageConfig] = StageConfig
-    requires: tuple[str, ...] = ()  # exported stages this one loads from stages_dir
     loss_weights: dict[str, float] = {}
-    media_on_all_ranks: bool = False  # True when sampling needs every rank (ZeRO-3)
     num_optimizers: int = 1
 
     def __init__(self, cfg: StageConfig, data: DataConfig, stages_dir: str = "", max_steps: int = 1000):
@@ -69,6 +66,7 @@ class StageModule(pl.LightningModule):
         self.max_steps = max_steps
         self.ema = None  # set by the EMA callback: an EMAWeights of the trainable parameters
         self.bad_steps = 0
+        self.max_bad_steps = 10  # non-finite losses in a row that stop training (trainer.max_bad_steps)
         self.run_config: dict[str, Any] = {}  # the resolved run config, saved into checkpoints and exports
         self.provenance: dict[str, Any] = {}
 
@@ -97,16 +95,24 @@ class StageModule(pl.LightningModule):
         return ""
 
     # ---- earlier stages -------------------------------------------------------------------------------
-    def load_required(self, stage: str) -> StageFile:
-        """The exported file of an earlier stage from ``stages_dir``, or a message saying how to make it."""
-        path = Path(self.stages_dir or ".") / f"{stage}.safetensors"
-        try:
-            return load_stage_file(path, expect_stage=stage)
-        except StageFileError as exc:
-            raise StageFileError(
-                f"stage {self.cfg.name!r} needs the exported {stage!r} stage: {exc}. Train it first "
-                f"(`seespeaker train experiment=<same> stage={stage}`) or set run.stages_dir"
-            ) from exc
+    @classmethod
+    def requires(cls, cfg: StageConfig) -> tuple[str, ...]:
+        """The exported stages (and computed nodes such as the face prior) this stage loads when configured
+        as ``cfg``: its edges in the stage graph (``lightning_modules.registry``)."""
+        return ()
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> Any:
+        """What inference needs of this stage, rebuilt from its exported file in ``files`` (EMA weights by
+        default) through its typed config."""
+        raise NotImplementedError(f"stage {cls.__name__} has no inference use")
+
+    @property
+    def earlier(self) -> StageFiles:
+        """The exported files of earlier stages in ``stages_dir``, read once on first use."""
+        if getattr(self, "_earlier", None) is None:
+            self._earlier = StageFiles(self.stages_dir, needed_by=f"stage {self.cfg.name!r}")
+        return self._earlier
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str) -> tuple[list[str], list[str]]:
         """Load weights non-strictly and report what did not match (init_from)."""
@@ -144,8 +150,7 @@ class StageModule(pl.LightningModule):
         if not self._all_ranks_finite(loss):
             self.bad_steps += 1
             self.log("train/skipped_nonfinite", float(self.bad_steps), rank_zero_only=True)
-            limit = self.trainer.max_bad_steps if hasattr(self.trainer, "max_bad_steps") else 10
-            if self.bad_steps >= limit:
+            if self.bad_steps >= self.max_bad_steps:
                 raise FloatingPointError(
                     f"stage {self.cfg.name}: {self.bad_steps} non-finite losses in a row (last at step "
                     f"{self.global_step}); lower stage.lr or check the data. The last checkpoint is intact."

@@ -22,22 +22,29 @@ Every phase builds all networks; a later phase starts from the exported file of 
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.autoencoder import load_vae
+from common.errors import CheckpointError
+from common.images import image_grid
+from lightning_modules.autoencoder import AutoencoderStage
 from lightning_modules.base import Media, StageModule
-from lightning_modules.codebook_parts import (PHASES, CodebookConfig, FacePerceptual, back_project, check_shapes,
-                                              degrade_frames, earlier_phase_file)
+from lightning_modules.codebook_parts import (
+    PHASES,
+    CodebookConfig,
+    FacePerceptual,
+    back_project,
+    check_shapes,
+    degrade_frames,
+    earlier_phase_file,
+)
 from lightning_modules.motion_generation import rerender_frames
 from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
-from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
+from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
           "render": ("fusion",)}
@@ -81,6 +88,30 @@ class CodebookStage(StageModule):
             self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
         self.set_phase(cfg.phase)
 
+    @classmethod
+    def requires(cls, cfg: CodebookConfig) -> tuple[str, ...]:
+        needs = {"autoencoder": ("autoencoder",), "motion": ("conre", "autoencoder", "motion_diffusion")}
+        stages = needs.get(cfg.render_source, ()) + (("conre",) if cfg.perceptual_weight > 0 else ())
+        return tuple(dict.fromkeys(stages))
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> CodebookStage:
+        """The renderer for generation, in eval mode; the file must hold the transformer or render phase."""
+        from datamodules.config import DataConfig
+        stage = files["codebook"]
+        if stage.phase not in PHASES[1:]:
+            raise StageFileError(
+                f"{stage.path} holds codebook phase {stage.phase!r}; generation needs the transformer or render "
+                f"phase: `seespeaker train experiment=<same> stage=codebook stage.phase=transformer "
+                f"run.name=transformer`")
+        cfg = stage.typed_config(CodebookConfig)
+        cfg.phase = stage.phase
+        data = DataConfig(resolution=cfg.lr_resolution, hr_resolution=cfg.hr_resolution,
+                          clip_frames=min(cfg.window_frames, 1 if not cfg.temporal else cfg.window_frames))
+        module = cls(cfg, data, load_earlier=False)
+        module.load_phase_file(stage, use_ema)
+        return module.eval()
+
     # ---- phases ---------------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         """Freeze everything but the networks this phase trains (and the discriminator)."""
@@ -93,8 +124,8 @@ class CodebookStage(StageModule):
     def export_phase(self) -> str:
         return self.cfg.phase
 
-    def load_phase_file(self, stage: StageFile) -> None:
-        weights = stage.weights(use_ema=True)
+    def load_phase_file(self, stage: StageFile, use_ema: bool = True) -> None:
+        weights = stage.weights(use_ema)
         check_shapes(stage, self.state_dict())
         self.load_state_dict(weights, strict=False)
         print(f"[codebook] phase {self.cfg.phase} starts from {stage.path} (phase {stage.phase})")
@@ -106,7 +137,6 @@ class CodebookStage(StageModule):
             checkpoint["seespeaker"]["config"] = {"stage": asdict(self.cfg)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from trainer.checkpoints import CheckpointError
         super().on_load_checkpoint(checkpoint)
         phase = (checkpoint.get("seespeaker") or {}).get("phase")
         if phase and phase != self.cfg.phase:
@@ -206,9 +236,9 @@ class CodebookStage(StageModule):
     @torch.no_grad()
     def motion_rerender(self, batch: dict[str, Any]) -> torch.Tensor:
         if self._motion is None:
-            from lightning_modules.motion_diffusion import load_motion_parts
+            from lightning_modules.motion_diffusion import MotionDiffusionStage
             try:
-                self._motion = [load_motion_parts(self.stages_dir or ".")]  # a list: outside the module tree
+                self._motion = [MotionDiffusionStage.for_inference(self.earlier)]  # a list: outside the module tree
             except StageFileError as exc:
                 raise StageFileError(
                     f"stage.render_source=motion needs the exported motion_diffusion, conre and autoencoder stages: "
@@ -221,7 +251,7 @@ class CodebookStage(StageModule):
     @torch.no_grad()
     def autoencoder_round_trip(self, frames: torch.Tensor) -> torch.Tensor:
         if self._autoencoder is None:
-            vae, _, _ = load_vae(self.load_required("autoencoder"))
+            vae = AutoencoderStage.for_inference(self.earlier).vae
             self._autoencoder = [vae.eval().requires_grad_(False)]  # a list: outside the module tree and checkpoints
         vae = self._autoencoder[0].to(frames.device)
         flat = frames.flatten(0, 1)
@@ -233,9 +263,7 @@ class CodebookStage(StageModule):
 
     def perceptual(self) -> FacePerceptual:
         if self._perceptual is None:
-            conre = self.load_required("conre")
-            self._perceptual = FacePerceptual(conre, int(conre.provenance.get("run_config", {}).get("data", {})
-                                                         .get("resolution", self.data_cfg.resolution)))
+            self._perceptual = FacePerceptual.from_stages(self.earlier, self.data_cfg.resolution)
         return self._perceptual
 
     # ---- codebook health --------------------------------------------------------------------------------
@@ -295,30 +323,10 @@ class CodebookStage(StageModule):
                 output = self.render(inputs, 0.0)
         size = hr.shape[-1]
         up = F.interpolate(inputs.flatten(0, 1), size=size, mode="nearest")
-        rows = torch.cat([up, output.clamp(-1, 1), hr.flatten(0, 1)], dim=-1)
-        grid = torch.cat(list(rows), dim=-2)
-        image = ((grid.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-        return {self.cfg.phase: Media(image=np.ascontiguousarray(image), caption="low-res | output | high-res")}
+        image = image_grid([up, output.clamp(-1, 1), hr.flatten(0, 1)])
+        return {self.cfg.phase: Media(image=image, caption="low-res | output | high-res")}
 
 
 def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Per-frame values [B*T] -> per-sample means [B]."""
     return values.view(batch_size, -1).mean(1)
-
-
-def load_codebook(path: str | Path, device: str | torch.device = "cpu") -> CodebookStage:
-    """The exported codebook stage for generation (EMA weights); the file must hold phase transformer or render."""
-    from datamodules.config import DataConfig
-    stage = load_stage_file(path, expect_stage="codebook")
-    if stage.phase not in PHASES[1:]:
-        raise StageFileError(
-            f"{path} holds codebook phase {stage.phase!r}; generation needs the transformer or render phase: "
-            f"`seespeaker train experiment=<same> stage=codebook stage.phase=transformer run.name=transformer`")
-    known = CodebookConfig.__dataclass_fields__
-    cfg = CodebookConfig(**{k: v for k, v in stage.config.items() if k in known})
-    cfg.phase = stage.phase
-    data = DataConfig(resolution=cfg.lr_resolution, hr_resolution=cfg.hr_resolution,
-                      clip_frames=min(cfg.window_frames, 1 if not cfg.temporal else cfg.window_frames))
-    module = CodebookStage(cfg, data, load_earlier=False)
-    module.load_phase_file(stage)
-    return module.eval().to(device)

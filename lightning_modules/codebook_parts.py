@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lightning_modules.base import StageConfig
 from lightning_modules.nets.renderer import fidelity_like
-from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
+from lightning_modules.stagefile import StageFile, StageFileError, StageFiles, load_stage_file
 
 PHASES = ("vqgan", "transformer", "render")
 RENDER_SOURCES = ("degraded", "autoencoder", "motion")
@@ -117,10 +118,15 @@ def back_project(output: torch.Tensor, low: torch.Tensor, fidelity: float | torc
 class FacePerceptual:
     """Feature distance in the frozen ConRe face encoder (no downloaded network); kept outside the module tree."""
 
-    def __init__(self, conre: StageFile, resolution: int):
-        from lightning_modules.conre import load_conre_encoders
-        _, face = load_conre_encoders(conre)
+    def __init__(self, face: nn.Module, resolution: int):
         self.face, self.resolution = face.eval().requires_grad_(False), resolution
+
+    @classmethod
+    def from_stages(cls, files: StageFiles, default_resolution: int) -> FacePerceptual:
+        """The face encoder of the exported conre stage, at the resolution it was trained on."""
+        from lightning_modules.conre import ConReStage
+        resolution = files["conre"].trained_resolution() or default_resolution
+        return cls(ConReStage.for_inference(files).face, resolution)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         if next(self.face.parameters()).device != images.device:

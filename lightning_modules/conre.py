@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import nn
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.encoders import FaceEncoder, SpeechEncoder
 from lightning_modules.retrieval import retrieval_accuracy
-from lightning_modules.stagefile import StageFile
+from lightning_modules.stagefile import StageFiles
 
 
 @dataclass
@@ -42,23 +42,19 @@ class ConReConfig(StageConfig):
         return errors
 
 
-def build_speech_encoder(cfg: dict[str, Any] | ConReConfig) -> SpeechEncoder:
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
-    return SpeechEncoder(get("embed_dim", 512), get("speech_width", 256), get("speech_layers", 4),
-                         external_dim=get("external_dim", 0))
+def build_speech_encoder(cfg: ConReConfig) -> SpeechEncoder:
+    return SpeechEncoder(cfg.embed_dim, cfg.speech_width, cfg.speech_layers, external_dim=cfg.external_dim)
 
 
-def build_face_encoder(cfg: dict[str, Any] | ConReConfig) -> FaceEncoder:
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
-    return FaceEncoder(get("embed_dim", 512), tuple(get("face_channels", [64, 128, 256, 512])))
+def build_face_encoder(cfg: ConReConfig) -> FaceEncoder:
+    return FaceEncoder(cfg.embed_dim, tuple(cfg.face_channels))
 
 
-def load_conre_encoders(stage_file: StageFile, use_ema: bool = True) -> tuple[SpeechEncoder, FaceEncoder]:
-    """The trained encoders from an exported ``conre`` stage file (EMA weights by default)."""
-    speech, face = build_speech_encoder(stage_file.config), build_face_encoder(stage_file.config)
-    speech.load_state_dict(stage_file.sub_state("speech_encoder", use_ema))
-    face.load_state_dict(stage_file.sub_state("face_encoder", use_ema))
-    return speech.eval(), face.eval()
+class ConReEncoders(NamedTuple):
+    """The trained speech and face encoders, in eval mode."""
+
+    speech: SpeechEncoder
+    face: FaceEncoder
 
 
 class ConReStage(StageModule):
@@ -72,6 +68,16 @@ class ConReStage(StageModule):
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.temperature_init)]))  # 1-d: ZeRO flattens parameters
         self.loss_weights = {"contrastive": 1.0, "recon": cfg.recon_weight}
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> ConReEncoders:
+        """The trained encoders from the exported ``conre`` file."""
+        stage = files["conre"]
+        cfg = stage.typed_config(ConReConfig)
+        speech, face = build_speech_encoder(cfg), build_face_encoder(cfg)
+        speech.load_state_dict(stage.sub_state("speech_encoder", use_ema))
+        face.load_state_dict(stage.sub_state("face_encoder", use_ema))
+        return ConReEncoders(speech.eval(), face.eval())
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised (speech, face) embeddings of a batch; the face is the window's first frame."""

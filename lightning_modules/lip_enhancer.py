@@ -23,14 +23,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from common.images import to_uint8
+from common.media import write_mp4
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import LipRefiner, PatchDiscriminator, degrade_mouths, lower_face_mask
 from lightning_modules.nets.motion import audio_context, check_landmarks, per_frame_audio
 from lightning_modules.nets.syncnet import WINDOW_FRAMES, SyncExpert
-from lightning_modules.stagefile import StageFile
-from lightning_modules.syncnet import load_sync_expert, offset_sync_loss, sync_region, video_windows_at
-from lightning_modules.video_io import to_uint8_frames, write_mp4
+from lightning_modules.stagefile import StageFiles
+from lightning_modules.syncnet import SyncNetStage, offset_sync_loss, sync_region, video_windows_at
 
 
 @dataclass
@@ -87,15 +88,6 @@ class LipRefinerParts:
         return refine_frames(self.refiner, self.mel, self.cfg.audio_radius, frames, mask, reference, audio)
 
 
-def load_lip_refiner(stage_file: StageFile, use_ema: bool = True) -> LipRefinerParts:
-    """The trained refiner from an exported ``lip_enhancer`` stage file (EMA weights by default)."""
-    known = LipEnhancerConfig.__dataclass_fields__
-    cfg = LipEnhancerConfig(**{k: v for k, v in stage_file.config.items() if k in known})
-    refiner = LipRefiner(4 * cfg.n_mels * (2 * cfg.audio_radius + 1), list(cfg.channels), cfg.cond_dim)
-    refiner.load_state_dict(stage_file.sub_state("refiner", use_ema))
-    return LipRefinerParts(cfg, refiner.eval(), LogMel(n_mels=cfg.n_mels))
-
-
 class FrozenExpert:
     """The sync expert, kept outside the module tree: never trained, never exported with this stage, always in
     eval mode (its batch norms keep their statistics)."""
@@ -111,7 +103,6 @@ class FrozenExpert:
 
 class LipEnhancerStage(StageModule):
     config_class = LipEnhancerConfig
-    requires = ("syncnet",)
 
     def __init__(self, cfg: LipEnhancerConfig, data, stages_dir: str = "", max_steps: int = 1000,
                  expert: FrozenExpert | None = None):
@@ -119,8 +110,8 @@ class LipEnhancerStage(StageModule):
         if data.clip_frames < WINDOW_FRAMES:
             raise ValueError(f"data.clip_frames={data.clip_frames}: the sync loss needs at least {WINDOW_FRAMES} frames")
         if expert is None:
-            loaded, sync_cfg = load_sync_expert(self.load_required("syncnet"))
-            expert = FrozenExpert(loaded, sync_cfg.region)
+            loaded = SyncNetStage.for_inference(self.earlier)
+            expert = FrozenExpert(loaded.expert, loaded.cfg.region)
         self.frozen = expert
         audio_dim = 4 * cfg.n_mels * (2 * cfg.audio_radius + 1)
         self.refiner = LipRefiner(audio_dim, list(cfg.channels), cfg.cond_dim)
@@ -130,6 +121,19 @@ class LipEnhancerStage(StageModule):
         self.automatic_optimization = not cfg.adversarial
         self.loss_weights = {"recon": cfg.recon_weight, "feature": cfg.feature_weight, "sync": cfg.sync_weight,
                              "adversarial": cfg.adversarial_weight}
+
+    @classmethod
+    def requires(cls, cfg: LipEnhancerConfig) -> tuple[str, ...]:
+        return ("syncnet",)
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> LipRefinerParts:
+        """The trained refiner from the exported ``lip_enhancer`` file (no sync expert: generation needs none)."""
+        stage = files["lip_enhancer"]
+        cfg = stage.typed_config(LipEnhancerConfig)
+        refiner = LipRefiner(4 * cfg.n_mels * (2 * cfg.audio_radius + 1), list(cfg.channels), cfg.cond_dim)
+        refiner.load_state_dict(stage.sub_state("refiner", use_ema))
+        return LipRefinerParts(cfg, refiner.eval(), LogMel(n_mels=cfg.n_mels))
 
     # ---- refinement -----------------------------------------------------------------------------------
     def refine(self, frames: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -196,7 +200,7 @@ class LipEnhancerStage(StageModule):
         root = getattr(self.trainer, "default_root_dir", None) if self._trainer is not None else None
         folder = Path(root) / "media" if root else Path(tempfile.mkdtemp(prefix="seespeaker-media-"))
         path = folder / f"lips_step{self.global_step:07d}.mp4"
-        write_mp4(path, to_uint8_frames(side), audio[0, : len(side) * per_frame].float().cpu().numpy(),
+        write_mp4(path, to_uint8(side), audio[0, : len(side) * per_frame].float().cpu().numpy(),
                   fps=int(self.data_cfg.fps), sr=self.data_cfg.sample_rate)
         return {"lips": Media(video_path=str(path), caption="degraded | refined | real")}
 
@@ -206,7 +210,7 @@ def refine_video(stage: LipEnhancerStage | LipRefinerParts, frames: torch.Tensor
                  reference: torch.Tensor | None = None) -> torch.Tensor:
     """Refine the lower face of a generated video: frames [T, 3, R, R], landmarks [T, 68, 2] or one set [68, 2]
     (e.g. the portrait's) for all frames, mono speech [N] -> refined frames [T, 3, R, R]. ``stage`` is the
-    training stage or :func:`load_lip_refiner`'s parts."""
+    training stage or ``LipEnhancerStage.for_inference``'s parts."""
     steps = frames.shape[0]
     marks = landmarks[None].expand(steps, -1, -1) if landmarks.ndim == 2 else landmarks
     check_landmarks(marks[None], steps)

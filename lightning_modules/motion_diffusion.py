@@ -22,20 +22,28 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from common.images import to_uint8
+from common.media import write_mp4
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.motion_generation import FrozenParts, MotionParts, generate_motion_video
 from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import lower_face_mask
-from lightning_modules.nets.motion import (FrameDenoiser, MotionDenoiser, MotionEncoder, audio_context,
-                                           build_frame_unet, check_landmarks, landmark_maps, map_channels)
-from lightning_modules.video_io import to_uint8_frames, write_mp4
-
+from lightning_modules.nets.motion import (
+    FrameDenoiser,
+    MotionDenoiser,
+    MotionEncoder,
+    audio_context,
+    build_frame_unet,
+    check_landmarks,
+    map_channels,
+)
+from lightning_modules.stagefile import StageFiles
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -68,6 +76,9 @@ class MotionDiffusionConfig(StageConfig):
     prediction_type: str = field(default="epsilon", metadata={"help": "what the frame UNet predicts", "choices": PREDICTION_TYPES})
     motion_prediction_type: str = field(default="sample", metadata={"help": "what the motion transformer predicts: the clean motion (sample), as motion diffusion models do, keeps few-step sampling of the low-dimensional latents stable", "choices": PREDICTION_TYPES})
     motion_maps: bool = field(default=True, metadata={"help": "also give the frame UNet the motion latent's decoded landmarks as heatmap input channels (without them the rendered mouths ignored the motion)"})
+    # files from before the options: the transformer predicted what the frame UNet did, and saw no landmark maps
+    file_defaults: ClassVar[dict[str, Any]] = {
+        "motion_prediction_type": lambda saved: saved.get("prediction_type", "epsilon"), "motion_maps": False}
     mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: per-pixel weight 1 + this inside the landmark mask"})
     prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous frames in training"})
     context_dropout: float = field(default=0.2, metadata={"help": "probability of training the transformer without motion context"})
@@ -135,7 +146,6 @@ def augment_previous(scheduler: DDPMScheduler, previous: torch.Tensor, steps: to
 
 class MotionDiffusionStage(StageModule):
     config_class = MotionDiffusionConfig
-    requires = ("conre", "autoencoder")
 
     def __init__(self, cfg: MotionDiffusionConfig, data, stages_dir: str = "", max_steps: int = 1000,
                  frozen: FrozenParts | None = None):
@@ -143,7 +153,7 @@ class MotionDiffusionStage(StageModule):
         if data.clip_frames < cfg.window_frames:
             raise ValueError(f"data.clip_frames={data.clip_frames} is shorter than stage.window_frames="
                              f"{cfg.window_frames}; set data.clip_frames to at least window_frames + context_frames")
-        self.frozen = frozen or FrozenParts.from_stages(self.load_required("conre"), self.load_required("autoencoder"))
+        self.frozen = frozen or FrozenParts.from_stages(self.earlier)
         cfg.speaker_dim = self.frozen.speaker_dim
         latent_size = data.resolution // self.frozen.downsample
         self.motion_encoder, self.motion_denoiser, self.frame_denoiser = build_motion_networks(
@@ -153,6 +163,28 @@ class MotionDiffusionStage(StageModule):
         self.mel = LogMel(n_mels=cfg.n_mels)
         self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight}
 
+
+    @classmethod
+    def requires(cls, cfg: MotionDiffusionConfig) -> tuple[str, ...]:
+        return ("conre", "autoencoder")
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True, fps: float = 25.0) -> MotionParts:
+        """Generation networks from the exported ``motion_diffusion`` file (and its frozen VAE and speech encoder).
+
+        The portrait may then have any size the VAE divides (the UNet is convolutional); the motion stage's own
+        training resolution is the one it renders best."""
+        stage = files["motion_diffusion"]
+        frozen = FrozenParts.from_stages(files)
+        cfg = stage.typed_config(MotionDiffusionConfig)
+        cfg.speaker_dim = frozen.speaker_dim
+        encoder, transformer, renderer = build_motion_networks(cfg, frozen.latent_channels, 8, frozen.downsample)
+        encoder.load_state_dict(stage.sub_state("motion_encoder", use_ema))
+        transformer.load_state_dict(stage.sub_state("motion_denoiser", use_ema))
+        renderer.load_state_dict(stage.sub_state("frame_denoiser", use_ema))
+        return MotionParts(cfg, transformer.eval(), renderer.eval(), frozen, build_scheduler(cfg, cfg.prediction_type),
+                           build_scheduler(cfg, cfg.motion_prediction_type), LogMel(n_mels=cfg.n_mels),
+                           resolution=0, fps=fps, motion_encoder=encoder.eval())
     def parts(self) -> MotionParts:
         """The networks that generation needs, with this stage's config."""
         return MotionParts(self.cfg, self.motion_denoiser, self.frame_denoiser, self.frozen, self.scheduler,
@@ -252,7 +284,7 @@ class MotionDiffusionStage(StageModule):
         real = torch.cat([real, real[-1:].expand(max(0, len(video) - len(real)), -1, -1, -1)])[: len(video)]
         side = torch.cat([video.to(real.device), real], dim=-1)
         path = Path(self._media_dir()) / f"motion_step{self.global_step:07d}.mp4"
-        write_mp4(path, to_uint8_frames(side), audio.float().cpu().numpy(),
+        write_mp4(path, to_uint8(side), audio.float().cpu().numpy(),
                   fps=int(self.data_cfg.fps), sr=self.data_cfg.sample_rate)
         return {"generated": Media(video_path=str(path), caption="generated (left) | real (right)")}
 
@@ -261,28 +293,3 @@ class MotionDiffusionStage(StageModule):
         path = Path(root) / "media" if root else Path(tempfile.mkdtemp(prefix="seespeaker-media-"))
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
-
-
-def load_motion_parts(stages_dir: str | Path, fps: float = 25.0, use_ema: bool = True) -> MotionParts:
-    """Generation networks from exported ``motion_diffusion``, ``autoencoder`` and ``conre`` stage files.
-
-    The portrait may then have any size the VAE divides (the UNet is convolutional); the motion stage's own
-    training resolution is the one it renders best."""
-    from lightning_modules.stagefile import load_stage_file
-    root = Path(stages_dir)
-    stage = load_stage_file(root / "motion_diffusion.safetensors", expect_stage="motion_diffusion")
-    frozen = FrozenParts.from_stages(load_stage_file(root / "conre.safetensors", expect_stage="conre"),
-                                     load_stage_file(root / "autoencoder.safetensors", expect_stage="autoencoder"))
-    known = MotionDiffusionConfig.__dataclass_fields__
-    saved = dict(stage.config)
-    saved.setdefault("motion_prediction_type", saved.get("prediction_type", "epsilon"))  # files from before the option
-    saved.setdefault("motion_maps", False)  # files from before the option
-    cfg = MotionDiffusionConfig(**{k: v for k, v in saved.items() if k in known})
-    cfg.speaker_dim = frozen.speaker_dim
-    encoder, transformer, renderer = build_motion_networks(cfg, frozen.latent_channels, 8, frozen.downsample)
-    encoder.load_state_dict(stage.sub_state("motion_encoder", use_ema))
-    transformer.load_state_dict(stage.sub_state("motion_denoiser", use_ema))
-    renderer.load_state_dict(stage.sub_state("frame_denoiser", use_ema))
-    return MotionParts(cfg, transformer.eval(), renderer.eval(), frozen, build_scheduler(cfg, cfg.prediction_type),
-                       build_scheduler(cfg, cfg.motion_prediction_type), LogMel(n_mels=cfg.n_mels),
-                       resolution=0, fps=fps, motion_encoder=encoder.eval())

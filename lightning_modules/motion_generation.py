@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from torch import nn
 
+from common.errors import SeespeakerError
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
 from lightning_modules.nets.motion import audio_context, landmark_maps, per_frame_audio
-from lightning_modules.stagefile import StageFile
+from lightning_modules.stagefile import StageFiles
 
 
-class GenerationInputError(ValueError):
+class GenerationInputError(SeespeakerError, ValueError):
     """Speech or a portrait that the motion stage cannot generate from."""
 
 
@@ -36,12 +37,12 @@ class FrozenParts:
         self.vae_hash = vae_hash
 
     @classmethod
-    def from_stages(cls, conre: StageFile, autoencoder: StageFile) -> "FrozenParts":
-        from lightning_modules.autoencoder import load_vae
-        from lightning_modules.conre import load_conre_encoders
-        vae, scaling, vae_hash = load_vae(autoencoder)
-        speech, _ = load_conre_encoders(conre)
-        return cls(vae, scaling, speech, vae_hash)
+    def from_stages(cls, files: StageFiles) -> FrozenParts:
+        """The VAE of the exported autoencoder and the speech encoder of the exported conre stage."""
+        from lightning_modules.autoencoder import AutoencoderStage
+        from lightning_modules.conre import ConReStage
+        vae, scaling, vae_hash = AutoencoderStage.for_inference(files)
+        return cls(vae, scaling, ConReStage.for_inference(files).speech, vae_hash)
 
     @property
     def latent_channels(self) -> int:

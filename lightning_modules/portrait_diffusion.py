@@ -9,20 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from lightning_modules.autoencoder import decode_latents, encode_latents, load_vae
+from common.images import image_grid
+from lightning_modules.autoencoder import AutoencoderStage, TrainedVAE, encode_latents
 from lightning_modules.base import Media, StageConfig, StageModule
-from lightning_modules.conre import build_speech_encoder, load_conre_encoders
-from lightning_modules.nets.diffusion import (BETA_SCHEDULES, SAMPLERS, build_sampler, build_train_scheduler, guided,
-                                              per_sample_mse, sample_latents, snr_at, training_target)
+from lightning_modules.conre import ConReStage
+from lightning_modules.nets.diffusion import (
+    BETA_SCHEDULES,
+    SAMPLERS,
+    build_sampler,
+    build_train_scheduler,
+    guided,
+    per_sample_mse,
+    sample_latents,
+    snr_at,
+    training_target,
+)
 from lightning_modules.nets.loss_weighting import PREDICTION_TYPES, WEIGHTINGS, build_loss_weighting
 from lightning_modules.nets.portrait_denoiser import PortraitDenoiser, UNetConfig
-from lightning_modules.prior import DEFAULT_PRIOR_NAME, FacePriorError, load_face_prior
-from lightning_modules.stagefile import StageFile, StageFileError
-
+from lightning_modules.prior import DEFAULT_PRIOR_NAME, FacePrior, FacePriorError
+from lightning_modules.registry import FACE_PRIOR
+from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 PRIOR_WEIGHT_MODES = ("fitted", "drawn")
 
@@ -50,6 +60,7 @@ class PortraitDiffusionConfig(StageConfig):
     sample_steps: int = field(default=50, metadata={"help": "sampling steps"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance scale (1: off)"})
     media_samples: int = field(default=4, metadata={"help": "rows in the logged portrait grid"})
+    file_defaults: ClassVar[dict[str, Any]] = {"prior_weight_mode": "drawn", "condition_on_prior_weight": True}
 
     def validate(self) -> list[str]:
         errors = super().validate() + self.unet.validate()
@@ -57,26 +68,16 @@ class PortraitDiffusionConfig(StageConfig):
             errors.append(f"stage.prior_weight must be in [0, 1], got {self.prior_weight}")
         if not 0.0 <= self.cond_dropout < 1.0:
             errors.append(f"stage.cond_dropout must be in [0, 1), got {self.cond_dropout}")
-        for name, allowed in (("prediction_type", PREDICTION_TYPES), ("loss_weighting", WEIGHTINGS),
-                              ("prior_weight_mode", PRIOR_WEIGHT_MODES),
-                              ("sampler", SAMPLERS), ("beta_schedule", BETA_SCHEDULES)):
-            if getattr(self, name) not in allowed:
-                errors.append(f"stage.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         return errors
-
-
-def config_get(cfg: Any, key: str, default: Any = None) -> Any:
-    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
 
 
 class ResidualDiffusion:
     """The DDPM objective and the samplers of a :class:`PortraitDenoiser` (no parameters of its own)."""
 
-    def __init__(self, cfg: PortraitDiffusionConfig | dict[str, Any]):
-        get = lambda k: config_get(cfg, k)  # noqa: E731
-        self.scheduler = build_train_scheduler(get("num_train_timesteps"), get("beta_schedule"), get("prediction_type"))
-        self.weighting = build_loss_weighting(get("loss_weighting"), get("prediction_type"), get("snr_gamma"))
-        self.sampler_name = get("sampler")
+    def __init__(self, cfg: PortraitDiffusionConfig):
+        self.scheduler = build_train_scheduler(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type)
+        self.weighting = build_loss_weighting(cfg.loss_weighting, cfg.prediction_type, cfg.snr_gamma)
+        self.sampler_name = cfg.sampler
 
     def loss(self, model: PortraitDenoiser, x0: torch.Tensor, context: torch.Tensor, a: torch.Tensor,
              noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,9 +102,10 @@ class ResidualDiffusion:
         return model.with_prior(residual, a.float())
 
 
-def dataset_prior_weights(cfg: Any, batch_size: int, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def dataset_prior_weights(cfg: PortraitDiffusionConfig, batch_size: int, channels: int,
+                          device: torch.device | str = "cpu") -> torch.Tensor:
     """The dataset-level a for every sample and channel."""
-    return torch.full((batch_size, channels), float(config_get(cfg, "prior_weight")), device=device)
+    return torch.full((batch_size, channels), float(cfg.prior_weight), device=device)
 
 
 def fitted_prior_weights(latents: torch.Tensor, prior_mean: torch.Tensor, prior_weight: float) -> torch.Tensor:
@@ -115,36 +117,43 @@ def fitted_prior_weights(latents: torch.Tensor, prior_mean: torch.Tensor, prior_
     return (prior_weight * coefficient).clamp(0.0, 1.0)
 
 
-def load_portrait_denoiser(portrait: StageFile, conre: StageFile, weights: StageFile | None = None,
-                           prefix: str = "model", use_ema: bool = True) -> PortraitDenoiser:
-    """The trained denoiser (speech encoder included), built from the portrait_diffusion file's config.
+class PortraitSampler(NamedTuple):
+    """What sampling a portrait needs: the denoiser (speech encoder and face prior included), the diffusion, the
+    VAE and, with SAW, the network that weights the prior per sample. The one way a portrait is sampled."""
 
-    ``weights``/``prefix`` name where its tensors come from: the portrait file (``model``) by default, or a
-    saw file (``denoiser``) whose denoiser was trained jointly.
-    """
-    source = weights or portrait
-    state = source.sub_state(prefix, use_ema)
-    if "prior_mean" not in state:
-        raise StageFileError(f"{source.path} holds no '{prefix}.prior_mean'; is it a portrait_diffusion export?")
-    channels, size = state["prior_mean"].shape[0], state["prior_mean"].shape[-1]
-    cfg = portrait.config
-    model = PortraitDenoiser(cfg["unet"], build_speech_encoder(conre.config), channels, size,
-                             cfg.get("condition_on_prior_weight", True))
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    cfg: PortraitDiffusionConfig
+    denoiser: PortraitDenoiser
+    diffusion: ResidualDiffusion
+    vae: TrainedVAE
+    saw: torch.nn.Module | None = None
+
+    def prior_weights(self, embedding: torch.Tensor, use_saw: bool = True) -> torch.Tensor:
+        """a [B, C]: SAW's a(speech) from the speaker embedding, or the dataset-level a."""
+        if use_saw and self.saw is not None:
+            return self.saw(embedding)
+        return dataset_prior_weights(self.cfg, len(embedding), self.denoiser.prior_mean.shape[0], embedding.device)
+
+    @torch.no_grad()
+    def sample(self, audio: torch.Tensor, steps: int, guidance: float, seed: int = 0,
+               use_saw: bool = True) -> torch.Tensor:
+        """Portraits [B, 3, R, R] in [-1, 1] from 16 kHz speech [B, N] (the noise drawn from ``seed``)."""
+        generator = torch.Generator().manual_seed(seed)
+        context, embedding = self.denoiser.speech(audio)
+        a = self.prior_weights(embedding, use_saw)
+        latents = self.diffusion.sample(self.denoiser, context, a, steps, guidance, generator)
+        return self.vae.decode(latents)
 
 
 class PortraitDiffusionStage(StageModule):
     config_class = PortraitDiffusionConfig
-    requires = ("conre", "autoencoder")
 
     def __init__(self, cfg: PortraitDiffusionConfig, data, stages_dir: str = "", max_steps: int = 1000):
         super().__init__(cfg, data, stages_dir, max_steps)
-        speech_encoder, _ = load_conre_encoders(self.load_required("conre"))
-        self.vae, scaling, self.vae_hash = load_vae(self.load_required("autoencoder"))
+        speech_encoder = ConReStage.for_inference(self.earlier).speech
+        self.vae, scaling, self.vae_hash = AutoencoderStage.for_inference(self.earlier)
         self.register_buffer("scaling_factor", torch.tensor(scaling))
         prior_path = cfg.prior_path or str(Path(stages_dir or ".") / DEFAULT_PRIOR_NAME)
-        prior = load_face_prior(prior_path, expect_vae_hash=self.vae_hash)
+        prior = FacePrior.load(prior_path, expect_vae_hash=self.vae_hash)
         levels = len(self.vae.config.block_out_channels) - 1
         size = data.resolution // 2 ** levels
         expected = (self.vae.config.latent_channels, size, size)
@@ -156,6 +165,34 @@ class PortraitDiffusionStage(StageModule):
         self.model.prior_mean.copy_(prior.mean.float())
         self.diffusion = ResidualDiffusion(cfg)
         self.loss_weights = {"diffusion": 1.0}
+
+    @classmethod
+    def requires(cls, cfg: PortraitDiffusionConfig) -> tuple[str, ...]:
+        return ("conre", "autoencoder") + (() if cfg.prior_path else (FACE_PRIOR,))
+
+    @classmethod
+    def trained_denoiser(cls, files: StageFiles, weights: StageFile | None = None, prefix: str = "model",
+                         use_ema: bool = True) -> PortraitDenoiser:
+        """The trained denoiser (speech encoder included, frozen), built from the portrait_diffusion file's
+        config; its tensors from ``weights``/``prefix`` (a saw file whose denoiser trained jointly: ``denoiser``)."""
+        portrait = files["portrait_diffusion"]
+        source = weights or portrait
+        state = source.sub_state(prefix, use_ema)
+        if "prior_mean" not in state:
+            raise StageFileError(f"{source.path} holds no '{prefix}.prior_mean'; is it a portrait_diffusion export?")
+        cfg = portrait.typed_config(PortraitDiffusionConfig)
+        speech = ConReStage.for_inference(files).speech
+        model = PortraitDenoiser(cfg.unet, speech, state["prior_mean"].shape[0], state["prior_mean"].shape[-1],
+                                 cfg.condition_on_prior_weight)
+        model.load_state_dict(state)
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> PortraitSampler:
+        """The portrait sampler with the dataset-level prior weight (no SAW)."""
+        cfg = files["portrait_diffusion"].typed_config(PortraitDiffusionConfig)
+        return PortraitSampler(cfg, cls.trained_denoiser(files, use_ema=use_ema), ResidualDiffusion(cfg),
+                               AutoencoderStage.for_inference(files))
 
     def rebuilt_prefixes(self) -> tuple[str, ...]:
         return ("vae.",)
@@ -196,16 +233,14 @@ class PortraitDiffusionStage(StageModule):
         return {"diffusion": self.diffusion.loss(self.model, example["x0"], example["context"], example["a"])}
 
     @torch.no_grad()
-    def generate(self, audio: torch.Tensor, a: torch.Tensor | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0) -> torch.Tensor:
-        """Portraits [B, 3, R, R] in [-1, 1] from speech, with the EMA weights."""
-        generator = torch.Generator().manual_seed(seed)
+    def generate(self, audio: torch.Tensor, steps: int | None = None, guidance: float | None = None,
+                 seed: int = 0) -> torch.Tensor:
+        """Portraits [B, 3, R, R] in [-1, 1] from speech, with the EMA weights and the dataset-level a."""
+        sampler = PortraitSampler(self.cfg, self.model, self.diffusion,
+                                  TrainedVAE(self.vae, self.scaling_factor, self.vae_hash))
         with self.ema_scope():
-            context, _ = self.model.speech(audio)
-            a = dataset_prior_weights(self.cfg, len(audio), self.model.prior_mean.shape[0], audio.device) if a is None else a
-            latents = self.diffusion.sample(self.model, context, a, steps or self.cfg.sample_steps,
-                                            self.cfg.guidance_scale if guidance is None else guidance, generator)
-        return decode_latents(self.vae, latents, self.scaling_factor)
+            return sampler.sample(audio, steps or self.cfg.sample_steps,
+                                  self.cfg.guidance_scale if guidance is None else guidance, seed)
 
     @torch.no_grad()
     def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
@@ -214,10 +249,3 @@ class PortraitDiffusionStage(StageModule):
         fake = self.generate(batch["audio"][:n])
         return {"portraits": Media(image=image_grid([batch["frames"][:n, 0], fake]),
                                    caption="real | generated from speech")}
-
-
-def image_grid(columns: list[torch.Tensor]) -> Any:
-    """Columns of [B, 3, R, R] images in [-1, 1] -> one (B*R) x (len(columns)*R) x 3 uint8 array."""
-    rows = [torch.cat(list(images), dim=2) for images in zip(*columns)]
-    grid = torch.cat(rows, dim=1)
-    return ((grid.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -7,7 +7,6 @@ of the VAE whose latent space it lives in. A prior is only valid for that VAE.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -16,11 +15,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from common.errors import SeespeakerError
+from common.files import atomic_path
+
 PRIOR_FORMAT = "1"
 DEFAULT_PRIOR_NAME = "face_prior.safetensors"
 
 
-class FacePriorError(ValueError):
+class FacePriorError(SeespeakerError, ValueError):
     """A prior file that is missing, unreadable or made with another VAE."""
 
 
@@ -38,42 +40,39 @@ class FacePrior:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean.double().contiguous()}
         if self.basis is not None:
             tensors["basis"] = self.basis.double().contiguous()
             tensors["eigenvalues"] = self.eigenvalues.double().contiguous()
         metadata = {"format": PRIOR_FORMAT, "kind": "face_prior", "vae_hash": self.vae_hash,
                     "count": str(self.count), "shards": json.dumps(self.shards), "extra": json.dumps(self.extra)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        return Path(path)
 
-
-def load_face_prior(path: str | Path, expect_vae_hash: str | None = None) -> FacePrior:
-    """Load a prior; one made with another VAE than ``expect_vae_hash`` is refused, naming both hashes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FacePriorError(f"face prior {path} does not exist; compute it with "
-                             f"`seespeaker prior --data <train shards> --stages <stages dir> --out {path}`")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise FacePriorError(f"face prior {path} is not a readable safetensors file ({exc})") from exc
-    if meta.get("kind") != "face_prior" or "mean" not in tensors:
-        raise FacePriorError(f"{path} is not a face prior file (kind={meta.get('kind')!r})")
-    if expect_vae_hash is not None and meta.get("vae_hash") != expect_vae_hash:
-        raise FacePriorError(
-            f"face prior {path} was computed with VAE {meta.get('vae_hash')!r} but this stage uses VAE "
-            f"{expect_vae_hash!r}; recompute it with `seespeaker prior` against the current autoencoder"
-        )
-    return FacePrior(mean=tensors["mean"], vae_hash=meta.get("vae_hash", ""), count=int(meta.get("count", 0)),
-                     shards=json.loads(meta.get("shards", "[]")), basis=tensors.get("basis"),
-                     eigenvalues=tensors.get("eigenvalues"), extra=json.loads(meta.get("extra", "{}")))
+    @classmethod
+    def load(cls, path: str | Path, expect_vae_hash: str | None = None) -> FacePrior:
+        """Load a prior; one made with another VAE than ``expect_vae_hash`` is refused, naming both hashes."""
+        path = Path(path)
+        if not path.is_file():
+            raise FacePriorError(f"face prior {path} does not exist; compute it with "
+                                 f"`seespeaker prior --data <train shards> --stages <stages dir> --out {path}`")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise FacePriorError(f"face prior {path} is not a readable safetensors file ({exc})") from exc
+        if meta.get("kind") != "face_prior" or "mean" not in tensors:
+            raise FacePriorError(f"{path} is not a face prior file (kind={meta.get('kind')!r})")
+        if expect_vae_hash is not None and meta.get("vae_hash") != expect_vae_hash:
+            raise FacePriorError(
+                f"face prior {path} was computed with VAE {meta.get('vae_hash')!r} but this stage uses VAE "
+                f"{expect_vae_hash!r}; recompute it with `seespeaker prior` against the current autoencoder"
+            )
+        return cls(mean=tensors["mean"], vae_hash=meta.get("vae_hash", ""), count=int(meta.get("count", 0)),
+                   shards=json.loads(meta.get("shards", "[]")), basis=tensors.get("basis"),
+                   eigenvalues=tensors.get("eigenvalues"), extra=json.loads(meta.get("extra", "{}")))
 
 
 class LatentMoments:

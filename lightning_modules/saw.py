@@ -14,12 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_modules.autoencoder import decode_latents, encode_latents, load_vae
+from common.images import image_grid
+from lightning_modules.autoencoder import AutoencoderStage, TrainedVAE, encode_latents
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.portrait_denoiser import PortraitDenoiser
-from lightning_modules.portrait_diffusion import (ResidualDiffusion, dataset_prior_weights, fitted_prior_weights,
-                                                  image_grid, load_portrait_denoiser)
-from lightning_modules.stagefile import StageFile
+from lightning_modules.portrait_diffusion import (
+    PortraitDiffusionConfig,
+    PortraitDiffusionStage,
+    PortraitSampler,
+    ResidualDiffusion,
+    fitted_prior_weights,
+)
+from lightning_modules.stagefile import StageFiles
 
 
 @dataclass
@@ -60,45 +66,47 @@ class SampleAdaptiveWeighting(nn.Module):
         return torch.sigmoid(self.net(embedding))
 
 
-def build_saw(cfg: Any, denoiser: PortraitDenoiser, prior_weight: float) -> SampleAdaptiveWeighting:
-    hidden = cfg.get("hidden_dim", 256) if isinstance(cfg, dict) else cfg.hidden_dim
-    return SampleAdaptiveWeighting(denoiser.speech_encoder.embed_dim, denoiser.prior_mean.shape[0], hidden, prior_weight)
-
-
-def load_saw(saw_file: StageFile, portrait: StageFile, conre: StageFile,
-             use_ema: bool = True) -> tuple[PortraitDenoiser, SampleAdaptiveWeighting]:
-    """(denoiser, weighting network) from an exported saw file: the denoiser as SAW trained with it (a saw file
-    trained with the denoiser frozen holds none: the portrait file's)."""
-    joint = "denoiser.prior_mean" in saw_file.state
-    denoiser = load_portrait_denoiser(portrait, conre, weights=saw_file if joint else None,
-                                      prefix="denoiser" if joint else "model", use_ema=use_ema)
-    saw = build_saw(saw_file.config, denoiser, float(portrait.config.get("prior_weight", 0.8)))
-    saw.load_state_dict(saw_file.sub_state("saw", use_ema))
-    return denoiser, saw.eval().requires_grad_(False)
+def build_saw(cfg: SAWConfig, denoiser: PortraitDenoiser, prior_weight: float) -> SampleAdaptiveWeighting:
+    return SampleAdaptiveWeighting(denoiser.speech_encoder.embed_dim, denoiser.prior_mean.shape[0], cfg.hidden_dim,
+                                   prior_weight)
 
 
 class SAWStage(StageModule):
     config_class = SAWConfig
-    requires = ("conre", "autoencoder", "portrait_diffusion")
 
     def __init__(self, cfg: SAWConfig, data, stages_dir: str = "", max_steps: int = 1000):
         super().__init__(cfg, data, stages_dir, max_steps)
-        conre = self.load_required("conre")
-        self.vae, scaling, self.vae_hash = load_vae(self.load_required("autoencoder"))
+        self.vae, scaling, self.vae_hash = AutoencoderStage.for_inference(self.earlier)
         self.register_buffer("scaling_factor", torch.tensor(scaling))
-        portrait = self.load_required("portrait_diffusion")
-        self.portrait_cfg = dict(portrait.config)
-        self.denoiser = load_portrait_denoiser(portrait, conre)
-        self.denoiser.requires_grad_(False)
+        self.portrait_cfg = self.earlier["portrait_diffusion"].typed_config(PortraitDiffusionConfig)
+        self.denoiser = PortraitDiffusionStage.trained_denoiser(self.earlier)
         if cfg.joint:
             for name, p in self.denoiser.named_parameters():
-                p.requires_grad_(not name.startswith("speech_encoder.") or self.portrait_cfg.get("finetune_speech", False))
-        self.prior_weight = float(self.portrait_cfg.get("prior_weight", 0.8))
-        self.fitted = self.portrait_cfg.get("prior_weight_mode", "drawn") == "fitted"  # files before the option: drawn
+                p.requires_grad_(not name.startswith("speech_encoder.") or self.portrait_cfg.finetune_speech)
+        self.prior_weight = float(self.portrait_cfg.prior_weight)
+        self.fitted = self.portrait_cfg.prior_weight_mode == "fitted"
         self.saw = build_saw(cfg, self.denoiser, self.prior_weight)
         self.diffusion = ResidualDiffusion(self.portrait_cfg)
         self.loss_weights = {"diffusion": 1.0, "saw_reg": cfg.reg_weight, "saw_fit": cfg.fit_weight}
         self._val_weights: list[torch.Tensor] = []
+
+    @classmethod
+    def requires(cls, cfg: SAWConfig) -> tuple[str, ...]:
+        return ("conre", "autoencoder", "portrait_diffusion")
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> PortraitSampler:
+        """The portrait sampler with SAW's a(speech): the denoiser as SAW trained with it (a saw file trained
+        with the denoiser frozen holds none: the portrait file's)."""
+        saw_file = files["saw"]
+        joint = "denoiser.prior_mean" in saw_file.state
+        denoiser = PortraitDiffusionStage.trained_denoiser(files, saw_file if joint else None,
+                                                           "denoiser" if joint else "model", use_ema)
+        portrait_cfg = files["portrait_diffusion"].typed_config(PortraitDiffusionConfig)
+        saw = build_saw(saw_file.typed_config(SAWConfig), denoiser, portrait_cfg.prior_weight)
+        saw.load_state_dict(saw_file.sub_state("saw", use_ema))
+        return PortraitSampler(portrait_cfg, denoiser, ResidualDiffusion(portrait_cfg),
+                               AutoencoderStage.for_inference(files), saw.eval().requires_grad_(False))
 
     def rebuilt_prefixes(self) -> tuple[str, ...]:
         return ("vae.",) + (() if self.cfg.joint else ("denoiser.",))
@@ -162,14 +170,10 @@ class SAWStage(StageModule):
     @torch.no_grad()
     def generate(self, audio: torch.Tensor, use_saw: bool = True, steps: int | None = None, seed: int = 0) -> torch.Tensor:
         """Portraits in [-1, 1] with a(speech) (or the dataset-level a), EMA weights."""
-        generator = torch.Generator().manual_seed(seed)
+        sampler = PortraitSampler(self.portrait_cfg, self.denoiser, self.diffusion,
+                                  TrainedVAE(self.vae, self.scaling_factor, self.vae_hash), self.saw)
         with self.ema_scope():
-            context, a = self.prior_weights(audio)
-            if not use_saw:
-                a = dataset_prior_weights(self.portrait_cfg, len(audio), a.shape[1], audio.device)
-            latents = self.diffusion.sample(self.denoiser, context, a, steps or self.cfg.sample_steps,
-                                            self.cfg.guidance_scale, generator)
-        return decode_latents(self.vae, latents, self.scaling_factor)
+            return sampler.sample(audio, steps or self.cfg.sample_steps, self.cfg.guidance_scale, seed, use_saw)
 
     @torch.no_grad()
     def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:

@@ -15,7 +15,7 @@ The same distance cross-entropy is the lip enhancer's sync loss (:func:`offset_s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.mfcc import float_audio_to_int16_scale, syncnet_mfcc
 from lightning_modules.nets.syncnet import MFCC_WINDOW, WINDOW_FRAMES, SyncExpert, build_syncnet
-from lightning_modules.stagefile import StageFile
+from lightning_modules.stagefile import StageFiles
 
 PAIRWISE_EPS = 1e-6
 REGIONS = ("face", "lower_face")
@@ -130,13 +130,11 @@ def offset_sync_loss(expert: SyncExpert, frames: torch.Tensor, audio: torch.Tens
     return loss.view(starts.shape).mean(1)
 
 
-def load_sync_expert(stage_file: StageFile, use_ema: bool = True) -> tuple[SyncExpert, SyncNetConfig]:
-    """The trained expert (eval mode, frozen) and its config from an exported ``syncnet`` stage file."""
-    known = SyncNetConfig.__dataclass_fields__
-    cfg = SyncNetConfig(**{k: v for k, v in stage_file.config.items() if k in known})
-    expert = build_syncnet(cfg.layout, **cfg.expert_sizes())
-    expert.load_state_dict(stage_file.sub_state("expert", use_ema))
-    return expert.eval().requires_grad_(False), cfg
+class TrainedExpert(NamedTuple):
+    """The trained sync expert (eval mode, frozen) and its config."""
+
+    expert: SyncExpert
+    cfg: SyncNetConfig
 
 
 class SyncNetStage(StageModule):
@@ -151,6 +149,15 @@ class SyncNetStage(StageModule):
         self.expert = build_syncnet(cfg.layout, **cfg.expert_sizes())
         self.loss_weights = {"sync": 1.0}
         self._val_correct: list[torch.Tensor] = []
+
+    @classmethod
+    def for_inference(cls, files: StageFiles, use_ema: bool = True) -> TrainedExpert:
+        """The trained expert from the exported ``syncnet`` file."""
+        stage = files["syncnet"]
+        cfg = stage.typed_config(SyncNetConfig)
+        expert = build_syncnet(cfg.layout, **cfg.expert_sizes())
+        expert.load_state_dict(stage.sub_state("expert", use_ema))
+        return TrainedExpert(expert.eval().requires_grad_(False), cfg)
 
     def draw_starts(self, batch: int, n_frames: int, device: torch.device) -> torch.Tensor:
         """Random window starts [B, W] among 0 .. T-5."""

@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import SeespeakerError
+from common.files import atomic_write_text
 from slurm.profile import SlurmProfile
 from slurm.render import JobSpec, job_name_from, render_script
 
@@ -18,7 +20,7 @@ RUN_FOLDER_KEYS = ("run.name", "run.dir")
 JOB_ID = re.compile(r"^(\d+)(;.*)?$")
 
 
-class SubmitError(ValueError):
+class SubmitError(SeespeakerError, ValueError):
     """A submission that cannot go ahead; the message says what was wrong and what to do."""
 
 
@@ -120,10 +122,7 @@ def find_sbatch(env: dict | None = None) -> str:
 def save_script(script: str, job: JobSpec, log_dir: Path, job_id: str) -> Path:
     """Keep the submitted script next to its log (atomically), so that the run can be resubmitted as it was."""
     path = log_dir / f"{job.job_name}-{job_id}.sbatch"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(script)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, script)
 
 
 def parse_job_id(stdout: str) -> str:

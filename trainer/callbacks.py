@@ -128,7 +128,8 @@ class DataHealthMonitor(pl.Callback):
 class MediaLogger(pl.Callback):
     """Calls the stage's ``log_media()`` on a fixed validation batch and saves/uploads the results.
 
-    Rank 0 only, unless the stage samples on every rank (ZeRO-3): then every rank runs it, rank 0 uploads.
+    Rank 0 only, except under ZeRO-3 (sampling gathers partitioned parameters): then every rank runs it, rank 0
+    uploads.
     """
 
     def __init__(self, run_dir: str, every_n_steps: int = 0, all_ranks: bool = False):
@@ -190,7 +191,7 @@ class PreemptionCheckpoint(pl.Callback):
         if not isinstance(exception, SIGTERMException):
             return
         path = self.dirpath / f"preempt-step={trainer.global_step}.ckpt"
-        trainer.save_checkpoint(str(path))
+        trainer.save_checkpoint(str(path), weights_only=False)  # the full state: the requeued job resumes from it
         requeue = getattr(trainer._signal_connector, "requeue_requested", False)
         if trainer.is_global_zero:
             print(f"[preemption] {'requeue signal' if requeue else 'SIGTERM'} at step {trainer.global_step}: "

@@ -10,34 +10,31 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from common.errors import CheckpointError
+from common.files import atomic_path
+
 STEP_IN_NAME = re.compile(r"step=(\d+)")
 CHECKPOINT_DIR = "checkpoints"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (missing, partial, unsafe)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary name in the same folder, fsyncs it and renames it into place.
 
-    A crash mid-write leaves only a ``.tmp`` file, which ``resume=auto`` ignores; the previous checkpoint is
-    untouched. A full disk raises an error naming the path and keeps the previous checkpoint.
+    A crash mid-write leaves only a hidden temporary file (``.<name>.<pid>.tmp.ckpt``), which ``resume=auto``
+    ignores; the previous checkpoint is untouched. A full disk raises an error naming the path and keeps the
+    previous checkpoint.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
                 _fault_injection_pause()
-            os.replace(tmp, path)
         except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
-            tmp.unlink(missing_ok=True)
             raise CheckpointError(
                 f"could not write checkpoint {path} ({exc}); the previous checkpoints in {path.parent} are intact. "
                 f"Free disk space or move run.dir, then resume with resume=auto"

@@ -11,11 +11,9 @@ import inspect
 import os
 import sys
 
+from common.errors import SeespeakerError
+
 COMMANDS = ("prepare", "train", "config", "export", "prior", "evaluate", "generate", "slurm", "runs")
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one clear message, without a traceback."""
 
 
 def doc_parts(func) -> tuple[str, str]:
@@ -42,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"trainer.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"trainer.commands.{name}":
-                continue  # a command not built into this installation
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"trainer.commands.{name}").register(subparsers)
     return parser
 
 
@@ -61,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except UserError as exc:
+    except SeespeakerError as exc:  # UserError and every other error a user can fix: one message
         print(f"seespeaker {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -71,6 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainer.cli import main as package_main  # one UserError class, whichever way the CLI starts
-
-    sys.exit(package_main())
+    sys.exit(main())

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from datamodules.shards import atomic_write_text
+from common.errors import CheckpointError
+from common.files import atomic_write_text
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 DEFAULT_TAG = "checkpoint"  # the tag Lightning's DeepSpeedStrategy.save_checkpoint uses
@@ -32,7 +33,7 @@ DEEPSPEED_KEYS = frozenset({
 })
 
 
-class DeepSpeedCheckpointError(ValueError):
+class DeepSpeedCheckpointError(CheckpointError):
     """A path that is not a complete, readable DeepSpeed checkpoint directory."""
 
 

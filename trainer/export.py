@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from lightning_modules.stagefile import StageFile, save_stage_file
-from trainer.checkpoints import CheckpointError, find_resume_checkpoint, safe_load
+from common.errors import CheckpointError
+from trainer.checkpoints import find_resume_checkpoint, safe_load
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

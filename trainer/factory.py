@@ -57,13 +57,14 @@ def plain_logs() -> bool:
 def build_module(cfg: Config) -> pl.LightningModule:
     cls = stage_class(cfg.stage.name)
     module = cls(cfg.stage, cfg.data, stages_dir=cfg.run.stages_dir, max_steps=cfg.trainer.max_steps)
+    module.max_bad_steps = cfg.trainer.max_bad_steps
     if cfg.run.init_from:
         stage_file = load_stage_file(cfg.run.init_from)
         module.load_weights(stage_file.weights(use_ema=True), cfg.run.init_from)
     return module
 
 
-def build_callbacks(cfg: Config, module: pl.LightningModule, health: DataHealthMonitor) -> list[pl.Callback]:
+def build_callbacks(cfg: Config, health: DataHealthMonitor) -> list[pl.Callback]:
     ckpt_dir = str(Path(cfg.run.dir) / CHECKPOINT_DIR)
     t = cfg.trainer
     callbacks: list[pl.Callback] = [
@@ -76,7 +77,7 @@ def build_callbacks(cfg: Config, module: pl.LightningModule, health: DataHealthM
         ThroughputMonitor(log_every=t.log_every_n_steps),
         LearningRateMonitor(logging_interval="step"),
         health,
-        MediaLogger(cfg.run.dir, t.media_every_n_steps, all_ranks=media_needs_all_ranks(t, module)),
+        MediaLogger(cfg.run.dir, t.media_every_n_steps, all_ranks=media_needs_all_ranks(t)),
         RankInfo(),
         RNGState(),
         PlainProgress(t.log_every_n_steps) if plain_logs() else RichProgressBar(),
@@ -137,13 +138,12 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
         max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=(t.gradient_clip_val or None) if module.automatic_optimization and t.strategy != "deepspeed" else None,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
-        log_every_n_steps=t.log_every_n_steps, default_root_dir=cfg.run.dir, callbacks=build_callbacks(cfg, module, health),
+        log_every_n_steps=t.log_every_n_steps, default_root_dir=cfg.run.dir, callbacks=build_callbacks(cfg, health),
         logger=build_loggers(cfg, config_dict, is_zero), plugins=cluster_plugins(cfg), enable_model_summary=is_zero,
         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0, deterministic=t.deterministic or None,
         enable_progress_bar=not plain_logs(), **extra,
     )
     trainer._signal_connector = FlagSignalConnector(trainer)
-    trainer.max_bad_steps = t.max_bad_steps
     if trainer.is_global_zero:
         print(f"[seespeaker] stage={cfg.stage.name} run_dir={cfg.run.dir} world={cfg.world_size} "
               f"global_batch={cfg.data.batch_size}x{cfg.world_size}x{t.accumulate_grad_batches}={cfg.global_batch}",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datamodules.shards import atomic_write_text
+from common.files import atomic_write_text
 
 PACKAGES = ("torch", "pytorch-lightning", "deepspeed", "wandb", "webdataset", "diffusers", "torchmetrics",
             "omegaconf", "numpy", "av", "opencv-python-headless", "safetensors")
@@ -28,6 +29,21 @@ def git_commit(repo: Path | None = None) -> str:
         return ""
     commit = out.stdout.strip()
     return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+
+
+def machine() -> str:
+    """The CPU model, core count and GPUs of this machine, as results and benchmarks name it."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
 
 
 def package_versions() -> dict[str, str]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from datamodules.shards import ShardSetError, atomic_write_text
-from lightning_modules.nets.encoders import SpeechTooShortError
-from lightning_modules.stagefile import StageFileError
-from trainer.checkpoints import CHECKPOINT_DIR, CheckpointError
-from trainer.cli import UserError
-from trainer.config import ConfigError, to_container
+from common.errors import SeespeakerError, UserError
+from common.files import atomic_write_text
+from trainer.checkpoints import CHECKPOINT_DIR
+from trainer.config import to_container
 from trainer.schemas import Config
 
 
@@ -22,9 +20,9 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
         run = build_run(cfg, argv)
         run.module.run_config = to_container(cfg)
         fit(run)
-    except (ConfigError, ShardSetError, StageFileError, CheckpointError, SpeechTooShortError) as exc:
+    except SeespeakerError:
         _close_wandb()
-        raise UserError(str(exc)) from None
+        raise
     except SIGTERMException:
         _close_wandb()
         print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
@@ -39,7 +37,7 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
         raise
     trainer = run.trainer
     final = Path(cfg.run.dir) / CHECKPOINT_DIR / f"final-step={trainer.global_step}.ckpt"
-    trainer.save_checkpoint(str(final))
+    trainer.save_checkpoint(str(final), weights_only=False)  # the full state: resume=auto continues from it
     if trainer.is_global_zero:
         _finish(cfg, run, final)
     return 0

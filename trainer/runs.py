@@ -13,12 +13,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from common.errors import SeespeakerError
+from common.files import atomic_path
 from trainer.tracking import METRICS_FILE, WANDB_ID_FILE, flatten, read_metrics
 
 IGNORED_KEYS = ("run.dir", "run.stages_dir", "run.name", "experiment.output_root")
 
 
-class RunReadError(ValueError):
+class RunReadError(SeespeakerError, ValueError):
     """A run folder (or one of its files) that cannot be read."""
 
 
@@ -33,6 +35,15 @@ class RunRecord:
     @property
     def name(self) -> str:
         return str(self.path)
+
+    @property
+    def steps(self) -> int | None:
+        """Training steps done: the final global step of a finished run (``summary.json``), else one more than
+        the last logged step (the metrics after step n are logged at step n - 1)."""
+        if "summary.global_step" in self.summary:
+            return int(self.summary["summary.global_step"])
+        last = max((int(row["step"]) for row in self.history), default=None)
+        return None if last is None else last + 1
 
     def metric_names(self) -> list[str]:
         return sorted({k for row in self.history for k in row if k not in ("step", "time", "epoch")})
@@ -136,9 +147,8 @@ def compare_table(records: list[RunRecord], metrics: list[str]) -> str:
     headers = ["run", "steps", *diffs] + [f"{m} (final/best)" for m in metrics]
     rows = []
     for r in records:
-        steps = max((int(row["step"]) for row in r.history), default=None)
         values = [f"{format_value(r.final(m))}/{format_value(r.best(m))}" for m in metrics]
-        rows.append([r.name, steps, *[r.config.get(k) for k in diffs], *values])
+        rows.append([r.name, r.steps, *[r.config.get(k) for k in diffs], *values])
     return table(headers, rows)
 
 
@@ -160,11 +170,9 @@ def plot(records: list[RunRecord], metrics: list[str], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 

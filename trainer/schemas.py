@@ -42,8 +42,10 @@ class TrainerConfig:
     checkpoint_minutes: float = field(default=10.0, metadata={"help": "time-based checkpoint period (0: off)"})
     save_top_k: int = field(default=2, metadata={"help": "best checkpoints kept by the monitored metric"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay (0: no EMA)"})
-    deepspeed_stage: int = field(default=2, metadata={"help": "ZeRO stage when strategy=deepspeed", "choices": (1, 2, 3)})
-    deepspeed_offload: bool = field(default=False, metadata={"help": "offload optimizer and parameters to CPU (ZeRO-3)"})
+    deepspeed_stage: int = field(default=2, metadata={
+        "help": "ZeRO stage when strategy=deepspeed", "choices": (1, 2, 3)})
+    deepspeed_offload: bool = field(default=False, metadata={
+        "help": "offload optimizer and parameters to CPU (ZeRO-3)"})
     requeue_signal: str = field(default="USR2", metadata={"help": "signal SLURM sends before the time limit"})
     process_timeout_s: int = field(default=1800, metadata={"help": "collective timeout in seconds"})
     max_bad_steps: int = field(default=10, metadata={"help": "stop after this many non-finite losses in a row"})
@@ -64,7 +66,8 @@ class TrainerConfig:
 class TrackingConfig:
     """Weights & Biases and the local metric log."""
 
-    mode: str = field(default="auto", metadata={"help": "auto (online with an API key, else offline) | online | offline | disabled", "choices": TRACKING_MODES})
+    mode: str = field(default="auto", metadata={
+        "help": "auto (online with an API key, else offline) | online | offline | disabled", "choices": TRACKING_MODES})
     project: str = field(default="seespeaker", metadata={"help": "W&B project (env WANDB_PROJECT wins)"})
     entity: str = field(default="", metadata={"help": "W&B entity (env WANDB_ENTITY wins)"})
     tags: list[str] = field(default_factory=list, metadata={"help": "extra W&B tags"})
@@ -77,9 +80,12 @@ class RunConfig:
 
     name: str = field(default="", metadata={"help": "optional suffix that tells apart runs of one stage"})
     dir: str = field(default="", metadata={"help": "run folder (derived: <output_root>/<experiment>/<stage>[-<name>])"})
-    stages_dir: str = field(default="", metadata={"help": "exported stage files (derived: <output_root>/<experiment>/stages)"})
-    resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint, else fresh) | false | <path>"})
-    init_from: str = field(default="", metadata={"help": "exported stage file to load weights from (no optimizer state)"})
+    stages_dir: str = field(default="", metadata={
+        "help": "exported stage files (derived: <output_root>/<experiment>/stages)"})
+    resume: str = field(default="auto", metadata={
+        "help": "auto (newest complete checkpoint, else fresh) | false | <path>"})
+    init_from: str = field(default="", metadata={
+        "help": "exported stage file to load weights from (no optimizer state)"})
     export: bool = field(default=True, metadata={"help": "export the stage file into stages_dir when training ends"})
 
 

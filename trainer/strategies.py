@@ -24,7 +24,7 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from trainer.cli import UserError
+from common.errors import UserError
 from trainer.schemas import TrainerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -224,17 +224,16 @@ def check_deepspeed_stage(trainer_cfg: TrainerConfig, stage_module) -> None:
             f"stage {name!r}: EMA (trainer.ema_decay={trainer_cfg.ema_decay}) keeps full copies of weights that "
             "ZeRO-3 partitions across ranks; set trainer.ema_decay=0, or use trainer=deepspeed_zero2 or trainer=ddp"
         )
-    if media_needs_all_ranks(trainer_cfg, stage_module) and not getattr(stage_module, "media_on_all_ranks", False):
+    if media_needs_all_ranks(trainer_cfg):
         rank_zero_info(
-            f"stage {name!r} samples media on rank 0 only (media_on_all_ranks=False); under ZeRO-3 every forward "
-            "pass gathers partitioned parameters, so media sampling runs on all ranks"
+            f"stage {name!r}: under ZeRO-3 every forward pass gathers partitioned parameters, so media sampling "
+            "runs on all ranks"
         )
 
 
-def media_needs_all_ranks(trainer_cfg: TrainerConfig, stage_module=None) -> bool:
-    """True when ``log_media`` must run on every rank: ZeRO-3 or the stage asks for it."""
-    zero3 = trainer_cfg.strategy == "deepspeed" and trainer_cfg.deepspeed_stage == 3
-    return zero3 or bool(getattr(stage_module, "media_on_all_ranks", False))
+def media_needs_all_ranks(trainer_cfg: TrainerConfig) -> bool:
+    """True when ``log_media`` must run on every rank: under ZeRO-3 sampling gathers partitioned parameters."""
+    return trainer_cfg.strategy == "deepspeed" and trainer_cfg.deepspeed_stage == 3
 
 
 def build_strategy(trainer_cfg: TrainerConfig, stage_module) -> tuple[Any, dict[str, Any]]:

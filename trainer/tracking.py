@@ -84,7 +84,7 @@ def run_id(run_dir: str | Path) -> str:
         return path.read_text().strip()
     alphabet = string.ascii_lowercase + string.digits
     new_id = os.environ.get("SEESPEAKER_WANDB_ID", "") or "".join(secrets.choice(alphabet) for _ in range(8))
-    from datamodules.shards import atomic_write_text
+    from common.files import atomic_write_text
 
     atomic_write_text(path, new_id)
     return new_id

@@ -14,11 +14,13 @@ import av
 import numpy as np
 from scipy.signal import resample_poly
 
+from common.errors import SeespeakerError
+
 FPS = 25
 SAMPLE_RATE = 16000
 
 
-class MediaError(Exception):
+class MediaError(SeespeakerError):
     """A source that cannot be used; ``reason`` is the manifest's short code."""
 
     def __init__(self, reason: str, detail: str):

@@ -94,9 +94,9 @@ class ManifestShardWriter(ShardSetWriter):
         self.index_shards: set[str] = set()
 
     def write_sample(self, sample: dict, split: str) -> None:
-        writer, tmp, final, count = self._open.get(split) or self._start_shard(split)
+        writer, target, final, count = self._open.get(split) or self._start_shard(split)
         writer.write(sample)
-        self._open[split] = (writer, tmp, final, count + 1)
+        self._open[split] = (writer, target, final, count + 1)
         if count + 1 >= self.shard_size:
             self._finish_shard(split)
 
@@ -124,7 +124,7 @@ class ManifestShardWriter(ShardSetWriter):
 
 def reconcile(out: Path, writer: ManifestShardWriter, done_keys: set[str]) -> None:
     """After an interrupt: drop temporary shards; adopt finished shards whose every key is recorded, drop others."""
-    for tmp in out.glob(f"*/.{writer.prefix}-*.tar.tmp"):
+    for tmp in out.glob(f"*/.{writer.prefix}-*.tmp.tar"):
         tmp.unlink()
     index = ShardIndex.read(writer.index_path, writer.dataset)
     listed = {s.path for infos in index.splits.values() for s in infos}

@@ -5,12 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import SeespeakerError
 from lightning_modules.nets.audio_features import LogMel
 
 MIN_SPEECH_SAMPLES = 8000  # 0.5 s at 16 kHz
 
 
-class SpeechTooShortError(ValueError):
+class SpeechTooShortError(SeespeakerError, ValueError):
     """Speech shorter than the encoder's receptive minimum."""
 
 

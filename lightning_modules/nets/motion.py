@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import nn
 
+from common.errors import SeespeakerError
+
 N_LANDMARKS = 68
 LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
     "lips": tuple(range(48, 68)),                       # outer and inner lip contour
@@ -31,7 +33,7 @@ LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
 MEL_PER_FRAME = 4  # 100 mel frames per second at hop 160 / 16 kHz, 25 video frames per second
 
 
-class LandmarkMismatchError(ValueError):
+class LandmarkMismatchError(SeespeakerError, ValueError):
     """Landmarks that do not fit the frames they belong to."""
 
 

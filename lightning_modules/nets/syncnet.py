@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import SeespeakerError
+
 WINDOW_FRAMES = 5
 MFCC_WINDOW = 20
 
 
-class SyncNetWeightsError(ValueError):
+class SyncNetWeightsError(SeespeakerError, ValueError):
     """A weights file that does not fit the SyncNet layout it was loaded into."""
 
 

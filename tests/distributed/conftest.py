@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import INSTALL_HINT, missing_programs, start_cluster
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from common.errors import UserError  # noqa: E402
 from datamodules.config import DataConfig  # noqa: E402
 from lightning_modules.base import StageConfig, StageModule  # noqa: E402
-from trainer.cli import UserError  # noqa: E402
 from trainer.schemas import TrainerConfig  # noqa: E402
 from trainer.strategies import build_strategy, deepspeed_config  # noqa: E402
 

@@ -19,15 +19,15 @@ import pytest
 import torch
 import webdataset as wds
 
+from common.media import read_mp4, write_mp4
 from datamodules.sample import decode_clip
 from datamodules.shards import ShardIndex
 from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
 from evaluation.fid import packaged_inception_path
 from evaluation.lse import SyncClip, lse_scores
 from lightning_modules.nets.syncnet import build_syncnet
-from lightning_modules.stagefile import StageFile, load_stage_file, save_stage_file
-from lightning_modules.syncnet import load_sync_expert
-from lightning_modules.video_io import read_mp4, write_mp4
+from lightning_modules.stagefile import StageFile, StageFiles, save_stage_file
+from lightning_modules.syncnet import SyncNetStage
 from trainer.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def scored(world):
 
 
 def test_videos_are_scored_as_decoded_and_swapped_audio_changes_lse(world, scored):
-    expert, _ = load_sync_expert(load_stage_file(world["stages"] / "syncnet.safetensors"))
+    expert, _ = SyncNetStage.for_inference(StageFiles(world["stages"]))
     for name in ("in_sync", "swapped"):
         results = scored[name]
         paths = sorted(world[name].glob("*.mp4"))
@@ -250,7 +250,7 @@ def test_a_stages_folder_or_run_folder_supplies_the_project_expert(world, tmp_pa
 def test_a_stages_folder_is_generated_through_the_pipeline_adapter(world, tmp_path, monkeypatch):
     """A full tiny stage chain takes minutes to train, so a stand-in with TalkingFacePipeline's interface (grey
     frames, one per 640 samples of speech) exercises the adapter, the generated source and the scoring."""
-    import lightning_modules.pipeline as pipeline_module
+    import generation.pipeline as pipeline_module
 
     calls = []
 

@@ -79,7 +79,7 @@ def test_no_codebook_writes_the_low_resolution_frames_without_needing_the_codebo
 def test_bad_inputs_fail_with_messages_naming_the_file(stages, tmp_path, capsys):
     out = tmp_path / "never.mp4"
     video_only = tmp_path / "no_sound.mp4"
-    from lightning_modules.video_io import write_mp4
+    from common.media import write_mp4
     write_mp4(video_only, np.zeros((5, 16, 16, 3), np.uint8))
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros((0, 1), np.float32), 16000)
@@ -100,7 +100,7 @@ def test_bad_inputs_fail_with_messages_naming_the_file(stages, tmp_path, capsys)
 
 
 def test_a_failed_write_leaves_no_partial_mp4(stages, tmp_path, monkeypatch, capsys):
-    import lightning_modules.video_io as video_io
+    import common.media as video_io
     real_mux = video_io._mux
 
     def mux_then_fail(container, frames, audio, fps, sr):

@@ -63,12 +63,12 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_complete_one
     ckpts = run / "checkpoints"
     proc = start(synthetic_corpus, tmp_path, "trainer.max_steps=2000", "trainer.checkpoint_every_n_steps=8",
                  env_extra={"SEESPEAKER_CHECKPOINT_WRITE_PAUSE_S": "4"})
-    wait_for(lambda: (ckpts / "step=8.ckpt").is_file() and any(p.name.startswith(".step=16") for p in ckpts.glob(".*.tmp")),
-             300, proc)
+    wait_for(lambda: (ckpts / "step=8.ckpt").is_file()
+             and any(p.name.startswith(".step=16") for p in ckpts.glob(".*.tmp.ckpt")), 300, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert not (ckpts / "step=16.ckpt").exists()
-    assert any(p.suffix == ".tmp" for p in ckpts.iterdir())  # the interrupted write is left as a partial file
+    assert any(p.name.endswith(".tmp.ckpt") for p in ckpts.iterdir())  # the interrupted write is left as a partial file
     resumed = start(synthetic_corpus, tmp_path, "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=0")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-2000:]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-
 from datamodules.prepare import align, faces, media  # noqa: E402
 from datamodules.prepare import testmedia as tm  # noqa: E402
 from datamodules.prepare.listing import SourceItem  # noqa: E402
@@ -213,7 +212,7 @@ def test_hdtf_manifest_reasons(hdtf_out):
     assert last["hdtf/RD/TerriSewell1_0"]["reason"] == "missing_video"
     assert "crop_window_clamped" in last["hdtf/RD/WhipJimClyburn_0"]["notes"]
     assert sum(r["outcome"] == "written" for r in last.values()) == 5
-    assert not list(hdtf_out.rglob("*.tmp"))
+    assert not list(hdtf_out.rglob("*.tmp*"))
 
 
 def test_voxceleb2_official_split_and_bad_inputs(vox_root, tmp_path):
@@ -281,7 +280,7 @@ def test_resume_after_interrupt_redoes_only_unfinished_sources(vox_root, tmp_pat
     proc.wait(30)
     first = manifest(out)
     assert 1 <= len(first) < 8, "the run should have been stopped midway"
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp*"))
     assert prepare(*args) == 0
     records = manifest(out)
     assert all(len(v) == 1 for v in records.values()), "a completed source was processed again"

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-import trainer.results as results
+import reports.results as results
 
 OPTIONS = {"speakers": 6, "clips_per_speaker": 1, "seed": 3, "val_speakers_fraction": 0.2,
            "test_speakers_fraction": 0.2, "voice_share": 0.8}

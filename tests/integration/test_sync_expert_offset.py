@@ -11,8 +11,8 @@ from datamodules.config import DataConfig
 from datamodules.datamodule import ShardDataModule
 from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
 from evaluation.lse import SyncClip, lse_scores
-from lightning_modules.stagefile import load_stage_file
-from lightning_modules.syncnet import load_sync_expert, sync_region
+from lightning_modules.stagefile import StageFiles
+from lightning_modules.syncnet import SyncNetStage, sync_region
 from trainer.cli import main as seespeaker
 
 SAMPLES_PER_FRAME = 640
@@ -59,7 +59,7 @@ def shifted(clip: dict, shift: int, region: str) -> SyncClip:
 
 
 def test_the_trained_expert_reports_the_shift_of_held_out_clips(trained_expert, sync_corpus):
-    expert, cfg = load_sync_expert(load_stage_file(trained_expert, expect_stage="syncnet"))
+    expert, cfg = SyncNetStage.for_inference(StageFiles.of(trained_expert, "syncnet"))
     clips = held_out_clips(sync_corpus)
     assert len(clips) >= 4
     for clip in clips:

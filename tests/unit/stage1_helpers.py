@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 
 from datamodules.config import DataConfig
-from lightning_modules.autoencoder import AutoencoderConfig, AutoencoderStage, VAEConfig, encode_latents, load_vae
+from lightning_modules.autoencoder import AutoencoderConfig, AutoencoderStage, VAEConfig
 from lightning_modules.conre import ConReConfig, ConReStage
 from lightning_modules.nets.portrait_denoiser import UNetConfig
 from lightning_modules.portrait_diffusion import PortraitDiffusionConfig
 from lightning_modules.prior import compute_face_prior
 from lightning_modules.saw import SAWConfig
-from lightning_modules.stagefile import StageFile, save_stage_file
+from lightning_modules.stagefile import StageFile, StageFiles, save_stage_file
 
 RESOLUTION = 32
 AUDIO_SAMPLES = 8000
@@ -80,8 +80,18 @@ def make_stage1_inputs(stages_dir: Path, resolution: int = RESOLUTION, seed: int
     auto = AutoencoderStage(tiny_autoencoder(), data)
     auto.scaling_factor.fill_(0.5)
     export(auto, stages_dir / "autoencoder.safetensors")
-    vae, scaling, vae_hash = load_vae(stages_dir / "autoencoder.safetensors")
+    vae = AutoencoderStage.for_inference(StageFiles(stages_dir))
     with torch.no_grad():
-        latents = [encode_latents(vae, synthetic_batch(4, resolution, seed=i)["frames"][:, 0], scaling) for i in range(2)]
-    compute_face_prior(latents, vae_hash, shards=["synthetic"]).save(stages_dir / "face_prior.safetensors")
-    return {"data": data, "vae_hash": vae_hash}
+        latents = [vae.encode(synthetic_batch(4, resolution, seed=i)["frames"][:, 0]) for i in range(2)]
+    compute_face_prior(latents, vae.vae_hash, shards=["synthetic"]).save(stages_dir / "face_prior.safetensors")
+    return {"data": data, "vae_hash": vae.vae_hash}
+
+
+def portrait_from_speech(audio, sample_rate: int, folder, steps: int = 3, guidance: float = 3.0, seed: int = 0,
+                         use_saw: bool = True):
+    """One uint8 portrait through generation's own path: the speech made ready, then the PortraitGenerator."""
+    from common.images import to_uint8
+    from generation.portrait import PortraitGenerator
+    from generation.speech import prepare_speech
+    speech = prepare_speech(audio, sample_rate)
+    return to_uint8(PortraitGenerator(folder, use_saw).generate(speech, steps, guidance, seed))

@@ -1,4 +1,4 @@
-"""The autoencoder stage: real AutoencoderKL training, the measured latent scaling factor, load_vae."""
+"""The autoencoder stage: real AutoencoderKL training, the measured latent scaling factor, its rebuilt VAE."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from lightning_modules.autoencoder import AutoencoderStage, build_vae, load_vae, weights_hash
-from lightning_modules.stagefile import StageFileError
+from lightning_modules.autoencoder import AutoencoderStage, build_vae, weights_hash
 from lightning_modules.conre import ConReStage
+from lightning_modules.stagefile import StageFileError, StageFiles
 from tests.unit.stage1_helpers import export, synthetic_batch, tiny_autoencoder, tiny_conre, tiny_data
 
 
@@ -38,21 +38,22 @@ def test_training_reduces_reconstruction_and_measures_scaling_factor():
     assert float(module.scaling_factor) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_export_and_load_vae_keep_scaling_factor_and_hash(tmp_path):
+def test_export_and_rebuilt_vae_keep_scaling_factor_and_hash(tmp_path):
     torch.manual_seed(0)
     module = AutoencoderStage(tiny_autoencoder(), tiny_data())
     module.scaling_factor.fill_(0.37)
-    path = export(module, tmp_path / "autoencoder.safetensors")
-    vae, scaling, vae_hash = load_vae(path)
+    export(module, tmp_path / "autoencoder.safetensors")
+    vae, scaling, vae_hash = AutoencoderStage.for_inference(StageFiles(tmp_path))
     assert scaling == pytest.approx(0.37)
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
     images = synthetic_batch(2)["frames"][:, 0]
     with torch.no_grad():
         assert torch.equal(vae.encode(images).latent_dist.mode(), module.vae.encode(images).latent_dist.mode())
-    assert load_vae(path)[2] == vae_hash
+    assert AutoencoderStage.for_inference(StageFiles(tmp_path)).vae_hash == vae_hash
     with torch.no_grad():
         module.vae.decoder.conv_out.bias.add_(1e-3)
-    assert load_vae(export(module, tmp_path / "other" / "autoencoder.safetensors"))[2] != vae_hash
+    export(module, tmp_path / "other" / "autoencoder.safetensors")
+    assert AutoencoderStage.for_inference(StageFiles(tmp_path / "other")).vae_hash != vae_hash
 
 
 def test_pretrained_vae_from_local_folder_and_safetensors(tmp_path):
@@ -65,8 +66,6 @@ def test_pretrained_vae_from_local_folder_and_safetensors(tmp_path):
         cfg.vae.pretrained_path = str(source)
         module = AutoencoderStage(cfg, tiny_data())
         assert weights_hash(module.vae.state_dict()) == weights_hash(reference.state_dict())
-    vae, _, folder_hash = load_vae(tmp_path / "vae_folder")
-    assert folder_hash == weights_hash(reference.state_dict())
     cfg.vae.pretrained_path = str(tmp_path / "no_such_vae")
     with pytest.raises(StageFileError, match="no_such_vae.*never downloads"):
         AutoencoderStage(cfg, tiny_data())

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from bench.untrained_stages import SD_SCALING, TINY, build_untrained_stages
-from lightning_modules.autoencoder import load_vae
-from lightning_modules.pipeline import required_files
-from lightning_modules.prior import load_face_prior
-from lightning_modules.stagefile import load_stage_file
+from generation.pipeline import required_files
+from lightning_modules.autoencoder import AutoencoderStage
+from lightning_modules.prior import FacePrior
+from lightning_modules.stagefile import StageFiles, load_stage_file
 from trainer.config import compose
 
 
@@ -20,9 +20,9 @@ def test_untrained_stages_follow_their_configs_and_cover_generation(tmp_path):
     wanted = compose(["experiment=tiny", "stage=portrait_diffusion"]).stage.unet.block_out_channels
     assert portrait.config["unet"]["block_out_channels"] == list(wanted)
     assert load_stage_file(files["codebook"]).phase == "render"
-    vae, scaling, vae_hash = load_vae(files["autoencoder"])
+    vae, scaling, vae_hash = AutoencoderStage.for_inference(StageFiles(folder))
     assert float(scaling) == torch.tensor(SD_SCALING).item()
-    load_face_prior(folder / "face_prior.safetensors", expect_vae_hash=vae_hash)  # made with this VAE
+    FacePrior.load(folder / "face_prior.safetensors", expect_vae_hash=vae_hash)  # made with this VAE
     before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     build_untrained_stages(folder, TINY, log=lambda line: None)  # a second call keeps what is there
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before

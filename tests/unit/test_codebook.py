@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datamodules.config import DataConfig
-from lightning_modules.codebook import CodebookStage, load_codebook
+from lightning_modules.codebook import CodebookStage
 from lightning_modules.codebook_parts import CodebookConfig, back_project
 from lightning_modules.nets.vq import VectorQuantizer
-from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file, save_stage_file
+from lightning_modules.stagefile import StageFile, StageFileError, StageFiles, load_stage_file, save_stage_file
 
 LR, HR = 32, 128
 
@@ -151,7 +151,7 @@ def test_render_phase_trains_the_networks_it_is_told(trains, gate):
 
 
 def test_render_inputs_can_come_through_the_autoencoder_like_stage_2_frames(tmp_path):
-    from lightning_modules.autoencoder import load_vae
+    from lightning_modules.autoencoder import AutoencoderStage
     from tests.unit.stage1_helpers import make_stage1_inputs
 
     make_stage1_inputs(tmp_path, resolution=LR)
@@ -159,7 +159,7 @@ def test_render_inputs_can_come_through_the_autoencoder_like_stage_2_frames(tmp_
     plain = tiny_stage("render", stages_dir=str(tmp_path)).eval()
     assert torch.equal(plain.render_inputs({"frames": frames}), frames)  # degrade 0: the real frames as they are
     module = tiny_stage("render", stages_dir=str(tmp_path), render_source="autoencoder").eval()
-    vae, _, _ = load_vae(tmp_path / "autoencoder.safetensors")
+    vae = AutoencoderStage.for_inference(StageFiles(tmp_path)).vae
     with torch.no_grad():
         expected = vae.decode(vae.encode(frames.flatten(0, 1)).latent_dist.mode()).sample.clamp(-1, 1)
     assert torch.allclose(module.render_inputs({"frames": frames}), expected.view_as(frames), atol=1e-6)
@@ -168,7 +168,7 @@ def test_render_inputs_can_come_through_the_autoencoder_like_stage_2_frames(tmp_
 
 
 def test_render_inputs_can_be_the_motion_stages_rendering_of_each_frame(tmp_path):
-    from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage, load_motion_parts
+    from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage
     from lightning_modules.motion_generation import rerender_frames
     from tests.unit.stage1_helpers import export, make_stage1_inputs
 
@@ -186,7 +186,7 @@ def test_render_inputs_can_be_the_motion_stages_rendering_of_each_frame(tmp_path
     export(MotionDiffusionStage(motion_cfg, DataConfig(resolution=LR, clip_frames=3), str(tmp_path)),
            tmp_path / "motion_diffusion.safetensors")
     inputs = module.render_inputs(batch)
-    expected = rerender_frames(load_motion_parts(tmp_path), batch["frames"], batch["landmarks"], batch["audio"], LR,
+    expected = rerender_frames(MotionDiffusionStage.for_inference(StageFiles(tmp_path)), batch["frames"], batch["landmarks"], batch["audio"], LR,
                                torch.Generator().manual_seed(0))
     assert torch.allclose(inputs, expected, atol=1e-5)  # degrade 0: exactly the motion stage's frames
     assert (inputs - batch["frames"]).abs().mean() > 0.05  # not the real frames
@@ -282,7 +282,7 @@ def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
     assert changed  # the render phase trained the fusion layers (with the GAN's two optimizers)
     gate = final.state["detail_gate.net.2.bias"]  # trained away from its initial logit(0.25)
     assert not torch.allclose(gate, torch.logit(torch.full_like(gate, 0.25)), atol=1e-4)
-    loaded = load_codebook(stages / "codebook.safetensors")
+    loaded = CodebookStage.for_inference(StageFiles(stages))
     assert loaded.cfg.phase == "render" and loaded.detail_gate is not None
 
 
@@ -291,12 +291,12 @@ def phase_before(phase: str) -> str:
 
 
 def test_generation_refuses_a_vqgan_only_file_and_resume_refuses_another_phase(tmp_path):
-    from trainer.checkpoints import CheckpointError
+    from common.errors import CheckpointError
     module = tiny_stage("vqgan")
-    path = save_stage_file(tmp_path / "codebook.safetensors",
+    save_stage_file(tmp_path / "codebook.safetensors",
                            StageFile(stage="codebook", state=module.state_dict(), config=asdict(module.cfg), phase="vqgan"))
     with pytest.raises(StageFileError, match="stage.phase=transformer"):
-        load_codebook(path)
+        CodebookStage.for_inference(StageFiles(tmp_path))
     with pytest.raises(CheckpointError, match="run.name=vqgan"):
         module.on_load_checkpoint({"seespeaker": {"phase": "render"}})
 
@@ -307,7 +307,7 @@ def test_mismatched_grids_are_a_config_error():
 
 
 def test_deepspeed_refuses_the_gan_phases_but_not_the_transformer():
-    from trainer.cli import UserError
+    from common.errors import UserError
     from trainer.schemas import TrainerConfig
     from trainer.strategies import check_deepspeed_stage
     ds = TrainerConfig(strategy="deepspeed", deepspeed_stage=2)

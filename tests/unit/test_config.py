@@ -1,11 +1,12 @@
 """Config composition: merge order, overrides, and the errors a user sees."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from trainer.config import ConfigError, compose, load_group_file
+from trainer.config import ConfigError, choice_errors, compose, configs_dir, group_choices, load_group_file, read_yaml
 
 
 @pytest.fixture()
@@ -108,7 +109,89 @@ def test_standalone_group_file_requires_its_fields(tmp_path, monkeypatch):
         load_group_file("slurm", "p", Profile)
 
 
-def test_shipped_configs_compose_for_every_shipped_experiment():
-    for experiment in ("tiny", "small"):
-        cfg = compose([f"experiment={experiment}", "stage=conre"])
-        assert cfg.experiment.scale == experiment
+def test_every_shipped_experiment_composes_with_every_shipped_stage():
+    experiments, stages = group_choices("experiment"), group_choices("stage")
+    assert {"tiny", "small", "paper_stage1", "paper_stage2", "paper_codebook"} <= set(experiments)
+    assert len(stages) == 8
+    problems = []
+    for experiment in experiments:
+        for stage in stages:
+            try:
+                cfg = compose([f"experiment={experiment}", f"stage={stage}"])
+            except ConfigError as exc:
+                problems.append(f"experiment={experiment} stage={stage}: {exc}")
+                continue
+            scale = experiment if experiment in ("tiny", "small") else "paper"
+            if (cfg.experiment.name, cfg.stage.name, cfg.experiment.scale) != (experiment, stage, scale):
+                problems.append(f"experiment={experiment} stage={stage}: composed as "
+                                f"{cfg.experiment.name}/{cfg.stage.name} at scale {cfg.experiment.scale}")
+    assert not problems, "\n".join(problems)
+
+
+def test_small_builds_on_tiny_and_lists_only_its_deltas():
+    tiny, small = (read_yaml(configs_dir() / "experiment" / f"{name}.yaml") for name in ("tiny", "small"))
+    assert small.base == "tiny"
+    assert "layout" in tiny.stages.syncnet.stage and "layout" not in small.stages.syncnet.stage
+    assert "resolution" in tiny.data and "resolution" not in small.data
+    cfg = compose(["experiment=small", "stage=syncnet"])
+    assert cfg.stage.layout == "compact" and cfg.data.resolution == 64  # set only in tiny.yaml
+    assert cfg.experiment.scale == "small" and cfg.trainer.max_steps == 300  # small's own values win
+
+
+def test_base_is_merged_first_then_the_files_own_sections(configs):
+    (configs / "experiment" / "child.yaml").write_text(
+        "base: exp\n"
+        "data:\n  resolution: 32\n"
+        "stages:\n  conre:\n    stage:\n      face_channels: [8]\n"
+    )
+    (configs / "experiment" / "grandchild.yaml").write_text("base: child\ntrainer:\n  max_steps: 5\n")
+    cfg = compose(["experiment=grandchild", "stage=conre"])
+    assert cfg.experiment.name == "grandchild"
+    assert cfg.trainer.max_steps == 5  # grandchild over the defaults list its base chain chose (trainer=long)
+    assert cfg.data.batch_size == 8  # from exp, two bases down
+    assert cfg.stage.embed_dim == 32  # exp's per-stage section survives child's section for the same stage
+    assert cfg.stage.face_channels == [8]  # lists are replaced, not merged
+    assert cfg.data.resolution == 64  # exp's per-stage data delta still comes after every top-level section
+
+
+def test_missing_base_names_the_file_and_the_experiments(configs):
+    path = configs / "experiment" / "orphan.yaml"
+    path.write_text("base: tinny\n")
+    with pytest.raises(ConfigError) as err:
+        compose(["experiment=orphan", "stage=conre"])
+    message = str(err.value)
+    assert str(path) in message and "tinny" in message and "exp, orphan" in message
+
+
+def test_a_cycle_of_bases_is_an_error_naming_the_files(configs):
+    (configs / "experiment" / "a.yaml").write_text("base: b\n")
+    (configs / "experiment" / "b.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match="cycle") as err:
+        compose(["experiment=a", "stage=conre"])
+    assert "a.yaml" in str(err.value) and "b.yaml" in str(err.value)
+    (configs / "experiment" / "self.yaml").write_text("base: self\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        compose(["experiment=self", "stage=conre"])
+
+
+def test_a_bad_choice_is_rejected_once_by_the_generic_check():
+    with pytest.raises(ConfigError) as err:
+        compose(["experiment=tiny", "stage=portrait_diffusion", "stage.sampler=euler"])
+    message = str(err.value)
+    assert "stage.sampler='euler' is not one of ddim, dpm_solver" in message
+    assert message.count("sampler") == 1  # no second, hand-written check in validate()
+
+
+def test_choice_check_reaches_nested_dataclasses():
+    @dataclass
+    class Inner:
+        mode: str = field(default="a", metadata={"choices": ("a", "b")})
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+        level: int = field(default=1, metadata={"choices": (1, 2)})
+
+    assert choice_errors(Outer(), "x") == []
+    assert choice_errors(Outer(Inner("c"), 3), "x") == ["x.inner.mode='c' is not one of a, b",
+                                                        "x.level=3 is not one of 1, 2"]

@@ -11,12 +11,16 @@ import pytest
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
+from common.errors import UserError
 from datamodules.config import DataConfig
 from lightning_modules.base import StageConfig, StageModule
-from trainer.cli import UserError
 from trainer.config import load_group_file
 from trainer.deepspeed_checkpoint import (
-    DeepSpeedCheckpointError, clear_complete, is_complete, is_deepspeed_checkpoint, load_deepspeed_checkpoint,
+    DeepSpeedCheckpointError,
+    clear_complete,
+    is_complete,
+    is_deepspeed_checkpoint,
+    load_deepspeed_checkpoint,
     mark_complete,
 )
 from trainer.schemas import TrainerConfig
@@ -125,9 +129,9 @@ def test_ddp_uses_gloo_on_cpu_with_the_configured_timeout():
 
 
 def test_media_runs_on_all_ranks_under_zero3():
-    assert media_needs_all_ranks(TrainerConfig(strategy="deepspeed", deepspeed_stage=3), stage())
-    assert not media_needs_all_ranks(TrainerConfig(strategy="deepspeed", deepspeed_stage=2), stage())
-    assert not media_needs_all_ranks(TrainerConfig(strategy="ddp"), stage())
+    assert media_needs_all_ranks(TrainerConfig(strategy="deepspeed", deepspeed_stage=3))
+    assert not media_needs_all_ranks(TrainerConfig(strategy="deepspeed", deepspeed_stage=2))
+    assert not media_needs_all_ranks(TrainerConfig(strategy="ddp"))
 
 
 class WritesCanary:

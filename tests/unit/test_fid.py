@@ -9,7 +9,12 @@ import scipy.linalg
 import torch
 
 from evaluation.fid import (
-    FeatureStats, InceptionFeatures, cached_stats, fid_from_stats, frechet_distance, packaged_inception_path,
+    FeatureStats,
+    InceptionFeatures,
+    cached_stats,
+    fid_from_stats,
+    frechet_distance,
+    packaged_inception_path,
     tf1_bilinear_resize,
 )
 

@@ -12,8 +12,17 @@ import torch
 from PIL import Image
 
 from evaluation.identity import (
-    ARCFACE_TEMPLATE, DLIB_SAME_PERSON_DISTANCE, ArcFaceEmbedder, DlibFaceEmbedder, DlibLandmarks,
-    align_arcface, cosine_similarity, csim, dataset_csim, retrieval_recall, similarity_transform,
+    ARCFACE_TEMPLATE,
+    DLIB_SAME_PERSON_DISTANCE,
+    ArcFaceEmbedder,
+    DlibFaceEmbedder,
+    DlibLandmarks,
+    align_arcface,
+    cosine_similarity,
+    csim,
+    dataset_csim,
+    retrieval_recall,
+    similarity_transform,
 )
 
 
@@ -127,7 +136,7 @@ def test_arcface_without_onnxruntime_says_what_to_install(monkeypatch, tmp_path)
 
 
 def test_portrait_identity_scores_find_each_speaker_and_only_their_own():
-    from trainer.results_portrait import identity_scores
+    from reports.results_portrait import identity_scores
 
     generator = torch.Generator().manual_seed(0)
     speaker = torch.arange(6).repeat_interleave(3)
@@ -140,7 +149,7 @@ def test_portrait_identity_scores_find_each_speaker_and_only_their_own():
 
 def test_dlib_attribute_probe_finds_whole_faces_and_not_a_face_with_nothing_of_its_own():
     from datamodules.synth_face import FaceParams
-    from trainer.results_portrait import dlib_attribute_retrieval
+    from reports.results_portrait import dlib_attribute_retrieval
 
     every = set(FaceParams.__dataclass_fields__)
     assert dlib_attribute_retrieval(every, speakers=10, group=5) == (1.0, 1.0)

@@ -8,10 +8,10 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules.config import DataConfig
-from lightning_modules.lip_enhancer import LipEnhancerConfig, LipEnhancerStage, load_lip_refiner, refine_video
+from lightning_modules.lip_enhancer import LipEnhancerConfig, LipEnhancerStage, refine_video
 from lightning_modules.nets.lip import degrade_mouths, lower_face_mask
 from lightning_modules.nets.motion import LandmarkMismatchError
-from lightning_modules.stagefile import StageFile, load_stage_file, save_stage_file
+from lightning_modules.stagefile import StageFile, StageFiles, save_stage_file
 from lightning_modules.syncnet import SyncNetConfig, SyncNetStage
 
 RES, FRAMES = 32, 7
@@ -127,9 +127,9 @@ def test_landmarks_that_disagree_with_frames_are_refused(stages_dir):
 def test_exported_refiner_refines_like_the_stage(stages_dir, tmp_path):
     stage = tiny_stage(stages_dir).eval()
     torch.nn.init.normal_(stage.refiner.out.weight, std=0.5)
-    path = save_stage_file(tmp_path / "lip_enhancer.safetensors", StageFile(
+    save_stage_file(tmp_path / "lip_enhancer.safetensors", StageFile(
         stage="lip_enhancer", state=stage.state_dict(), config=asdict(stage.cfg)))
-    parts = load_lip_refiner(load_stage_file(path, expect_stage="lip_enhancer"))
+    parts = LipEnhancerStage.for_inference(StageFiles(tmp_path))
     batch = make_batch()
     marks = batch["landmarks"][0]
     ours = refine_video(stage, batch["frames"][0], marks, batch["audio"][0])

@@ -8,8 +8,12 @@ from diffusers import AutoencoderKL
 
 from datamodules.config import DataConfig
 from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage
-from lightning_modules.motion_generation import FrozenParts, GenerationInputError, generate_motion_video, \
-    rerender_frames
+from lightning_modules.motion_generation import (
+    FrozenParts,
+    GenerationInputError,
+    generate_motion_video,
+    rerender_frames,
+)
 from lightning_modules.nets.encoders import SpeechEncoder
 from lightning_modules.nets.motion import LANDMARK_GROUPS, LandmarkMismatchError, MotionEncoder
 

@@ -65,3 +65,12 @@ def test_cpu_scales_keep_attention_at_16px_or_below(experiment):
         unet_params = count(PortraitDenoiser(portrait.stage.unet, build_speech_encoder(compose(
             [f"experiment={experiment}", "stage=conre"]).stage), 4, latent).unet)
     assert unet_params < 5e6
+
+
+def test_paper_codebook_1024_builds_on_paper_codebook():
+    base = compose(["experiment=paper_codebook", "stage=codebook"])
+    wide = compose(["experiment=paper_codebook_1024", "stage=codebook"])
+    assert (wide.data.hr_resolution, wide.data.batch_size) == (1024, 4)
+    assert wide.stage.channel_multipliers == [1, 1, 2, 2, 4, 4, 8]  # one more VQ level: 16 x 16 tokens at 1024 px
+    assert wide.trainer == base.trainer and wide.tracking == base.tracking  # set only in paper_codebook.yaml
+    assert (wide.data.resolution, wide.data.clip_frames) == (base.data.resolution, base.data.clip_frames)

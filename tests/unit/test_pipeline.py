@@ -8,10 +8,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from generation.pipeline import PORTRAIT_STAGES, VIDEO_STAGES, GenerationOptions, TalkingFacePipeline, required_files
+from generation.speech import GenerationError, load_speech
 from lightning_modules.nets.motion import MotionEncoder, group_inputs
-from lightning_modules.pipeline import (PORTRAIT_STAGES, VIDEO_STAGES, GenerationOptions, TalkingFacePipeline,
-                                        required_files)
-from lightning_modules.pipeline_audio import GenerationError, load_speech
 
 
 def tone(seconds: float, rate: int, channels: int) -> np.ndarray:
@@ -61,7 +60,7 @@ def test_unusable_audio_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(GenerationError, match="empty.wav.*zero length"):
         load_speech(empty)
     silent_video = tmp_path / "video_only.mp4"
-    from lightning_modules.video_io import write_mp4
+    from common.media import write_mp4
     write_mp4(silent_video, np.zeros((3, 16, 16, 3), np.uint8))
     with pytest.raises(GenerationError, match="video_only.mp4 has no audio stream"):
         load_speech(silent_video)
@@ -89,7 +88,7 @@ def test_missing_stage_files_are_named_with_the_command_that_makes_them(tmp_path
 def test_an_unreadable_stage_file_is_an_error_naming_it(tmp_path):
     for name in PORTRAIT_STAGES + VIDEO_STAGES:
         (tmp_path / f"{name}.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(GenerationError, match="portrait_diffusion.safetensors cannot be used"):
+    with pytest.raises(GenerationError, match="conre.safetensors cannot be used"):
         TalkingFacePipeline(tmp_path, GenerationOptions())
 
 

@@ -11,15 +11,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_modules.autoencoder import encode_latents, load_vae
+from generation.speech import SilentSpeechError
+from lightning_modules.autoencoder import AutoencoderStage, encode_latents
 from lightning_modules.nets.diffusion import guided, snr_at
 from lightning_modules.nets.encoders import SpeechTooShortError
 from lightning_modules.nets.loss_weighting import MinSNRWeighting, build_loss_weighting
-from lightning_modules.portrait import SilentSpeechError, generate_portrait
 from lightning_modules.portrait_diffusion import PortraitDiffusionStage, fitted_prior_weights
 from lightning_modules.prior import FacePriorError, compute_face_prior
+from lightning_modules.stagefile import StageFiles
+from tests.unit.stage1_helpers import (
+    RESOLUTION,
+    export,
+    make_stage1_inputs,
+    portrait_from_speech,
+    synthetic_batch,
+    tiny_portrait,
+)
 from trainer.callbacks import EMACallback
-from tests.unit.stage1_helpers import RESOLUTION, export, make_stage1_inputs, synthetic_batch, tiny_portrait
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,7 @@ def test_training_target_is_latent_minus_weighted_prior(stages, mode):
     batch = synthetic_batch(4)
     torch.manual_seed(3)
     example = module.training_example(batch)
-    vae, scaling, _ = load_vae(stages[0] / "autoencoder.safetensors")
+    vae, scaling, _ = AutoencoderStage.for_inference(StageFiles(stages[0]))
     with torch.no_grad():
         z = encode_latents(vae, batch["frames"][:, 0], scaling)
     prior = module.model.prior_mean
@@ -168,9 +176,9 @@ def exported(stages):
 def test_generation_rejects_short_and_silent_speech(exported):
     folder, _ = exported
     with pytest.raises(SpeechTooShortError, match="0.25 s.*at least 0.50 s"):
-        generate_portrait(np.random.default_rng(0).uniform(-0.5, 0.5, 4000), 16000, folder, steps=2, use_saw=False)
+        portrait_from_speech(np.random.default_rng(0).uniform(-0.5, 0.5, 4000), 16000, folder, steps=2, use_saw=False)
     with pytest.raises(SilentSpeechError, match="silent"):
-        generate_portrait(np.zeros(16000, np.float32), 16000, folder, steps=2, use_saw=False)
+        portrait_from_speech(np.zeros(16000, np.float32), 16000, folder, steps=2, use_saw=False)
 
 
 def test_generation_resamples_stereo_441k_and_matches_the_stage(exported, caplog):
@@ -178,11 +186,11 @@ def test_generation_resamples_stereo_441k_and_matches_the_stage(exported, caplog
     speech = synthetic_batch(1)["audio"][0].numpy()
     t = np.arange(int(len(speech) / 16000 * 44100)) / 44100
     stereo = np.stack([np.interp(t, np.arange(len(speech)) / 16000, speech)] * 2, axis=1).astype(np.float32)
-    with caplog.at_level(logging.INFO, logger="seespeaker.portrait"):
-        image = generate_portrait(stereo, 44100, folder, steps=3, guidance=2.0, seed=7, use_saw=False)
+    with caplog.at_level(logging.INFO, logger="seespeaker.generate"):
+        image = portrait_from_speech(stereo, 44100, folder, steps=3, guidance=2.0, seed=7, use_saw=False)
     assert "resampled speech from 44100 Hz to 16000 Hz" in caplog.text
     assert image.shape == (RESOLUTION, RESOLUTION, 3) and image.dtype == np.uint8
-    direct = generate_portrait(speech, 16000, folder, steps=3, guidance=2.0, seed=7, use_saw=False)
+    direct = portrait_from_speech(speech, 16000, folder, steps=3, guidance=2.0, seed=7, use_saw=False)
     expected = module.generate(torch.from_numpy(speech)[None], steps=3, guidance=2.0, seed=7)[0]
     expected = ((expected.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     assert np.abs(direct.astype(int) - expected.astype(int)).max() <= 1

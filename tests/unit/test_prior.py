@@ -8,8 +8,9 @@ import webdataset as wds
 
 from datamodules.sample import Clip, ClipMeta, decode_frames
 from datamodules.shards import ShardSetWriter
-from lightning_modules.autoencoder import AutoencoderStage, encode_latents, load_vae
-from lightning_modules.prior import FacePriorError, LatentMoments, compute_face_prior, load_face_prior
+from lightning_modules.autoencoder import AutoencoderStage, encode_latents
+from lightning_modules.prior import FacePrior, FacePriorError, LatentMoments, compute_face_prior
+from lightning_modules.stagefile import StageFiles
 from tests.unit.stage1_helpers import export, tiny_autoencoder, tiny_data
 from trainer.cli import main
 
@@ -43,13 +44,13 @@ def test_prior_file_round_trip_and_refusal_of_another_vae(tmp_path):
     latents = [torch.randn(4, 4, 8, 8) for _ in range(3)]
     prior = compute_face_prior(latents, vae_hash="vae1111", pca=3, shards=["train/shard-000000.tar"])
     path = prior.save(tmp_path / "face_prior.safetensors")
-    loaded = load_face_prior(path, expect_vae_hash="vae1111")
+    loaded = FacePrior.load(path, expect_vae_hash="vae1111")
     assert torch.equal(loaded.mean, prior.mean) and torch.equal(loaded.basis, prior.basis)
     assert loaded.count == 12 and loaded.shards == ["train/shard-000000.tar"]
     with pytest.raises(FacePriorError, match="vae1111.*vae2222"):
-        load_face_prior(path, expect_vae_hash="vae2222")
+        FacePrior.load(path, expect_vae_hash="vae2222")
     with pytest.raises(FacePriorError, match="seespeaker prior"):
-        load_face_prior(tmp_path / "missing.safetensors")
+        FacePrior.load(tmp_path / "missing.safetensors")
 
 
 def write_clips(root, count: int, resolution: int = 32) -> list[np.ndarray]:
@@ -77,14 +78,14 @@ def test_prior_command_streams_the_training_shards_through_the_vae(tmp_path, cap
     code = main(["prior", "--data", str(tmp_path / "data"), "--stages", str(stages), "--out", str(out),
                  "--pca", "2", "--batch-size", "3", "--resolution", "32"])
     assert code == 0
-    vae, scaling, vae_hash = load_vae(stages / "autoencoder.safetensors")
+    vae, scaling, vae_hash = AutoencoderStage.for_inference(StageFiles(stages))
     decoded = [decode_frames(sample, [0], 32)[0] for sample in
                wds.WebDataset(sorted(str(p) for p in (tmp_path / "data" / "train").glob("*.tar")), shardshuffle=False)]
     assert len(decoded) == len(firsts)
     images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():
         direct = encode_latents(vae, images, scaling).double().mean(0)
-    prior = load_face_prior(out, expect_vae_hash=vae_hash)
+    prior = FacePrior.load(out, expect_vae_hash=vae_hash)
     assert prior.count == 7 and len(prior.shards) == 3  # shard_size=3: 3 + 3 + 1
     assert torch.allclose(prior.mean, direct, atol=1e-6)
     assert prior.basis.shape == (2, direct.numel())

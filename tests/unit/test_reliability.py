@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,10 +12,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from common.errors import CheckpointError
 from datamodules.config import DataConfig
 from lightning_modules.base import StageConfig, StageModule
 from trainer.callbacks import DataHealthMonitor
-from trainer.checkpoints import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, safe_load
+from trainer.checkpoints import find_resume_checkpoint, safe_load
 
 
 class ToyStage(StageModule):
@@ -28,6 +26,7 @@ class ToyStage(StageModule):
         super().__init__(StageConfig(name="toy", lr=1e-2), DataConfig())
         self.layer = torch.nn.Linear(1, 1)
         self.nan_steps = nan_steps or set()
+        self.max_bad_steps = 3
 
     def compute_losses(self, batch):
         x = batch["audio"].pow(2).mean(dim=1, keepdim=True)
@@ -43,11 +42,9 @@ def batches(n: int, skipped_each: int = 0) -> DataLoader:
 
 
 def trainer(tmp_path, callbacks=(), steps=10, **kw) -> pl.Trainer:
-    t = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                   callbacks=list(callbacks), **kw)
-    t.max_bad_steps = 3
-    return t
+    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=list(callbacks), **kw)
 
 
 def test_skip_rate_above_threshold_stops_with_a_clear_message(tmp_path):
@@ -90,7 +87,7 @@ def test_truncated_checkpoint_is_reported_and_not_resumed_from(tmp_path):
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     torch.save({"global_step": 10, "state_dict": {}}, ckpts / "step=10.ckpt")
-    (ckpts / ".step=20.ckpt.123.tmp").write_bytes(b"partial")
+    (ckpts / ".step=20.123.tmp.ckpt").write_bytes(b"partial")
     found = find_resume_checkpoint(tmp_path)
     assert found is not None and found.step == 10
     (ckpts / "bad.ckpt").write_bytes(b"\x80\x02garbage")
@@ -102,7 +99,8 @@ def test_out_of_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path)
     """A file-size limit makes the write fail as a full disk does; the error names the path."""
     script = textwrap.dedent(f"""
         import resource, signal, sys, torch
-        from trainer.checkpoints import AtomicCheckpointIO, CheckpointError
+        from common.errors import CheckpointError
+        from trainer.checkpoints import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         io.save_checkpoint({{"w": torch.zeros(10)}}, "{tmp_path}/step=1.ckpt")
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -1,7 +1,7 @@
 """make results: a seed's evaluation is reused while its stage files are unchanged, and redone when one changes."""
 from __future__ import annotations
 
-import trainer.results as results
+import reports.results as results
 
 
 def test_evaluation_is_reused_until_an_input_file_changes(tmp_path):
@@ -31,7 +31,7 @@ def test_chunked_ssim_equals_the_whole_batch_ssim():
     import torch
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    from trainer.results_codebook import ssim_per_frame
+    from reports.results_codebook import ssim_per_frame
     torch.manual_seed(0)
     target = torch.rand(7, 3, 32, 32)
     pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)

@@ -9,12 +9,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_modules.portrait import generate_portrait
 from lightning_modules.portrait_diffusion import PortraitDiffusionStage, fitted_prior_weights
 from lightning_modules.saw import SAWStage
 from lightning_modules.stagefile import StageFileError
-from tests.unit.stage1_helpers import (RESOLUTION, export, make_stage1_inputs, synthetic_batch, tiny_portrait,
-                                       tiny_saw)
+from tests.unit.stage1_helpers import (
+    RESOLUTION,
+    export,
+    make_stage1_inputs,
+    portrait_from_speech,
+    synthetic_batch,
+    tiny_portrait,
+    tiny_saw,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +118,17 @@ def test_generation_with_saw_uses_its_weights(stages):
     folder, _ = stages
     speech = synthetic_batch(1)["audio"][0].numpy()
     with pytest.raises(StageFileError, match="saw.safetensors.*use_saw=False"):
-        generate_portrait(speech, 16000, folder, steps=2)
+        portrait_from_speech(speech, 16000, folder, steps=2)
     module = saw_stage(stages)
     with torch.no_grad():
         module.saw.net[-1].bias.fill_(-3.0)  # a ~ 0.05: far from the dataset-level 0.8
     export(module, folder / "saw.safetensors")
-    with_saw = generate_portrait(speech, 16000, folder, steps=3, seed=1)
+    with_saw = portrait_from_speech(speech, 16000, folder, steps=3, seed=1)
     expected = module.generate(torch.from_numpy(speech)[None], use_saw=True, steps=3, seed=1)[0]
     expected = ((expected.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     assert with_saw.shape == (RESOLUTION, RESOLUTION, 3)
     assert np.abs(with_saw.astype(int) - expected.astype(int)).max() <= 1
-    without = generate_portrait(speech, 16000, folder, steps=3, seed=1, use_saw=False)
+    without = portrait_from_speech(speech, 16000, folder, steps=3, seed=1, use_saw=False)
     assert np.abs(with_saw.astype(int) - without.astype(int)).mean() > 0.5
 
 
@@ -130,8 +136,8 @@ def test_generation_with_saw_uses_its_weights(stages):
 def test_checkpoints_leave_out_the_frozen_networks_and_resume_and_export_without_them(stages, tmp_path, joint):
     from dataclasses import asdict
 
-    from lightning_modules.saw import load_saw
-    from lightning_modules.stagefile import load_stage_file
+    from lightning_modules.saw import SAWStage
+    from lightning_modules.stagefile import StageFiles
     from trainer.checkpoints import safe_load
     from trainer.export import export_stage
 
@@ -155,9 +161,9 @@ def test_checkpoints_leave_out_the_frozen_networks_and_resume_and_export_without
     trainer(3).fit(resumed, DataLoader(batches, batch_size=None), ckpt_path=str(tmp_path / "saw.ckpt"))
     assert resumed.global_step == 3
 
-    exported = load_stage_file(export_stage(tmp_path / "saw.ckpt", tmp_path / "out" / "saw.safetensors"))
-    denoiser, saw = load_saw(exported, load_stage_file(folder / "portrait_diffusion.safetensors"),
-                             load_stage_file(folder / "conre.safetensors"), use_ema=False)
+    exported = export_stage(tmp_path / "saw.ckpt", tmp_path / "out" / "saw.safetensors")
+    sampler = SAWStage.for_inference(StageFiles(folder, {"saw": exported}), use_ema=False)
+    denoiser, saw = sampler.denoiser, sampler.saw
     expected = module.denoiser if joint else saw_stage(stages).denoiser  # as trained, or the portrait file's
     assert all(torch.equal(p, expected.state_dict()[k]) for k, p in denoiser.state_dict().items())
     assert torch.equal(saw.net[-1].weight, module.saw.net[-1].weight)

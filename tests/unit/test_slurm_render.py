@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
 from slurm.profile import SlurmProfile
 from slurm.render import render_script
 from slurm.submit import SubmitError, check_job, new_job, read_array_file, submit
-from trainer.cli import UserError, main
+from trainer.cli import main
 from trainer.commands.slurm import load_profile
 
 HOSTILE = ["run.name=x; rm -rf /", "tracking.tags=[$(touch pwned),`touch pwned2`]", "run.init_from=it's \"here\""]

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from lightning_modules.nets.syncnet import (
-    SyncNetCompact, SyncNetOfficial, SyncNetWeightsError, build_syncnet, load_official_syncnet,
-    mfcc_windows, video_windows,
+    SyncNetCompact,
+    SyncNetOfficial,
+    SyncNetWeightsError,
+    build_syncnet,
+    load_official_syncnet,
+    mfcc_windows,
+    video_windows,
 )
 from tests.unit.syncnet_reference import load_reference_module
 

@@ -12,9 +12,16 @@ import torch
 
 from datamodules.config import DataConfig
 from lightning_modules.nets.syncnet import mfcc_windows
-from lightning_modules.stagefile import StageFile, load_stage_file, save_stage_file
-from lightning_modules.syncnet import (SyncNetConfig, SyncNetStage, batch_mfcc, distance_logits, load_sync_expert,
-                                       offset_audio_windows, offset_cross_entropy, offset_sync_loss)
+from lightning_modules.stagefile import StageFile, StageFiles, save_stage_file
+from lightning_modules.syncnet import (
+    SyncNetConfig,
+    SyncNetStage,
+    batch_mfcc,
+    distance_logits,
+    offset_audio_windows,
+    offset_cross_entropy,
+    offset_sync_loss,
+)
 
 FRAMES, RES = 9, 32
 
@@ -113,9 +120,9 @@ def test_training_lowers_the_sync_loss_and_export_round_trips(tmp_path):
     assert after.mean() < 0.5 * before.mean(), (before, after)
     assert mean.shape == (4, 5) and offsets.shape == (4,)
 
-    path = save_stage_file(tmp_path / "syncnet.safetensors",
+    save_stage_file(tmp_path / "syncnet.safetensors",
                            StageFile(stage="syncnet", state=stage.state_dict(), config=asdict(stage.cfg)))
-    expert, cfg = load_sync_expert(load_stage_file(path, expect_stage="syncnet"))
+    expert, cfg = SyncNetStage.for_inference(StageFiles(tmp_path))
     assert cfg.layout == "compact" and not any(p.requires_grad for p in expert.parameters())
     with torch.no_grad():
         ours = offset_sync_loss(stage.expert, batch["frames"], batch["audio"], fixed, 2, 1.0)

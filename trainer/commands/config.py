@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli import UserError, add_command
+from common.errors import UserError
+from trainer.cli import add_command
 
 
 def show(args: argparse.Namespace) -> int:
-    """Print the resolved config of a training run, with the derived values (global batch, run folder).
+    """Print the resolved config of a training run, with the derived values (global batch, run folder) and
+    what the stage loads first (its edges in the stage graph, and the order to train them in).
 
     Takes the same words as `seespeaker train`; --explain prints every key with its help text.
     Example: seespeaker config show experiment=tiny stage=conre trainer.max_steps=10
@@ -23,7 +25,25 @@ def show(args: argparse.Namespace) -> int:
             print(f"{key:40s} {value:24s} {text}")
     else:
         print(describe(cfg))
+    print(stage_needs(cfg, args.overrides))
     return 0
+
+
+def stage_needs(cfg, words: list[str]) -> str:
+    """The stage's requirements as configured, and every node to make first, in training order."""
+    from lightning_modules.registry import requires, training_order
+    from trainer.config import compose, split_args
+
+    choices, _ = split_args(words)
+    experiment = choices.get("experiment", cfg.experiment.name)
+    name = cfg.stage.name
+
+    def config_of(stage: str):
+        return cfg.stage if stage == name else compose([f"experiment={experiment}", f"stage={stage}"]).stage
+
+    first = training_order([name], config_of)[:-1]
+    return (f"stage graph: {name} loads {', '.join(requires(name, cfg.stage)) or 'no earlier stage'}; "
+            f"make first, in order: {' -> '.join(first) or 'nothing'}")
 
 
 def register(subparsers) -> None:

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.cli import UserError, add_command
+from common.errors import SeespeakerError, UserError
+from trainer.cli import add_command
 
 
 def load_protocol(args: argparse.Namespace):
@@ -18,7 +19,7 @@ def load_protocol(args: argparse.Namespace):
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    overrides = {"metrics": metrics, "syncnet_weights": args.syncnet_weights, "project_expert": args.sync_expert,
+    overrides = {"metrics": metrics, "syncnet_weights": args.syncnet_weights, "project_expert": args.project_expert,
                  "arcface_weights": args.arcface, "inception_weights": args.inception, "max_clips": args.max_clips,
                  "fid_frame_stride": args.frame_stride, "csim_frame_stride": args.frame_stride}
     try:
@@ -69,8 +70,10 @@ def evaluate(args: argparse.Namespace) -> int:
     <sample key>.mp4 to pair them with ground truth), or --ground-truth (the real test clips: the reference row).
     The protocol (configs/eval/<name>.yaml or a path) fixes the sync expert, crop and resize modes, fps and seed;
     every value is written with it. Examples:
-      seespeaker evaluate --ground-truth --data data/synthetic --protocol synthetic --sync-expert stages/syncnet.safetensors --out eval/gt
-      seespeaker evaluate --videos generated/ --data data/hdtf --protocol default --syncnet-weights syncnet_v2.model --out eval/ours
+      seespeaker evaluate --ground-truth --data data/synthetic --protocol synthetic \\
+          --project-expert stages/syncnet.safetensors --out eval/gt
+      seespeaker evaluate --videos generated/ --data data/hdtf --protocol default \\
+          --syncnet-weights syncnet_v2.model --out eval/ours
       seespeaker evaluate --compare eval/gt eval/ours
     """
     from evaluation.report import ResultsReadError, compare
@@ -92,10 +95,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
     """Collect, score, write; user errors from the evaluation become one message."""
     from evaluation.report import ResultsReadError, build_results, log_to_wandb, write_results
     from evaluation.runner import evaluate as score
-    from datamodules.shards import ShardSetError
-    from evaluation.sources import EvalInputError, TestSet
-    from lightning_modules.nets.syncnet import SyncNetWeightsError
-    from lightning_modules.stagefile import StageFileError
+    from evaluation.sources import TestSet
 
     protocol = load_protocol(args)
     stages = stages_dir_of(args.source)
@@ -104,7 +104,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         videos, source = collect(args, protocol, test, stages)
         source.update({"data": str(args.data), "split": args.split, "label": args.label or source["kind"]})
         scores = score(videos, protocol, test, stages, args.fid_cache, args.device)
-    except (EvalInputError, SyncNetWeightsError, StageFileError, ShardSetError, FileNotFoundError, ImportError) as exc:
+    except (SeespeakerError, FileNotFoundError, ImportError) as exc:
         raise UserError(str(exc)) from None
     results = build_results(scores, videos, protocol, source, argv=sys.argv)
     json_path, md_path = write_results(results, args.out)
@@ -133,7 +133,9 @@ def register(subparsers) -> None:
     parser.add_argument("--protocol", default="default", help="configs/eval/NAME or a YAML path (default: default)")
     parser.add_argument("--metrics", help="comma list overriding the protocol: lse,fid,csim,psnr,ssim")
     parser.add_argument("--syncnet-weights", help="official syncnet_v2.model")
-    parser.add_argument("--sync-expert", help="the project's exported syncnet.safetensors")
+    parser.add_argument("--project-expert", "--sync-expert", dest="project_expert", metavar="PATH",
+                        help="the project's exported syncnet.safetensors (protocol.project_expert; the protocol's "
+                        "sync_expert says which expert scores LSE)")
     parser.add_argument("--arcface", help="ArcFace ONNX (w600k_r50.onnx) for CSIM")
     parser.add_argument("--inception", help="TorchScript Inception 2015-12-05 file for FID")
     parser.add_argument("--max-clips", type=int, default=None, help="score a seeded subset of N clips")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli import UserError, add_command
+from common.errors import UserError
+from trainer.cli import add_command
 
 
 def export(args: argparse.Namespace) -> int:
@@ -13,7 +14,7 @@ def export(args: argparse.Namespace) -> int:
     init_from, the pipeline and the evaluation read it. Default output: the run's stages folder.
     Example: seespeaker export outputs/tiny/conre --out stages/conre.safetensors
     """
-    from trainer.checkpoints import CheckpointError
+    from common.errors import CheckpointError
     from trainer.export import export_stage
 
     try:

@@ -5,7 +5,8 @@ import argparse
 import json
 import logging
 
-from trainer.cli import UserError, add_command
+from common.errors import SeespeakerError, UserError
+from trainer.cli import add_command
 
 STEPS = ("portrait", "motion latents", "frame latents", "decoded frames", "lip enhancement", "codebook rendering", "mp4")
 
@@ -23,9 +24,7 @@ def generate(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from lightning_modules.pipeline import GenerationOptions, generate_video
-    from lightning_modules.pipeline_audio import GenerationError
-    from lightning_modules.stagefile import StageFileError
+    from generation.pipeline import GenerationOptions, generate_video
 
     logging.basicConfig(level=logging.INFO, format="[seespeaker] %(message)s")
     device = args.device
@@ -41,7 +40,7 @@ def generate(args: argparse.Namespace) -> int:
         with progress_bar(1 if args.portrait_only else len(STEPS)) as advance:
             result = generate_video(args.audio, args.stages, args.out, options, args.portrait_only,
                                     args.save_portrait, progress=advance)
-    except (GenerationError, StageFileError, ValueError) as exc:
+    except (SeespeakerError, ValueError) as exc:
         raise UserError(str(exc)) from None
     made = result.video or result.portrait
     print(f"[seespeaker] wrote {made} ({result.frames} frames, {result.size} px) in {result.seconds:.1f} s")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli import UserError, add_command
+from common.errors import UserError
+from trainer.cli import add_command
+from trainer.commands.prepare_corpora import register as register_corpora
 
 
 def prepare_synthetic(args: argparse.Namespace) -> int:
@@ -47,14 +49,3 @@ def register(subparsers) -> None:
     p.add_argument("--voice-share", type=float, default=None,
                    help="fraction of each voice-linked face attribute's variance the voice sets (default 0.56)")
     register_corpora(sub)
-
-
-def register_corpora(sub) -> None:
-    """Real corpora (HDTF, VoxCeleb2, AVSpeech) and merge-index, when the preparation package is present."""
-    try:
-        from datamodules.prepare.cli import register as register_prepare
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("datamodules.prepare"):
-            return
-        raise
-    register_prepare(sub)

@@ -8,7 +8,8 @@ from typing import Iterator
 
 import torch
 
-from trainer.cli import UserError, add_command
+from common.errors import SeespeakerError, UserError
+from trainer.cli import add_command
 
 
 def stream_face_latents(shards: list[str], counts: list[int], vae, scaling_factor: float, resolution: int,
@@ -52,10 +53,10 @@ def prior(args: argparse.Namespace) -> int:
     the face count and the VAE's hash). The portrait stage reads <stages>/face_prior.safetensors by default.
     Example: seespeaker prior --data data/synthetic --stages outputs/tiny/stages --out outputs/tiny/stages/face_prior.safetensors
     """
-    from datamodules.shards import ShardIndex, ShardSetError
-    from lightning_modules.autoencoder import load_vae
+    from datamodules.shards import ShardIndex
+    from lightning_modules.autoencoder import AutoencoderStage
     from lightning_modules.prior import FacePriorError, compute_face_prior
-    from lightning_modules.stagefile import StageFileError, load_stage_file
+    from lightning_modules.stagefile import StageFiles
 
     if args.pca < 0 or args.workers < 0 or args.batch_size < 1:
         raise UserError("--pca and --workers must be >= 0 and --batch-size >= 1")
@@ -63,9 +64,10 @@ def prior(args: argparse.Namespace) -> int:
         index = ShardIndex.load(args.data)
         infos = index.splits.get(args.split) or []
         shards = index.shard_paths(args.data, args.split)
-        stage_file = load_stage_file(Path(args.stages) / "autoencoder.safetensors", expect_stage="autoencoder")
-        vae, scaling, vae_hash = load_vae(stage_file)
-    except (ShardSetError, StageFileError) as exc:
+        stages = StageFiles(args.stages, needed_by="the face prior")
+        stage_file = stages["autoencoder"]
+        vae, scaling, vae_hash = AutoencoderStage.for_inference(stages)
+    except SeespeakerError as exc:
         raise UserError(str(exc)) from None
     present = [(p, i.count) for p, i in zip(shards, infos) if Path(p).is_file()]
     if len(present) < len(shards):

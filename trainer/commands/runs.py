@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.cli import UserError, add_command
+from common.errors import UserError
+from trainer.cli import add_command
 
 
 def _records(paths: list[str]):
@@ -35,8 +36,7 @@ def list_runs(args: argparse.Namespace) -> int:
     rows = []
     for r in _records(args.paths):
         monitor = r.config.get("stage.monitor", "val/loss")
-        steps = max((int(row["step"]) for row in r.history), default=None)
-        rows.append([r.name, r.config.get("stage.name"), steps, r.final("train/loss"), monitor, r.best(monitor),
+        rows.append([r.name, r.config.get("stage.name"), r.steps, r.final("train/loss"), monitor, r.best(monitor),
                      r.summary.get("wandb_id", "-")])
     print(table(["run", "stage", "steps", "train/loss", "monitor", "best", "wandb id"], rows))
     return 0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli import UserError, add_command
+from common.errors import UserError
+from trainer.cli import add_command
 
 
 def slurm_submit(args: argparse.Namespace) -> int:

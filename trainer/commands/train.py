@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.cli import UserError, add_command
+from common.errors import UserError
+from trainer.cli import add_command
 
 
 def train(args: argparse.Namespace) -> int:

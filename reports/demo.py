@@ -1,7 +1,8 @@
 """``make demo``: the synthetic corpus, every stage of the chain at the tiny scale, and where things are.
 
 Each step runs as its own process (as a user would run it); re-running continues (resume=auto) instead of
-starting over. Stages that are not part of this installation are skipped with a note.
+starting over. The order is the stage graph's (``lightning_modules.registry.training_order``), read with the tiny
+configs: every stage after what it loads, the face prior right after the autoencoder it is computed with.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from lightning_modules.registry import CHAIN, available_stages
+from lightning_modules.registry import FACE_PRIOR, STAGES, node_file, training_order
+from trainer.config import compose
 
 CORPUS = Path("data/synthetic")
 OUTPUTS = Path("outputs")
@@ -26,21 +28,26 @@ def seespeaker(*words: str) -> None:
     print(f"  ({time.time() - start:.0f} s)", flush=True)
 
 
-def demo_steps(stages: list[str]) -> list[tuple[str, ...]]:
-    """The commands of the demo, in order (the prior is computed right after the autoencoder)."""
+def demo_order() -> list[str]:
+    """Every stage and computed node, each after what it needs under the tiny configs."""
+    return training_order(tuple(STAGES), lambda stage: compose(["experiment=tiny", f"stage={stage}"]).stage)
+
+
+def demo_steps(order: list[str]) -> list[tuple[str, ...]]:
+    """The commands of the demo, one or more per node of ``order``."""
     steps: list[tuple[str, ...]] = []
     if not (CORPUS / "index.json").is_file():
         steps.append(("prepare", "synthetic", "--out", str(CORPUS)))
-    for stage in stages:
-        if stage == "codebook":
+    stages_dir = OUTPUTS / "tiny" / "stages"
+    for node in order:
+        if node == FACE_PRIOR:
+            steps.append(("prior", "--data", str(CORPUS), "--stages", str(stages_dir),
+                          "--out", str(stages_dir / node_file(node))))
+        elif node == "codebook":
             steps += [("train", "experiment=tiny", "stage=codebook", f"stage.phase={phase}", f"run.name={phase}")
                       for phase in ("vqgan", "transformer", "render")]
-            continue
-        steps.append(("train", "experiment=tiny", f"stage={stage}"))
-        if stage == "autoencoder":
-            stages_dir = OUTPUTS / "tiny" / "stages"
-            steps.append(("prior", "--data", str(CORPUS), "--stages", str(stages_dir),
-                          "--out", str(stages_dir / "face_prior.safetensors")))
+        else:
+            steps.append(("train", "experiment=tiny", f"stage={node}"))
     return steps
 
 
@@ -64,34 +71,25 @@ held_out_speech.speaker = ""
 
 
 def main() -> int:
-    present = set(available_stages())
-    stages = [s for s in CHAIN if s in present and s in DEMO_STAGES]
-    skipped = [s for s in CHAIN if s not in stages]
+    order = demo_order()
     start = time.time()
-    for words in demo_steps(stages):
+    for words in demo_steps(order):
         seespeaker(*words)
-    video = None
-    if set(CHAIN) <= set(stages):
-        speech = held_out_speech(OUTPUTS / "tiny" / "held_out_speech.wav")
-        video = OUTPUTS / "tiny" / "demo.mp4"
-        seespeaker("generate", "--audio", str(speech), "--stages", str(OUTPUTS / "tiny" / "stages"),
-                   "--out", str(video), "--steps", "10", "--save-portrait", str(OUTPUTS / "tiny" / "demo_portrait.png"))
+    speech = held_out_speech(OUTPUTS / "tiny" / "held_out_speech.wav")
+    video = OUTPUTS / "tiny" / "demo.mp4"
+    seespeaker("generate", "--audio", str(speech), "--stages", str(OUTPUTS / "tiny" / "stages"),
+               "--out", str(video), "--steps", "10", "--save-portrait", str(OUTPUTS / "tiny" / "demo_portrait.png"))
     print(f"\nseespeaker demo finished in {time.time() - start:.0f} s")
     print(f"  corpus:            {CORPUS}/ (index.json, train/val/test shards)")
-    for stage in stages:
+    for stage in (node for node in order if node in STAGES):
         for folder in ([f"codebook-{p}" for p in ("vqgan", "transformer", "render")] if stage == "codebook" else [stage]):
             run = OUTPUTS / "tiny" / folder
             print(f"  {folder:20s} run {run}/  checkpoints {run}/checkpoints/  W&B {run}/wandb/  media {run}/media/")
     print(f"  exported stages:   {OUTPUTS / 'tiny' / 'stages'}/")
-    if video is not None:
-        print(f"  generated video:   {video} (from the speech of held-out speaker, {held_out_speech.speaker})")
-    if skipped:
-        print(f"  not in this demo:  {', '.join(skipped)}")
+    print(f"  generated video:   {video} (from the speech of held-out speaker, {held_out_speech.speaker})")
     print("  compare runs:      seespeaker runs list outputs/tiny  (W&B: wandb sync outputs/tiny/<stage>/wandb/offline-run-*)")
     return 0
 
-
-DEMO_STAGES = CHAIN
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.images import to_uint8, to_unit
 from datamodules.datamodule import ShardDataModule
 from evaluation.identity import DlibFaceEmbedder
-from lightning_modules.conre import load_conre_encoders
-from lightning_modules.portrait import PortraitGenerator
+from generation.portrait import PortraitGenerator
+from lightning_modules.conre import ConReStage
 from lightning_modules.retrieval import retrieval_accuracy
-from lightning_modules.stagefile import load_stage_file
-from trainer.results import Corpus
+from lightning_modules.stagefile import StageFiles
+from reports.results import Corpus
 
 ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker",
         "ideal reader's portrait (ceiling)")
@@ -45,14 +46,6 @@ def first_frames(data, split: str) -> dict[str, torch.Tensor]:
         parts["audio"].append(batch["audio"][valid])
         parts["speaker"].append(batch["speaker_index"][valid])
     return {k: torch.cat(v) for k, v in parts.items()} | {"speaker_id": ids}
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    return ((frames.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def to_unit(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def candidate_images(stages: Path, test: dict, train: dict, seed: int, corpus: Corpus,
@@ -167,7 +160,7 @@ def evaluate_portraits(stages: Path, data, seed: int, corpus: Corpus) -> dict:
     """{"rows": {row: {embedder: scores}}, "saw_weights": ...} for one seed's Stage-1 files on the test split."""
     test, train = first_frames(data, "test"), first_frames(data, "train")
     images, weights = candidate_images(stages, test, train, seed, corpus)
-    _, face_encoder = load_conre_encoders(load_stage_file(stages / "conre.safetensors", expect_stage="conre"))
+    face_encoder = ConReStage.for_inference(StageFiles(stages)).face
     dlib = DlibFaceEmbedder()
     real = {"conre": face_encoder(test["frames"]),
             "dlib": dlib_embeddings(dlib, to_uint8(test["frames"]), test["landmarks"].numpy())}
@@ -180,8 +173,8 @@ def evaluate_portraits(stages: Path, data, seed: int, corpus: Corpus) -> dict:
 
 def portrait_seed(seed: int, corpus: Corpus) -> dict:
     """One seed's rows: its Stage-1 chain on ``corpus`` trained (or reused) and its portraits scored."""
+    from reports.results import cached_evaluation, shared_autoencoder, train
     from trainer.config import compose
-    from trainer.results import cached_evaluation, shared_autoencoder, train
 
     stages = shared_autoencoder(seed, corpus)
     for stage in ("conre", "portrait_diffusion", "saw"):
@@ -196,7 +189,7 @@ def portrait_seed(seed: int, corpus: Corpus) -> dict:
 
 def portrait_results(corpus: Corpus) -> tuple[dict, str]:
     """Train (or reuse) the small Stage-1 chain on ``corpus`` for every seed; tabulate its portraits' identity."""
-    from trainer.results import SEEDS, mean_spread
+    from reports.results import SEEDS, mean_spread
 
     per_seed = [portrait_seed(seed, corpus) for seed in SEEDS]
 

@@ -7,6 +7,7 @@ at 25 fps with the input speech muxed in. Each stage is used through its own pub
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -14,17 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.pipeline_audio import FPS, SAMPLE_RATE, GenerationError, load_speech
+from common.errors import SeespeakerError
+from common.images import to_uint8
+from common.media import write_mp4, write_png
+from generation.portrait import PortraitGenerator
+from generation.speech import FPS, SAMPLE_RATE, GenerationError, load_speech, prepare_speech
+from lightning_modules.codebook import CodebookStage
+from lightning_modules.lip_enhancer import LipEnhancerStage, refine_video
+from lightning_modules.motion_diffusion import MotionDiffusionStage
+from lightning_modules.motion_generation import MotionParts, check_generation_inputs, render_frames, sample_motion
+from lightning_modules.registry import FACE_PRIOR, node_file, training_order
+from lightning_modules.stagefile import StageFiles
 
 log = logging.getLogger("seespeaker.generate")
 
 PORTRAIT_STAGES = ("conre", "autoencoder", "portrait_diffusion", "saw")
 VIDEO_STAGES = ("motion_diffusion", "lip_enhancer", "codebook")
-STAGE_COMMANDS = {"codebook": "stage=codebook stage.phase=P run.name=P` for P = vqgan, transformer, render in turn"}
 
 
 @dataclass
@@ -58,33 +67,39 @@ class GenerationResult:
 
 def required_files(stages_dir: Path, portrait_only: bool, use_saw: bool = True,
                    codebook: bool = True) -> dict[str, Path]:
-    """stage -> file; a missing file is a GenerationError naming it and the command that makes it."""
+    """stage -> file; a missing file is a GenerationError naming it and the commands that make it, in the
+    order of the stage graph."""
     names = [s for s in PORTRAIT_STAGES if use_saw or s != "saw"]
     names += [] if portrait_only else [s for s in VIDEO_STAGES if codebook or s != "codebook"]
     files = {name: stages_dir / f"{name}.safetensors" for name in names}
     missing = [name for name, path in files.items() if not path.is_file()]
     if missing:
         experiment = stages_dir.resolve().parent.name or "<experiment>"
-        lines = [f"{files[n]} (make it with `seespeaker train experiment={experiment} "
-                 f"{STAGE_COMMANDS.get(n, f'stage={n}`')})" for n in missing]
-        raise GenerationError("missing stage file(s) in " + str(stages_dir) + ":\n  " + "\n  ".join(lines))
+        lines = [f"{files[n]} (make it with {stage_command(n, experiment, stages_dir)})" for n in missing]
+        order = [n for n in training_order(missing) if not (stages_dir / node_file(n)).is_file()]
+        raise GenerationError("missing stage file(s) in " + str(stages_dir) + ":\n  " + "\n  ".join(lines)
+                              + "\nmissing in the order they train: " + ", ".join(order))
     return files
+
+
+def stage_command(node: str, experiment: str, stages_dir: Path) -> str:
+    """The command that makes ``node``'s file."""
+    if node == FACE_PRIOR:
+        return f"`seespeaker prior --data <train shards> --stages {stages_dir} --out {stages_dir / node_file(node)}`"
+    if node == "codebook":
+        return (f"`seespeaker train experiment={experiment} stage=codebook stage.phase=P run.name=P` for P = vqgan, "
+                f"transformer, render in turn")
+    return f"`seespeaker train experiment={experiment} stage={node}`"
 
 
 @contextmanager
 def stage_file_errors(path: Path) -> Iterator[None]:
     """Turn any failure to load ``path`` into a GenerationError that names it."""
-    from lightning_modules.stagefile import StageFileError
     try:
         yield
-    except (StageFileError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+    except (SeespeakerError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise GenerationError(f"{path} cannot be used: {exc}. Re-train or re-export that stage "
                               f"(`seespeaker export <run folder>`)") from exc
-
-
-def to_image(frame: torch.Tensor) -> np.ndarray:
-    """[3, R, R] in [-1, 1] -> uint8 [R, R, 3]."""
-    return ((frame.permute(1, 2, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 class TalkingFacePipeline:
@@ -94,41 +109,34 @@ class TalkingFacePipeline:
         self.stages_dir, self.options = Path(stages_dir), options
         self.device = torch.device(options.device)
         self.files = required_files(self.stages_dir, portrait_only, options.use_saw, options.codebook)
-        from lightning_modules.portrait import PortraitGenerator
-        with stage_file_errors(self.stages_dir / "portrait_diffusion.safetensors"):
-            self.portraits = PortraitGenerator(self.stages_dir, options.use_saw, options.device)
+        stages = StageFiles(self.stages_dir, needed_by="generation")
+        for name, path in self.files.items():  # each file read once, up front: an unreadable one is named
+            with stage_file_errors(path):
+                stages[name]
+        with stage_file_errors(self.files["saw" if options.use_saw else "portrait_diffusion"]):
+            self.portraits = PortraitGenerator(stages, options.use_saw, options.device)
         if not portrait_only:
-            self._load_video_stages()
+            self._load_video_stages(stages)
 
-    def _load_video_stages(self) -> None:
-        from lightning_modules.codebook import load_codebook
-        from lightning_modules.motion_diffusion import load_motion_parts
+    def _load_video_stages(self, stages: StageFiles) -> None:
         files = self.files
         with stage_file_errors(files["motion_diffusion"]):
-            self.motion = load_motion_parts(self.stages_dir)
-            self.motion.motion_encoder.to(self.device)
-            self.motion.motion_denoiser.to(self.device)
-            self.motion.frame_denoiser.to(self.device)
+            self.motion = MotionDiffusionStage.for_inference(stages)
+            for network in (self.motion.motion_encoder, self.motion.motion_denoiser, self.motion.frame_denoiser):
+                network.to(self.device)
         with stage_file_errors(files["lip_enhancer"]):
-            self.lips = self._load_lip_enhancer()
+            self.lips = LipEnhancerStage.for_inference(stages)
+            self.lips.refiner.to(self.device)
+            self.lips.mel.to(self.device)
         self.codebook = None
         if "codebook" in files:
             with stage_file_errors(files["codebook"]):
-                self.codebook = load_codebook(files["codebook"], self.device)
-
-    def _load_lip_enhancer(self):
-        from lightning_modules.lip_enhancer import load_lip_refiner
-        from lightning_modules.stagefile import load_stage_file
-        parts = load_lip_refiner(load_stage_file(self.files["lip_enhancer"], expect_stage="lip_enhancer"))
-        parts.refiner.to(self.device)
-        parts.mel.to(self.device)
-        return parts
+                self.codebook = CodebookStage.for_inference(stages).to(self.device)
 
     # ---- steps ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def portrait(self, speech: torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
         """Speech [N] -> portrait [3, R, R] in [-1, 1] (speaker embedding, SAW weight, portrait diffusion)."""
-        from lightning_modules.portrait import prepare_speech
         opts, gen = self.options, self.portraits
         with timed(timings, "speaker_embedding+saw"):
             speech = prepare_speech(speech.numpy(), SAMPLE_RATE)
@@ -136,23 +144,18 @@ class TalkingFacePipeline:
             if gen.saw is not None:
                 log.info("SAW prior weight: mean %.3f", float(gen.saw(embedding).mean()))
         with timed(timings, "portrait"):
-            image = gen.generate(speech, opts.steps, opts.guidance, opts.seed)
-        return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+            return gen.generate(speech, opts.steps, opts.guidance, opts.seed)
 
     @torch.no_grad()
     def video(self, portrait: torch.Tensor, speech: torch.Tensor, timings: dict[str, float],
               advance: Callable[[str], None], steps: dict[str, torch.Tensor] | None = None
-              ) -> tuple[torch.Tensor, np.ndarray]:
-        """Portrait + speech [N] -> (low-res frames [T, 3, r, r], final uint8 frames [T, S, S, 3]).
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Portrait + speech [N] -> (low-res frames [T, 3, r, r], final frames [T, 3, S, S]; both in [-1, 1]).
 
         ``steps``, when given, receives the low-res frames before and after lip enhancement
         (``motion_diffusion``, ``lip_enhancer``), for scoring what each stage adds."""
-        from lightning_modules.motion_generation import (check_generation_inputs, render_frames, sample_motion)
-        parts, opts, device = self.motion, self.options, self.device
-        if opts.motion_steps:
-            parts.cfg.motion_steps = opts.motion_steps
-        if opts.frame_steps:
-            parts.cfg.frame_steps = opts.frame_steps
+        opts, device = self.options, self.device
+        parts = self.motion_parts()
         n_frames = int(speech.shape[0] * FPS // SAMPLE_RATE)
         window_samples = parts.cfg.window_frames * SAMPLE_RATE // FPS
         audio = F.pad(speech, (0, max(0, window_samples - speech.shape[0]))).to(device)  # shorter than a window
@@ -183,9 +186,14 @@ class TalkingFacePipeline:
         advance("codebook rendering")
         return frames, output
 
+    def motion_parts(self) -> MotionParts:
+        """The motion stage's parts with the user's sampler steps (the loaded config itself stays as trained)."""
+        cfg, opts = self.motion.cfg, self.options
+        steps = {"motion_steps": opts.motion_steps or cfg.motion_steps, "frame_steps": opts.frame_steps or cfg.frame_steps}
+        return dataclasses.replace(self.motion, cfg=dataclasses.replace(cfg, **steps))
+
     @torch.no_grad()
     def refine_lips(self, frames, landmarks, speech, portrait) -> torch.Tensor:
-        from lightning_modules.lip_enhancer import refine_video
         per_frame = SAMPLE_RATE // FPS
         step = max(self.options.batch_frames, 8)
         out = []
@@ -197,11 +205,10 @@ class TalkingFacePipeline:
         return torch.cat(out).clamp(-1, 1)
 
     @torch.no_grad()
-    def render(self, frames: torch.Tensor) -> np.ndarray:
-        """Low-res frames -> uint8 [T, S, S, 3] through the codebook renderer, resized to ``resolution``."""
-        from lightning_modules.video_io import to_uint8_frames
+    def render(self, frames: torch.Tensor) -> torch.Tensor:
+        """Low-res frames -> [T, 3, S, S] in [-1, 1] through the codebook renderer, resized to ``resolution``."""
         if self.codebook is None:
-            return to_uint8_frames(frames)
+            return frames.float().cpu()
         lr_size = self.codebook.cfg.lr_resolution
         if frames.shape[-1] != lr_size:
             log.info("resizing frames from %d to the codebook's input size %d", frames.shape[-1], lr_size)
@@ -213,8 +220,8 @@ class TalkingFacePipeline:
             size = self.options.resolution
             if size and size != high.shape[-1]:
                 high = F.interpolate(high, size=size, mode="bicubic", antialias=True).clamp(-1, 1)
-            out.append(to_uint8_frames(high))
-        return np.concatenate(out)
+            out.append(high.float().cpu())
+        return torch.cat(out)
 
 
 @contextmanager
@@ -226,26 +233,10 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def write_png(path: Path, image: np.ndarray) -> Path:
-    """Write a uint8 image atomically (temporary file renamed into place)."""
-    import os
-
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def generate_video(audio_path: str | Path, stages_dir: str | Path, out: str | Path,
                    options: GenerationOptions | None = None, portrait_only: bool = False,
                    save_portrait: str | Path | None = None, progress=None) -> GenerationResult:
     """Speech file -> mp4 at ``out`` (or only the portrait PNG). The mp4 appears only when everything succeeded."""
-    from lightning_modules.video_io import write_mp4
     options = options or GenerationOptions()
     out = Path(out)
     if options.resolution and options.resolution % 2:
@@ -262,11 +253,11 @@ def generate_video(audio_path: str | Path, stages_dir: str | Path, out: str | Pa
     advance("portrait")
     portrait_path = Path(save_portrait) if save_portrait else (out.with_suffix(".png") if portrait_only else None)
     if portrait_path is not None:
-        write_png(portrait_path, to_image(portrait))
+        write_png(portrait_path, to_uint8(portrait))
     if portrait_only:
         return GenerationResult(None, portrait_path, 0, time.perf_counter() - start, portrait.shape[-1], timings)
     _, frames = pipeline.video(portrait, speech, timings, advance)
     with timed(timings, "write_mp4"):
-        write_mp4(out, frames, speech.numpy(), fps=FPS, sr=SAMPLE_RATE)
+        write_mp4(out, to_uint8(frames), speech.numpy(), fps=FPS, sr=SAMPLE_RATE)
     advance("mp4")
-    return GenerationResult(out, portrait_path, len(frames), time.perf_counter() - start, frames.shape[1], timings)
+    return GenerationResult(out, portrait_path, len(frames), time.perf_counter() - start, frames.shape[-1], timings)

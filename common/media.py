@@ -1,19 +1,23 @@
-"""Short mp4 files with their speech muxed in (PyAV: H.264 video + AAC audio), written atomically.
+"""Media files, written atomically: short mp4 files with their speech muxed in (PyAV: H.264 video + AAC audio)
+and PNG images.
 
 ``write_mp4`` is what the video stages' ``log_media`` and the generation pipeline use; ``read_mp4`` decodes one
 back (frames and audio) for tests and evaluation of written videos.
 """
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
+
+from common.errors import SeespeakerError
+from common.files import atomic_path
 
 
-class VideoWriteError(ValueError):
+class VideoWriteError(SeespeakerError, ValueError):
     """Frames or audio that cannot be written as an mp4 (wrong shape, dtype, rate)."""
 
 
@@ -23,7 +27,7 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
         raise VideoWriteError(f"write_mp4 needs frames shaped [T, H, W, 3], got {tuple(frames.shape)}")
     if frames.dtype != np.uint8:
         raise VideoWriteError(f"write_mp4 needs uint8 frames, got {frames.dtype}; convert with "
-                              f"((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8)")
+                              f"common.images.to_uint8")
     if len(frames) == 0:
         raise VideoWriteError("write_mp4 got zero frames")
     height, width = frames.shape[1:3]
@@ -43,6 +47,13 @@ def _check_audio(audio, sample_rate: int) -> np.ndarray | None:
     return np.clip(audio, -1.0, 1.0)
 
 
+def write_png(path: Path, image: np.ndarray) -> Path:
+    """Write a uint8 image atomically (temporary file renamed into place)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, audio=None, fps: int = 25, sr: int = 16000) -> Path:
     """Write ``frames`` (uint8 [T, H, W, 3], RGB) and mono ``audio`` (float in [-1, 1], ``sr`` Hz) to ``path``.
 
@@ -54,15 +65,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, audio=None, fps: int = 25, s
     if fps <= 0 or int(fps) != fps:
         raise VideoWriteError(f"write_mp4 needs a positive whole frame rate, got {fps}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    try:
-        with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
             _mux(container, frames, audio, int(fps), sr)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -113,10 +118,3 @@ def read_mp4(path: str | Path) -> tuple[np.ndarray, np.ndarray, float, int]:
                 chunks.append(data.reshape(-1) if data.shape[0] == 1 else data.mean(axis=0))
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     return np.stack(frames), audio, fps, sample_rate
-
-
-def to_uint8_frames(frames) -> np.ndarray:
-    """float frames [T, 3, H, W] in [-1, 1] (a tensor or array) -> uint8 [T, H, W, 3] for ``write_mp4``."""
-    array = frames.detach().float().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames, np.float32)
-    array = ((array + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(array.transpose(0, 2, 3, 1))

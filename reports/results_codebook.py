@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from common.images import to_uint8
 from datamodules.datamodule import ShardDataModule
 from evaluation.fid import FeatureStats, InceptionFeatures, fid_from_stats
-from lightning_modules.codebook import load_codebook
+from lightning_modules.codebook import CodebookStage
 from lightning_modules.codebook_parts import back_project
+from lightning_modules.stagefile import StageFiles
 
 FRAMES_PER_CLIP = 8
 CHUNK_FRAMES = 64  # frames upscaled and scored at a time (a multiple of FRAMES_PER_CLIP and of FID_STRIDE)
@@ -53,7 +55,7 @@ def unit(frames: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def upscaled_chunks(stage_path: Path, low: torch.Tensor, size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Each row's outputs for CHUNK_FRAMES input frames at a time, so that memory does not grow with the clips."""
-    codebook = load_codebook(stage_path)
+    codebook = CodebookStage.for_inference(StageFiles.of(stage_path, "codebook"))
     window = codebook.cfg.window_frames if codebook.cfg.temporal else FRAMES_PER_CLIP
     for chunk in low.split(CHUNK_FRAMES):
         outputs = {row: torch.cat([codebook.upscale(part, fidelity) for part in chunk.split(window)])
@@ -62,11 +64,6 @@ def upscaled_chunks(stage_path: Path, low: torch.Tensor, size: int) -> Iterator[
         outputs["bicubic"] = bicubic.clamp(-1, 1)
         outputs["bicubic_back_projected"] = back_project(bicubic, chunk, 1.0).clamp(-1, 1)
         yield outputs
-
-
-def uint8_images(frames: torch.Tensor) -> np.ndarray:
-    """Frames in [-1, 1] -> uint8 [N, H, W, 3], rounded as they would be written."""
-    return (unit(frames) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def feature_stats(extractor: InceptionFeatures, images: np.ndarray) -> FeatureStats:
@@ -100,13 +97,13 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
     kept: dict[str, list[np.ndarray]] = {row: [] for row in [*FID_ROWS, "real"]}
     for outputs, real in zip(upscaled_chunks(stage_path, low, high.shape[-1]), high.split(CHUNK_FRAMES)):
         target = unit(real)
-        kept["real"].append(uint8_images(real[::FID_STRIDE]))
+        kept["real"].append(to_uint8(real[::FID_STRIDE]))
         for row, frames in outputs.items():
             row_psnr, row_ssim = frame_scores(frames, target)
             psnr[row].append(row_psnr)
             ssim[row].append(row_ssim)
             if row in kept:
-                kept[row].append(uint8_images(frames[::FID_STRIDE]))
+                kept[row].append(to_uint8(frames[::FID_STRIDE]))
     extractor = InceptionFeatures()
     real_stats = feature_stats(extractor, np.concatenate(kept.pop("real")))
     scores = {row: {"psnr": float(torch.cat(psnr[row]).mean()), "ssim": float(torch.cat(ssim[row]).mean()),
@@ -121,8 +118,8 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
 
 def codebook_seed(seed: int) -> dict:
     """One seed's rows: its three codebook phases trained (or reused) and its upscaling scored."""
+    from reports.results import CORPUS, SMALL, cached_evaluation, train
     from trainer.config import compose
-    from trainer.results import CORPUS, SMALL, cached_evaluation, train
 
     stages = SMALL.stages(seed)
     train("conre", seed, stages)
@@ -139,7 +136,7 @@ def codebook_seed(seed: int) -> dict:
 
 def codebook_results() -> tuple[dict, str]:
     """Train (or reuse) the small codebook phases for every seed and tabulate the upscaling against bicubic."""
-    from trainer.results import SEEDS, mean_spread
+    from reports.results import SEEDS, mean_spread
 
     per_seed = [codebook_seed(seed) for seed in SEEDS]
     frames = per_seed[0]["rows"]["bicubic"]["frames"]
@@ -160,12 +157,12 @@ def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: in
     """PSNR / SSIM against the real 256 px frames of renderers and bicubic on held-out frames as the motion stage
     of ``stages`` renders them (:func:`rerender_frames`, seeded): the inputs ``render_source: motion`` trains on.
     Usage: ``stage2_frame_scores(Path("outputs/results/small/stages-seed0"), [file, ...], data)``."""
-    from lightning_modules.motion_diffusion import load_motion_parts
+    from lightning_modules.motion_diffusion import MotionDiffusionStage
     from lightning_modules.motion_generation import rerender_frames
 
     dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=8))
     dm.setup()
-    parts, generator = load_motion_parts(stages), torch.Generator().manual_seed(0)
+    parts, generator = MotionDiffusionStage.for_inference(StageFiles(stages)), torch.Generator().manual_seed(0)
     low, high = [], []
     for batch in dm.eval_dataloader("test"):
         valid = batch["valid"]
@@ -183,7 +180,7 @@ def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: in
     bicubic = F.interpolate(low, size=target.shape[-1], mode="bicubic", align_corners=False).clamp(-1, 1)
     result = {"frames": len(low), "bicubic": scores(bicubic)}
     for path in renderers:
-        codebook = load_codebook(path)
+        codebook = CodebookStage.for_inference(StageFiles.of(path, "codebook"))
         result[str(path)] = {w: scores(torch.cat([codebook.upscale(c, w) for c in low.split(FRAMES_PER_CLIP)]))
                              for w in (1.0, 0.5, 0.0)}
     return result

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -20,27 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from datamodules.shards import atomic_write_text
-from trainer.provenance import git_commit
+from common.files import atomic_write_text
+from trainer.provenance import git_commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path("data/synthetic_small")
 OUTPUT_ROOT = Path("outputs/results")
 SEEDS = (0, 1, 2)
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
-    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
 
 
 def run(*words: str) -> None:
@@ -213,19 +197,19 @@ def train_time(per_seed: list[dict]) -> str:
 
 
 def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]:
-    """A results section defined in another module, imported only when it runs."""
+    """A results section defined in another module of this package, imported only when it runs."""
     def section() -> tuple[dict, str]:
-        return getattr(importlib.import_module(module), name)(*args)
+        return getattr(importlib.import_module(f"reports.{module}"), name)(*args)
     return section
 
 
 # Each section with the corpus it trains on.
 RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
     "conre": (SMALL, conre_results),
-    "portrait": (SMALL, from_module("trainer.results_portrait", "portrait_results", SMALL)),
-    "portrait_voice09": (VOICE09, from_module("trainer.results_portrait", "portrait_results", VOICE09)),
-    "sync": (SMALL, from_module("trainer.results_sync", "sync_results")),
-    "codebook": (SMALL, from_module("trainer.results_codebook", "codebook_results")),
+    "portrait": (SMALL, from_module("results_portrait", "portrait_results", SMALL)),
+    "portrait_voice09": (VOICE09, from_module("results_portrait", "portrait_results", VOICE09)),
+    "sync": (SMALL, from_module("results_sync", "sync_results")),
+    "codebook": (SMALL, from_module("results_codebook", "codebook_results")),
 }
 
 

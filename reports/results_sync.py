@@ -20,9 +20,9 @@ import torch
 
 from datamodules.datamodule import ShardDataModule
 from evaluation.lse import SyncClip, lse_scores
-from lightning_modules.pipeline import GenerationOptions, TalkingFacePipeline
-from lightning_modules.syncnet import load_sync_expert, sync_region
-from lightning_modules.stagefile import load_stage_file
+from generation.pipeline import GenerationOptions, TalkingFacePipeline
+from lightning_modules.stagefile import StageFiles
+from lightning_modules.syncnet import SyncNetStage, sync_region
 
 ROWS = {"motion_diffusion": "(i) motion_diffusion", "lip_enhancer": "(ii) + lip_enhancer",
         "codebook": "(v) + codebook (256 px)", "truth": "(iii) ground truth", "mismatched": "(iv) other clip's audio"}
@@ -59,8 +59,7 @@ def stage2_videos(stages: Path, clips: list[dict], seed: int) -> dict[str, list[
         rows["motion_diffusion"].append(SyncClip(clip["key"], steps["motion_diffusion"], audio))
         rows["lip_enhancer"].append(SyncClip(clip["key"], steps["lip_enhancer"], audio))
         if with_codebook:
-            final_frames = torch.from_numpy(final).permute(0, 3, 1, 2).float() / 127.5 - 1
-            rows["codebook"].append(SyncClip(clip["key"], final_frames, audio))
+            rows["codebook"].append(SyncClip(clip["key"], final, audio))
         rows["truth"].append(SyncClip(clip["key"], clip["frames"], audio))
         rows["mismatched"].append(SyncClip(clip["key"], steps["lip_enhancer"], other))
     return rows
@@ -68,7 +67,7 @@ def stage2_videos(stages: Path, clips: list[dict], seed: int) -> dict[str, list[
 
 def score_rows(rows: dict[str, list[SyncClip]], scorer_path: Path) -> dict[str, dict[str, float]]:
     """{row: {lse_c, lse_d, offset_zero}} by the scorer expert (offset_zero: fraction of clips found in sync)."""
-    expert, cfg = load_sync_expert(load_stage_file(scorer_path, expect_stage="syncnet"))
+    expert, cfg = SyncNetStage.for_inference(StageFiles.of(scorer_path, "syncnet"))
     scores = {}
     for name, clips in rows.items():
         seen = [replace(c, frames=sync_region(torch.as_tensor(c.frames), cfg.region)) for c in clips]
@@ -89,8 +88,8 @@ def expert_accuracy(run_dir: Path) -> float:
 
 def sync_seed(seed: int) -> dict:
     """One seed's rows: its Stage-2 chain trained (or reused), generated, and scored by the scorer."""
+    from reports.results import CORPUS, OUTPUT_ROOT, cached_evaluation, shared_autoencoder, train
     from trainer.config import compose
-    from trainer.results import CORPUS, OUTPUT_ROOT, cached_evaluation, shared_autoencoder, train
 
     scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
     train("syncnet", 100, scorer.parent, "data.speaker_part=1/2", name="scorer")
@@ -108,7 +107,7 @@ def sync_seed(seed: int) -> dict:
 
 def sync_results() -> tuple[dict, str]:
     """Train (or reuse) the small Stage-2 chain and its independent scorer, and tabulate LSE per step."""
-    from trainer.results import OUTPUT_ROOT, SEEDS, mean_spread
+    from reports.results import OUTPUT_ROOT, SEEDS, mean_spread
 
     per_seed = [sync_seed(seed) for seed in SEEDS]
     names = [n for n in ROWS if all(n in r["rows"] for r in per_seed)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_modules.video_io import VideoWriteError, read_mp4, to_uint8_frames, write_mp4
+from common.images import to_uint8
+from common.media import VideoWriteError, read_mp4, write_mp4
 
 AAC_FRAME = 1024  # samples per AAC frame: the container may round the audio up to whole frames
 
@@ -65,9 +66,9 @@ def test_stereo_audio_and_fractional_fps_are_refused(tmp_path):
         write_mp4(tmp_path / "f.mp4", frames, audio, fps=29.97)
 
 
-def test_to_uint8_frames_maps_minus_one_one_to_bytes():
+def test_to_uint8_maps_minus_one_one_to_bytes():
     import torch
     frames = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
-    out = to_uint8_frames(frames)
+    out = to_uint8(frames)
     assert out.shape == (2, 2, 2, 3) and out.dtype == np.uint8
     assert out[0, 0, 0].tolist() == [0, 128, 255]
