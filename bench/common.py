@@ -24,9 +24,9 @@ def write_report(name: str, rows: list[dict], columns: list[str], notes: str = "
     """Print the table and write ``bench/out/<name>.json`` with the machine, commit and date."""
     widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
     print(f"\n{name} — {machine()} — threads {os.environ.get('OMP_NUM_THREADS', '?')}")
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
-        print("  ".join(f"{row.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(f"{row.get(c, '')}".ljust(w) for c, w in zip(columns, widths, strict=True)))
     if notes:
         print(notes)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Speech -> video at the tiny scale on the CPU: frames/s of the output video and seconds per pipeline step.
 
 The stages come from ``outputs/tiny/stages`` when the demo has trained all of them, else they are built untrained
-from the tiny configs (bench/untrained_stages.py: the demo's network shapes); speed does not depend on the weights. Sampler steps are the tiny experiment's (portrait
-10, motion 10, frame latents 5 per frame). A second table times the codebook renderer alone (64 -> 256 px) by batch.
+from the tiny configs (bench/untrained_stages.py: the demo's network shapes); speed does not depend on the weights.
+Sampler steps are the tiny experiment's (portrait 10, motion 10, frame latents 5 per frame). A second table times the
+codebook renderer alone (64 -> 256 px) by batch.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def main() -> None:
         row = pipeline_row(stages, scratch, GenerationOptions(steps=10, motion_steps=10, frame_steps=5, seed=0))
         renderer = renderer_rows(stages)
     load = os.getloadavg()[0]
-    notes = (f"load average {load:.1f} on {os.cpu_count()} cores during the run; stages: {source}; {SECONDS:g} s of speech -> {row['frames']} frames at 25 fps, {row['size']} px; "
+    notes = (f"load average {load:.1f} on {os.cpu_count()} cores during the run; stages: {source}; "
+             f"{SECONDS:g} s of speech -> {row['frames']} frames at 25 fps, {row['size']} px; "
              f"seconds exclude loading the stages (s_load_stages); video_fps = output frames per second of "
              f"generation. Codebook renderer alone: " + ", ".join(f"batch {r['batch_frames']}: {r['frames_s']} "
                                                                   f"frames/s" for r in renderer))

@@ -57,7 +57,8 @@ def main() -> None:
                      "reader_frames_s": round(fast_frames, 1), "naive_clips_s": round(slow_clips, 1),
                      "naive_frames_s": round(slow_frames, 1), "speedup": round(fast_clips / slow_clips, 2)})
     write_report("reader", rows, list(rows[0]),
-                 notes=f"one process, one thread, {WINDOW}-frame windows of 2 s (50-frame) clips; frames/s counts delivered frames")
+                 notes=f"one process, one thread, {WINDOW}-frame windows of 2 s (50-frame) clips; "
+                       f"frames/s counts delivered frames")
 
 
 if __name__ == "__main__":

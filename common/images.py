@@ -31,5 +31,5 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
 def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
     """Columns of ``[B, 3, R, R]`` images in [-1, 1] -> one ``(B*R) x (len(columns)*R) x 3`` uint8 array
     (row i holds sample i of every column, left to right)."""
-    rows = [torch.cat(list(images), dim=2) for images in zip(*columns)]
+    rows = [torch.cat(list(images), dim=2) for images in zip(*columns, strict=False)]
     return to_uint8(torch.cat(rows, dim=1))

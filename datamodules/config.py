@@ -15,7 +15,8 @@ class DataConfig:
     val_split: str = field(default="val", metadata={"help": "split used for validation"})
     resolution: int = field(default=64, metadata={"help": "face size in pixels the reader resizes frames to"})
     clip_frames: int = field(default=1, metadata={"help": "frames per training window (1 for still-image stages)"})
-    hr_resolution: int = field(default=0, metadata={"help": "also give frames at this size as hr_frames (codebook targets; 0: off)"})
+    hr_resolution: int = field(default=0, metadata={"help": "also give frames at this size as hr_frames (codebook "
+                               "targets; 0: off)"})
     audio_seconds: float = field(default=2.0, metadata={"help": "seconds of speech per sample for speech encoders"})
     fps: float = field(default=25.0, metadata={"help": "frame rate the shards must have (checked per sample)"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate the shards must have"})
@@ -26,7 +27,8 @@ class DataConfig:
     shuffle_buffer: int = field(default=256, metadata={"help": "samples held in the shuffle buffer"})
     speaker_part: str = field(default="", metadata={"help": "train only on part i of n of the speakers, 'i/n' "
                               "(stable hash of the speaker id; e.g. two sync experts on disjoint speakers); '' = all"})
-    max_skip_fraction: float = field(default=0.01, metadata={"help": "fail when more than this fraction of samples is bad"})
+    max_skip_fraction: float = field(default=0.01,
+                                     metadata={"help": "fail when more than this fraction of samples is bad"})
     pin_memory: bool = field(default=True, metadata={"help": "pin host memory for faster GPU transfers (GPU only)"})
 
     def validate(self) -> list[str]:

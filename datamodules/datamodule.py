@@ -64,7 +64,7 @@ class ShardDataModule(pl.LightningDataModule):
         assert self.index is not None, "call setup() first"
         infos = self.index.splits.get(split) or []
         paths = self.index.shard_paths(self.cfg.root, split)
-        kept = [(p, i.count) for p, i in zip(paths, infos) if Path(p).is_file()]
+        kept = [(p, i.count) for p, i in zip(paths, infos, strict=True) if Path(p).is_file()]
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
             self.missing_shards = sorted(set(self.missing_shards) | set(missing))

@@ -12,8 +12,9 @@ import os
 import random
 import signal
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class ClipWindow:
     sample_rate: int = 16000
 
     @classmethod
-    def from_config(cls, data: DataConfig) -> "ClipWindow":
+    def from_config(cls, data: DataConfig) -> ClipWindow:
         seconds = max(data.audio_seconds, data.clip_frames / data.fps)
         return cls(data.clip_frames, data.resolution, int(round(seconds * data.sample_rate)),
                    data.hr_resolution, data.fps, data.sample_rate)

@@ -74,7 +74,7 @@ class ClipMeta:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "ClipMeta":
+    def from_json(cls, data: bytes | str) -> ClipMeta:
         raw = json.loads(data)
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         return cls(**known)

@@ -77,19 +77,19 @@ class ShardIndex:
         return self.write(Path(root) / INDEX_NAME)
 
     @classmethod
-    def read(cls, path: str | Path, dataset: str) -> "ShardIndex":
+    def read(cls, path: str | Path, dataset: str) -> ShardIndex:
         """The index file at ``path`` (a main or a part index), or an empty index of ``dataset`` if absent."""
         path = Path(path)
         return cls.from_raw(json.loads(path.read_text())) if path.exists() else cls(dataset)
 
     @classmethod
-    def from_raw(cls, raw: dict[str, Any]) -> "ShardIndex":
+    def from_raw(cls, raw: dict[str, Any]) -> ShardIndex:
         splits = {k: [ShardInfo(**s) for s in v] for k, v in raw.get("splits", {}).items()}
         return cls(raw["dataset"], raw.get("schema_version", SCHEMA_VERSION), splits, raw.get("created", ""),
                    raw.get("extra", {}))
 
     @classmethod
-    def load(cls, root: str | Path) -> "ShardIndex":
+    def load(cls, root: str | Path) -> ShardIndex:
         path = Path(root) / INDEX_NAME
         if not Path(root).exists():
             raise ShardSetError(
@@ -105,7 +105,8 @@ class ShardIndex:
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ShardSetError(
-                f"{path} has schema version {version}, this seespeaker reads {SCHEMA_VERSION}; re-run `seespeaker prepare`"
+                f"{path} has schema version {version}, this seespeaker reads {SCHEMA_VERSION}; "
+                f"re-run `seespeaker prepare`"
             )
         return cls.from_raw(raw)
 
@@ -129,7 +130,7 @@ class ShardSetWriter:
         self._next_number: dict[str, int] = {}
         self.written: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
 
-    def __enter__(self) -> "ShardSetWriter":
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

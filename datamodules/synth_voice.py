@@ -88,7 +88,7 @@ def glottal_source(f0: np.ndarray, breathiness: float, rng: np.random.Generator,
 def resonate(signal: np.ndarray, formants: np.ndarray) -> np.ndarray:
     """A cascade of second-order resonators with unit gain at 0 Hz (the vocal-tract filter)."""
     out = signal
-    for freq, bw in zip(formants, FORMANT_BANDWIDTHS):
+    for freq, bw in zip(formants, FORMANT_BANDWIDTHS, strict=False):
         freq = min(freq, 0.45 * SAMPLE_RATE)
         r = np.exp(-np.pi * bw / SAMPLE_RATE)
         a = [1.0, -2.0 * r * np.cos(2 * np.pi * freq / SAMPLE_RATE), r * r]

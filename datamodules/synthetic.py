@@ -22,10 +22,25 @@ import numpy as np
 
 from datamodules.sample import FPS, SPLITS, Clip, ClipMeta, make_key
 from datamodules.shards import INDEX_NAME, ShardIndex, ShardSetWriter
-from datamodules.synth_face import FaceParams, HAIR_COLOURS, HAIR_STYLES, IRIS_COLOURS, base_layer, head_motion, \
-    neutral_landmarks, render_frame
-from datamodules.synth_voice import NO_VOWEL, SAMPLES_PER_FRAME, VOWELS, VoiceParams, frame_envelope, frame_vowels, \
-    synthesise
+from datamodules.synth_face import (
+    HAIR_COLOURS,
+    HAIR_STYLES,
+    IRIS_COLOURS,
+    FaceParams,
+    base_layer,
+    head_motion,
+    neutral_landmarks,
+    render_frame,
+)
+from datamodules.synth_voice import (
+    NO_VOWEL,
+    SAMPLES_PER_FRAME,
+    VOWELS,
+    VoiceParams,
+    frame_envelope,
+    frame_vowels,
+    synthesise,
+)
 
 DATASET = "synthetic"
 VOICE_SHARE = 0.56  # default fraction of each correlated face attribute's variance set by the voice latents
@@ -45,9 +60,12 @@ class SyntheticConfig:
     resolution: int = field(default=256, metadata={"help": "frame size in pixels (square; 64 or more)"})
     seed: int = field(default=0, metadata={"help": "seed of speakers, speech and motion: same seed, same corpus"})
     shard_size: int = field(default=64, metadata={"help": "clips per WebDataset shard"})
-    val_speakers_fraction: float = field(default=0.17, metadata={"help": "share of speakers held out for val (at least 1)"})
-    test_speakers_fraction: float = field(default=0.17, metadata={"help": "share of speakers held out for test (at least 1)"})
-    voice_share: float = field(default=VOICE_SHARE, metadata={"help": "fraction of each voice-linked face attribute's variance (width, height, eye spacing, skin tone) that the voice sets, in (0, 1)"})
+    val_speakers_fraction: float = field(default=0.17,
+                                         metadata={"help": "share of speakers held out for val (at least 1)"})
+    test_speakers_fraction: float = field(default=0.17,
+                                          metadata={"help": "share of speakers held out for test (at least 1)"})
+    voice_share: float = field(default=VOICE_SHARE, metadata={"help": "fraction of each voice-linked face attribute's "
+                               "variance (width, height, eye spacing, skin tone) that the voice sets, in (0, 1)"})
 
     @property
     def frames(self) -> int:
@@ -169,7 +187,8 @@ def ideal_portrait(speaker: Speaker, resolution: int) -> tuple[np.ndarray, np.nd
     """(image uint8 [R, R, 3], landmarks [68, 2]) of the face an ideal reader of the voice would draw: the four
     voice-linked attributes at their expectation given the voice's two latents, every other attribute at the
     middle of its range (the first hair style, hair and iris colour) and no freckles or fine texture (what
-    averaging the speaker-specific patterns leaves), a fixed background; neutral pose, eyes open, mouth closed. Identity scores of this face are the ceiling of any speech-to-portrait model."""
+    averaging the speaker-specific patterns leaves), a fixed background; neutral pose, eyes open, mouth closed. Identity
+    scores of this face are the ceiling of any speech-to-portrait model."""
     latents = np.sqrt(speaker.voice_share) * np.array([speaker.latents["size"], speaker.latents["register"]])
     face = middle_face(voice_linked_face(*latents[ATTRIBUTE_LATENT]))
     return neutral_frame(face, resolution, np.random.default_rng(0))

@@ -49,7 +49,7 @@ def crop_faces(frames: np.ndarray, size: np.ndarray, centre_x: np.ndarray, centr
                crop_scale: float = 0.4) -> np.ndarray:
     """uint8 crops [T, 224, 224, 3] around the smoothed track (the reference's arithmetic)."""
     crops = []
-    for frame, bs, cx, cy in zip(frames, size, centre_x, centre_y):
+    for frame, bs, cx, cy in zip(frames, size, centre_x, centre_y, strict=False):
         pad = int(bs * (1 + 2 * crop_scale))
         padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
         my, mx = cy + pad, cx + pad

@@ -145,7 +145,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
     root1 = _psd_sqrt(sigma1)
     product = root1 @ sigma2 @ root1
     eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
@@ -193,7 +194,7 @@ class FeatureStats:
                      provenance=np.array(json.dumps(self.provenance, sort_keys=True)))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStats":
+    def load(cls, path: str | Path) -> FeatureStats:
         """Read statistics written by :meth:`save` (``allow_pickle=False``)."""
         with np.load(path, allow_pickle=False) as data:
             mu, sigma, n = data["mu"], data["sigma"], int(data["n"])

@@ -8,8 +8,8 @@ portrait from the speech [N] (float, 16 kHz) and ``video(portrait, speech, timin
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

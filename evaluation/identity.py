@@ -141,7 +141,8 @@ class DlibFaceEmbedder(FaceEmbedder):
             raise ValueError(f"expected 68-point or dlib 5-point landmarks, got {points.shape}")
         low, high = points.min(0), points.max(0)
         box = self._dlib.rectangle(int(low[0]), int(low[1]), int(np.ceil(high[0])), int(np.ceil(high[1])))
-        return self._dlib.full_object_detection(box, [self._dlib.point(int(round(x)), int(round(y))) for x, y in points])
+        return self._dlib.full_object_detection(box, [self._dlib.point(int(round(x)), int(round(y)))
+                                                      for x, y in points])
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         """128-d descriptor; landmarks (68-point or dlib 5-point) skip the detector."""

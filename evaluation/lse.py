@@ -10,8 +10,8 @@ expert in chunks, on any device.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch

@@ -1,2 +1,3 @@
-"""Re-export: the MFCC lives in lightning_modules.nets.mfcc (stages use it; lightning_modules never imports evaluation)."""
+"""Re-export: the MFCC lives in lightning_modules.nets.mfcc (stages use it; lightning_modules never imports
+evaluation)."""
 from lightning_modules.nets.mfcc import *  # noqa: F401,F403

@@ -58,7 +58,8 @@ def build_results(scores: dict, videos, protocol, source: dict, argv: list[str] 
         },
         "counts": {"videos_found": found, "videos_scored": len(videos.videos), "videos_skipped": len(videos.skipped),
                    "frames_scored": frames, "clips_with_ground_truth": sum(v.truth is not None for v in videos.videos),
-                   "resampled": sum(bool(v.notes) for v in videos.videos), "shard_samples_skipped": videos.shard_skipped},
+                   "resampled": sum(bool(v.notes) for v in videos.videos),
+                   "shard_samples_skipped": videos.shard_skipped},
         "skipped": videos.skipped,
         "details": details,
         "per_video": scores["per_video"],
@@ -87,11 +88,13 @@ def markdown(results: dict) -> str:
              f"| {label} | " + " | ".join(_cell(metrics[m]) for m in names) + " |", "",
              f"Protocol `{protocol['name']}`: sync expert {protocol.get('sync_expert_used') or '-'} "
              f"(sha256 {str(protocol.get('sync_expert_sha256') or '-')[:12]}), crop `{protocol['crop_mode']}`, "
-             f"FID resize `{protocol['resize_mode']}` (Inception sha256 {str(protocol.get('inception_sha256') or '-')[:12]}), "
+             f"FID resize `{protocol['resize_mode']}` "
+             f"(Inception sha256 {str(protocol.get('inception_sha256') or '-')[:12]}), "
              f"face model {protocol.get('face_model') or '-'}, {protocol['fps']:g} fps, {protocol['sample_rate']} Hz, "
              f"seed {protocol['seed']}.",
              f"Videos: {counts['videos_scored']} scored of {counts['videos_found']} "
-             f"({counts['videos_skipped']} skipped, {counts['resampled']} resampled), {counts['frames_scored']} frames."]
+             f"({counts['videos_skipped']} skipped, {counts['resampled']} resampled), "
+             f"{counts['frames_scored']} frames."]
     fid = results["details"].get("fid")
     if fid:
         lines.append(f"FID: {fid['n_generated_frames']} generated vs {fid['n_real_frames']} real frames "
@@ -161,8 +164,9 @@ def compare(paths: list[str | Path]) -> str:
     for key in differing:
         rows.append([f"protocol: {key}", *[_cell(_protocol_value(r, key)) for r in runs]])
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(headers, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     if differing:
         lines.append("warning: the protocols differ in " + ", ".join(differing)
                      + ": these numbers are not directly comparable")

@@ -107,7 +107,8 @@ def score_fid(videos: list[EvalVideo], protocol: EvalProtocol, test: TestSet, ca
         warnings.simplefilter("always")
         result = fid_from_stats(real, fake)
     return {"fid": result.fid}, {
-        "n_real_frames": result.n_real, "n_generated_frames": result.n_generated, "frame_stride": protocol.fid_frame_stride,
+        "n_real_frames": result.n_real, "n_generated_frames": result.n_generated,
+        "frame_stride": protocol.fid_frame_stride,
         "extractor": result.extractor, "reference_stats": str(path), "reference_stats_reused": reused,
         "reference_clips": len(keys), "reference_source": source, "warnings": [str(w.message) for w in caught],
     }

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -74,7 +74,8 @@ class TestSet:
     def __init__(self, root: str | Path, split: str, resolution: int = 0):
         self.root, self.split, self.resolution = Path(root), split, resolution or None
         if not (self.root / INDEX_NAME).is_file():
-            raise EvalInputError(f"--data {self.root}: no {INDEX_NAME}; give the folder that `seespeaker prepare` wrote")
+            raise EvalInputError(f"--data {self.root}: no {INDEX_NAME}; "
+                                 f"give the folder that `seespeaker prepare` wrote")
         self.index = ShardIndex.load(self.root)
         if split not in self.index.splits:
             raise EvalInputError(f"--data {self.root} has no split {split!r}; splits: {', '.join(self.index.splits)}")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +189,8 @@ class TalkingFacePipeline:
     def motion_parts(self) -> MotionParts:
         """The motion stage's parts with the user's sampler steps (the loaded config itself stays as trained)."""
         cfg, opts = self.motion.cfg, self.options
-        steps = {"motion_steps": opts.motion_steps or cfg.motion_steps, "frame_steps": opts.frame_steps or cfg.frame_steps}
+        steps = {"motion_steps": opts.motion_steps or cfg.motion_steps,
+                 "frame_steps": opts.frame_steps or cfg.frame_steps}
         return dataclasses.replace(self.motion, cfg=dataclasses.replace(cfg, **steps))
 
     @torch.no_grad()

@@ -2,9 +2,9 @@
 
 Loss: L1 reconstruction + KL to the unit Gaussian; optional (off by default) a perceptual distance in the frozen
 ConRe face encoder's features (``perceptual_weight``, needs the exported conre stage) and a hinge patch GAN
-(``adversarial``; two optimizers with manual optimisation, so DDP rather than DeepSpeed). The latent scaling factor (1 / std of the latents) is
-measured on the validation data and kept in the buffer ``scaling_factor``, so it lands in the exported file.
-``AutoencoderStage.for_inference`` is how every later stage gets the VAE: a :class:`TrainedVAE` (the
+(``adversarial``; two optimizers with manual optimisation, so DDP rather than DeepSpeed). The latent scaling factor
+(1 / std of the latents) is measured on the validation data and kept in the buffer ``scaling_factor``, so it lands in
+the exported file. ``AutoencoderStage.for_inference`` is how every later stage gets the VAE: a :class:`TrainedVAE` (the
 ``AutoencoderKL`` in eval mode, the scaling factor and the hash of its weights).
 """
 from __future__ import annotations
@@ -30,12 +30,16 @@ FINETUNE = ("all", "decoder")
 class VAEConfig:
     """Architecture of the ``AutoencoderKL`` (ignored where ``pretrained_path`` gives a diffusers folder)."""
 
-    pretrained_path: str = field(default="", metadata={"help": "local diffusers VAE folder or .safetensors file (never a hub id); empty: train from scratch"})
-    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512], metadata={"help": "encoder/decoder widths; len - 1 halvings of the image size"})
+    pretrained_path: str = field(default="", metadata={"help": "local diffusers VAE folder or .safetensors file (never "
+                                 "a hub id); empty: train from scratch"})
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512],
+                                          metadata={"help": "encoder/decoder widths; len - 1 halvings of the "
+                                          "image size"})
     layers_per_block: int = field(default=2, metadata={"help": "ResNet blocks per level"})
     latent_channels: int = field(default=4, metadata={"help": "latent channels"})
     norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups"})
-    mid_block_attention: bool = field(default=True, metadata={"help": "self-attention in the mid block (keep off at tiny scale)"})
+    mid_block_attention: bool = field(default=True,
+                                      metadata={"help": "self-attention in the mid block (keep off at tiny scale)"})
     file_defaults: ClassVar[dict[str, Any]] = {"mid_block_attention": True}  # files from before the option
 
 
@@ -45,14 +49,18 @@ class AutoencoderConfig(StageConfig):
 
     name: str = "autoencoder"
     vae: VAEConfig = field(default_factory=VAEConfig, metadata={"help": "the AutoencoderKL"})
-    finetune: str = field(default="all", metadata={"help": "which parameters train: all | decoder", "choices": FINETUNE})
+    finetune: str = field(default="all",
+                          metadata={"help": "which parameters train: all | decoder", "choices": FINETUNE})
     kl_weight: float = field(default=1e-6, metadata={"help": "weight of the KL term"})
-    scaling_factor: float = field(default=0.0, metadata={"help": "latent scaling factor; 0: measure 1/std on the validation data"})
+    scaling_factor: float = field(default=0.0,
+                                  metadata={"help": "latent scaling factor; 0: measure 1/std on the validation data"})
     scale_batches: int = field(default=8, metadata={"help": "validation batches the scaling factor is measured on"})
-    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the ConRe face-feature distance (needs the conre stage); 0: off"})
+    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the ConRe face-feature distance (needs "
+                                     "the conre stage); 0: off"})
     adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed)"})
     adversarial_weight: float = field(default=0.1, metadata={"help": "weight of the generator's hinge loss"})
-    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "patch discriminator widths"})
+    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256],
+                                              metadata={"help": "patch discriminator widths"})
 
     def validate(self) -> list[str]:
         errors = super().validate()

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -31,7 +32,8 @@ class StageConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    schedule: str = field(default="cosine", metadata={"help": "constant | cosine (to 10% after warm-up)", "choices": ("constant", "cosine")})
+    schedule: str = field(default="cosine", metadata={"help": "constant | cosine (to 10% after warm-up)",
+                                                      "choices": ("constant", "cosine")})
     monitor: str = field(default="val/loss", metadata={"help": "metric that ranks checkpoints"})
     monitor_mode: str = field(default="min", metadata={"help": "min | max", "choices": ("min", "max")})
 

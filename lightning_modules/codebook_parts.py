@@ -22,38 +22,64 @@ class CodebookConfig(StageConfig):
     """The VQ autoencoder, the code transformer and the renderer, trained in three phases."""
 
     name: str = "codebook"
-    phase: str = field(default="vqgan", metadata={"help": "which part trains: vqgan | transformer | render", "choices": PHASES})
+    phase: str = field(default="vqgan",
+                       metadata={"help": "which part trains: vqgan | transformer | render", "choices": PHASES})
     base_channels: int = field(default=64, metadata={"help": "width of the VQ autoencoder's first level"})
-    channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 4, 8], metadata={"help": "VQ autoencoder widths per level (high-res size / 2^(levels-1) = token grid)"})
+    channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 4, 8],
+                                           metadata={"help": "VQ autoencoder widths per level (high-res size / "
+                                           "2^(levels-1) = token grid)"})
     blocks_per_level: int = field(default=2, metadata={"help": "residual blocks per VQ autoencoder level"})
     lr_base_channels: int = field(default=64, metadata={"help": "width of the low-resolution encoder's first level"})
-    lr_channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 8], metadata={"help": "low-resolution encoder widths per level (its grid must equal the token grid)"})
+    lr_channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 8],
+                                              metadata={"help": "low-resolution encoder widths per level (its grid "
+                                              "must equal the token grid)"})
     codebook_size: int = field(default=1024, metadata={"help": "number of codes"})
     code_dim: int = field(default=256, metadata={"help": "size of a code vector"})
     beta: float = field(default=0.25, metadata={"help": "commitment weight"})
     usage_decay: float = field(default=0.99, metadata={"help": "EMA decay of each code's usage share"})
-    dead_threshold: float = field(default=0.03, metadata={"help": "a code is dead below this fraction of the uniform usage share"})
-    reinit_every: int = field(default=100, metadata={"help": "re-initialise dead codes every N steps of the vqgan phase (0: never)"})
+    dead_threshold: float = field(default=0.03,
+                                  metadata={"help": "a code is dead below this fraction of the uniform usage share"})
+    reinit_every: int = field(default=100,
+                              metadata={"help": "re-initialise dead codes every N steps of the vqgan phase (0: never)"})
     transformer_layers: int = field(default=9, metadata={"help": "code transformer layers"})
     transformer_width: int = field(default=512, metadata={"help": "code transformer width"})
     transformer_heads: int = field(default=8, metadata={"help": "code transformer attention heads"})
-    temporal: bool = field(default=False, metadata={"help": "temporal variant: the transformer also attends across a window's frames"})
-    window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training windows: data.clip_frames)"})
-    fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation (0: codes only, 1: encoder path)"})
-    render_trains: list[str] = field(default_factory=lambda: ["fusion"], metadata={"help": "networks the render phase trains: fusion (CodeFormer's recipe), plus decoder and/or lr_encoder"})
-    render_source: str = field(default="degraded", metadata={"help": "render phase inputs: degraded (real low-res frames, degraded) or autoencoder (through the exported autoencoder's round trip first, as stage-2 frames are decoded from its latents, then degraded) or motion (re-rendered by the exported motion_diffusion stage from each frame's own motion latent, audio and real preceding frames, then degraded; clips of more than previous_frames frames give most frames real predecessors)"})
-    detail_gate: bool = field(default=False, metadata={"help": "a learned per-pixel gate g pulls the decoder's output towards bicubic upsampling of the input by w * (1 - g) before back-projection, so that at w = 1 the decoder adds only the detail the gate lets through (trains in the render phase)"})
-    consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low frequencies follow the low-res input and the decoder supplies the detail"})
+    temporal: bool = field(default=False,
+                           metadata={"help": "temporal variant: the transformer also attends across a window's frames"})
+    window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training "
+                               "windows: data.clip_frames)"})
+    fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation "
+                                   "(0: codes only, 1: encoder path)"})
+    render_trains: list[str] = field(default_factory=lambda: ["fusion"], metadata={"help": "networks the render phase "
+                                     "trains: fusion (CodeFormer's recipe), plus decoder and/or lr_encoder"})
+    render_source: str = field(default="degraded", metadata={"help": "render phase inputs: degraded (real low-res "
+                               "frames, degraded) or autoencoder (through the exported autoencoder's round trip first, "
+                               "as stage-2 frames are decoded from its latents, then degraded) or motion (re-rendered "
+                               "by the exported motion_diffusion stage from each frame's own motion latent, audio and "
+                               "real preceding frames, then degraded; clips of more than previous_frames frames give "
+                               "most frames real predecessors)"})
+    detail_gate: bool = field(default=False, metadata={"help": "a learned per-pixel gate g pulls the decoder's output "
+                              "towards bicubic upsampling of the input by w * (1 - g) before back-projection, so that "
+                              "at w = 1 the decoder adds only the detail the gate lets through (trains in the render "
+                              "phase)"})
+    consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - "
+                              "area-down(output)), so that at w = 1 the output's low frequencies follow the low-res "
+                              "input and the decoder supplies the detail"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
-    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe face encoder's features (0: off)"})
+    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe "
+                                     "face encoder's features (0: off)"})
     adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed)"})
     adversarial_weight: float = field(default=0.1, metadata={"help": "weight of the generator's hinge loss"})
-    adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with adversarial=true (the stage clips itself)"})
-    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512], metadata={"help": "discriminator widths"})
+    adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with "
+                                         "adversarial=true (the stage clips itself)"})
+    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512],
+                                              metadata={"help": "discriminator widths"})
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the code cross-entropy (transformer phase)"})
-    latent_weight: float = field(default=1.0, metadata={"help": "weight of the latent L2 to the quantized high-res latent (transformer phase)"})
-    degrade: float = field(default=0.5, metadata={"help": "strength of the blur / down-up / noise degradation of the low-res input (0: off)"})
+    latent_weight: float = field(default=1.0, metadata={"help": "weight of the latent L2 to the quantized high-res "
+                                 "latent (transformer phase)"})
+    degrade: float = field(default=0.5, metadata={"help": "strength of the blur / down-up / noise degradation of the "
+                           "low-res input (0: off)"})
     hr_resolution: int = field(default=0, metadata={"help": "high-resolution size (set from data.hr_resolution)"})
     lr_resolution: int = field(default=0, metadata={"help": "low-resolution size (set from data.resolution)"})
 
@@ -64,7 +90,8 @@ class CodebookConfig(StageConfig):
             if getattr(self, name) <= 0:
                 errors.append(f"stage.{name} must be positive, got {getattr(self, name)}")
         if self.transformer_width % max(1, self.transformer_heads):
-            errors.append(f"stage.transformer_width={self.transformer_width} must divide by transformer_heads={self.transformer_heads}")
+            errors.append(f"stage.transformer_width={self.transformer_width} must divide by "
+                          f"transformer_heads={self.transformer_heads}")
         if not 0.0 <= self.fidelity_weight <= 1.0:
             errors.append(f"stage.fidelity_weight must be in [0, 1], got {self.fidelity_weight}")
         if not self.render_trains or set(self.render_trains) - {"fusion", "decoder", "lr_encoder"}:
@@ -99,7 +126,8 @@ def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Gener
     blurred = F.avg_pool2d(frames, 3, stride=1, padding=1, count_include_pad=False)
     out = torch.lerp(frames, blurred, strength * draw())
     size = frames.shape[-1]
-    resized = F.interpolate(F.interpolate(out, scale_factor=0.5, mode="bilinear", antialias=True), size=size, mode="bilinear")
+    resized = F.interpolate(F.interpolate(out, scale_factor=0.5, mode="bilinear", antialias=True), size=size,
+                            mode="bilinear")
     out = torch.where(draw() < 0.5 * strength, resized, out)
     noise = torch.randn(frames.shape, generator=generator).to(device)
     return (out + 0.05 * strength * draw() * noise).clamp(-1, 1)
@@ -143,7 +171,7 @@ class FacePerceptual:
         with torch.no_grad():
             wanted = self.features(target)
         got = self.features(output)
-        return torch.stack([(g - w).square().mean(dim=(1, 2, 3)) for g, w in zip(got, wanted)]).mean(0)
+        return torch.stack([(g - w).square().mean(dim=(1, 2, 3)) for g, w in zip(got, wanted, strict=True)]).mean(0)
 
 
 def earlier_phase_file(stages_dir: str | Path, phase: str) -> StageFile:

@@ -28,8 +28,10 @@ class ConReConfig(StageConfig):
     embed_dim: int = field(default=512, metadata={"help": "shared embedding size"})
     speech_width: int = field(default=256, metadata={"help": "speech encoder channels"})
     speech_layers: int = field(default=4, metadata={"help": "speech encoder conv blocks"})
-    face_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512], metadata={"help": "face ResNet stage widths"})
-    external_dim: int = field(default=0, metadata={"help": "size of a frozen pre-trained speaker embedding fed in (0: none)"})
+    face_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512],
+                                     metadata={"help": "face ResNet stage widths"})
+    external_dim: int = field(default=0,
+                              metadata={"help": "size of a frozen pre-trained speaker embedding fed in (0: none)"})
     temperature_init: float = field(default=0.07, metadata={"help": "initial InfoNCE temperature (learned)"})
     recon_weight: float = field(default=1.0, metadata={"help": "weight of the reconstruction (Re) term"})
     monitor: str = "val/retrieval_top1"
@@ -64,8 +66,10 @@ class ConReStage(StageModule):
         super().__init__(cfg, data, stages_dir, max_steps)
         self.speech_encoder = build_speech_encoder(cfg)
         self.face_encoder = build_face_encoder(cfg)
-        self.predictor = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.GELU(), nn.Linear(cfg.embed_dim, cfg.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.temperature_init)]))  # 1-d: ZeRO flattens parameters
+        self.predictor = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.GELU(),
+                                       nn.Linear(cfg.embed_dim, cfg.embed_dim))
+        # 1-d: ZeRO flattens parameters
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.temperature_init)]))
         self.loss_weights = {"contrastive": 1.0, "recon": cfg.recon_weight}
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -106,7 +110,7 @@ class ConReStage(StageModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        speech, face, speaker, valid = (torch.cat(parts) for parts in zip(*self._val_outputs))
+        speech, face, speaker, valid = (torch.cat(parts) for parts in zip(*self._val_outputs, strict=True))
         self._val_outputs.clear()
         if self.trainer.world_size > 1:  # every rank holds the same number of (padded) samples
             speech, face, speaker, valid = (self.all_gather(t).flatten(0, 1) for t in (speech, face, speaker, valid))

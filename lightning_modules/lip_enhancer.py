@@ -41,19 +41,23 @@ class LipEnhancerConfig(StageConfig):
     name: str = "lip_enhancer"
     channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512], metadata={"help": "refiner UNet widths"})
     cond_dim: int = field(default=256, metadata={"help": "audio conditioning width"})
-    audio_radius: int = field(default=2, metadata={"help": "audio of this many neighbouring frames each side conditions a frame"})
+    audio_radius: int = field(default=2,
+                              metadata={"help": "audio of this many neighbouring frames each side conditions a frame"})
     n_mels: int = field(default=80, metadata={"help": "log-mel bins of the audio conditioning"})
     mask_feather: float = field(default=0.04, metadata={"help": "mask edge softness as a fraction of the frame size"})
     recon_weight: float = field(default=1.0, metadata={"help": "weight of the mask-weighted L1"})
-    feature_weight: float = field(default=0.1, metadata={"help": "weight of the expert-feature (perceptual) loss; 0: off"})
+    feature_weight: float = field(default=0.1,
+                                  metadata={"help": "weight of the expert-feature (perceptual) loss; 0: off"})
     sync_weight: float = field(default=0.3, metadata={"help": "weight of the sync expert's offset cross-entropy"})
     sync_max_offset: int = field(default=5, metadata={"help": "offsets -K..K of the sync loss (K = this)"})
     sync_temperature: float = field(default=1.0, metadata={"help": "tau of the sync logits -distance / tau"})
     sync_windows: int = field(default=2, metadata={"help": "five-frame windows per clip for the sync loss"})
     adversarial: bool = field(default=False, metadata={"help": "add a patch GAN (two optimizers: DDP only)"})
     adversarial_weight: float = field(default=0.05, metadata={"help": "weight of the generator's hinge loss"})
-    adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with adversarial=true (the stage clips itself: set trainer.gradient_clip_val=0)"})
-    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "discriminator widths"})
+    adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with "
+                                         "adversarial=true (the stage clips itself: set trainer.gradient_clip_val=0)"})
+    discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256],
+                                              metadata={"help": "discriminator widths"})
     media_frames: int = field(default=50, metadata={"help": "frames of the logged validation video"})
     monitor: str = "val/sync"
 
@@ -108,7 +112,8 @@ class LipEnhancerStage(StageModule):
                  expert: FrozenExpert | None = None):
         super().__init__(cfg, data, stages_dir, max_steps)
         if data.clip_frames < WINDOW_FRAMES:
-            raise ValueError(f"data.clip_frames={data.clip_frames}: the sync loss needs at least {WINDOW_FRAMES} frames")
+            raise ValueError(f"data.clip_frames={data.clip_frames}: the sync loss needs at least "
+                             f"{WINDOW_FRAMES} frames")
         if expert is None:
             loaded = SyncNetStage.for_inference(self.earlier)
             expert = FrozenExpert(loaded.expert, loaded.cfg.region)
@@ -136,7 +141,8 @@ class LipEnhancerStage(StageModule):
         return LipRefinerParts(cfg, refiner.eval(), LogMel(n_mels=cfg.n_mels))
 
     # ---- refinement -----------------------------------------------------------------------------------
-    def refine(self, frames: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def refine(self, frames: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
+               audio: torch.Tensor) -> torch.Tensor:
         """frames [B, T, 3, R, R], mask [B, T, 1, R, R], reference [B, 3, R, R], speech [B, N] -> refined frames."""
         return refine_frames(self.refiner, self.mel, self.cfg.audio_radius, frames, mask, reference, audio)
 
@@ -206,8 +212,8 @@ class LipEnhancerStage(StageModule):
 
 
 @torch.no_grad()
-def refine_video(stage: LipEnhancerStage | LipRefinerParts, frames: torch.Tensor, landmarks: torch.Tensor, audio: torch.Tensor,
-                 reference: torch.Tensor | None = None) -> torch.Tensor:
+def refine_video(stage: LipEnhancerStage | LipRefinerParts, frames: torch.Tensor, landmarks: torch.Tensor,
+                 audio: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Refine the lower face of a generated video: frames [T, 3, R, R], landmarks [T, 68, 2] or one set [68, 2]
     (e.g. the portrait's) for all frames, mono speech [N] -> refined frames [T, 3, R, R]. ``stage`` is the
     training stage or ``LipEnhancerStage.for_inference``'s parts."""

@@ -54,7 +54,8 @@ class MotionDiffusionConfig(StageConfig):
 
     name: str = "motion_diffusion"
     window_frames: int = field(default=16, metadata={"help": "frames per generated window"})
-    context_frames: int = field(default=4, metadata={"help": "motion frames of the previous window the transformer sees"})
+    context_frames: int = field(default=4,
+                                metadata={"help": "motion frames of the previous window the transformer sees"})
     previous_frames: int = field(default=2, metadata={"help": "previous frame latents concatenated to the UNet input"})
     lips_dim: int = field(default=32, metadata={"help": "motion latent size of the lips group"})
     expression_dim: int = field(default=16, metadata={"help": "motion latent size of the expression (brows) group"})
@@ -64,24 +65,37 @@ class MotionDiffusionConfig(StageConfig):
     transformer_width: int = field(default=512, metadata={"help": "motion transformer width"})
     transformer_layers: int = field(default=8, metadata={"help": "motion transformer layers"})
     transformer_heads: int = field(default=8, metadata={"help": "motion transformer attention heads"})
-    unet_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280], metadata={"help": "UNet block widths"})
+    unet_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280],
+                                     metadata={"help": "UNet block widths"})
     unet_layers: int = field(default=2, metadata={"help": "UNet layers per block"})
-    attention_levels: list[bool] = field(default_factory=lambda: [True, True, True, False], metadata={"help": "cross-attention at each UNet level, highest resolution first"})
+    attention_levels: list[bool] = field(default_factory=lambda: [True, True, True, False],
+                                         metadata={"help": "cross-attention at each UNet level, highest resolution "
+                                         "first"})
     cross_attention_dim: int = field(default=768, metadata={"help": "width of the motion/audio tokens"})
-    attention_head_dim: int = field(default=8, metadata={"help": "UNet attention heads setting (diffusers' attention_head_dim)"})
-    audio_radius: int = field(default=2, metadata={"help": "audio tokens per frame: the frame and this many neighbours each side"})
+    attention_head_dim: int = field(default=8,
+                                    metadata={"help": "UNet attention heads setting (diffusers' attention_head_dim)"})
+    audio_radius: int = field(default=2,
+                              metadata={"help": "audio tokens per frame: the frame and this many neighbours each side"})
     n_mels: int = field(default=80, metadata={"help": "log-mel bins of the audio features"})
     speaker_dim: int = field(default=512, metadata={"help": "ConRe speaker embedding size (read from the conre stage)"})
     num_train_timesteps: int = field(default=1000, metadata={"help": "DDPM training steps"})
-    prediction_type: str = field(default="epsilon", metadata={"help": "what the frame UNet predicts", "choices": PREDICTION_TYPES})
-    motion_prediction_type: str = field(default="sample", metadata={"help": "what the motion transformer predicts: the clean motion (sample), as motion diffusion models do, keeps few-step sampling of the low-dimensional latents stable", "choices": PREDICTION_TYPES})
-    motion_maps: bool = field(default=True, metadata={"help": "also give the frame UNet the motion latent's decoded landmarks as heatmap input channels (without them the rendered mouths ignored the motion)"})
+    prediction_type: str = field(default="epsilon",
+                                 metadata={"help": "what the frame UNet predicts", "choices": PREDICTION_TYPES})
+    motion_prediction_type: str = field(default="sample", metadata={"help": "what the motion transformer predicts: the "
+                                        "clean motion (sample), as motion diffusion models do, keeps few-step sampling "
+                                        "of the low-dimensional latents stable", "choices": PREDICTION_TYPES})
+    motion_maps: bool = field(default=True, metadata={"help": "also give the frame UNet the motion latent's decoded "
+                              "landmarks as heatmap input channels (without them the rendered mouths ignored the "
+                              "motion)"})
     # files from before the options: the transformer predicted what the frame UNet did, and saw no landmark maps
     file_defaults: ClassVar[dict[str, Any]] = {
         "motion_prediction_type": lambda saved: saved.get("prediction_type", "epsilon"), "motion_maps": False}
-    mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: per-pixel weight 1 + this inside the landmark mask"})
-    prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous frames in training"})
-    context_dropout: float = field(default=0.2, metadata={"help": "probability of training the transformer without motion context"})
+    mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: "
+                                     "per-pixel weight 1 + this inside the landmark mask"})
+    prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous "
+                                     "frames in training"})
+    context_dropout: float = field(default=0.2,
+                                   metadata={"help": "probability of training the transformer without motion context"})
     frames_per_clip: int = field(default=4, metadata={"help": "frames of each window rendered per training step"})
     motion_weight: float = field(default=1.0, metadata={"help": "weight of the motion diffusion loss"})
     frame_weight: float = field(default=1.0, metadata={"help": "weight of the frame diffusion loss"})
@@ -103,7 +117,8 @@ class MotionDiffusionConfig(StageConfig):
         if self.mouth_loss_weight < 0:
             errors.append(f"stage.mouth_loss_weight must be >= 0, got {self.mouth_loss_weight}")
         if not 0 <= self.prev_noise_max_step < self.num_train_timesteps:
-            errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), got {self.prev_noise_max_step}")
+            errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), "
+                          f"got {self.prev_noise_max_step}")
         return errors
 
     def group_dims(self) -> dict[str, int]:
@@ -128,7 +143,8 @@ def build_scheduler(cfg: MotionDiffusionConfig, prediction_type: str) -> DDPMSch
                          beta_schedule="scaled_linear", clip_sample=False)
 
 
-def diffusion_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def diffusion_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
+                     t: torch.Tensor) -> torch.Tensor:
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise

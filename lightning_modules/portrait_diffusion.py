@@ -16,7 +16,7 @@ import torch
 from common.images import image_grid
 from lightning_modules.autoencoder import AutoencoderStage, TrainedVAE, encode_latents
 from lightning_modules.base import Media, StageConfig, StageModule
-from lightning_modules.conre import ConReStage
+from lightning_modules.conre import ConReConfig, ConReStage, build_speech_encoder
 from lightning_modules.nets.diffusion import (
     BETA_SCHEDULES,
     SAMPLERS,
@@ -46,16 +46,26 @@ class PortraitDiffusionConfig(StageConfig):
     unet: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the UNet2DConditionModel"})
     prior_path: str = field(default="", metadata={"help": f"face prior file; empty: <stages_dir>/{DEFAULT_PRIOR_NAME}"})
     prior_weight: float = field(default=0.8, metadata={"help": "dataset-level prior weight a in [0, 1]"})
-    prior_weight_mode: str = field(default="drawn", metadata={"help": "how training sets a: drawn (uniform around prior_weight, independent of the face: the UNet learns to ignore a and SAW stays constant) | fitted (prior_weight x the least-squares coefficient of the prior in the face's latent, per channel: a then says how much of the prior this face holds, which SAW predicts from speech)", "choices": PRIOR_WEIGHT_MODES})
-    prior_weight_spread: float = field(default=0.2, metadata={"help": "drawn mode: a ~ U(a - spread, a + spread) per channel (clipped to [0, 1])"})
-    condition_on_prior_weight: bool = field(default=True, metadata={"help": "give a to the UNet through its class embedding (needed by SAW)"})
+    prior_weight_mode: str = field(default="drawn", metadata={"help": "how training sets a: drawn (uniform around "
+                                   "prior_weight, independent of the face: the UNet learns to ignore a and SAW stays "
+                                   "constant) | fitted (prior_weight x the least-squares coefficient of the prior in "
+                                   "the face's latent, per channel: a then says how much of the prior this face holds, "
+                                   "which SAW predicts from speech)", "choices": PRIOR_WEIGHT_MODES})
+    prior_weight_spread: float = field(default=0.2, metadata={"help": "drawn mode: a ~ U(a - spread, a + spread) per "
+                                       "channel (clipped to [0, 1])"})
+    condition_on_prior_weight: bool = field(default=True, metadata={"help": "give a to the UNet through its class "
+                                            "embedding (needed by SAW)"})
     finetune_speech: bool = field(default=False, metadata={"help": "train the ConRe speech encoder too (else frozen)"})
-    prediction_type: str = field(default="epsilon", metadata={"help": "epsilon | v_prediction", "choices": PREDICTION_TYPES})
+    prediction_type: str = field(default="epsilon",
+                                 metadata={"help": "epsilon | v_prediction", "choices": PREDICTION_TYPES})
     num_train_timesteps: int = field(default=1000, metadata={"help": "DDPM timesteps"})
-    beta_schedule: str = field(default="scaled_linear", metadata={"help": "DDPM beta schedule", "choices": BETA_SCHEDULES})
-    loss_weighting: str = field(default="min_snr", metadata={"help": "per-sample weighting: unit | min_snr", "choices": WEIGHTINGS})
+    beta_schedule: str = field(default="scaled_linear",
+                               metadata={"help": "DDPM beta schedule", "choices": BETA_SCHEDULES})
+    loss_weighting: str = field(default="min_snr",
+                                metadata={"help": "per-sample weighting: unit | min_snr", "choices": WEIGHTINGS})
     snr_gamma: float = field(default=5.0, metadata={"help": "gamma of min-SNR weighting"})
-    cond_dropout: float = field(default=0.1, metadata={"help": "probability of dropping the speech condition (for CFG)"})
+    cond_dropout: float = field(default=0.1,
+                                metadata={"help": "probability of dropping the speech condition (for CFG)"})
     sampler: str = field(default="ddim", metadata={"help": "ddim | dpm_solver", "choices": SAMPLERS})
     sample_steps: int = field(default=50, metadata={"help": "sampling steps"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance scale (1: off)"})
@@ -181,7 +191,7 @@ class PortraitDiffusionStage(StageModule):
         if "prior_mean" not in state:
             raise StageFileError(f"{source.path} holds no '{prefix}.prior_mean'; is it a portrait_diffusion export?")
         cfg = portrait.typed_config(PortraitDiffusionConfig)
-        speech = ConReStage.for_inference(files).speech
+        speech = build_speech_encoder(files["conre"].typed_config(ConReConfig))  # its weights are in ``state``
         model = PortraitDenoiser(cfg.unet, speech, state["prior_mean"].shape[0], state["prior_mean"].shape[-1],
                                  cfg.condition_on_prior_weight)
         model.load_state_dict(state)

@@ -7,9 +7,9 @@ of the VAE whose latent space it lives in. A prior is only valid for that VAE.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import SafetensorError

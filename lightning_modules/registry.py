@@ -9,7 +9,8 @@ requirement first; the demo, ``make results``, ``generate`` and ``seespeaker con
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lightning_modules.prior import DEFAULT_PRIOR_NAME
 

@@ -12,7 +12,8 @@ def speaker_gallery(face: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.Te
     return F.normalize(gallery, dim=-1), labels
 
 
-def retrieval_accuracy(query: torch.Tensor, face: torch.Tensor, speaker: torch.Tensor, k: int = 1) -> tuple[float, float]:
+def retrieval_accuracy(query: torch.Tensor, face: torch.Tensor, speaker: torch.Tensor,
+                       k: int = 1) -> tuple[float, float]:
     """(top-k accuracy, chance level) of finding each query's speaker among the per-speaker galleries."""
     gallery, labels = speaker_gallery(face.float(), speaker)
     scores = F.normalize(query.float(), dim=-1) @ gallery.t()

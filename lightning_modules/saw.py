@@ -37,7 +37,9 @@ class SAWConfig(StageConfig):
     hidden_dim: int = field(default=256, metadata={"help": "hidden width of the weighting MLP"})
     joint: bool = field(default=False, metadata={"help": "train the denoiser together with SAW (else frozen)"})
     reg_weight: float = field(default=0.1, metadata={"help": "weight of the pull of a towards the dataset-level value"})
-    fit_weight: float = field(default=1.0, metadata={"help": "weight of the regression of a(speech) on the a fitted to the speaker's face (used when the portrait stage trained with prior_weight_mode=fitted)"})
+    fit_weight: float = field(default=1.0, metadata={"help": "weight of the regression of a(speech) on the a fitted "
+                              "to the speaker's face (used when the portrait stage trained with "
+                              "prior_weight_mode=fitted)"})
     cond_dropout: float = field(default=0.1, metadata={"help": "condition dropout when joint (keeps guidance working)"})
     sample_steps: int = field(default=50, metadata={"help": "sampling steps for the logged grid"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance for the logged grid"})
@@ -168,7 +170,8 @@ class SAWStage(StageModule):
         self.log("val/saw_a_mean", a.mean(), rank_zero_only=True)
 
     @torch.no_grad()
-    def generate(self, audio: torch.Tensor, use_saw: bool = True, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+    def generate(self, audio: torch.Tensor, use_saw: bool = True, steps: int | None = None,
+                 seed: int = 0) -> torch.Tensor:
         """Portraits in [-1, 1] with a(speech) (or the dataset-level a), EMA weights."""
         sampler = PortraitSampler(self.portrait_cfg, self.denoiser, self.diffusion,
                                   TrainedVAE(self.vae, self.scaling_factor, self.vae_hash), self.saw)

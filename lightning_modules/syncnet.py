@@ -34,14 +34,19 @@ class SyncNetConfig(StageConfig):
     """The sync expert's layout and how its training windows and negatives are drawn."""
 
     name: str = "syncnet"
-    layout: str = field(default="official", metadata={"help": "official (syncnet_v2 layout, 224 px) | compact", "choices": ("official", "compact")})
+    layout: str = field(default="official", metadata={"help": "official (syncnet_v2 layout, 224 px) | compact",
+                                                      "choices": ("official", "compact")})
     embedding_dim: int = field(default=1024, metadata={"help": "embedding size (1024 for the official layout)"})
     width: int = field(default=32, metadata={"help": "compact layout: base channel width"})
     input_size: int = field(default=64, metadata={"help": "compact layout: crop size in pixels (official: 224)"})
-    region: str = field(default="face", metadata={"help": "what the video branch sees: the whole face crop (as LSE feeds it) or its lower half", "choices": REGIONS})
+    region: str = field(default="face", metadata={"help": "what the video branch sees: the whole face crop (as LSE "
+                        "feeds it) or its lower half", "choices": REGIONS})
     max_offset: int = field(default=5, metadata={"help": "shifted-audio negatives at offsets -K..K frames (K = this)"})
-    other_clip_negatives: bool = field(default=True, metadata={"help": "also contrast against the in-sync audio of the other clips in the batch"})
-    padding_negative: bool = field(default=True, metadata={"help": "also contrast against the zero vector, which LSE's zero padding of the audio embeddings puts at both ends of every clip (keeps video embeddings far from it)"})
+    other_clip_negatives: bool = field(default=True, metadata={"help": "also contrast against the in-sync audio of the "
+                                       "other clips in the batch"})
+    padding_negative: bool = field(default=True, metadata={"help": "also contrast against the zero vector, which LSE's "
+                                   "zero padding of the audio embeddings puts at both ends of every clip (keeps video "
+                                   "embeddings far from it)"})
     temperature: float = field(default=1.0, metadata={"help": "tau of the logits -distance / tau"})
     windows_per_clip: int = field(default=2, metadata={"help": "five-frame windows drawn from each clip per step"})
     monitor: str = "val/av_offset_accuracy"
@@ -84,7 +89,8 @@ def needed_columns(starts: torch.Tensor, offsets: torch.Tensor) -> int:
     return 4 * int(starts.max() + offsets.max()) + MFCC_WINDOW
 
 
-def offset_audio_windows(mfcc: torch.Tensor, starts: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def offset_audio_windows(mfcc: torch.Tensor, starts: torch.Tensor,
+                         offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """mfcc [B, 13, F], frame starts [B, W], offsets [K] -> windows [B, W, K, 1, 13, 20] and a validity mask
     [B, W, K] (False where the shifted audio window leaves the speech)."""
     frame = starts[:, :, None] + offsets[None, None, :]
@@ -108,7 +114,8 @@ def distance_logits(video: torch.Tensor, audio: torch.Tensor, temperature: float
     return -F.pairwise_distance(video[:, None, :], audio, eps=PAIRWISE_EPS) / temperature
 
 
-def offset_cross_entropy(logits: torch.Tensor, target: int | torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def offset_cross_entropy(logits: torch.Tensor, target: int | torch.Tensor,
+                         valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-window cross-entropy [N] over candidate logits [N, K] (invalid candidates masked), target index."""
     if valid is not None:
         logits = logits.masked_fill(~valid, float("-inf"))

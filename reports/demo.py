@@ -82,12 +82,14 @@ def main() -> int:
     print(f"\nseespeaker demo finished in {time.time() - start:.0f} s")
     print(f"  corpus:            {CORPUS}/ (index.json, train/val/test shards)")
     for stage in (node for node in order if node in STAGES):
-        for folder in ([f"codebook-{p}" for p in ("vqgan", "transformer", "render")] if stage == "codebook" else [stage]):
+        for folder in ([f"codebook-{p}" for p in ("vqgan", "transformer", "render")] if stage == "codebook"
+                       else [stage]):
             run = OUTPUTS / "tiny" / folder
             print(f"  {folder:20s} run {run}/  checkpoints {run}/checkpoints/  W&B {run}/wandb/  media {run}/media/")
     print(f"  exported stages:   {OUTPUTS / 'tiny' / 'stages'}/")
     print(f"  generated video:   {video} (from the speech of held-out speaker, {held_out_speech.speaker})")
-    print("  compare runs:      seespeaker runs list outputs/tiny  (W&B: wandb sync outputs/tiny/<stage>/wandb/offline-run-*)")
+    print("  compare runs:      seespeaker runs list outputs/tiny  "
+          "(W&B: wandb sync outputs/tiny/<stage>/wandb/offline-run-*)")
     return 0
 
 

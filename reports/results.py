@@ -14,9 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from common.files import atomic_write_text
 from trainer.provenance import git_commit, machine
@@ -171,8 +171,8 @@ def conre_results() -> tuple[dict, str]:
     speakers = per_seed[0]["test"]["speakers"]
     ideal1, ideal5 = ideal_retrieval(speakers, voice_share=SMALL.voice_share())
     lines = [
-        f"ConRe speech-to-face retrieval among {speakers} held-out speakers (small scale, seeds {', '.join(map(str, SEEDS))}; "
-        f"mean ± std).",
+        f"ConRe speech-to-face retrieval among {speakers} held-out speakers "
+        f"(small scale, seeds {', '.join(map(str, SEEDS))}; mean ± std).",
         "",
         "| | top-1 | top-5 |",
         "|---|---|---|",
@@ -184,7 +184,8 @@ def conre_results() -> tuple[dict, str]:
         "Ideal reader: knows each voice's two face-related latents exactly and reads the face attributes without "
         "error (`datamodules.synthetic.ideal_retrieval`); no encoder pair can do better on this corpus.",
         "",
-        f"Training speakers (fit): top-1 {mean_spread([r['train']['top1'] for r in per_seed])}. " + train_time(per_seed),
+        f"Training speakers (fit): top-1 {mean_spread([r['train']['top1'] for r in per_seed])}. "
+        + train_time(per_seed),
     ]
     return {"per_seed": per_seed, "ideal_reader": {"top1": ideal1, "top5": ideal5}}, "\n".join(lines)
 

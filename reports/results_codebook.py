@@ -9,9 +9,9 @@ shows how much of the renderer's gain a fixed operation already gives.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def feature_stats(extractor: InceptionFeatures, images: np.ndarray) -> FeatureSt
 def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, chunk: int = 32) -> torch.Tensor:
     """SSIM of each frame pair [N], a chunk at a time (all at once needs N x 27 MB at 256 px)."""
     return torch.cat([structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
-                      for p, t in zip(pred.split(chunk), target.split(chunk))])
+                      for p, t in zip(pred.split(chunk), target.split(chunk), strict=False)])
 
 
 def frame_scores(frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +95,7 @@ def evaluate_codebook(stage_path: Path, data) -> dict[str, dict[str, float]]:
     psnr: dict[str, list[torch.Tensor]] = {row: [] for row in ROWS.values()}
     ssim: dict[str, list[torch.Tensor]] = {row: [] for row in ROWS.values()}
     kept: dict[str, list[np.ndarray]] = {row: [] for row in [*FID_ROWS, "real"]}
-    for outputs, real in zip(upscaled_chunks(stage_path, low, high.shape[-1]), high.split(CHUNK_FRAMES)):
+    for outputs, real in zip(upscaled_chunks(stage_path, low, high.shape[-1]), high.split(CHUNK_FRAMES), strict=True):
         target = unit(real)
         kept["real"].append(to_uint8(real[::FID_STRIDE]))
         for row, frames in outputs.items():
@@ -126,8 +126,8 @@ def codebook_seed(seed: int) -> dict:
     for phase in ("vqgan", "transformer", "render"):
         marker = stages / f".codebook-{phase}.done"
         if not marker.is_file():
-            train("codebook", seed, stages, f"stage.phase={phase}", *PHASE_WORDS.get(phase, ()), name=f"seed{seed}-{phase}",
-                  force=True)
+            train("codebook", seed, stages, f"stage.phase={phase}", *PHASE_WORDS.get(phase, ()),
+                  name=f"seed{seed}-{phase}", force=True)
             marker.touch()
     data = compose(["experiment=small", "stage=codebook", f"data.root={CORPUS}"]).data
     path = stages / "codebook.safetensors"

@@ -40,7 +40,7 @@ def first_frames(data, split: str) -> dict[str, torch.Tensor]:
     ids: list[str] = []
     for batch in dm.eval_dataloader(split):
         valid = batch["valid"]
-        ids += [name for name, ok in zip(batch["speaker"], valid.tolist()) if ok]
+        ids += [name for name, ok in zip(batch["speaker"], valid.tolist(), strict=True) if ok]
         parts["frames"].append(batch["frames"][valid, 0])
         parts["landmarks"].append(batch["landmarks"][valid, 0])
         parts["audio"].append(batch["audio"][valid])
@@ -152,7 +152,8 @@ def identity_scores(query: torch.Tensor, real: torch.Tensor, speaker: torch.Tens
 
 
 def dlib_embeddings(embedder: DlibFaceEmbedder, images: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.stack([embedder.embed(img, marks) for img, marks in zip(images, landmarks)])).float()
+    return torch.from_numpy(np.stack([embedder.embed(img, marks)
+                                      for img, marks in zip(images, landmarks, strict=False)])).float()
 
 
 @torch.no_grad()

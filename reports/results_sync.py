@@ -120,7 +120,8 @@ def sync_results() -> tuple[dict, str]:
     for name in names:
         values = [r["rows"][name] for r in per_seed]
         lines.append(f"| {ROWS[name]} | {mean_spread([v['lse_c'] for v in values])} | "
-                     f"{mean_spread([v['lse_d'] for v in values])} | {mean_spread([v['offset_zero'] for v in values])} |")
+                     f"{mean_spread([v['lse_d'] for v in values])} | "
+                     f"{mean_spread([v['offset_zero'] for v in values])} |")
     accuracy = {name: expert_accuracy(OUTPUT_ROOT / "small" / f"syncnet-{name}")
                  for name in ["scorer", *(f"seed{seed}" for seed in SEEDS)]}
     lines += ["", "AV-offset accuracy of the experts on the validation speakers' clips (12 frames, offsets -4..4, "

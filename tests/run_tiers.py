@@ -51,7 +51,8 @@ def main() -> int:
             totals[k] += counts[k]
         if code != 0:
             failed_tiers.append(name)
-        rows.append((name, elapsed / 60, budget, f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"))
+        rows.append((name, elapsed / 60, budget,
+                     f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"))
     print("\n tier          minutes  budget  within  result")
     for name, minutes, budget, result in rows:
         print(f" {name:12s} {minutes:8.2f} {budget:7d}  {'yes' if minutes <= budget else 'NO':6s}  {result}")

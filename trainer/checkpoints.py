@@ -40,7 +40,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"Free disk space or move run.dir, then resume with resume=auto"
             ) from exc
 
-    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         return safe_load(path, map_location or "cpu")
 
 

@@ -13,8 +13,9 @@ import contextlib
 import json
 import pickle
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from lightning_modules.stagefile import StageFile, save_stage_file
 from common.errors import CheckpointError
+from lightning_modules.stagefile import StageFile, save_stage_file
 from trainer.checkpoints import find_resume_checkpoint, safe_load
 
 
@@ -29,7 +29,8 @@ def resolve_checkpoint(source: str | Path) -> Path:
     """A checkpoint path from a checkpoint, a DeepSpeed directory or a run folder (its newest checkpoint)."""
     source = Path(source)
     if not source.exists():
-        raise CheckpointError(f"{source} does not exist; give a run folder, a .ckpt file or a DeepSpeed checkpoint folder")
+        raise CheckpointError(f"{source} does not exist; give a run folder, a .ckpt file or a DeepSpeed "
+                              f"checkpoint folder")
     if source.is_dir() and (source / "checkpoints").is_dir():
         found = find_resume_checkpoint(source)
         if found is None:

@@ -17,8 +17,16 @@ from datamodules.datamodule import ShardDataModule
 from lightning_modules.registry import stage_class
 from lightning_modules.stagefile import load_stage_file
 from trainer import provenance
-from trainer.callbacks import (DataHealthMonitor, EMACallback, MediaLogger, PlainProgress, PreemptionCheckpoint, RankInfo,
-                               RNGState, ThroughputMonitor)
+from trainer.callbacks import (
+    DataHealthMonitor,
+    EMACallback,
+    MediaLogger,
+    PlainProgress,
+    PreemptionCheckpoint,
+    RankInfo,
+    RNGState,
+    ThroughputMonitor,
+)
 from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
 from trainer.config import ConfigError, to_container, to_yaml
 from trainer.schemas import Config
@@ -69,8 +77,8 @@ def build_callbacks(cfg: Config, health: DataHealthMonitor) -> list[pl.Callback]
     t = cfg.trainer
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
-                        every_n_train_steps=t.checkpoint_every_n_steps or None, save_top_k=-1 if t.checkpoint_every_n_steps else 0,
-                        save_last=False),
+                        every_n_train_steps=t.checkpoint_every_n_steps or None,
+                        save_top_k=-1 if t.checkpoint_every_n_steps else 0, save_last=False),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best-step={step}", auto_insert_metric_name=False,
                         monitor=cfg.stage.monitor, mode=cfg.stage.monitor_mode, save_top_k=t.save_top_k),
         PreemptionCheckpoint(ckpt_dir),
@@ -136,7 +144,8 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
         max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=(t.gradient_clip_val or None) if module.automatic_optimization and t.strategy != "deepspeed" else None,
+        gradient_clip_val=((t.gradient_clip_val or None) if module.automatic_optimization and t.strategy != "deepspeed"
+                           else None),
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, default_root_dir=cfg.run.dir, callbacks=build_callbacks(cfg, health),
         logger=build_loggers(cfg, config_dict, is_zero), plugins=cluster_plugins(cfg), enable_model_summary=is_zero,

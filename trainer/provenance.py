@@ -61,7 +61,8 @@ def redact_argv(argv: list[str]) -> list[str]:
     out = []
     for word in argv:
         key = word.split("=", 1)[0].lower()
-        out.append(f"{word.split('=', 1)[0]}=<redacted>" if "=" in word and any(s in key for s in SECRET_WORDS) else word)
+        out.append(f"{word.split('=', 1)[0]}=<redacted>" if "=" in word and any(s in key for s in SECRET_WORDS)
+                   else word)
     return out
 
 

@@ -116,7 +116,8 @@ def load_run(path: Path) -> RunRecord:
 def config_differences(records: list[RunRecord]) -> list[str]:
     """Config keys whose values differ between the runs (paths that only name the run are left out)."""
     keys = sorted({k for r in records for k in r.config})
-    return [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(r.config.get(k), default=str) for r in records}) > 1]
+    return [k for k in keys
+            if k not in IGNORED_KEYS and len({json.dumps(r.config.get(k), default=str) for r in records}) > 1]
 
 
 def check_metrics(records: list[RunRecord], metrics: list[str]) -> list[str]:
@@ -137,8 +138,8 @@ def format_value(value: Any) -> str:
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[format_value(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in cells]
     return "\n".join(lines)
 
 
@@ -160,11 +161,12 @@ def plot(records: list[RunRecord], metrics: list[str], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for r in records:
             series = r.series(metric)
             if series:
-                ax.plot(*zip(*series), label=r.path.name if len({x.path.name for x in records}) == len(records) else r.name)
+                ax.plot(*zip(*series, strict=True),
+                        label=r.path.name if len({x.path.name for x in records}) == len(records) else r.name)
         ax.set_title(metric)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -18,7 +18,6 @@ import subprocess
 
 import torch
 import torch.distributed as dist
-
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
 

@@ -107,7 +107,7 @@ def align_clip(frames: np.ndarray, landmarks: np.ndarray, resolution: int, sigma
     mapped = np.empty(landmarks.shape, np.float32)
     height, width = frames.shape[1:3]
     outside = 0.0
-    for t, (frame, square) in enumerate(zip(frames, squares)):
+    for t, (frame, square) in enumerate(zip(frames, squares, strict=False)):
         matrix = square_affine(square, resolution)
         crops[t] = warp_frame(frame, matrix, resolution)
         mapped[t] = map_points(landmarks[t], matrix)

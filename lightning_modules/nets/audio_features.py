@@ -9,7 +9,8 @@ from torch import nn
 
 
 @functools.lru_cache(maxsize=8)
-def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> torch.Tensor:
     """HTK-style triangular mel filters, [n_mels, n_fft // 2 + 1]."""
     fmax = fmax or sample_rate / 2
 

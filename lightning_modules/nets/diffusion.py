@@ -1,7 +1,7 @@
 """DDPM training and DDIM / DPM-Solver sampling helpers around diffusers' schedulers."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler

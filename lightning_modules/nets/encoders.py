@@ -20,7 +20,8 @@ class ConvBlock1d(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(channels_in, channels_out, 5, stride=stride, padding=2)
         self.norm = nn.GroupNorm(min(8, channels_out), channels_out)
-        self.skip = nn.Conv1d(channels_in, channels_out, 1, stride=stride) if (stride != 1 or channels_in != channels_out) else nn.Identity()
+        self.skip = (nn.Conv1d(channels_in, channels_out, 1, stride=stride)
+                     if (stride != 1 or channels_in != channels_out) else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.norm(self.conv(x))) + self.skip(x)
@@ -33,7 +34,8 @@ class SpeechEncoder(nn.Module):
     ``external_dim`` > 0 adds a learned projection of a frozen pre-trained speaker embedding (e.g. resemblyzer's).
     """
 
-    def __init__(self, embed_dim: int = 512, width: int = 256, layers: int = 4, n_mels: int = 80, external_dim: int = 0):
+    def __init__(self, embed_dim: int = 512, width: int = 256, layers: int = 4, n_mels: int = 80,
+                 external_dim: int = 0):
         super().__init__()
         self.embed_dim, self.width = embed_dim, width
         self.mel = LogMel(n_mels=n_mels)

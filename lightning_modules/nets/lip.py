@@ -67,13 +67,15 @@ class LipRefiner(nn.Module):
         super().__init__()
         self.audio = nn.Sequential(nn.Linear(audio_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.stem = FiLMBlock(7, channels[0], cond_dim)
-        self.down = nn.ModuleList(FiLMBlock(a, b, cond_dim, stride=2) for a, b in zip(channels[:-1], channels[1:]))
-        self.up = nn.ModuleList(FiLMBlock(b + a, a, cond_dim) for a, b in zip(channels[:-1], channels[1:]))
+        self.down = nn.ModuleList(FiLMBlock(a, b, cond_dim, stride=2)
+                                  for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.up = nn.ModuleList(FiLMBlock(b + a, a, cond_dim) for a, b in zip(channels[:-1], channels[1:], strict=True))
         self.out = nn.Conv2d(channels[0], 3, 3, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, frame: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, frame: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
+                audio: torch.Tensor) -> torch.Tensor:
         cond = self.audio(audio)
         x = self.stem(torch.cat([frame, mask, reference], dim=1), cond)
         skips = []

@@ -21,8 +21,10 @@ from lightning_modules.nets.encoders import SpeechEncoder
 class UNetConfig:
     """Architecture of the ``UNet2DConditionModel`` (defaults: Stable Diffusion 1.x sized, ~860 M parameters)."""
 
-    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280], metadata={"help": "widths per resolution level"})
-    attention_levels: list[bool] = field(default_factory=lambda: [True, True, True, False], metadata={"help": "cross-attention per level (keep off above 16 x 16 on CPU)"})
+    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280],
+                                          metadata={"help": "widths per resolution level"})
+    attention_levels: list[bool] = field(default_factory=lambda: [True, True, True, False],
+                                         metadata={"help": "cross-attention per level (keep off above 16 x 16 on CPU)"})
     layers_per_block: int = field(default=2, metadata={"help": "ResNet blocks per level"})
     cross_attention_dim: int = field(default=768, metadata={"help": "width of the speech tokens"})
     attention_head_dim: int = field(default=8, metadata={"help": "attention heads (diffusers' naming)"})

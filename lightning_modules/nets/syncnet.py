@@ -67,7 +67,8 @@ def preprocess_frames(frames: torch.Tensor | np.ndarray, size: int) -> torch.Ten
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
             raise ValueError(f"expected uint8 RGB frames [T, H, W, 3], got {array.dtype} {tuple(array.shape)}")
         resized = [
-            frame if frame.shape[:2] == (size, size) else cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
+            frame if frame.shape[:2] == (size, size)
+            else cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
             for frame in array
         ]
         stacked = np.ascontiguousarray(np.stack(resized)[..., ::-1])

@@ -108,7 +108,7 @@ class SlurmCluster:
         return f"{self.tag}n{index + 1}"
 
     # ---- start ------------------------------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> "SlurmCluster":
+    def start(self, timeout: float = 30.0) -> SlurmCluster:
         """Bring up munge, the namespaces, the controller and both nodes; wait until both nodes are idle."""
         missing = missing_programs()
         if missing:
@@ -155,7 +155,7 @@ class SlurmCluster:
         _run(["ip", "netns", "add", ns[0]])
         _run(["ip", "netns", "add", ns[1]])
         _run(["ip", "link", "add", veth[0], "type", "veth", "peer", "name", veth[1]])
-        for index, (name, address) in enumerate(NODES):
+        for index, (_name, address) in enumerate(NODES):
             _run(["ip", "link", "set", veth[index], "netns", ns[index]])
             inside = ["nsenter", f"--net=/run/netns/{ns[index]}", "ip"]
             _run(inside + ["addr", "add", f"{address}/24", "dev", veth[index]])

@@ -26,9 +26,9 @@ def test_two_process_ddp_creates_exactly_one_wandb_run(synthetic_corpus, tmp_pat
     for name in [k for k in env if k.startswith("SLURM_")]:
         env.pop(name)
     cmd = [sys.executable, "-m", "trainer.cli", "train", "experiment=tiny", "stage=conre", "trainer=ddp",
-           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=12", "trainer.val_check_interval=6", "trainer.process_timeout_s=120",
-           "trainer.checkpoint_every_n_steps=6", "tracking=offline", f"data.root={synthetic_corpus}",
-           f"experiment.output_root={tmp_path}"]
+           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=12", "trainer.val_check_interval=6",
+           "trainer.process_timeout_s=120", "trainer.checkpoint_every_n_steps=6", "tracking=offline",
+           f"data.root={synthetic_corpus}", f"experiment.output_root={tmp_path}"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = tmp_path / "tiny" / "conre"

@@ -74,7 +74,8 @@ def test_resume_auto_continues_the_step_count(conre_run, capsys):
     resumed = [r["step"] for r in rows if "train/loss" in r]
     assert max(resumed) >= 215
     assert len(list((root / "conre" / "wandb").glob("offline-run-*"))) == 2
-    assert (root / "conre" / "wandb_id").read_text().strip() in {p.name.split("-")[-1] for p in (root / "conre" / "wandb").glob("offline-run-*")}
+    assert (root / "conre" / "wandb_id").read_text().strip() in {
+        p.name.split("-")[-1] for p in (root / "conre" / "wandb").glob("offline-run-*")}
 
 
 def test_missing_shards_and_config_typos_are_user_errors(synthetic_corpus, tmp_path, capsys):
@@ -87,5 +88,6 @@ def test_missing_shards_and_config_typos_are_user_errors(synthetic_corpus, tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "index.json").write_text(json.dumps({"dataset": "x", "schema_version": 1, "splits": {}}))
-    assert main(["train", "experiment=tiny", "stage=conre", f"data.root={empty}", f"experiment.output_root={tmp_path}"]) == 2
+    assert main(["train", "experiment=tiny", "stage=conre", f"data.root={empty}",
+                 f"experiment.output_root={tmp_path}"]) == 2
     assert "no shards for split 'train'" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def world(tmp_path_factory):
     config = {"name": "syncnet", "layout": "compact", "embedding_dim": 32, "width": 8, "input_size": 64}
     expert = build_syncnet("compact", embedding_dim=32, width=8, input_size=64)
     stages = root / "stages"
-    save_stage_file(stages / "syncnet.safetensors", StageFile("syncnet", {f"expert.{k}": v for k, v in expert.state_dict().items()}, config=config))
+    save_stage_file(stages / "syncnet.safetensors",
+                    StageFile("syncnet", {f"expert.{k}": v for k, v in expert.state_dict().items()}, config=config))
     clips = []
     for url in ShardIndex.load(corpus).shard_paths(corpus, "test"):
         clips += [decode_clip(s, 64) for s in wds.WebDataset(url, shardshuffle=False, empty_check=False)]
@@ -101,7 +102,8 @@ def test_results_json_records_the_protocol_hashes_and_counts(world, scored):
     assert protocol["resize_mode"] == "tf1_bilinear" and protocol["fps"] == 25.0 and protocol["seed"] == 0
     assert protocol["sync_expert_sha256"] == sha256(world["stages"] / "syncnet.safetensors")
     assert "not comparable" in protocol["sync_expert_used"]
-    assert protocol["face_model"] == "dlib_face_recognition_resnet_model_v1" and len(protocol["face_model_sha256"]) == 64
+    assert (protocol["face_model"] == "dlib_face_recognition_resnet_model_v1"
+            and len(protocol["face_model_sha256"]) == 64)
     assert counts == {"videos_found": 4, "videos_scored": 4, "videos_skipped": 0, "frames_scored": 120,
                       "clips_with_ground_truth": 4, "resampled": 0, "shard_samples_skipped": 0}
     for clip in world["clips"]:
@@ -210,7 +212,8 @@ def doc_commands(paths: dict[str, str]) -> list[list[str]]:
 def test_the_commands_in_docs_evaluate_md_run(world, tmp_path):
     official = tmp_path / "syncnet_v2.model"
     torch.save(build_syncnet("official").state_dict(), official)
-    paths = {"data/synthetic": str(world["corpus"]), "stages/syncnet.safetensors": str(world["stages"] / "syncnet.safetensors"),
+    paths = {"data/synthetic": str(world["corpus"]),
+             "stages/syncnet.safetensors": str(world["stages"] / "syncnet.safetensors"),
              "generated/": str(world["in_sync"]), "weights/syncnet_v2.model": str(official),
              "weights/inception-2015-12-05.pt": str(packaged_inception_path()),
              **{f"eval/{n}": str(tmp_path / n) for n in ("gt", "ours", "official")}}

@@ -91,7 +91,8 @@ def test_bad_inputs_fail_with_messages_naming_the_file(stages, tmp_path, capsys)
     shutil.copy(stages / "conre.safetensors", broken / "motion_diffusion.safetensors")
     good = speech(tmp_path / "speech.wav", 0.8)
     cases = [(video_only, stages, "no_sound.mp4 has no audio stream"), (empty, stages, "empty.wav holds no audio"),
-             (good, partial, "lip_enhancer.safetensors (make it with `seespeaker train experiment=tiny stage=lip_enhancer`"),
+             (good, partial, "lip_enhancer.safetensors (make it with "
+                             "`seespeaker train experiment=tiny stage=lip_enhancer`"),
              (good, broken, "motion_diffusion.safetensors cannot be used")]
     for audio, folder, expected in cases:
         assert main(["generate", "--audio", str(audio), "--stages", str(folder), "--out", str(out), *FAST]) == 2

@@ -256,7 +256,7 @@ def test_avspeech_rows_vfr_and_missing_videos(avspeech_root, tmp_path):
 def _index_matches_tars(out: Path) -> int:
     index = ShardIndex.load(out)
     total = 0
-    for split, infos in index.splits.items():
+    for _split, infos in index.splits.items():
         for info in infos:
             with tarfile.open(out / info.path) as archive:
                 assert len({m.name.split(".")[0] for m in archive.getmembers()}) == info.count

@@ -80,5 +80,5 @@ def test_resumed_training_keeps_the_run_id_and_merges_one_continuous_history(two
     steps = [r["trainer/global_step"] for r in offline_history(merged) if "train/loss" in r]
     assert steps == sorted(set(steps)), "duplicate or out-of-order steps after the resume point"
     assert min(steps) < 10 and max(steps) >= 25
-    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
     assert max(gaps) <= 5, f"gap in the merged history: {steps}"

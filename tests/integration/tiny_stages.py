@@ -15,9 +15,9 @@ from tests.unit.stage1_helpers import export, make_stage1_inputs, tiny_portrait,
 
 RESOLUTION = 64
 CODEBOOK_WORDS = ["stage.base_channels=4", "stage.codebook_size=32", "stage.code_dim=16", "stage.transformer_layers=1",
-                  "stage.transformer_width=32", "data.batch_size=2", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                  "trainer.limit_val_batches=1", "trainer.checkpoint_every_n_steps=0", "trainer.ema_decay=0",
-                  "tracking=disabled"]
+                  "stage.transformer_width=32", "data.batch_size=2", "trainer.max_steps=2",
+                  "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.checkpoint_every_n_steps=0",
+                  "trainer.ema_decay=0", "tracking=disabled"]
 
 
 def tiny_motion() -> MotionDiffusionConfig:
@@ -39,7 +39,8 @@ def make_generation_stages(stages_dir: Path, seed: int = 0) -> Path:
     motion = MotionDiffusionStage(tiny_motion(), clips, root)
     export(motion, stages_dir / "motion_diffusion.safetensors")
     sync_cfg = SyncNetConfig(layout="compact", embedding_dim=32, width=8, input_size=RESOLUTION, max_offset=2)
-    export(SyncNetStage(sync_cfg, DataConfig(resolution=RESOLUTION, clip_frames=10)), stages_dir / "syncnet.safetensors")
+    export(SyncNetStage(sync_cfg, DataConfig(resolution=RESOLUTION, clip_frames=10)),
+           stages_dir / "syncnet.safetensors")
     lips = LipEnhancerStage(LipEnhancerConfig(channels=[8, 16], cond_dim=16, discriminator_channels=[8]),
                             DataConfig(resolution=RESOLUTION, clip_frames=7), root)
     export(lips, stages_dir / "lip_enhancer.safetensors")

@@ -48,11 +48,13 @@ def synthetic_batch(batch_size: int = 4, resolution: int = RESOLUTION, seed: int
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(AUDIO_SAMPLES) / 16000
     speakers = torch.arange(batch_size) % 3
-    audio = torch.stack([0.3 * torch.sin(2 * torch.pi * (120 + 60 * s) * t) + 0.01 * torch.randn(AUDIO_SAMPLES, generator=g)
+    audio = torch.stack([0.3 * torch.sin(2 * torch.pi * (120 + 60 * s) * t)
+                         + 0.01 * torch.randn(AUDIO_SAMPLES, generator=g)
                          for s in speakers.tolist()])
     base = torch.linspace(-1, 1, resolution)
     face = base[None, :, None] * base[None, None, :]
-    frames = torch.stack([(face * (0.3 + 0.2 * s) + 0.1 * torch.randn(3, resolution, resolution, generator=g)).clamp(-1, 1)
+    frames = torch.stack([(face * (0.3 + 0.2 * s)
+                           + 0.1 * torch.randn(3, resolution, resolution, generator=g)).clamp(-1, 1)
                           for s in speakers.tolist()])[:, None]
     return {
         "key": [f"synthetic-s{s}-v0-{i}" for i, s in enumerate(speakers.tolist())],

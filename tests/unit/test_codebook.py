@@ -186,8 +186,8 @@ def test_render_inputs_can_be_the_motion_stages_rendering_of_each_frame(tmp_path
     export(MotionDiffusionStage(motion_cfg, DataConfig(resolution=LR, clip_frames=3), str(tmp_path)),
            tmp_path / "motion_diffusion.safetensors")
     inputs = module.render_inputs(batch)
-    expected = rerender_frames(MotionDiffusionStage.for_inference(StageFiles(tmp_path)), batch["frames"], batch["landmarks"], batch["audio"], LR,
-                               torch.Generator().manual_seed(0))
+    expected = rerender_frames(MotionDiffusionStage.for_inference(StageFiles(tmp_path)), batch["frames"],
+                               batch["landmarks"], batch["audio"], LR, torch.Generator().manual_seed(0))
     assert torch.allclose(inputs, expected, atol=1e-5)  # degrade 0: exactly the motion stage's frames
     assert (inputs - batch["frames"]).abs().mean() > 0.05  # not the real frames
     assert not any("denoiser" in k or k.startswith("_motion") for k in module.state_dict())  # never checkpointed
@@ -278,7 +278,8 @@ def test_three_phases_export_into_one_file_that_records_the_phase(tmp_path):
     assert any(k.startswith("fusion.") for k in final.state) and any(k.startswith("transformer.") for k in final.state)
     frozen = [k for k in first.state if k.startswith(("encoder.", "decoder.", "quantizer.embedding"))]
     assert frozen and all(torch.equal(final.state[k], first.state[k]) for k in frozen)
-    changed = [k for k in final.state if k.startswith("fusion.") and not torch.equal(final.state[k], exported["transformer"].state[k])]
+    changed = [k for k in final.state
+               if k.startswith("fusion.") and not torch.equal(final.state[k], exported["transformer"].state[k])]
     assert changed  # the render phase trained the fusion layers (with the GAN's two optimizers)
     gate = final.state["detail_gate.net.2.bias"]  # trained away from its initial logit(0.25)
     assert not torch.allclose(gate, torch.logit(torch.full_like(gate, 0.25)), atol=1e-4)
@@ -294,7 +295,7 @@ def test_generation_refuses_a_vqgan_only_file_and_resume_refuses_another_phase(t
     from common.errors import CheckpointError
     module = tiny_stage("vqgan")
     save_stage_file(tmp_path / "codebook.safetensors",
-                           StageFile(stage="codebook", state=module.state_dict(), config=asdict(module.cfg), phase="vqgan"))
+                    StageFile(stage="codebook", state=module.state_dict(), config=asdict(module.cfg), phase="vqgan"))
     with pytest.raises(StageFileError, match="stage.phase=transformer"):
         CodebookStage.for_inference(StageFiles(tmp_path))
     with pytest.raises(CheckpointError, match="run.name=vqgan"):

@@ -47,7 +47,8 @@ def stages_dir(tmp_path_factory):
     cfg = SyncNetConfig(layout="compact", embedding_dim=32, width=8, input_size=RES, max_offset=2)
     sync = SyncNetStage(cfg, DataConfig(resolution=RES, clip_frames=FRAMES))
     root = tmp_path_factory.mktemp("stages")
-    save_stage_file(root / "syncnet.safetensors", StageFile(stage="syncnet", state=sync.state_dict(), config=asdict(cfg)))
+    save_stage_file(root / "syncnet.safetensors",
+                    StageFile(stage="syncnet", state=sync.state_dict(), config=asdict(cfg)))
     return root
 
 
@@ -107,8 +108,8 @@ def test_adversarial_option_uses_two_optimizers(stages_dir):
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(stage, train_dataloaders=torch.utils.data.DataLoader([make_batch()] * 2, batch_size=None))
     assert len(trainer.optimizers) == 2
-    assert any(not torch.equal(a, b) for a, b in zip(disc_before, stage.discriminator.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(refiner_before, stage.refiner.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, stage.discriminator.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(refiner_before, stage.refiner.parameters(), strict=True))
 
 
 def test_landmarks_that_disagree_with_frames_are_refused(stages_dir):

@@ -33,7 +33,7 @@ def reference_loop(expert, frames_rgb: np.ndarray, audio: np.ndarray, calc_pdist
     """SyncNetInstance.evaluate's computation, step by step, for frames already at the input size."""
     im = np.stack([frame[..., ::-1] for frame in frames_rgb], axis=3)[None]
     imtv = torch.from_numpy(np.transpose(im, (0, 3, 4, 1, 2)).astype(float)).float()
-    cc = np.stack([np.array(i) for i in zip(*python_speech_features.mfcc(audio, 16000))])[None, None]
+    cc = np.stack([np.array(i) for i in zip(*python_speech_features.mfcc(audio, 16000), strict=True)])[None, None]
     cct = torch.from_numpy(cc.astype(float)).float()
     lastframe = min(len(frames_rgb), math.floor(len(audio) / 640)) - 5
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_batched_scores_equal_the_reference_loop(expert, calc_pdist, batch_windo
     result = lse_scores(expert, clips, batch_windows=batch_windows)
     assert [s.key for s in result.clips] == ["a", "b", "c"]
     assert [s.n_windows for s in result.clips] == [7, 12, 4]
-    for clip, score in zip(clips, result.clips):
+    for clip, score in zip(clips, result.clips, strict=True):
         lse_d, lse_c, offset, mdist = reference_loop(expert, clip.frames, clip.audio, calc_pdist)
         assert score.offset == offset
         assert score.lse_d == pytest.approx(lse_d, rel=1e-5)
@@ -122,7 +122,7 @@ def test_an_expert_with_coinciding_embeddings_finds_the_known_shift():
     shifts = {"lead2": 2, "sync": 0, "lag3": -3}
     clips = [coded_clip(key, rng.integers(0, 6, 40), shift, 30) for key, shift in shifts.items()]
     result = lse_scores(CodeExpert(), clips, batch_windows=8)
-    for score, shift in zip(result.clips, shifts.values()):
+    for score, shift in zip(result.clips, shifts.values(), strict=True):
         assert score.offset == shift
         best = 15 - shift
         assert score.mean_distances[best] == pytest.approx(10 * abs(shift) / score.n_windows, abs=1e-3)
@@ -157,7 +157,7 @@ def test_scores_on_the_gpu_equal_the_cpu(expert):
     on_cpu = lse_scores(expert, clips, batch_windows=8)
     on_gpu = lse_scores(expert.cuda(), clips, batch_windows=8)
     expert.cpu()
-    for cpu_score, gpu_score in zip(on_cpu.clips, on_gpu.clips):
+    for cpu_score, gpu_score in zip(on_cpu.clips, on_gpu.clips, strict=True):
         assert gpu_score.offset == cpu_score.offset
         assert gpu_score.lse_d == pytest.approx(cpu_score.lse_d, rel=1e-3)
         np.testing.assert_allclose(gpu_score.mean_distances, cpu_score.mean_distances, rtol=1e-3)

@@ -29,7 +29,8 @@ def test_mfcc_is_batched_over_leading_dimensions():
 
 def test_silence_uses_the_reference_log_floor():
     silence = np.zeros(2000, dtype=np.int16)
-    np.testing.assert_allclose(mfcc(silence).numpy(), python_speech_features.mfcc(silence, 16000), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(mfcc(silence).numpy(), python_speech_features.mfcc(silence, 16000),
+                               rtol=1e-12, atol=1e-9)
 
 
 def test_float_audio_is_scaled_back_to_int16_values_and_laid_out_for_syncnet():

@@ -30,8 +30,9 @@ def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200) -> MotionDiffusion
     cfg = MotionDiffusionConfig(
         window_frames=WINDOW, context_frames=CONTEXT, previous_frames=PREVIOUS, lips_dim=8, expression_dim=4,
         eyes_dim=4, pose_dim=4, encoder_hidden=32, transformer_width=32, transformer_layers=1, transformer_heads=2,
-        unet_channels=[16, 32], attention_levels=[False, True], unet_layers=1, cross_attention_dim=32, attention_head_dim=4, frames_per_clip=2,
-        motion_steps=2, frame_steps=2, prev_noise_max_step=prev_noise_max_step, media_frames=8)
+        unet_channels=[16, 32], attention_levels=[False, True], unet_layers=1, cross_attention_dim=32,
+        attention_head_dim=4, frames_per_clip=2, motion_steps=2, frame_steps=2,
+        prev_noise_max_step=prev_noise_max_step, media_frames=8)
     data = DataConfig(resolution=RES, clip_frames=WINDOW + CONTEXT, batch_size=2)
     return MotionDiffusionStage(cfg, data, frozen=frozen)
 
@@ -169,7 +170,7 @@ def test_trainer_steps_update_only_the_stage_and_export_no_frozen_weights():
     assert not any(k.startswith(("frozen", "vae", "speech")) for k in after)
     changed = [k for k in after if k.startswith("frame_denoiser.unet") and not torch.equal(after[k], before[k])]
     assert changed and any(not torch.equal(after[k], before[k]) for k in after if k.startswith("motion_encoder"))
-    assert all(torch.equal(a, b) for a, b in zip(vae_before, stage.frozen.vae.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(vae_before, stage.frozen.vae.parameters(), strict=True))
 
 
 class RecordingDenoiser(torch.nn.Module):
@@ -182,7 +183,8 @@ class RecordingDenoiser(torch.nn.Module):
 
 def test_motion_transformer_regresses_the_clean_motion_and_the_frame_unet_the_noise():
     stage = tiny_stage()
-    assert (stage.motion_scheduler.config.prediction_type, stage.scheduler.config.prediction_type) == ("sample", "epsilon")
+    assert (stage.motion_scheduler.config.prediction_type,
+            stage.scheduler.config.prediction_type) == ("sample", "epsilon")
     stage.motion_denoiser = RecordingDenoiser()
     clean = torch.randn(2, WINDOW + CONTEXT, stage.motion_encoder.dim)
     audio = torch.randn(2, WINDOW + CONTEXT, 4 * stage.cfg.n_mels)

@@ -37,4 +37,5 @@ def test_chunked_ssim_equals_the_whole_batch_ssim():
     pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
     per_frame = ssim_per_frame(pred, target, chunk=3)
     assert per_frame.shape == (7,)
-    assert torch.allclose(per_frame.mean(), structural_similarity_index_measure(pred, target, data_range=1.0), atol=1e-6)
+    assert torch.allclose(per_frame.mean(), structural_similarity_index_measure(pred, target, data_range=1.0),
+                          atol=1e-6)

@@ -28,7 +28,8 @@ def stages(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saw")
     info = make_stage1_inputs(folder)
     torch.manual_seed(0)
-    export(PortraitDiffusionStage(tiny_portrait(), info["data"], str(folder)), folder / "portrait_diffusion.safetensors")
+    export(PortraitDiffusionStage(tiny_portrait(), info["data"], str(folder)),
+           folder / "portrait_diffusion.safetensors")
     return folder, info
 
 
@@ -101,7 +102,8 @@ def test_frozen_denoiser_trains_only_saw_and_reports_spread(stages):
     assert not torch.equal(module.saw.net[-1].weight, saw_before)
     with torch.no_grad():
         _, a = module.prior_weights(synthetic_batch(4, seed=0)["audio"])
-    assert float(trainer.callback_metrics["val/saw_a_std"]) == pytest.approx(float(a.std(0, unbiased=False).mean()), rel=1e-4)
+    assert float(trainer.callback_metrics["val/saw_a_std"]) == pytest.approx(float(a.std(0, unbiased=False).mean()),
+                                                                             rel=1e-4)
     assert float(trainer.callback_metrics["val/saw_a_std"]) > 0
 
 

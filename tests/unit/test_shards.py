@@ -105,7 +105,8 @@ def test_same_seed_same_stream_other_rank_other_stream(shard_set):
     paths = ShardIndex.load(shard_set).shard_paths(shard_set, "train")
 
     def keys(rank: int, seed: int) -> list[str]:
-        stream = ClipStream(paths, window(), 3, train=True, batches=3, shuffle_buffer=3, rank=rank, world_size=2, seed=seed)
+        stream = ClipStream(paths, window(), 3, train=True, batches=3, shuffle_buffer=3, rank=rank, world_size=2,
+                            seed=seed)
         return [k for b in stream for k in b["key"]]
 
     assert keys(0, 1) == keys(0, 1)

@@ -100,7 +100,8 @@ def test_array_lines_without_their_own_run_folder_are_refused(tmp_path):
         check_job(train_job(array=read_array_file(sweep)), cpu_profile())
 
 
-@pytest.mark.parametrize("override,flag", [("trainer.num_nodes=3", "--nodes"), ("trainer.devices=4", "--tasks-per-node"),
+@pytest.mark.parametrize("override,flag", [("trainer.num_nodes=3", "--nodes"),
+                                           ("trainer.devices=4", "--tasks-per-node"),
                                            ("trainer.requeue_signal=USR1", "the profile.s requeue_signal")])
 def test_shape_disagreeing_with_trainer_overrides_fails_before_submission(override, flag, capsys):
     with pytest.raises(SubmitError, match=rf"{override.split('=')[0]}=.*disagrees with {flag}"):
@@ -155,7 +156,8 @@ def test_the_command_after_the_separator_must_be_train():
 def test_the_dry_run_commands_of_the_slurm_guide_work(capsys, monkeypatch):
     repo = Path(__file__).resolve().parents[2]
     guide = (repo / "docs" / "slurm.md").read_text()
-    commands = [line for line in guide.splitlines() if line.startswith("seespeaker slurm submit") and "--dry-run" in line]
+    commands = [line for line in guide.splitlines()
+                if line.startswith("seespeaker slurm submit") and "--dry-run" in line]
     assert len(commands) >= 2
     monkeypatch.chdir(repo)
     for command in commands:

@@ -53,7 +53,8 @@ def test_every_stage_export_is_rebuilt_with_its_weights(folder):
     portrait = PortraitDiffusionStage.for_inference(files)
     assert same_weights(portrait.denoiser, files["portrait_diffusion"], "model") and portrait.saw is None
     saw = SAWStage.for_inference(files)
-    assert same_weights(saw.saw, files["saw"], "saw") and same_weights(saw.denoiser, files["portrait_diffusion"], "model")
+    assert (same_weights(saw.saw, files["saw"], "saw")
+            and same_weights(saw.denoiser, files["portrait_diffusion"], "model"))
     expert = SyncNetStage.for_inference(files)
     assert same_weights(expert.expert, files["syncnet"], "expert") and expert.cfg.layout == "compact"
     motion = MotionDiffusionStage.for_inference(files)

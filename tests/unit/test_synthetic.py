@@ -66,7 +66,7 @@ def face_measures(frames: np.ndarray, marks: np.ndarray) -> list[float]:
     height = np.median(marks[:, 8, 1] - marks[:, 27, 1])
     eyes = np.median(np.linalg.norm(marks[:, 42:48].mean(1) - marks[:, 36:42].mean(1), axis=1))
     tones = []
-    for frame, m in zip(frames, marks):
+    for frame, m in zip(frames, marks, strict=True):
         for a, b in ((31, 2), (35, 14)):  # cheeks: between the nostrils and the jaw
             x, y = np.round((m[a] + m[b]) / 2).astype(int)
             tones.append(frame[y - 5:y + 6, x - 5:x + 6].astype(np.float64).mean())
@@ -88,7 +88,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     other = write_and_read(tmp_path / "c", SyntheticConfig(seed=4, **SMALL))
     for split in first:
         assert [c.key for c in first[split]] == [c.key for c in again[split]]
-        for a, b in zip(first[split], again[split]):
+        for a, b in zip(first[split], again[split], strict=True):
             assert a.frames.tobytes() == b.frames.tobytes()
             assert a.audio.tobytes() == b.audio.tobytes()
             assert np.array_equal(a.landmarks, b.landmarks)
@@ -168,7 +168,7 @@ def test_mouth_opening_follows_the_audio_envelope(all_clips):
         frames = clip.audio.reshape(-1, 640).astype(np.float64)
         env.append(np.sqrt((frames ** 2).mean(axis=1)) / np.sqrt((frames ** 2).mean(axis=1)).max())
         lips.append(clip.landmarks[:, 66, 1] - clip.landmarks[:, 62, 1])
-        dark.append([mouth_dark_pixels(f, m) for f, m in zip(clip.frames, clip.landmarks)])
+        dark.append([mouth_dark_pixels(f, m) for f, m in zip(clip.frames, clip.landmarks, strict=True)])
     env, lips, dark = (np.concatenate(v) for v in (env, lips, dark))
     lip_corr, pixel_corr = np.corrcoef(env, lips)[0, 1], np.corrcoef(env, dark)[0, 1]
     print(f"envelope vs inner-lip distance r = {lip_corr:.3f}; vs dark mouth pixels r = {pixel_corr:.3f}")
@@ -256,7 +256,7 @@ def test_landmarks_lie_on_the_drawn_features(all_clips):
     for clip in all_clips:
         opening = np.asarray(clip.meta.extra["mouth_opening"])
         eyes = np.asarray(clip.meta.extra["eye_openness"])
-        for frame, m, o, e in zip(clip.frames.astype(np.float64), clip.landmarks, opening, eyes):
+        for frame, m, o, e in zip(clip.frames.astype(np.float64), clip.landmarks, opening, eyes, strict=True):
             if o > 0.5:  # inside the inner lips: the dark mouth (not skin, not lips)
                 x, y = np.round(m[[62, 66]].mean(0) + [0, 0.2 * (m[66, 1] - m[62, 1])]).astype(int)
                 open_mouths.append(frame[y, x].mean() < 90)
@@ -277,7 +277,9 @@ def jaw_contrast(frame: np.ndarray, marks: np.ndarray) -> tuple[float, float]:
     across, within = [], []
     for point in marks[3:14]:
         normal = (point - marks[30]) / np.linalg.norm(point - marks[30])
-        at = lambda d: frame[tuple(np.round(point + d * normal).astype(int)[::-1])]  # noqa: E731
+        def at(d, point=point, normal=normal):
+            return frame[tuple(np.round(point + d * normal).astype(int)[::-1])]
+
         across.append(np.abs(at(3) - at(-3)).max())
         within.append(np.abs(at(-3) - at(-9)).max())
     return float(np.median(across)), float(np.median(within))

@@ -8,7 +8,8 @@ import logging
 from common.errors import SeespeakerError, UserError
 from trainer.cli import add_command
 
-STEPS = ("portrait", "motion latents", "frame latents", "decoded frames", "lip enhancement", "codebook rendering", "mp4")
+STEPS = ("portrait", "motion latents", "frame latents", "decoded frames", "lip enhancement", "codebook rendering",
+         "mp4")
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -53,8 +54,8 @@ class progress_bar:
 
     def __init__(self, total: int):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), transient=False)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), transient=False)
         self.total = total
 
     def __enter__(self):
@@ -73,11 +74,13 @@ def register(subparsers) -> None:
     parser = add_command(subparsers, "generate", generate)
     parser.add_argument("--audio", required=True, help="speech file (wav, flac, mp3, m4a, any rate / channels)")
     parser.add_argument("--stages", required=True, help="folder of exported stage files (e.g. outputs/tiny/stages)")
-    parser.add_argument("--out", required=True, help="output mp4 (or the portrait PNG's base name with --portrait-only)")
+    parser.add_argument("--out", required=True,
+                        help="output mp4 (or the portrait PNG's base name with --portrait-only)")
     parser.add_argument("--resolution", type=int, default=0, help="output frame size (default: the codebook's)")
     parser.add_argument("--steps", type=int, default=50, help="portrait sampler steps")
     parser.add_argument("--motion-steps", type=int, default=0, help="motion sampler steps (default: the stage's)")
-    parser.add_argument("--frame-steps", type=int, default=0, help="frame sampler steps per frame (default: the stage's)")
+    parser.add_argument("--frame-steps", type=int, default=0,
+                        help="frame sampler steps per frame (default: the stage's)")
     parser.add_argument("--guidance", type=float, default=3.0, help="portrait classifier-free guidance scale")
     parser.add_argument("--fidelity", type=float, default=None, help="codebook renderer fidelity w in [0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -90,9 +90,9 @@ def _existing_dir(path: str, flag: str, what: str) -> Path:
 
 def _check_face_tools() -> None:
     try:
-        from datamodules.prepare.faces import predictor_path
-
         import dlib  # noqa: F401
+
+        from datamodules.prepare.faces import predictor_path
 
         predictor_path()
     except ImportError as exc:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -51,7 +51,8 @@ def prior(args: argparse.Namespace) -> int:
     Streams the training split of the shard set through the exported autoencoder (bounded memory: one batch
     plus, with --pca, a D x D scatter matrix) and writes a safetensors file with its provenance (the shards,
     the face count and the VAE's hash). The portrait stage reads <stages>/face_prior.safetensors by default.
-    Example: seespeaker prior --data data/synthetic --stages outputs/tiny/stages --out outputs/tiny/stages/face_prior.safetensors
+    Example: seespeaker prior --data data/synthetic --stages outputs/tiny/stages \\
+      --out outputs/tiny/stages/face_prior.safetensors
     """
     from datamodules.shards import ShardIndex
     from lightning_modules.autoencoder import AutoencoderStage
@@ -69,7 +70,7 @@ def prior(args: argparse.Namespace) -> int:
         vae, scaling, vae_hash = AutoencoderStage.for_inference(stages)
     except SeespeakerError as exc:
         raise UserError(str(exc)) from None
-    present = [(p, i.count) for p, i in zip(shards, infos) if Path(p).is_file()]
+    present = [(p, i.count) for p, i in zip(shards, infos, strict=True) if Path(p).is_file()]
     if len(present) < len(shards):
         print(f"warning: {len(shards) - len(present)} of {len(shards)} {args.split} shards listed in "
               f"{args.data}/index.json are missing and were skipped")

@@ -18,8 +18,10 @@ def slurm_submit(args: argparse.Namespace) -> int:
 
     Examples:
       seespeaker slurm submit --profile example_gpu --nodes 2 --tasks-per-node 8 -- train experiment=small stage=conre
-      seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 --dry-run -- train experiment=tiny stage=conre
-      seespeaker slurm submit --profile my_cluster.yaml --nodes 1 --tasks-per-node 4 --array sweep.txt -- train stage=saw
+      seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 --dry-run \\
+        -- train experiment=tiny stage=conre
+      seespeaker slurm submit --profile my_cluster.yaml --nodes 1 --tasks-per-node 4 --array sweep.txt \\
+        -- train stage=saw
     """
     from slurm.submit import SubmitError, new_job, read_array_file, submit
 
