@@ -130,10 +130,24 @@ def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", forc
     if not force and (stages / f"{stage}.safetensors").is_file():
         print(f"= {stages / f'{stage}.safetensors'} exists; not retrained", flush=True)
         return False
+    check_requirements(stage, stages, [*corpus.train_words.get(stage, ()), *words])
     run("train", "experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
         f"experiment.output_root={corpus.output_root}", f"run.stages_dir={stages}", f"data.root={corpus.root}",
         *corpus.train_words.get(stage, ()), *words)
     return True
+
+
+def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
+    """Stop with the missing nodes of the stage graph (in training order) before a stage that would need them."""
+    from lightning_modules.registry import node_file, requires, training_order
+    from trainer.config import compose
+
+    cfg = compose(["experiment=small", f"stage={stage}", *(w for w in words if not w.startswith("data.root="))]).stage
+    missing = [node for node in requires(stage, cfg) if not (stages / node_file(node)).is_file()]
+    if missing:
+        order = [node for node in training_order(missing) if not (stages / node_file(node)).is_file()]
+        raise SystemExit(f"{stage} needs {', '.join(missing)} in {stages}; make them first, in order: "
+                         f"{' -> '.join(order)}")
 
 
 def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:

@@ -12,6 +12,7 @@ import json
 import shlex
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from evaluation.fid import packaged_inception_path
 from evaluation.lse import SyncClip, lse_scores
 from lightning_modules.nets.syncnet import build_syncnet
 from lightning_modules.stagefile import StageFile, StageFiles, save_stage_file
-from lightning_modules.syncnet import SyncNetStage
+from lightning_modules.syncnet import SyncNetConfig, SyncNetStage
 from trainer.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def world(tmp_path_factory):
     write_synthetic_corpus(corpus, SyntheticConfig(speakers=4, clips_per_speaker=2, seconds=1.2, seed=3, shard_size=4,
                                                    val_speakers_fraction=0.25, test_speakers_fraction=0.5))
     torch.manual_seed(0)
-    config = {"name": "syncnet", "layout": "compact", "embedding_dim": 32, "width": 8, "input_size": 64}
+    config = asdict(SyncNetConfig(layout="compact", embedding_dim=32, width=8, input_size=64))
     expert = build_syncnet("compact", embedding_dim=32, width=8, input_size=64)
     stages = root / "stages"
     save_stage_file(stages / "syncnet.safetensors",
