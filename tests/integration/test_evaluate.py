@@ -254,7 +254,7 @@ def test_a_stages_folder_or_run_folder_supplies_the_project_expert(world, tmp_pa
 def test_a_stages_folder_is_generated_through_the_pipeline_adapter(world, tmp_path, monkeypatch):
     """A full tiny stage chain takes minutes to train, so a stand-in with TalkingFacePipeline's interface (grey
     frames, one per 640 samples of speech) exercises the adapter, the generated source and the scoring."""
-    import generation.pipeline as pipeline_module
+    import evaluation.generation as adapter
 
     calls = []
 
@@ -269,7 +269,7 @@ def test_a_stages_folder_is_generated_through_the_pipeline_adapter(world, tmp_pa
         def video(self, portrait, speech, timings, advance):
             return None, np.full((len(speech) // 640, 64, 64, 3), 128, np.uint8)
 
-    monkeypatch.setattr(pipeline_module, "TalkingFacePipeline", Pipeline)
+    monkeypatch.setattr(adapter, "TalkingFacePipeline", Pipeline)
     results = evaluate(world, tmp_path / "gen", str(world["stages"]), "--protocol", "synthetic",
                        "--metrics", "lse,psnr")
     assert results["source"]["kind"] == "generated" and results["source"]["stage_files"] == ["syncnet.safetensors"]
