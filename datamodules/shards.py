@@ -49,6 +49,11 @@ class ShardIndex:
     def num_samples(self, split: str) -> int:
         return sum(s.count for s in self.splits.get(split, []))
 
+    def corpus_version(self) -> int | None:
+        """The version of the generator that wrote a synthetic corpus (None for a prepared real corpus, and for
+        synthetic corpora written before versions were recorded)."""
+        return (self.extra.get("synthetic") or {}).get("version")
+
     def shard_paths(self, root: str | Path, split: str) -> list[str]:
         """Absolute paths of a split's shards; a clear error for an unknown or empty split."""
         if split not in self.splits or not self.splits[split]:

@@ -43,6 +43,7 @@ from datamodules.synth_voice import (
 )
 
 DATASET = "synthetic"
+CORPUS_VERSION = 1  # the generator's version, written into the index: results are keyed on it
 VOICE_SHARE = 0.56  # default fraction of each correlated face attribute's variance set by the voice latents
 # which voice latent (0: size, 1: register) sets each correlated face attribute: width, height, eye spacing, tone
 ATTRIBUTE_LATENT = np.array([0, 0, 1, 1])
@@ -277,7 +278,8 @@ def write_synthetic_corpus(out: str | Path, cfg: SyntheticConfig | None = None) 
         raise ValueError(f"{out} already holds a shard set: choose an empty --out folder or delete it first")
     splits = split_speakers(cfg)
     split_of = {spk: split for split, ids in splits.items() for spk in ids}
-    extra = {"synthetic": {"config": asdict(cfg), "speakers": splits, "voice_share": cfg.voice_share}}
+    extra = {"synthetic": {"config": asdict(cfg), "speakers": splits, "voice_share": cfg.voice_share,
+                           "version": CORPUS_VERSION}}
     with ShardSetWriter(out, DATASET, shard_size=cfg.shard_size, prefix=DATASET, extra=extra) as writer:
         for index in range(cfg.speakers):
             for clip in speaker_clips(cfg, index, split_of[speaker_id(index)]):

@@ -107,33 +107,90 @@ def mean_spread(values: list[float]) -> str:
 
 def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[[], dict],
                       corpus: Corpus = SMALL) -> dict:
-    """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` while its input files are unchanged
-    (their SHA-256), so that an interrupted ``make results`` resumes and seeds can be evaluated apart."""
+    """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` only while its key holds: the hash of the
+    code that computes it (the module ``evaluate`` is defined in, and what it imports) and the SHA-256 of every
+    input file. An interrupted ``make results`` resumes, and seeds can be evaluated apart."""
     from evaluation.fid import file_sha256
+    from trainer.keys import evaluation_code_hash
 
     cache = corpus.stages(seed) / f"eval-{name}.json"
-    digests = {str(path): file_sha256(path) for path in inputs if path.is_file()}
+    key = {"code": evaluation_code_hash((evaluate.__module__,), stop=("reports.results",)),
+           "inputs": {str(path): file_sha256(path) for path in inputs if path.is_file()}}
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved.get("inputs") == digests:
-            print(f"= {cache}: the {name} evaluation of these stage files is reused", flush=True)
+        if saved.get("key") == key:
+            print(f"= {cache}: the {name} evaluation is reused (same code and inputs)", flush=True)
             return saved["result"]
+        print(f"~ {cache}: the {name} evaluation is redone ({evaluation_change(saved.get('key') or {}, key)})",
+              flush=True)
     result = evaluate()
-    atomic_write_text(cache, json.dumps({"inputs": digests, "result": result}, indent=2))
+    atomic_write_text(cache, json.dumps({"key": key, "result": result}, indent=2))
     return result
+
+
+def evaluation_change(found: dict, expected: dict) -> str:
+    if not found:
+        return "the cache records no key"
+    changed = [part for part in ("code", "inputs") if found.get(part) != expected[part]]
+    return "changed: " + ", ".join(f"{part} ({found.get(part)} -> {expected[part]})" if part == "code" else part
+                                   for part in changed)
+
+
+def run_words(stage: str, seed: int, stages: Path, words: tuple[str, ...], name: str, corpus: Corpus) -> list[str]:
+    """The ``seespeaker train`` words of one small stage run (after the subcommand)."""
+    return ["experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
+            f"experiment.output_root={corpus.output_root}", f"run.stages_dir={stages}", f"data.root={corpus.root}",
+            *corpus.train_words.get(stage, ()), *words]
+
+
+def expected_key(words: list[str], earlier_phase: dict | None = None) -> dict:
+    """The training key a run with these words would record now."""
+    from trainer.config import compose, to_container
+    from trainer.keys import training_key
+    cfg = compose(words)
+    return training_key(cfg, to_container(cfg), earlier_phase=earlier_phase)
+
+
+def retrain_reasons(path: Path, expected: dict) -> list[str]:
+    """Why the stage file at ``path`` cannot be reused for a run whose key is ``expected`` ([]: reuse it)."""
+    from lightning_modules.stagefile import StageFileError
+    from trainer.keys import key_changes, stage_file_key
+    if not path.is_file():
+        return ["no stage file"]
+    try:
+        return key_changes(expected, stage_file_key(path))
+    except StageFileError as exc:
+        return [f"unreadable stage file ({exc})"]
+
+
+def plan_chain(stages: list[str], reasons_of: Callable[[str], list[str]],
+               config_of: Callable[[str], object] | None = None) -> dict[str, list[str]]:
+    """stage -> why it retrains ([]: reused), in training order: a stage retrains for its own reasons or because
+    something it needs in the stage graph retrains."""
+    from lightning_modules.registry import STAGES, requires, training_order
+    plan: dict[str, list[str]] = {}
+    for node in training_order(stages, config_of):
+        if node not in STAGES:
+            continue
+        upstream = [f"{needed} retrains" for needed in requires(node, config_of(node) if config_of else None)
+                    if plan.get(needed)]
+        plan[node] = reasons_of(node) + upstream
+    return plan
 
 
 def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", force: bool = False,
           corpus: Corpus = SMALL) -> bool:
-    """Train and export one small stage into ``stages`` unless its exported file is already there (or ``force``);
-    True when it trained."""
-    if not force and (stages / f"{stage}.safetensors").is_file():
-        print(f"= {stages / f'{stage}.safetensors'} exists; not retrained", flush=True)
+    """Train and export one small stage into ``stages`` unless its exported file's training key matches the key the
+    run would have now (code, config, corpus, inputs) or ``force``; say why it trains. True when it trained."""
+    path = stages / f"{stage}.safetensors"
+    full = run_words(stage, seed, stages, words, name, corpus)
+    reasons = ["asked to"] if force else retrain_reasons(path, expected_key(full))
+    if not reasons:
+        print(f"= {path}: reused (its training key matches)", flush=True)
         return False
+    print(f"~ {path}: trains ({'; '.join(reasons)})", flush=True)
     check_requirements(stage, stages, [*corpus.train_words.get(stage, ()), *words])
-    run("train", "experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
-        f"experiment.output_root={corpus.output_root}", f"run.stages_dir={stages}", f"data.root={corpus.root}",
-        *corpus.train_words.get(stage, ()), *words)
+    run("train", *full)
     return True
 
 
@@ -151,15 +208,19 @@ def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
 
 
 def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
-    """Seed 0's autoencoder and face prior, shared by every seed (the seeds vary the stages under test)."""
+    """Seed 0's autoencoder and face prior, shared by every seed (the seeds vary the stages under test); the prior
+    is recomputed whenever the autoencoder retrains, and each seed's copies follow seed 0's files."""
+    from trainer.keys import file_digest
+
     first, stages = corpus.stages(0), corpus.stages(seed)
-    train("autoencoder", 0, first, corpus=corpus)
-    if not (first / "face_prior.safetensors").is_file():
-        run("prior", "--data", str(corpus.root), "--stages", str(first), "--out", str(first / "face_prior.safetensors"))
+    prior = first / "face_prior.safetensors"
+    if train("autoencoder", 0, first, corpus=corpus) or not prior.is_file():
+        run("prior", "--data", str(corpus.root), "--stages", str(first), "--out", str(prior))
     stages.mkdir(parents=True, exist_ok=True)
     for name in ("autoencoder.safetensors", "face_prior.safetensors"):
-        if not (stages / name).is_file():
-            shutil.copy2(first / name, stages / name)
+        copy = stages / name
+        if not copy.is_file() or file_digest(copy) != file_digest(first / name):
+            shutil.copy2(first / name, copy)
     return stages
 
 

@@ -29,6 +29,7 @@ from trainer.callbacks import (
 )
 from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
 from trainer.config import ConfigError, to_container, to_yaml
+from trainer.keys import training_key
 from trainer.schemas import Config
 from trainer.signals import FlagSignalConnector
 from trainer.strategies import build_strategy, media_needs_all_ranks
@@ -132,6 +133,7 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
     config_dict = to_container(cfg)
     if is_zero:
         prov = provenance.collect(argv)
+        prov["training_key"] = training_key(cfg, config_dict)
         provenance.save(cfg.run.dir, to_yaml(cfg), prov)
         config_dict["_provenance"] = prov
     module = build_module(cfg)

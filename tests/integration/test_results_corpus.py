@@ -53,5 +53,5 @@ def test_a_corpus_trains_its_stages_on_itself_with_its_own_overrides(tmp_path, m
     assert autoencoder[-2:] == ("trainer.max_steps=7", "stage.lr=0.1")  # the caller's words win
     assert not any(word.startswith("trainer.max_steps") for word in conre)
     stages.mkdir(parents=True)
-    (stages / "conre.safetensors").write_bytes(b"exported")
-    assert not results.train("conre", 2, stages, corpus=corpus) and len(commands) == 2
+    (stages / "conre.safetensors").write_bytes(b"not a stage file")  # a file is reused only when its key matches
+    assert results.train("conre", 2, stages, corpus=corpus) and len(commands) == 3

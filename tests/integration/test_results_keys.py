@@ -1,0 +1,50 @@
+"""make results reuses a stage file only while its training key holds: a real run records the key that the planner
+computes for the same words, and a changed config, corpus or input says so."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import reports.results as results
+from trainer.cli import main
+from trainer.keys import stage_file_key
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("keys")
+    words = ["experiment=tiny", "stage=conre", f"data.root={synthetic_corpus}", f"experiment.output_root={out}",
+             "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=1", "tracking=disabled"]
+    assert main(["train", *words]) == 0
+    return out / "tiny" / "stages" / "conre.safetensors", words
+
+
+def test_a_trained_stage_records_the_key_the_planner_expects(trained):
+    path, words = trained
+    key = stage_file_key(path)
+    assert set(key) == {"format", "code", "config", "corpus", "inputs"} and key["corpus"]["version"] == 1
+    assert results.retrain_reasons(path, results.expected_key(words)) == []
+
+
+def test_a_changed_config_or_input_is_a_reason_to_retrain(trained, tmp_path):
+    path, words = trained
+    reasons = results.retrain_reasons(path, results.expected_key([*words, "stage.recon_weight=0.5"]))
+    assert reasons == ["config section 'stage' changed"]
+    reasons = results.retrain_reasons(path, results.expected_key([*words, "trainer.max_steps=5"]))
+    assert reasons == ["config section 'trainer' changed"]
+    assert results.retrain_reasons(tmp_path / "missing.safetensors", results.expected_key(words)) == ["no stage file"]
+    expected = results.expected_key(words)
+    expected["inputs"]["autoencoder"] = "0123"
+    assert results.retrain_reasons(path, expected) == ["input autoencoder changed"]
+
+
+def test_a_changed_corpus_is_a_reason_to_retrain(trained, synthetic_corpus, tmp_path):
+    path, words = trained
+    copy = tmp_path / "corpus"
+    copy.mkdir()
+    index = json.loads((synthetic_corpus / "index.json").read_text())
+    index["extra"]["synthetic"]["version"] = 2
+    (copy / "index.json").write_text(json.dumps(index))
+    reasons = results.retrain_reasons(path, results.expected_key([*words, f"data.root={copy}"]))
+    assert len(reasons) == 1 and reasons[0].startswith("corpus changed") and "'version': 2" in reasons[0]

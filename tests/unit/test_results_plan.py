@@ -1,0 +1,60 @@
+"""make results' planner: a change to one stage's training code retrains that stage and everything downstream of it
+in the stage graph, and nothing else; a change to evaluation code re-evaluates without retraining."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from lightning_modules.registry import STAGES
+from reports.results import plan_chain
+from trainer.keys import ROOT, code_hash, evaluation_code_hash
+
+PACKAGES = ("common", "datamodules", "lightning_modules", "generation", "evaluation", "trainer", "slurm", "reports")
+
+
+@pytest.fixture
+def copy_of_the_code(tmp_path):
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def change_one_line(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def plan_after_change(root) -> dict[str, list[str]]:
+    def reasons(stage: str) -> list[str]:
+        return [] if code_hash(stage, root) == code_hash(stage) else ["training code changed"]
+    return plan_chain(list(STAGES), reasons)
+
+
+def test_an_unchanged_copy_reuses_everything(copy_of_the_code):
+    assert not any(plan_after_change(copy_of_the_code).values())
+
+
+def test_a_stage_code_change_retrains_it_and_what_is_downstream_only(copy_of_the_code):
+    change_one_line(copy_of_the_code / "lightning_modules" / "portrait_diffusion.py",
+                    'self.loss_weights = {"diffusion": 1.0}', 'self.loss_weights = {"diffusion": 2.0}')
+    plan = plan_after_change(copy_of_the_code)
+    assert {stage for stage, why in plan.items() if why} == {"portrait_diffusion", "saw"}
+    assert plan["saw"] == ["portrait_diffusion retrains"]
+
+
+def test_a_shared_module_change_retrains_every_stage_that_runs_it(copy_of_the_code):
+    change_one_line(copy_of_the_code / "lightning_modules" / "nets" / "syncnet.py", "WINDOW_FRAMES = 5",
+                    "WINDOW_FRAMES = 5  # frames per window")
+    retrained = {stage for stage, why in plan_after_change(copy_of_the_code).items() if why}
+    assert retrained == {"syncnet", "lip_enhancer"}
+
+
+def test_an_evaluation_change_re_evaluates_without_retraining(copy_of_the_code):
+    modules = ("reports.results_sync",)
+    before = evaluation_code_hash(modules, copy_of_the_code, stop=("reports.results",))
+    change_one_line(copy_of_the_code / "evaluation" / "lse.py", "from __future__ import annotations",
+                    "from __future__ import annotations  # LSE")
+    assert evaluation_code_hash(modules, copy_of_the_code, stop=("reports.results",)) != before
+    assert not any(plan_after_change(copy_of_the_code).values())
