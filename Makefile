@@ -38,8 +38,9 @@ demo: install
 test: install system-packages
 	$(BIN)/python tests/run_tiers.py
 
+# make results [NAMES="portrait sync"] [DRY_RUN=1] [ALLOW_DIRTY=1]
 results: install
-	$(BIN)/python -m reports.results $(NAMES)
+	$(BIN)/python -m reports.results $(if $(DRY_RUN),--dry-run) $(if $(ALLOW_DIRTY),--allow-dirty) $(NAMES)
 
 bench: install
 	$(BIN)/python -m bench

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.files import atomic_write_text
+from reports import plan
 from trainer.provenance import git_commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +29,11 @@ SEEDS = (0, 1, 2)
 
 
 def run(*words: str) -> None:
+    """Run one ``seespeaker`` command (in a dry run: only say it)."""
     cmd = [sys.executable, "-m", "trainer.cli", *words]
-    print("$ seespeaker " + " ".join(words), flush=True)
-    subprocess.run(cmd, check=True)
+    print(("would run: " if plan.LEDGER.dry_run else "$ ") + "seespeaker " + " ".join(words), flush=True)
+    if not plan.LEDGER.dry_run:
+        subprocess.run(cmd, check=True)
 
 
 # The small corpus: 400 training speakers (speech-to-face needs many speakers to generalise rather than
@@ -85,6 +88,8 @@ def ensure_corpus(corpus: Corpus = SMALL) -> None:
     if not written:
         run("prepare", "synthetic", "--out", str(corpus.root),
             *(word for key, value in corpus.options.items() for word in (PREPARE_FLAGS[key], str(value))))
+        if plan.LEDGER.dry_run:
+            return
         written = corpus_config(corpus.root)
     differs = {k: (written.get(k), v) for k, v in corpus.options.items() if written.get(k) != v}
     outputs = corpus.output_root / "small"
@@ -107,104 +112,39 @@ def mean_spread(values: list[float]) -> str:
 
 def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[[], dict],
                       corpus: Corpus = SMALL) -> dict:
-    """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` only while its key holds: the hash of the
-    code that computes it (the module ``evaluate`` is defined in, and what it imports) and the SHA-256 of every
-    input file. An interrupted ``make results`` resumes, and seeds can be evaluated apart."""
-    from evaluation.fid import file_sha256
-    from trainer.keys import evaluation_code_hash
-
+    """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` only while its key holds (the hash of the
+    code that computes it and of its input files): an interrupted ``make results`` resumes, and seeds can be
+    evaluated apart."""
     cache = corpus.stages(seed) / f"eval-{name}.json"
-    key = {"code": evaluation_code_hash((evaluate.__module__,), stop=("reports.results",)),
-           "inputs": {str(path): file_sha256(path) for path in inputs if path.is_file()}}
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
-            print(f"= {cache}: the {name} evaluation is reused (same code and inputs)", flush=True)
-            return saved["result"]
-        print(f"~ {cache}: the {name} evaluation is redone ({evaluation_change(saved.get('key') or {}, key)})",
-              flush=True)
-    result = evaluate()
-    atomic_write_text(cache, json.dumps({"key": key, "result": result}, indent=2))
+    key = plan.evaluation_key(evaluate, inputs)
+    result = plan.cached_result(cache, key, name, inputs)
+    if result is None:
+        result = evaluate()
+        atomic_write_text(cache, json.dumps({"key": key, "result": result}, indent=2))
     return result
-
-
-def evaluation_change(found: dict, expected: dict) -> str:
-    if not found:
-        return "the cache records no key"
-    changed = [part for part in ("code", "inputs") if found.get(part) != expected[part]]
-    return "changed: " + ", ".join(f"{part} ({found.get(part)} -> {expected[part]})" if part == "code" else part
-                                   for part in changed)
-
-
-def run_words(stage: str, seed: int, stages: Path, words: tuple[str, ...], name: str, corpus: Corpus) -> list[str]:
-    """The ``seespeaker train`` words of one small stage run (after the subcommand)."""
-    return ["experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
-            f"experiment.output_root={corpus.output_root}", f"run.stages_dir={stages}", f"data.root={corpus.root}",
-            *corpus.train_words.get(stage, ()), *words]
-
-
-def expected_key(words: list[str], earlier_phase: dict | None = None) -> dict:
-    """The training key a run with these words would record now."""
-    from trainer.config import compose, to_container
-    from trainer.keys import training_key
-    cfg = compose(words)
-    return training_key(cfg, to_container(cfg), earlier_phase=earlier_phase)
-
-
-def retrain_reasons(path: Path, expected: dict) -> list[str]:
-    """Why the stage file at ``path`` cannot be reused for a run whose key is ``expected`` ([]: reuse it)."""
-    from lightning_modules.stagefile import StageFileError
-    from trainer.keys import key_changes, stage_file_key
-    if not path.is_file():
-        return ["no stage file"]
-    try:
-        return key_changes(expected, stage_file_key(path))
-    except StageFileError as exc:
-        return [f"unreadable stage file ({exc})"]
-
-
-def plan_chain(stages: list[str], reasons_of: Callable[[str], list[str]],
-               config_of: Callable[[str], object] | None = None) -> dict[str, list[str]]:
-    """stage -> why it retrains ([]: reused), in training order: a stage retrains for its own reasons or because
-    something it needs in the stage graph retrains."""
-    from lightning_modules.registry import STAGES, requires, training_order
-    plan: dict[str, list[str]] = {}
-    for node in training_order(stages, config_of):
-        if node not in STAGES:
-            continue
-        upstream = [f"{needed} retrains" for needed in requires(node, config_of(node) if config_of else None)
-                    if plan.get(needed)]
-        plan[node] = reasons_of(node) + upstream
-    return plan
 
 
 def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", force: bool = False,
           corpus: Corpus = SMALL) -> bool:
     """Train and export one small stage into ``stages`` unless its exported file's training key matches the key the
-    run would have now (code, config, corpus, inputs) or ``force``; say why it trains. True when it trained."""
+    run would have now (code, config, corpus, inputs) or ``force``; say why it trains. True when it trains."""
     path = stages / f"{stage}.safetensors"
-    full = run_words(stage, seed, stages, words, name, corpus)
-    reasons = ["asked to"] if force else retrain_reasons(path, expected_key(full))
+    full = plan.run_words(stage, seed, stages, words, name, corpus)
+    reasons = ["asked to"] if force else plan.retrain_reasons(path, plan.expected_key(full))
+    if plan.LEDGER.dry_run:
+        reasons += plan.upstream_reasons(stage, stages, full)
     if not reasons:
         print(f"= {path}: reused (its training key matches)", flush=True)
+        plan.LEDGER.used_stage(path)
         return False
-    print(f"~ {path}: trains ({'; '.join(reasons)})", flush=True)
-    check_requirements(stage, stages, [*corpus.train_words.get(stage, ()), *words])
+    print(f"~ {path}: {'would train' if plan.LEDGER.dry_run else 'trains'} ({'; '.join(reasons)})", flush=True)
+    plan.check_requirements(stage, stages, [*corpus.train_words.get(stage, ()), *words])
+    if plan.LEDGER.dry_run:
+        plan.LEDGER.planned.add(str(path))
+        return True
     run("train", *full)
+    plan.LEDGER.used_stage(path)
     return True
-
-
-def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
-    """Stop with the missing nodes of the stage graph (in training order) before a stage that would need them."""
-    from lightning_modules.registry import node_file, requires, training_order
-    from trainer.config import compose
-
-    cfg = compose(["experiment=small", f"stage={stage}", *(w for w in words if not w.startswith("data.root="))]).stage
-    missing = [node for node in requires(stage, cfg) if not (stages / node_file(node)).is_file()]
-    if missing:
-        order = [node for node in training_order(missing) if not (stages / node_file(node)).is_file()]
-        raise SystemExit(f"{stage} needs {', '.join(missing)} in {stages}; make them first, in order: "
-                         f"{' -> '.join(order)}")
 
 
 def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
@@ -216,6 +156,10 @@ def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
     prior = first / "face_prior.safetensors"
     if train("autoencoder", 0, first, corpus=corpus) or not prior.is_file():
         run("prior", "--data", str(corpus.root), "--stages", str(first), "--out", str(prior))
+    if plan.LEDGER.dry_run:
+        plan.LEDGER.planned.update(str(stages / name) for name in ("autoencoder.safetensors", "face_prior.safetensors")
+                                   if str(first / name) in plan.LEDGER.planned or not (first / name).is_file())
+        return stages
     stages.mkdir(parents=True, exist_ok=True)
     for name in ("autoencoder.safetensors", "face_prior.safetensors"):
         copy = stages / name
@@ -289,32 +233,59 @@ RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
 }
 
 
-def write_table(name: str, table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def write_table(name: str, table: str, target: Path) -> None:
+    """Put ``table`` between its markers in ``target`` (the README, or the scratch file of a dirty tree), stamped
+    with the machine, the commit it was evaluated at, the commits its stage files were trained at and its keys."""
+    text = target.read_text() if target.is_file() else ""
     commit = git_commit()
     short = commit[:12] + (" with uncommitted changes" if commit.endswith("-dirty") else "")
-    stamp = f"Machine: {machine()}. Commit: `{short}`. Date: {time.strftime('%Y-%m-%d')}."
+    stamp = (f"Machine: {machine()}. Evaluated at commit `{short}`, {time.strftime('%Y-%m-%d')}. "
+             f"{plan.LEDGER.summary()}")
     block = f"<!-- results:{name} -->\n{table}\n\n{stamp}\n<!-- /results:{name} -->"
     pattern = re.compile(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
-    atomic_write_text(readme, text)
+    atomic_write_text(target, text)
+
+
+def targets(allow_dirty: bool) -> tuple[Path, Path]:
+    """(tables file, raw numbers folder): the README and results/ at a clean commit; scratch ones otherwise."""
+    if not git_commit().endswith("-dirty"):
+        return ROOT / "README.md", ROOT / "results"
+    if not allow_dirty:
+        raise SystemExit("the working tree has uncommitted changes: the README's tables name the commit they were "
+                         "made at, so commit first (or pass --allow-dirty to write them to results/scratch/ only)")
+    return ROOT / "results" / "scratch" / "README-results.md", ROOT / "results" / "scratch"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", default=list(RESULTS), help=f"which results ({', '.join(RESULTS)})")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be trained, evaluated and reused, "
+                        "and why, without doing it")
+    parser.add_argument("--allow-dirty", action="store_true", help="run with uncommitted changes; the tables go to "
+                        "results/scratch/ instead of the README")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in RESULTS]
     if unknown:
         parser.error(f"unknown results {unknown}: choose from {', '.join(RESULTS)}")
+    plan.LEDGER.dry_run = args.dry_run
+    readme, raw = targets(args.allow_dirty or args.dry_run)
     for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
         ensure_corpus(corpus)
     for name in args.names:
-        data, table = RESULTS[name][1]()
-        data.update({"machine": machine(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d")})
-        atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(data, indent=2))
-        write_table(name, table)
+        plan.LEDGER.start_table()
+        try:
+            data, table = RESULTS[name][1]()
+        except plan.DryRunStop as stop:
+            print(f"-- {name}: the rest of this table needs the {stop} evaluation above\n", flush=True)
+            continue
+        if args.dry_run:
+            print(f"-- {name}: every stage file and evaluation would be reused\n", flush=True)
+            continue
+        data.update({"machine": machine(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+                     "stage_files": plan.LEDGER.stages, "evaluations": plan.LEDGER.evaluations})
+        atomic_write_text(raw / f"{name}.json", json.dumps(data, indent=2))
+        write_table(name, table, readme)
         print(table)
     return 0
 

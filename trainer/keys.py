@@ -57,7 +57,7 @@ def module_closure(root: Path, starts: tuple[str, ...], stop: frozenset[str] = f
     todo = list(starts)
     while todo:
         module = todo.pop()
-        if module in seen or (module in stop and module not in starts):
+        if module in seen or (module in stop and module not in starts) or module_path(root, module) is None:
             continue
         seen.add(module)
         parent = module.rsplit(".", 1)[0]
@@ -135,13 +135,17 @@ def input_identity(cfg: Any, earlier_phase: dict[str, Any] | None = None) -> dic
     return inputs
 
 
-def stage_file_key(path: Path) -> dict[str, Any]:
-    """The training key recorded in an exported stage file ({} when it has none or there is no file)."""
+def stage_file_provenance(path: Path) -> dict[str, Any]:
+    """The provenance recorded in an exported stage file ({} when there is no file)."""
     from lightning_modules.stagefile import read_metadata
     if not path.is_file():
         return {}
-    provenance = json.loads(read_metadata(path).get("provenance", "{}"))
-    return provenance.get("training_key") or {}
+    return json.loads(read_metadata(path).get("provenance", "{}"))
+
+
+def stage_file_key(path: Path) -> dict[str, Any]:
+    """The training key recorded in an exported stage file ({} when it has none or there is no file)."""
+    return stage_file_provenance(path).get("training_key") or {}
 
 
 def training_key(cfg: Any, config: dict[str, Any], root: Path = ROOT,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import reports.results as results
+from reports import plan
 from trainer.cli import main
 from trainer.keys import stage_file_key
 
@@ -24,19 +24,19 @@ def test_a_trained_stage_records_the_key_the_planner_expects(trained):
     path, words = trained
     key = stage_file_key(path)
     assert set(key) == {"format", "code", "config", "corpus", "inputs"} and key["corpus"]["version"] == 1
-    assert results.retrain_reasons(path, results.expected_key(words)) == []
+    assert plan.retrain_reasons(path, plan.expected_key(words)) == []
 
 
 def test_a_changed_config_or_input_is_a_reason_to_retrain(trained, tmp_path):
     path, words = trained
-    reasons = results.retrain_reasons(path, results.expected_key([*words, "stage.recon_weight=0.5"]))
+    reasons = plan.retrain_reasons(path, plan.expected_key([*words, "stage.recon_weight=0.5"]))
     assert reasons == ["config section 'stage' changed"]
-    reasons = results.retrain_reasons(path, results.expected_key([*words, "trainer.max_steps=5"]))
+    reasons = plan.retrain_reasons(path, plan.expected_key([*words, "trainer.max_steps=5"]))
     assert reasons == ["config section 'trainer' changed"]
-    assert results.retrain_reasons(tmp_path / "missing.safetensors", results.expected_key(words)) == ["no stage file"]
-    expected = results.expected_key(words)
+    assert plan.retrain_reasons(tmp_path / "missing.safetensors", plan.expected_key(words)) == ["no stage file"]
+    expected = plan.expected_key(words)
     expected["inputs"]["autoencoder"] = "0123"
-    assert results.retrain_reasons(path, expected) == ["input autoencoder changed"]
+    assert plan.retrain_reasons(path, expected) == ["input autoencoder changed"]
 
 
 def test_a_changed_corpus_is_a_reason_to_retrain(trained, synthetic_corpus, tmp_path):
@@ -46,5 +46,5 @@ def test_a_changed_corpus_is_a_reason_to_retrain(trained, synthetic_corpus, tmp_
     index = json.loads((synthetic_corpus / "index.json").read_text())
     index["extra"]["synthetic"]["version"] = 2
     (copy / "index.json").write_text(json.dumps(index))
-    reasons = results.retrain_reasons(path, results.expected_key([*words, f"data.root={copy}"]))
+    reasons = plan.retrain_reasons(path, plan.expected_key([*words, f"data.root={copy}"]))
     assert len(reasons) == 1 and reasons[0].startswith("corpus changed") and "'version': 2" in reasons[0]

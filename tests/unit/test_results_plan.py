@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from lightning_modules.registry import STAGES
-from reports.results import plan_chain
+from reports.plan import plan_chain
 from trainer.keys import ROOT, code_hash, evaluation_code_hash
 
 PACKAGES = ("common", "datamodules", "lightning_modules", "generation", "evaluation", "trainer", "slurm", "reports")
@@ -58,3 +58,34 @@ def test_an_evaluation_change_re_evaluates_without_retraining(copy_of_the_code):
                     "from __future__ import annotations  # LSE")
     assert evaluation_code_hash(modules, copy_of_the_code, stop=("reports.results",)) != before
     assert not any(plan_after_change(copy_of_the_code).values())
+
+
+def test_a_dry_run_says_what_it_would_do_and_why_and_does_nothing(tmp_path, monkeypatch, capsys):
+    import reports.results as results
+    from reports import plan
+
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger(dry_run=True))
+    monkeypatch.setattr(results.subprocess, "run", lambda *a, **k: pytest.fail("a dry run ran a command"))
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    stages = results.shared_autoencoder(1, corpus)
+    assert results.train("conre", 1, stages, corpus=corpus)
+    assert results.train("portrait_diffusion", 1, stages, corpus=corpus)
+    with pytest.raises(plan.DryRunStop):
+        results.cached_evaluation("portrait", 1, [stages / "portrait_diffusion.safetensors"], dict, corpus)
+    out = capsys.readouterr().out
+    assert "autoencoder.safetensors: would train (no stage file)" in out and "would run: seespeaker prior" in out
+    assert "conre retrains; autoencoder retrains; face_prior retrains" in out
+    assert "evaluation would be done (inputs retrain first" in out
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_tables_go_to_the_readme_only_from_a_clean_tree(monkeypatch):
+    import reports.results as results
+
+    monkeypatch.setattr(results, "git_commit", lambda: "0123456789ab-dirty")
+    with pytest.raises(SystemExit, match="uncommitted changes.*--allow-dirty"):
+        results.targets(allow_dirty=False)
+    readme, raw = results.targets(allow_dirty=True)
+    assert "scratch" in readme.parts and "scratch" in raw.parts
+    monkeypatch.setattr(results, "git_commit", lambda: "0123456789ab")
+    assert results.targets(allow_dirty=False) == (results.ROOT / "README.md", results.ROOT / "results")

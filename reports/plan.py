@@ -1,0 +1,155 @@
+"""What ``make results`` reuses, redoes and why: training keys of stage files, keys of cached evaluations, the plan
+of a chain in the stage graph, and the ledger of what one table used (printed next to it).
+
+A stage file is reused only while the training key a run would record now (``trainer.keys``) equals the one it
+records; an evaluation only while the hash of its code and of its input files hold. With ``--dry-run`` nothing
+is trained or evaluated: each step says what it would do and why.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DryRunStop(Exception):
+    """A dry run reached an evaluation that would have to run: the rest of the table needs its numbers."""
+
+
+@dataclass
+class Ledger:
+    """What the table being made used: stage files (path -> key and training commit) and evaluations (cache ->
+    key); in a dry run, the stage files that would be retrained."""
+
+    dry_run: bool = False
+    stages: dict[str, dict] = field(default_factory=dict)
+    evaluations: dict[str, dict] = field(default_factory=dict)
+    planned: set[str] = field(default_factory=set)
+
+    def start_table(self) -> None:
+        self.stages.clear()
+        self.evaluations.clear()
+
+    def used_stage(self, path: Path) -> None:
+        from lightning_modules.stagefile import StageFileError
+        from trainer.keys import stage_file_provenance
+        try:
+            provenance = stage_file_provenance(path)
+        except StageFileError:
+            provenance = {}
+        self.stages[str(path)] = {"key": provenance.get("training_key") or {},
+                                  "commit": provenance.get("git_commit", "")}
+
+    def summary(self) -> str:
+        """One line for under a table: the commits its stage files were trained at and its keys' hashes."""
+        from trainer.keys import digest
+        commits: dict[str, int] = {}
+        for record in self.stages.values():
+            commits[record["commit"][:12] or "unknown"] = commits.get(record["commit"][:12] or "unknown", 0) + 1
+        trained = ", ".join(f"`{c}` ({n} files)" for c, n in sorted(commits.items())) or "none"
+        stage_keys = digest({path: record["key"] for path, record in sorted(self.stages.items())})
+        eval_keys = digest(dict(sorted(self.evaluations.items())))
+        return f"Stage files trained at {trained}. Keys: stage files `{stage_keys}`, evaluations `{eval_keys}`."
+
+
+LEDGER = Ledger()
+
+
+def run_words(stage: str, seed: int, stages: Path, words: tuple[str, ...], name: str, corpus: Any) -> list[str]:
+    """The ``seespeaker train`` words of one small stage run (after the subcommand)."""
+    return ["experiment=small", f"stage={stage}", f"seed={seed}", f"run.name={name or f'seed{seed}'}",
+            f"experiment.output_root={corpus.output_root}", f"run.stages_dir={stages}", f"data.root={corpus.root}",
+            *corpus.train_words.get(stage, ()), *words]
+
+
+def expected_key(words: list[str], earlier_phase: dict | None = None) -> dict:
+    """The training key a run with these words would record now."""
+    from trainer.config import compose, to_container
+    from trainer.keys import training_key
+    cfg = compose(words)
+    return training_key(cfg, to_container(cfg), earlier_phase=earlier_phase)
+
+
+def retrain_reasons(path: Path, expected: dict) -> list[str]:
+    """Why the stage file at ``path`` cannot be reused for a run whose key is ``expected`` ([]: reuse it)."""
+    from lightning_modules.stagefile import StageFileError
+    from trainer.keys import key_changes, stage_file_key
+    if not path.is_file():
+        return ["no stage file"]
+    try:
+        return key_changes(expected, stage_file_key(path))
+    except StageFileError as exc:
+        return [f"unreadable stage file ({exc})"]
+
+
+def upstream_reasons(stage: str, stages: Path, words: list[str]) -> list[str]:
+    """In a dry run: the requirements of ``stage`` that the plan retrains before it."""
+    from lightning_modules.registry import node_file, requires
+    from trainer.config import compose
+    cfg = compose(words).stage
+    return [f"{node} retrains" for node in requires(stage, cfg) if str(stages / node_file(node)) in LEDGER.planned]
+
+
+def plan_chain(stages: list[str], reasons_of: Callable[[str], list[str]],
+               config_of: Callable[[str], object] | None = None) -> dict[str, list[str]]:
+    """stage -> why it retrains ([]: reused), in training order: a stage retrains for its own reasons or because
+    something it needs in the stage graph retrains."""
+    from lightning_modules.registry import STAGES, requires, training_order
+    plan: dict[str, list[str]] = {}
+    for node in training_order(stages, config_of):
+        if node not in STAGES:
+            continue
+        upstream = [f"{needed} retrains" for needed in requires(node, config_of(node) if config_of else None)
+                    if plan.get(needed)]
+        plan[node] = reasons_of(node) + upstream
+    return plan
+
+
+def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
+    """Stop with the missing nodes of the stage graph (in training order) before a stage that would need them."""
+    from lightning_modules.registry import node_file, requires, training_order
+    from trainer.config import compose
+
+    cfg = compose(["experiment=small", f"stage={stage}", *(w for w in words if not w.startswith("data.root="))]).stage
+    missing = [node for node in requires(stage, cfg) if not (stages / node_file(node)).is_file()
+               and str(stages / node_file(node)) not in LEDGER.planned]
+    if missing:
+        order = [node for node in training_order(missing) if not (stages / node_file(node)).is_file()]
+        raise SystemExit(f"{stage} needs {', '.join(missing)} in {stages}; make them first, in order: "
+                         f"{' -> '.join(order)}")
+
+
+def evaluation_key(evaluate: Callable[[], dict], inputs: list[Path]) -> dict:
+    """The key of an evaluation: the hash of the module ``evaluate`` is defined in (and what it imports) and the
+    SHA-256 of each input file."""
+    from evaluation.fid import file_sha256
+    from trainer.keys import evaluation_code_hash
+    return {"code": evaluation_code_hash((evaluate.__module__,), stop=("reports.results", "reports.plan")),
+            "inputs": {str(path): file_sha256(path) for path in inputs if path.is_file()}}
+
+
+def evaluation_change(found: dict, expected: dict) -> str:
+    """Why a cached evaluation is redone, in words."""
+    if not found:
+        return "the cache records no key"
+    changed = [part for part in ("code", "inputs") if found.get(part) != expected[part]]
+    return "changed: " + ", ".join(f"{part} ({found.get(part)} -> {expected[part]})" if part == "code" else part
+                                   for part in changed)
+
+
+def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict | None:
+    """The cached result when its key holds (None: it has to be computed); says which and why."""
+    LEDGER.evaluations[str(cache)] = key
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    planned = [str(p) for p in inputs if str(p) in LEDGER.planned]
+    if saved.get("key") == key and not planned:
+        print(f"= {cache}: the {name} evaluation is reused (same code and inputs)", flush=True)
+        return saved["result"]
+    why = (f"inputs retrain first: {', '.join(planned)}" if planned else
+           evaluation_change(saved.get("key") or {}, key) if saved else "not evaluated yet")
+    print(f"~ {cache}: the {name} evaluation {'would be' if LEDGER.dry_run else 'is'} done ({why})", flush=True)
+    if LEDGER.dry_run:
+        raise DryRunStop(name)
+    return None
