@@ -6,7 +6,9 @@ top-5 of the speaker among all test speakers (gallery: each speaker's mean face 
 score it: the ConRe face encoder of the same seed and dlib's face recognition model. The baselines, scored the
 same way in the same run: the prior alone (the decoded mean latent, the same face for every query) and the face
 of a random training speaker; and the ceiling: the face an ideal reader of each voice would draw
-(:func:`datamodules.synthetic.ideal_portrait`).
+(:func:`datamodules.synthetic.ideal_portrait`). Every face, generated or real, reaches both embedders through
+:func:`evaluation.measure.to_measurement_size` at ``MEASURE_SIZE``, and every mean comes with its 95% interval over
+test speakers (:mod:`evaluation.intervals`).
 """
 from __future__ import annotations
 
@@ -21,38 +23,54 @@ import torch.nn.functional as F
 from common.images import to_uint8, to_unit
 from datamodules.datamodule import ShardDataModule
 from evaluation.identity import DlibFaceEmbedder
+from evaluation.intervals import (
+    format_interval,
+    format_seeds_and_interval,
+    paired_speaker_bootstrap,
+    seed_mean_by_clip,
+    speaker_bootstrap,
+)
+from evaluation.measure import MEASUREMENT_RESIZE, as_float_frames, scale_landmarks, to_measurement_size
 from generation.portrait import PortraitGenerator
 from lightning_modules.conre import ConReStage
-from lightning_modules.retrieval import retrieval_accuracy
+from lightning_modules.retrieval import retrieval_accuracy, speaker_gallery
 from lightning_modules.stagefile import StageFiles
 from reports.results import Corpus
 
 ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker",
         "ideal reader's portrait (ceiling)")
 SAMPLE_STEPS, GUIDANCE = 25, 3.0
+MEASURE_SIZE = 64  # every row and the real faces are scored at the corpus's 64 px, the ConRe judge's input size
+EMBEDDERS = ("conre", "dlib")
+METRICS = ("cosine", "top1", "top5")
+# row differences worth an interval of their own: (row, minus row)
+PAIRS = ((ROWS[0], ROWS[1]), (ROWS[0], ROWS[2]), (ROWS[0], ROWS[3]))
 
 
 def first_frames(data, split: str) -> dict[str, torch.Tensor]:
-    """Every clip of a split once: its first frame [-1, 1], landmarks, 16 kHz speech and speaker index."""
+    """Every clip of a split once: its first frame [-1, 1], landmarks, 16 kHz speech and speaker index; and the
+    clips' keys and speaker names."""
     dm = ShardDataModule(replace(data, num_workers=0, clip_frames=1))
     dm.setup()
     parts: dict[str, list[torch.Tensor]] = {"frames": [], "landmarks": [], "audio": [], "speaker": []}
     ids: list[str] = []
+    keys: list[str] = []
     for batch in dm.eval_dataloader(split):
         valid = batch["valid"]
         ids += [name for name, ok in zip(batch["speaker"], valid.tolist(), strict=True) if ok]
+        keys += [key for key, ok in zip(batch["key"], valid.tolist(), strict=True) if ok]
         parts["frames"].append(batch["frames"][valid, 0])
         parts["landmarks"].append(batch["landmarks"][valid, 0])
         parts["audio"].append(batch["audio"][valid])
         parts["speaker"].append(batch["speaker_index"][valid])
-    return {k: torch.cat(v) for k, v in parts.items()} | {"speaker_id": ids}
+    return {k: torch.cat(v) for k, v in parts.items()} | {"speaker_id": ids, "key": keys}
 
 
-def candidate_images(stages: Path, test: dict, train: dict, seed: int, corpus: Corpus,
-                     batch: int = 26) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
-    """The four rows' images, one per test clip (uint8 [N, R, R, 3]), with the landmarks to align them by:
-    the test faces' mean landmarks for generated faces (the corpus is aligned), a real face's own otherwise;
-    and SAW's weights on the test clips."""
+def candidate_images(stages: Path, test: dict, train: dict, seed: int, corpus: Corpus, batch: int = 26
+                     ) -> tuple[dict[str, tuple[torch.Tensor | np.ndarray, np.ndarray]], dict[str, float]]:
+    """The rows' images, one per test clip (float [N, 3, R, R] in [-1, 1], or uint8 [N, R, R, 3]), with the
+    landmarks to align them by: the test faces' mean landmarks for generated faces (the corpus is aligned), a real
+    face's own otherwise; and SAW's weights on the test clips."""
     count = len(test["audio"])
     mean_marks = np.repeat(test["landmarks"].numpy().mean(0, keepdims=True), count, axis=0)
     images = {}
@@ -60,14 +78,22 @@ def candidate_images(stages: Path, test: dict, train: dict, seed: int, corpus: C
         generator = PortraitGenerator(stages, use_saw=use_saw)
         chunks = [generator.generate_batch(test["audio"][i:i + batch], SAMPLE_STEPS, GUIDANCE, seed + i)
                   for i in range(0, len(test["audio"]), batch)]
-        images[row] = (np.concatenate(chunks), mean_marks)
+        images[row] = (torch.cat(chunks), mean_marks)
         if use_saw:
             weights = saw_weights(generator, test["audio"])
-    images[ROWS[2]] = (np.repeat(generator.mean_face()[None], count, axis=0), mean_marks)
+    images[ROWS[2]] = (generator.mean_face()[None].repeat(count, 1, 1, 1), mean_marks)
     pick = random.Random(seed).choices(range(len(train["frames"])), k=count)
-    images[ROWS[3]] = (to_uint8(train["frames"][pick]), train["landmarks"][pick].numpy())
+    images[ROWS[3]] = (train["frames"][pick], train["landmarks"][pick].numpy())
     images[ROWS[4]] = ideal_images(test["speaker_id"], test["frames"].shape[-1], corpus)
     return images, weights
+
+
+def measured_faces(images: torch.Tensor | np.ndarray, landmarks: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Faces (float [N, 3, R, R] in [-1, 1] or uint8 [N, R, R, 3]) and their landmarks at MEASURE_SIZE, the faces
+    rounded to uint8 values as real frames are (float [N, 3, S, S] in [-1, 1])."""
+    faces = as_float_frames(images)
+    measured = to_unit(to_uint8(to_measurement_size(faces, MEASURE_SIZE)))
+    return measured, scale_landmarks(landmarks, faces.shape[-1], MEASURE_SIZE)
 
 
 def ideal_images(speaker_ids: list[str], resolution: int, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
@@ -123,8 +149,9 @@ def dlib_group_retrieval(queries: list[tuple[np.ndarray, np.ndarray]], drawn: li
 
     dlib = DlibFaceEmbedder()
     real = [neutral_frame(s.face, resolution, np.random.default_rng(1)) for s in drawn]
-    real_emb = dlib_embeddings(dlib, np.stack([i for i, _ in real]), np.stack([m for _, m in real]))
-    query_emb = dlib_embeddings(dlib, np.stack([i for i, _ in queries]), np.stack([m for _, m in queries]))
+    real_emb = dlib_embeddings(dlib, *measured_faces(np.stack([i for i, _ in real]), np.stack([m for _, m in real])))
+    query_emb = dlib_embeddings(dlib, *measured_faces(np.stack([i for i, _ in queries]),
+                                                      np.stack([m for _, m in queries])))
     labels, hits = torch.arange(group), []
     for start in range(0, len(drawn) - group + 1, group):
         part = slice(start, start + group)
@@ -140,36 +167,52 @@ def saw_weights(generator: PortraitGenerator, audio: torch.Tensor) -> dict[str, 
     return {"mean": float(a.mean()), "std_across_clips": float(a.std(dim=0).mean())}
 
 
-def identity_scores(query: torch.Tensor, real: torch.Tensor, speaker: torch.Tensor) -> dict[str, float]:
-    """Cosine to the own speaker's mean real face, and retrieval top-1 / top-5 among the split's speakers."""
+def retrieval_hits(query: torch.Tensor, real: torch.Tensor, speaker: torch.Tensor, k: int) -> torch.Tensor:
+    """Per query [N]: 1 when its speaker is among the k galleries (per-speaker mean real faces) nearest to it."""
+    gallery, labels = speaker_gallery(real.float(), speaker)
+    scores = F.normalize(query.float(), dim=-1) @ gallery.t()
+    top = labels[scores.topk(min(k, len(labels)), dim=-1).indices]
+    return (top == speaker[:, None]).any(dim=-1).float()
+
+
+def identity_scores(query: torch.Tensor, real: torch.Tensor, speaker: torch.Tensor) -> dict:
+    """Cosine to the own speaker's mean real face, and retrieval top-1 / top-5 among the split's speakers; their
+    means, chance levels and per-query values (``per_clip``: {metric: [N]}, in the order of the queries)."""
     labels = torch.unique(speaker)
     gallery = F.normalize(torch.stack([real[speaker == s].mean(0) for s in labels]), dim=-1)
     own = gallery[torch.searchsorted(labels, speaker)]
-    cosine = (F.normalize(query, dim=-1) * own).sum(-1).mean().item()
-    top1, chance1 = retrieval_accuracy(query, real, speaker, k=1)
-    top5, chance5 = retrieval_accuracy(query, real, speaker, k=5)
-    return {"cosine": cosine, "top1": top1, "top5": top5, "chance_top1": chance1, "chance_top5": chance5}
+    per_clip = {"cosine": (F.normalize(query, dim=-1) * own).sum(-1),
+                "top1": retrieval_hits(query, real, speaker, 1), "top5": retrieval_hits(query, real, speaker, 5)}
+    _, chance1 = retrieval_accuracy(query, real, speaker, k=1)
+    _, chance5 = retrieval_accuracy(query, real, speaker, k=5)
+    return {**{name: values.mean().item() for name, values in per_clip.items()}, "chance_top1": chance1,
+            "chance_top5": chance5, "per_clip": {name: values.tolist() for name, values in per_clip.items()}}
 
 
-def dlib_embeddings(embedder: DlibFaceEmbedder, images: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
+def dlib_embeddings(embedder: DlibFaceEmbedder, images: torch.Tensor, landmarks: np.ndarray) -> torch.Tensor:
+    """dlib embeddings [N, 128] of faces already measured (float [N, 3, R, R] in [-1, 1]) and their landmarks."""
     return torch.from_numpy(np.stack([embedder.embed(img, marks)
-                                      for img, marks in zip(images, landmarks, strict=False)])).float()
+                                      for img, marks in zip(to_uint8(images), landmarks, strict=True)])).float()
 
 
 @torch.no_grad()
 def evaluate_portraits(stages: Path, data, seed: int, corpus: Corpus) -> dict:
-    """{"rows": {row: {embedder: scores}}, "saw_weights": ...} for one seed's Stage-1 files on the test split."""
+    """{"rows": {row: {embedder: scores}}, "saw_weights": ..., "clips": [key], "speakers": {key: speaker}} for one
+    seed's Stage-1 files on the test split, every face measured at MEASURE_SIZE (the scores' per-clip lists follow
+    the order of "clips")."""
     test, train = first_frames(data, "test"), first_frames(data, "train")
     images, weights = candidate_images(stages, test, train, seed, corpus)
     face_encoder = ConReStage.for_inference(StageFiles(stages)).face
     dlib = DlibFaceEmbedder()
-    real = {"conre": face_encoder(test["frames"]),
-            "dlib": dlib_embeddings(dlib, to_uint8(test["frames"]), test["landmarks"].numpy())}
+    faces, marks = measured_faces(test["frames"], test["landmarks"].numpy())
+    real = {"conre": face_encoder(faces), "dlib": dlib_embeddings(dlib, faces, marks)}
     results = {}
-    for row, (row_images, marks) in images.items():
-        query = {"conre": face_encoder(to_unit(row_images)), "dlib": dlib_embeddings(dlib, row_images, marks)}
+    for row, (row_images, row_marks) in images.items():
+        faces, marks = measured_faces(row_images, row_marks)
+        query = {"conre": face_encoder(faces), "dlib": dlib_embeddings(dlib, faces, marks)}
         results[row] = {name: identity_scores(query[name], real[name], test["speaker"]) for name in real}
-    return {"rows": results, "saw_weights": weights}
+    return {"rows": results, "saw_weights": weights, "clips": test["key"],
+            "speakers": dict(zip(test["key"], test["speaker_id"], strict=True))}
 
 
 def portrait_seed(seed: int, corpus: Corpus) -> dict:
@@ -183,9 +226,32 @@ def portrait_seed(seed: int, corpus: Corpus) -> dict:
     data = compose(["experiment=small", "stage=portrait_diffusion", f"data.root={corpus.root}"]).data
     inputs = [stages / f"{name}.safetensors" for name in ("conre", "autoencoder", "face_prior", "portrait_diffusion",
                                                           "saw")]
-    result = cached_evaluation("portrait", seed, inputs, lambda: evaluate_portraits(stages, data, seed, corpus),
-                               corpus)
+    result = cached_evaluation(f"portrait-{MEASURE_SIZE}px", seed, inputs,
+                               lambda: evaluate_portraits(stages, data, seed, corpus), corpus)
     return {"seed": seed, **result}
+
+
+def clip_values(per_seed: list[dict], row: str, embedder: str, metric: str) -> dict[str, float]:
+    """A row's per-clip values of one embedder's metric, averaged over the seeds."""
+    return seed_mean_by_clip([dict(zip(r["clips"], r["rows"][row][embedder]["per_clip"][metric], strict=True))
+                              for r in per_seed])
+
+
+def cell(per_seed: list[dict], row: str, embedder: str, metric: str) -> str:
+    """One row's metric as mean ± std over seeds [95% interval over test speakers]."""
+    interval = speaker_bootstrap(clip_values(per_seed, row, embedder, metric), per_seed[0]["speakers"])
+    return format_seeds_and_interval([r["rows"][row][embedder][metric] for r in per_seed], interval)
+
+
+def paired_lines(per_seed: list[dict]) -> list[str]:
+    """One line per PAIRS entry: the cosine and top-1 differences by both embedders, with paired intervals."""
+    lines = []
+    for row, other in PAIRS:
+        diffs = [f"{embedder} {metric} " + format_interval(*paired_speaker_bootstrap(
+            clip_values(per_seed, row, embedder, metric), clip_values(per_seed, other, embedder, metric),
+            per_seed[0]["speakers"])) for embedder in EMBEDDERS for metric in ("cosine", "top1")]
+        lines.append(f"- {row} − {other}: " + ", ".join(diffs))
+    return lines
 
 
 def portrait_results(corpus: Corpus) -> tuple[dict, str]:
@@ -193,21 +259,21 @@ def portrait_results(corpus: Corpus) -> tuple[dict, str]:
     from reports.results import SEEDS, mean_spread
 
     per_seed = [portrait_seed(seed, corpus) for seed in SEEDS]
-
-    def cell(row: str, embedder: str, metric: str) -> str:
-        return mean_spread([r["rows"][row][embedder][metric] for r in per_seed])
-
     first = per_seed[0]["rows"][ROWS[0]]["conre"]
     lines = [f"Identity of portraits generated from held-out speakers' speech (corpus `{corpus.root}`, voice share "
-             f"{corpus.voice_share():g}; {len(SEEDS)} seeds, mean ± std; "
+             f"{corpus.voice_share():g}; {len(SEEDS)} seeds, mean ± std over seeds [95% interval over test "
+             f"speakers, seed-averaged clips, speakers resampled]; "
              f"one portrait per test clip, {SAMPLE_STEPS} sampler steps, guidance {GUIDANCE}). Cosine: to the "
              f"speaker's own mean real face; top-k: retrieval of the speaker among the test speakers (chance "
-             f"top-1 {first['chance_top1']:.3f}, top-5 {first['chance_top5']:.3f}).", "",
+             f"top-1 {first['chance_top1']:.3f}, top-5 {first['chance_top5']:.3f}). Every face, generated or "
+             f"real, is measured at {MEASURE_SIZE} px ({MEASUREMENT_RESIZE}) before both embedders.", "",
              "| portrait | ConRe cos | ConRe top-1 | ConRe top-5 | dlib cos | dlib top-1 | dlib top-5 |",
              "|---|---|---|---|---|---|---|"]
     for row in ROWS:
-        lines.append(f"| {row} | " + " | ".join(cell(row, e, m) for e in ("conre", "dlib")
-                                               for m in ("cosine", "top1", "top5")) + " |")
+        lines.append(f"| {row} | " + " | ".join(cell(per_seed, row, e, m) for e in EMBEDDERS for m in METRICS)
+                     + " |")
+    lines += ["", "Differences of rows on the same clips (mean [paired 95% interval over test speakers]):",
+              *paired_lines(per_seed)]
     lines += ["", "SAW's prior weight a on the test clips: mean "
               f"{mean_spread([r['saw_weights']['mean'] for r in per_seed])}, std across clips "
               f"{mean_spread([r['saw_weights']['std_across_clips'] for r in per_seed])} (averaged over channels).",

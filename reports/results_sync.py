@@ -8,7 +8,9 @@ with someone else's speech: the floor).
 
 The scorer is a *second* sync expert, trained with another seed on the other half of the training speakers
 (``data.speaker_part=1/2``) than the expert the lip enhancer trained against (``0/2``); it never saw the
-enhancer's expert's speakers, and the enhancer never saw it.
+enhancer's expert's speakers, and the enhancer never saw it. Every row reaches it through
+:func:`evaluation.measure.to_measurement_size` at ``MEASURE_SIZE`` (the 64 px rows go up by bicubic), and every
+mean comes with its 95% interval over test speakers (:mod:`evaluation.intervals`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,15 @@ from pathlib import Path
 import torch
 
 from datamodules.datamodule import ShardDataModule
+from evaluation.intervals import (
+    format_interval,
+    format_seeds_and_interval,
+    paired_speaker_bootstrap,
+    seed_mean_by_clip,
+    speaker_bootstrap,
+)
 from evaluation.lse import SyncClip, lse_scores
+from evaluation.measure import MEASUREMENT_RESIZE, to_measurement_size
 from generation.pipeline import GenerationOptions, TalkingFacePipeline
 from lightning_modules.stagefile import StageFiles
 from lightning_modules.syncnet import SyncNetStage, sync_region
@@ -28,6 +38,12 @@ ROWS = {"motion_diffusion": "(i) motion_diffusion", "lip_enhancer": "(ii) + lip_
         "codebook": "(v) + codebook (256 px)", "truth": "(iii) ground truth", "mismatched": "(iv) other clip's audio"}
 CLIP_FRAMES = 50  # 2 s per clip
 CLIPS = 26  # one clip each of 26 of the test speakers
+MEASURE_SIZE = 256  # every row is scored at the codebook row's size
+METRICS = ("lse_c", "lse_d", "offset_zero")
+# row differences worth an interval of their own: (row, minus row, what the difference says)
+PAIRS = (("lip_enhancer", "motion_diffusion", "what the lip enhancer adds"),
+         ("codebook", "lip_enhancer", "what the codebook renderer changes"),
+         ("lip_enhancer", "mismatched", "sync above the floor of another clip's audio"))
 
 
 def test_clips(data, clips: int) -> list[dict]:
@@ -65,17 +81,28 @@ def stage2_videos(stages: Path, clips: list[dict], seed: int) -> dict[str, list[
     return rows
 
 
-def score_rows(rows: dict[str, list[SyncClip]], scorer_path: Path) -> dict[str, dict[str, float]]:
-    """{row: {lse_c, lse_d, offset_zero}} by the scorer expert (offset_zero: fraction of clips found in sync)."""
+def score_rows(rows: dict[str, list[SyncClip]], scorer_path: Path) -> dict[str, dict]:
+    """{row: {lse_c, lse_d, offset_zero, clips, per_clip}} by the scorer expert, every row measured at
+    MEASURE_SIZE (offset_zero: fraction of clips found in sync; per_clip: {clip key: the same three})."""
     expert, cfg = SyncNetStage.for_inference(StageFiles.of(scorer_path, "syncnet"))
     scores = {}
     for name, clips in rows.items():
-        seen = [replace(c, frames=sync_region(torch.as_tensor(c.frames), cfg.region)) for c in clips]
+        seen = [replace(c, frames=sync_region(to_measurement_size(c.frames, MEASURE_SIZE), cfg.region))
+                for c in clips]
         result = lse_scores(expert, seen, expert_label=f"scorer {scorer_path}")
+        per_clip = {c.key: {"lse_c": c.lse_c, "lse_d": c.lse_d, "offset_zero": float(c.offset == 0)}
+                    for c in result.clips}
         in_sync = sum(c.offset == 0 for c in result.clips) / len(result.clips)
         scores[name] = {"lse_c": result.lse_c, "lse_d": result.lse_d, "offset_zero": in_sync,
-                        "clips": len(result.clips)}
+                        "clips": len(result.clips), "per_clip": per_clip}
     return scores
+
+
+def evaluate_seed(stages: Path, data, scorer: Path, seed: int) -> dict:
+    """{"rows": score_rows(...), "speakers": {clip key: speaker}} of one seed's Stage-2 files on the test clips."""
+    clips = test_clips(data, CLIPS)
+    return {"rows": score_rows(stage2_videos(stages, clips, seed), scorer),
+            "speakers": {clip["key"]: clip["speaker"] for clip in clips}}
 
 
 def expert_accuracy(run_dir: Path) -> float:
@@ -101,27 +128,56 @@ def sync_seed(seed: int) -> dict:
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     inputs = [scorer] + [stages / f"{name}.safetensors" for name in
                          ("conre", "autoencoder", "motion_diffusion", "lip_enhancer", "codebook")]
-    evaluate = lambda: score_rows(stage2_videos(stages, test_clips(data, CLIPS), seed), scorer)  # noqa: E731
-    return {"seed": seed, "rows": cached_evaluation("sync", seed, inputs, evaluate)}
+    result = cached_evaluation(f"sync-{MEASURE_SIZE}px", seed, inputs,
+                               lambda: evaluate_seed(stages, data, scorer, seed))
+    return {"seed": seed, **result}
+
+
+def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
+    """A row's per-clip values of one metric, averaged over the seeds."""
+    return seed_mean_by_clip([{clip: v[metric] for clip, v in r["rows"][row]["per_clip"].items()}
+                              for r in per_seed])
+
+
+def cell(per_seed: list[dict], row: str, metric: str) -> str:
+    """One row's metric as mean ± std over seeds [95% interval over test speakers]."""
+    interval = speaker_bootstrap(clip_values(per_seed, row, metric), per_seed[0]["speakers"])
+    return format_seeds_and_interval([r["rows"][row][metric] for r in per_seed], interval)
+
+
+def paired_lines(per_seed: list[dict], names: list[str]) -> list[str]:
+    """One line per PAIRS entry whose rows are in the table: the LSE-C and LSE-D differences with their
+    paired intervals over test speakers."""
+    lines = []
+    for row, other, meaning in PAIRS:
+        if row in names and other in names:
+            diffs = [f"{label} " + format_interval(*paired_speaker_bootstrap(
+                clip_values(per_seed, row, metric), clip_values(per_seed, other, metric), per_seed[0]["speakers"]))
+                for metric, label in (("lse_c", "LSE-C"), ("lse_d", "LSE-D"))]
+            lines.append(f"- {ROWS[row]} − {ROWS[other]} ({meaning}): " + ", ".join(diffs))
+    return lines
 
 
 def sync_results() -> tuple[dict, str]:
     """Train (or reuse) the small Stage-2 chain and its independent scorer, and tabulate LSE per step."""
-    from reports.results import OUTPUT_ROOT, SEEDS, mean_spread
+    from reports.results import OUTPUT_ROOT, SEEDS
 
     per_seed = [sync_seed(seed) for seed in SEEDS]
     names = [n for n in ROWS if all(n in r["rows"] for r in per_seed)]
     lines = [f"LSE of Stage 2 on {per_seed[0]['rows']['truth']['clips']} held-out clips (2 s each, animated from "
-             f"the clip's first frame with its speech; {len(SEEDS)} seeds, mean ± std), scored by the *scorer*: a "
+             f"the clip's first frame with its speech; {len(SEEDS)} seeds, mean ± std over seeds [95% interval "
+             f"over test speakers, seed-averaged clips, speakers resampled]), scored by the *scorer*: a "
              f"second compact sync expert trained with seed 100 on the other half of the training speakers "
-             f"(`data.speaker_part=1/2`) than the expert the lip enhancer trained against (`0/2`). LSE-C: higher "
+             f"(`data.speaker_part=1/2`) than the expert the lip enhancer trained against (`0/2`). Every row is "
+             f"measured at {MEASURE_SIZE} px ({MEASUREMENT_RESIZE}) before the scorer. LSE-C: higher "
              f"is better; LSE-D: lower is better; in sync: clips whose LSE offset is 0.", "",
              "| videos | LSE-C | LSE-D | in sync |", "|---|---|---|---|"]
     for name in names:
-        values = [r["rows"][name] for r in per_seed]
-        lines.append(f"| {ROWS[name]} | {mean_spread([v['lse_c'] for v in values])} | "
-                     f"{mean_spread([v['lse_d'] for v in values])} | "
-                     f"{mean_spread([v['offset_zero'] for v in values])} |")
+        lines.append(f"| {ROWS[name]} | " + " | ".join(cell(per_seed, name, m) for m in METRICS) + " |")
+    pairs = paired_lines(per_seed, names)
+    if pairs:
+        lines += ["", "Differences of rows on the same clips (mean [paired 95% interval over test speakers]):",
+                  *pairs]
     accuracy = {name: expert_accuracy(OUTPUT_ROOT / "small" / f"syncnet-{name}")
                  for name in ["scorer", *(f"seed{seed}" for seed in SEEDS)]}
     lines += ["", "AV-offset accuracy of the experts on the validation speakers' clips (12 frames, offsets -4..4, "
