@@ -72,6 +72,15 @@ def expected_key(words: list[str], earlier_phase: dict | None = None) -> dict:
     return training_key(cfg, to_container(cfg), earlier_phase=earlier_phase)
 
 
+def phase_chain_key(phase_runs: list[list[str]]) -> dict:
+    """The key the last of phases trained in turn into one file would record: each phase's key holds the key of the
+    phase file it starts from."""
+    expected = None
+    for words in phase_runs:
+        expected = expected_key(words, earlier_phase=expected)
+    return expected
+
+
 def retrain_reasons(path: Path, expected: dict) -> list[str]:
     """Why the stage file at ``path`` cannot be reused for a run whose key is ``expected`` ([]: reuse it)."""
     from lightning_modules.stagefile import StageFileError

@@ -147,6 +147,31 @@ def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", forc
     return True
 
 
+def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ...]], corpus: Corpus = SMALL) -> bool:
+    """The codebook's three phases in turn into ``stages``, unless the file's key chain holds (each phase's key
+    records the key of the phase file it started from, so the render file's key covers all three). True when
+    they train."""
+    from lightning_modules.codebook_parts import PHASES
+
+    path = stages / "codebook.safetensors"
+    runs = [plan.run_words("codebook", seed, stages, (f"stage.phase={phase}", *phase_words.get(phase, ())),
+                           f"seed{seed}-{phase}", corpus) for phase in PHASES]
+    reasons = plan.retrain_reasons(path, plan.phase_chain_key(runs))
+    if not reasons:
+        print(f"= {path}: reused (the key chain of its three phases matches)", flush=True)
+        plan.LEDGER.used_stage(path)
+        return False
+    print(f"~ {path}: {'would train' if plan.LEDGER.dry_run else 'trains'} phase by phase ({'; '.join(reasons)})",
+          flush=True)
+    if plan.LEDGER.dry_run:
+        plan.LEDGER.planned.add(str(path))
+        return True
+    for words in runs:
+        run("train", *words)
+    plan.LEDGER.used_stage(path)
+    return True
+
+
 def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
     """Seed 0's autoencoder and face prior, shared by every seed (the seeds vary the stages under test); the prior
     is recomputed whenever the autoencoder retrains, and each seed's copies follow seed 0's files."""

@@ -143,17 +143,12 @@ def evaluate_codebook(stage_path: Path, data) -> dict:
 
 def codebook_seed(seed: int) -> dict:
     """One seed's rows: its three codebook phases trained (or reused) and its upscaling scored."""
-    from reports.results import CORPUS, SMALL, cached_evaluation, train
+    from reports.results import CORPUS, SMALL, cached_evaluation, train, train_codebook
     from trainer.config import compose
 
     stages = SMALL.stages(seed)
     train("conre", seed, stages)
-    for phase in ("vqgan", "transformer", "render"):
-        marker = stages / f".codebook-{phase}.done"
-        if not marker.is_file():
-            train("codebook", seed, stages, f"stage.phase={phase}", *PHASE_WORDS.get(phase, ()),
-                  name=f"seed{seed}-{phase}", force=True)
-            marker.touch()
+    train_codebook(seed, stages, PHASE_WORDS)
     data = compose(["experiment=small", "stage=codebook", f"data.root={CORPUS}"]).data
     path = stages / "codebook.safetensors"
     result = cached_evaluation(f"codebook-{MEASURE_SIZE}px", seed, [path], lambda: evaluate_codebook(path, data))

@@ -48,3 +48,19 @@ def test_a_changed_corpus_is_a_reason_to_retrain(trained, synthetic_corpus, tmp_
     (copy / "index.json").write_text(json.dumps(index))
     reasons = plan.retrain_reasons(path, plan.expected_key([*words, f"data.root={copy}"]))
     assert len(reasons) == 1 and reasons[0].startswith("corpus changed") and "'version': 2" in reasons[0]
+
+
+def test_the_codebook_phases_chain_their_keys(synthetic_corpus, tmp_path):
+    from tests.integration.tiny_stages import codebook_train_words
+
+    runs = [codebook_train_words(synthetic_corpus, tmp_path / "out", phase)[1:] for phase in ("vqgan", "transformer",
+                                                                                                "render")]
+    runs = [[*words, f"run.stages_dir={tmp_path / 'stages'}"] for words in runs]
+    for words in runs:
+        assert main(["train", *words]) == 0
+    path = tmp_path / "stages" / "codebook.safetensors"
+    assert stage_file_key(path)["inputs"]["codebook"]["inputs"]["codebook"]["config"]  # render <- transformer <- vqgan
+    assert plan.retrain_reasons(path, plan.phase_chain_key(runs)) == []
+    changed = [runs[0][:-1] + ["stage.codebook_size=16", runs[0][-1]], *runs[1:]]
+    reasons = plan.retrain_reasons(path, plan.phase_chain_key(changed))
+    assert reasons == ["codebook phase file: codebook phase file: config section 'stage' changed"]
