@@ -12,12 +12,18 @@ def speaker_gallery(face: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.Te
     return F.normalize(gallery, dim=-1), labels
 
 
-def retrieval_accuracy(query: torch.Tensor, face: torch.Tensor, speaker: torch.Tensor,
-                       k: int = 1) -> tuple[float, float]:
-    """(top-k accuracy, chance level) of finding each query's speaker among the per-speaker galleries."""
+def retrieval_hits(query: torch.Tensor, face: torch.Tensor, speaker: torch.Tensor,
+                   k: int = 1) -> tuple[torch.Tensor, float]:
+    """(hit [N]: 1 where a query's speaker is among its top k of the per-speaker galleries, chance level)."""
     gallery, labels = speaker_gallery(face.float(), speaker)
     scores = F.normalize(query.float(), dim=-1) @ gallery.t()
     k = min(k, len(labels))
     top = labels[scores.topk(k, dim=-1).indices]
-    hit = (top == speaker[:, None]).any(dim=-1).float().mean().item()
-    return hit, k / len(labels)
+    return (top == speaker[:, None]).any(dim=-1).float(), k / len(labels)
+
+
+def retrieval_accuracy(query: torch.Tensor, face: torch.Tensor, speaker: torch.Tensor,
+                       k: int = 1) -> tuple[float, float]:
+    """(top-k accuracy, chance level) of finding each query's speaker among the per-speaker galleries."""
+    hits, chance = retrieval_hits(query, face, speaker, k)
+    return hits.mean().item(), chance

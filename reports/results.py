@@ -193,34 +193,47 @@ def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
     return stages
 
 
-def conre_results() -> tuple[dict, str]:
-    """Speech-to-face retrieval of held-out (test) speakers by the small ConRe, 3 seeds, against chance."""
-    from datamodules.synthetic import ideal_retrieval
+def conre_seed(seed: int) -> dict:
+    """One seed's ConRe, trained (or reused), and its retrieval on the test and training speakers (cached)."""
+    from dataclasses import asdict
+
     from evaluation.conre_eval import conre_retrieval
     from trainer.config import compose
 
-    per_seed = []
-    for seed in SEEDS:
-        stages = SMALL.stages(seed)
-        start = time.time()
-        trained = train("conre", seed, stages)
-        minutes = (time.time() - start) / 60 if trained else None  # None: an existing export was reused
-        cfg = compose(["experiment=small", "stage=conre", f"data.root={CORPUS}"])
-        test = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "test")
-        train_split = conre_retrieval(str(stages / "conre.safetensors"), cfg.data, "train")
-        per_seed.append({"seed": seed, "test": test.__dict__, "train": train_split.__dict__, "train_minutes": minutes})
-    top1 = [r["test"]["top1"] for r in per_seed]
-    top5 = [r["test"]["top5"] for r in per_seed]
-    chance1, chance5 = per_seed[0]["test"]["chance_top1"], per_seed[0]["test"]["chance_top5"]
-    speakers = per_seed[0]["test"]["speakers"]
+    stages = SMALL.stages(seed)
+    start = time.time()
+    trained = train("conre", seed, stages)
+    minutes = (time.time() - start) / 60 if trained else None  # None: an existing export was reused
+    data = compose(["experiment=small", "stage=conre", f"data.root={CORPUS}"]).data
+    path = stages / "conre.safetensors"
+    scores = cached_evaluation("conre", seed, [path], lambda: {
+        split: asdict(conre_retrieval(str(path), data, split)) for split in ("test", "train")})
+    return {"seed": seed, **scores, "train_minutes": minutes}
+
+
+def conre_results() -> tuple[dict, str]:
+    """Speech-to-face retrieval of held-out (test) speakers by the small ConRe, 3 seeds, against chance."""
+    from datamodules.synthetic import ideal_retrieval
+    from evaluation.intervals import format_seeds_and_interval, seed_mean_by_clip, speaker_bootstrap
+
+    per_seed = [conre_seed(seed) for seed in SEEDS]
+    test = [r["test"] for r in per_seed]
+    speaker_of = {key: clip["speaker"] for key, clip in test[0]["per_clip"].items()}
+
+    def cell(metric: str) -> str:
+        by_clip = seed_mean_by_clip([{k: c[metric] for k, c in r["per_clip"].items()} for r in test])
+        return format_seeds_and_interval([r[metric] for r in test], speaker_bootstrap(by_clip, speaker_of))
+
+    chance1, chance5, speakers = test[0]["chance_top1"], test[0]["chance_top5"], test[0]["speakers"]
     ideal1, ideal5 = ideal_retrieval(speakers, voice_share=SMALL.voice_share())
+    top1, top5 = [r["top1"] for r in test], [r["top5"] for r in test]
     lines = [
         f"ConRe speech-to-face retrieval among {speakers} held-out speakers "
-        f"(small scale, seeds {', '.join(map(str, SEEDS))}; mean ± std).",
+        f"(small scale, seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds [95% interval over test speakers]).",
         "",
         "| | top-1 | top-5 |",
         "|---|---|---|",
-        f"| ConRe (small) | {mean_spread(top1)} | {mean_spread(top5)} |",
+        f"| ConRe (small) | {cell('top1')} | {cell('top5')} |",
         f"| chance | {chance1:.3f} | {chance5:.3f} |",
         f"| ratio to chance | {statistics.mean(top1) / chance1:.2f}x | {statistics.mean(top5) / chance5:.2f}x |",
         f"| ideal reader (ceiling) | {ideal1:.3f} | {ideal5:.3f} |",
@@ -258,11 +271,10 @@ RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
 }
 
 
-def write_table(name: str, table: str, target: Path) -> None:
+def write_table(name: str, table: str, target: Path, commit: str) -> None:
     """Put ``table`` between its markers in ``target`` (the README, or the scratch file of a dirty tree), stamped
     with the machine, the commit it was evaluated at, the commits its stage files were trained at and its keys."""
     text = target.read_text() if target.is_file() else ""
-    commit = git_commit()
     short = commit[:12] + (" with uncommitted changes" if commit.endswith("-dirty") else "")
     stamp = (f"Machine: {machine()}. Evaluated at commit `{short}`, {time.strftime('%Y-%m-%d')}. "
              f"{plan.LEDGER.summary()}")
@@ -294,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown results {unknown}: choose from {', '.join(RESULTS)}")
     plan.LEDGER.dry_run = args.dry_run
+    commit = git_commit()  # the commit the tables are computed at, checked clean before anything runs
     readme, raw = targets(args.allow_dirty or args.dry_run)
     for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
         ensure_corpus(corpus)
@@ -307,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(f"-- {name}: every stage file and evaluation would be reused\n", flush=True)
             continue
-        data.update({"machine": machine(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+        data.update({"machine": machine(), "commit": commit, "date": time.strftime("%Y-%m-%d"),
                      "stage_files": plan.LEDGER.stages, "evaluations": plan.LEDGER.evaluations})
         atomic_write_text(raw / f"{name}.json", json.dumps(data, indent=2))
-        write_table(name, table, readme)
+        write_table(name, table, readme, commit)
         print(table)
     return 0
 
