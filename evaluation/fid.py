@@ -249,3 +249,22 @@ def cached_stats(path: str | Path, extractor: InceptionFeatures, batches, source
         stats.update(extractor(batch))
     stats.save(path)
     return stats
+
+
+def content_features(extractor: InceptionFeatures, images: torch.Tensor | np.ndarray, cache_dir: str | Path,
+                     chunk: int = 64) -> np.ndarray:
+    """Inception features of a frame set, cached under ``cache_dir`` by the SHA-256 of its pixels (as the extractor
+    sees them: uint8-rounded) and of the extractor's provenance, so that a set scored in many rows or seeds costs one
+    pass."""
+    pixels = quantize_images(images).to("cpu", torch.uint8)
+    digest = hashlib.sha256(json.dumps(extractor.describe(), sort_keys=True).encode())
+    digest.update(str(tuple(pixels.shape)).encode())
+    digest.update(pixels.numpy().tobytes())
+    path = Path(cache_dir) / f"{digest.hexdigest()[:32]}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    features = np.concatenate([extractor(images[i:i + chunk]) for i in range(0, len(pixels), chunk)] or
+                              [np.zeros((0, FEATURE_DIM))])
+    with atomic_path(path) as tmp:
+        np.save(tmp, features, allow_pickle=False)
+    return features

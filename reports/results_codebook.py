@@ -21,7 +21,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from common.images import to_uint8
 from datamodules.datamodule import ShardDataModule
-from evaluation.fid import FeatureStats, InceptionFeatures, fid_from_stats
+from evaluation.fid import FeatureStats, InceptionFeatures, content_features, fid_from_stats
 from evaluation.intervals import (
     format_interval,
     format_seeds_and_interval,
@@ -81,9 +81,11 @@ def upscaled_chunks(stage_path: Path, low: torch.Tensor, size: int) -> Iterator[
 
 
 def feature_stats(extractor: InceptionFeatures, images: np.ndarray) -> FeatureStats:
-    """Inception statistics of uint8 images [N, H, W, 3]."""
+    """Inception statistics of uint8 images [N, H, W, 3]; the features are cached by the frame set's content, so
+    the real frames cost one pass for every seed."""
+    from reports.results import OUTPUT_ROOT
     stats = FeatureStats(provenance=extractor.describe())
-    stats.update(np.concatenate([extractor(images[i:i + 64]) for i in range(0, len(images), 64)]))
+    stats.update(content_features(extractor, images, OUTPUT_ROOT / "inception-features"))
     return stats
 
 

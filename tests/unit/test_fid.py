@@ -141,3 +141,27 @@ def test_extractor_records_its_weights_and_cache_reuses_matching_stats(extractor
     np.testing.assert_allclose(second.mean, first.mean)
     with pytest.raises(ValueError, match="resize_mode"):
         InceptionFeatures(resize_mode="pil_bicubic")
+
+
+def test_features_are_cached_by_the_frame_sets_content(tmp_path):
+    from evaluation.fid import content_features
+
+    class CountingExtractor:
+        calls = 0
+
+        def describe(self) -> dict:
+            return {"extractor": "mean colour"}
+
+        def __call__(self, images):
+            CountingExtractor.calls += 1
+            return np.asarray(images, dtype=np.float64).reshape(len(images), -1, 3).mean(axis=1)
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    first = content_features(CountingExtractor(), frames, tmp_path, chunk=2)
+    again = content_features(CountingExtractor(), frames.copy(), tmp_path, chunk=2)
+    assert np.array_equal(first, again) and CountingExtractor.calls == 3  # one pass of 3 chunks, then the cache
+    other = frames.copy()
+    other[0, 0, 0, 0] ^= 1
+    content_features(CountingExtractor(), other, tmp_path, chunk=2)
+    assert CountingExtractor.calls == 6 and len(list(tmp_path.glob("*.npy"))) == 2
