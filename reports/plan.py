@@ -44,17 +44,22 @@ class Ledger:
 
     def summary(self) -> str:
         """One line for under a table: the commits its stage files were trained at and its keys' hashes."""
+        from collections import Counter
+
         from trainer.keys import digest
-        commits: dict[str, int] = {}
-        for record in self.stages.values():
-            commits[record["commit"][:12] or "unknown"] = commits.get(record["commit"][:12] or "unknown", 0) + 1
-        trained = ", ".join(f"`{c}` ({n} files)" for c, n in sorted(commits.items())) or "none"
+        commits = Counter(short_commit(record["commit"]) for record in self.stages.values())
+        trained = ", ".join(f"`{c}` ({n} file{'s' if n > 1 else ''})" for c, n in sorted(commits.items())) or "none"
         stage_keys = digest({path: record["key"] for path, record in sorted(self.stages.items())})
         eval_keys = digest(dict(sorted(self.evaluations.items())))
         return f"Stage files trained at {trained}. Keys: stage files `{stage_keys}`, evaluations `{eval_keys}`."
 
 
 LEDGER = Ledger()
+
+
+def short_commit(commit: str) -> str:
+    """``0123456789ab``, ``0123456789ab-dirty`` or ``unknown``."""
+    return (commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")) if commit else "unknown"
 
 
 def run_words(stage: str, seed: int, stages: Path, words: tuple[str, ...], name: str, corpus: Any) -> list[str]:

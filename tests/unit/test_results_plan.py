@@ -89,3 +89,15 @@ def test_tables_go_to_the_readme_only_from_a_clean_tree(monkeypatch):
     assert "scratch" in readme.parts and "scratch" in raw.parts
     monkeypatch.setattr(results, "git_commit", lambda: "0123456789ab")
     assert results.targets(allow_dirty=False) == (results.ROOT / "README.md", results.ROOT / "results")
+
+
+def test_the_stamp_names_the_training_commits_dirty_ones_as_such():
+    from reports.plan import Ledger
+
+    ledger = Ledger(stages={"a": {"key": {"code": "1"}, "commit": "0123456789abcdef"},
+                            "b": {"key": {"code": "1"}, "commit": "0123456789abcdef"},
+                            "c": {"key": {"code": "2"}, "commit": "fedcba9876543210-dirty"}})
+    summary = ledger.summary()
+    assert "`0123456789ab` (2 files), `fedcba987654-dirty` (1 file)" in summary
+    ledger.stages["c"]["key"] = {"code": "3"}
+    assert ledger.summary() != summary  # the keys' hash follows every key
