@@ -8,6 +8,7 @@ is trained or evaluated: each step says what it would do and why.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,17 @@ def evaluation_key(evaluate: Callable[[], dict], inputs: list[Path]) -> dict:
     SHA-256 of each input file."""
     from evaluation.fid import file_sha256
     from trainer.keys import evaluation_code_hash
-    return {"code": evaluation_code_hash((evaluate.__module__,), stop=("reports.results", "reports.plan")),
+    return {"code": evaluation_code_hash((module_name(evaluate),), stop=("reports.results", "reports.plan")),
             "inputs": {str(path): file_sha256(path) for path in inputs if path.is_file()}}
+
+
+def module_name(function: Callable) -> str:
+    """The importable name of the module ``function`` is defined in (``python -m`` runs it as ``__main__``)."""
+    module = function.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        return spec.name if spec is not None else module
+    return module
 
 
 def evaluation_change(found: dict, expected: dict) -> str:

@@ -83,9 +83,9 @@ def stage_modules() -> dict[str, str]:
 def code_hash(stage: str, root: Path = ROOT) -> str:
     """The hash of the modules that define and train ``stage`` (read under ``root``)."""
     modules = stage_modules()
-    own = modules[stage]
+    own = (modules[stage],) if stage in modules else ()  # a stage class defined outside the registry: the machinery
     stop = frozenset(m for s, m in modules.items() if s != stage) | frozenset(BOOKKEEPING)
-    return source_hash(root, module_closure(root, (own, *TRAINING_MODULES), stop))
+    return source_hash(root, module_closure(root, (*own, *TRAINING_MODULES), stop))
 
 
 def evaluation_code_hash(modules: tuple[str, ...], root: Path = ROOT, stop: tuple[str, ...] = ()) -> str:

@@ -101,3 +101,18 @@ def test_the_stamp_names_the_training_commits_dirty_ones_as_such():
     assert "`0123456789ab` (2 files), `fedcba987654-dirty` (1 file)" in summary
     ledger.stages["c"]["key"] = {"code": "3"}
     assert ledger.summary() != summary  # the keys' hash follows every key
+
+
+def test_an_evaluation_defined_in_the_module_run_as_main_is_keyed_on_its_code(monkeypatch):
+    import sys
+    import types
+
+    from reports import plan
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="reports.results_conre")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    evaluate = types.FunctionType((lambda: {}).__code__, {"__name__": "__main__"})
+    assert plan.module_name(evaluate) == "reports.results_conre"
+    assert plan.evaluation_key(evaluate, [])["code"] == evaluation_code_hash(("reports.results_conre",),
+                                                                             stop=("reports.results", "reports.plan"))
