@@ -14,3 +14,19 @@ def load_reference_module(name: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def random_compact_expert(var_low: float, var_high: float):
+    """A tiny random compact sync expert (seed 0) whose batch norms carry random statistics (running variances in
+    [var_low, var_high]), so that its scores move with its inputs as a trained expert's do."""
+    import torch
+
+    from lightning_modules.nets.syncnet import SyncNetCompact
+
+    torch.manual_seed(0)
+    net = SyncNetCompact(embedding_dim=24, width=8)
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(var_low, var_high)
+    return net.eval()

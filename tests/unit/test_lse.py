@@ -9,8 +9,8 @@ import torch
 
 from evaluation.lse import SyncClip, lse_scores, offset_distances
 from evaluation.mfcc import mfcc
-from lightning_modules.nets.syncnet import SyncNetCompact, preprocess_frames
-from tests.unit.syncnet_reference import load_reference_module
+from lightning_modules.nets.syncnet import preprocess_frames
+from tests.unit.syncnet_reference import load_reference_module, random_compact_expert
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +20,7 @@ def calc_pdist():
 
 @pytest.fixture(scope="module")
 def expert():
-    torch.manual_seed(0)
-    net = SyncNetCompact(embedding_dim=24, width=8)
-    for module in net.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    return random_compact_expert(0.5, 2.0)
 
 
 def reference_loop(expert, frames_rgb: np.ndarray, audio: np.ndarray, calc_pdist, vshift: int = 15):

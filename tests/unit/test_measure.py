@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from common.images import to_uint8, to_unit
 from evaluation.lse import SyncClip, lse_scores
 from evaluation.measure import scale_landmarks, to_measurement_size
-from lightning_modules.nets.syncnet import SyncNetCompact
 from lightning_modules.syncnet import sync_region
+from tests.unit.syncnet_reference import random_compact_expert
 
 GREY_LEVEL = 2 / 255  # one uint8 step in [-1, 1]
 
@@ -35,13 +35,7 @@ def face_video(size: int, frames: int = 16, phase: float = 0.0) -> torch.Tensor:
 def expert():
     """A tiny random compact sync expert (as in test_lse), its batch-norm variances a little smaller so that its
     scores move with the pixels by more than float rounding."""
-    torch.manual_seed(0)
-    net = SyncNetCompact(embedding_dim=24, width=8)
-    for module in net.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.2, 0.4)
-    return net.eval()
+    return random_compact_expert(0.2, 0.4)
 
 
 def test_frames_at_the_size_come_back_unchanged_and_uint8_frames_are_converted():
