@@ -24,11 +24,13 @@ from webdataset.tariterators import tarfile_samples
 from common.images import to_unit
 from datamodules.config import DataConfig
 from datamodules.sample import (
+    MOTION_TRUTH_COLUMNS,
     SampleError,
     decode_audio,
     decode_frames,
     decode_landmarks,
     decode_meta,
+    decode_motion_truth,
 )
 
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
@@ -110,6 +112,10 @@ def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None,
         "frame_start": start,
         "valid": True,
     }
+    truth = decode_motion_truth(sample, meta.num_frames)
+    out["has_motion_truth"] = truth is not None
+    out["motion_truth"] = truth[indices] if truth is not None else np.zeros(
+        (window.frames, len(MOTION_TRUTH_COLUMNS)), np.float32)
     if window.hr_resolution:
         out["hr_frames"] = decode_frames(sample, indices, window.hr_resolution)
     return out
@@ -121,7 +127,9 @@ def padding_sample(window: ClipWindow) -> dict[str, Any]:
     out = {"key": "", "speaker": "", "speaker_index": -1,
            "frames": np.zeros((window.frames, r, r, 3), np.uint8),
            "landmarks": np.zeros((window.frames, 68, 2), np.float32),
-           "audio": np.zeros(window.audio_samples, np.float32), "frame_start": 0, "valid": False}
+           "audio": np.zeros(window.audio_samples, np.float32), "frame_start": 0, "valid": False,
+           "motion_truth": np.zeros((window.frames, len(MOTION_TRUTH_COLUMNS)), np.float32),
+           "has_motion_truth": False}
     if window.hr_resolution:
         out["hr_frames"] = np.zeros((window.frames, window.hr_resolution, window.hr_resolution, 3), np.uint8)
     return out
@@ -137,6 +145,8 @@ def collate(samples: list[dict[str, Any]], skipped: tuple[int, list[str]] = (0, 
         "audio": torch.from_numpy(np.stack([s["audio"] for s in samples])),
         "frame_start": torch.tensor([s["frame_start"] for s in samples], dtype=torch.long),
         "valid": torch.tensor([s["valid"] for s in samples], dtype=torch.bool),
+        "motion_truth": torch.from_numpy(np.stack([s["motion_truth"] for s in samples])),
+        "has_motion_truth": torch.tensor([s["has_motion_truth"] for s in samples], dtype=torch.bool),
         "skipped": torch.tensor(skipped[0], dtype=torch.long),
         "skip_messages": list(skipped[1]),
     }

@@ -7,6 +7,8 @@ A WebDataset sample is one clip:
 - ``audio.flac``: mono 16 kHz;
 - ``landmarks.npy``: ``T x 68 x 2`` float16, crop pixel coordinates;
 - ``meta.json``: :class:`ClipMeta`;
+- optional ``motion_truth.npy`` (schema 2): ``T x 8`` float32, the true motion of every frame, columns
+  :data:`MOTION_TRUTH_COLUMNS` -- only a synthetic corpus knows it; real corpora have no such member;
 - optional features: ``mel.npy``, ``speech_emb.npy``, ``latents.npy``.
 
 Decoding is lazy: :func:`decode_frames` decodes only the JPEGs of the requested frame indices.
@@ -25,13 +27,25 @@ import soundfile as sf
 
 from common.errors import SeespeakerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the optional motion_truth.npy member
+READABLE_SCHEMA_VERSIONS = (1, 2)  # schema 1 shards are schema 2 shards without motion truth
 SAMPLE_RATE = 16000
 FPS = 25
 NUM_LANDMARKS = 68
 REQUIRED_FIELDS = ("meta.json", "audio.flac", "landmarks.npy")
 FEATURE_FIELDS = ("mel.npy", "speech_emb.npy", "latents.npy")
 SPLITS = ("train", "val", "test")
+MOTION_TRUTH = "motion_truth.npy"
+# The columns of motion_truth.npy, each per frame:
+#   jaw          jaw drop, 0 closed .. 1 fully open
+#   mouth        lip opening, 0 closed .. 1 fully open
+#   brow_raise   brows raised above their resting height by emphasis, 0 .. 1
+#   expression   the clip's resting expression set by its mood, -1 (frown: inner brows down) .. 1 (brows arched up)
+#   gaze_x       where the irises point, -1 (image left) .. 1 (image right), in eye half-widths
+#   gaze_y       -1 (up) .. 1 (down), in eye half-heights
+#   nod          head pitch, 0 level .. 1 fully down (positive: the face moves down and foreshortens)
+#   blink        eye closure, 0 open .. 1 shut
+MOTION_TRUTH_COLUMNS = ("jaw", "mouth", "brow_raise", "expression", "gaze_x", "gaze_y", "nod", "blink")
 
 # Landmark index groups of the 68-point (iBUG 300-W) layout.
 JAW = slice(0, 17)
@@ -90,6 +104,7 @@ class Clip:
     landmarks: np.ndarray  # T x 68 x 2 crop pixel coordinates
     meta: ClipMeta
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    motion_truth: np.ndarray | None = None  # T x len(MOTION_TRUTH_COLUMNS) float32, where the corpus knows it
 
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
@@ -127,6 +142,11 @@ def encode_clip(clip: Clip, jpeg_quality: int = 95) -> dict[str, Any]:
         sample[frame_name(i)] = buf.tobytes()
     sample["audio.flac"] = encode_audio(clip.audio, meta.sample_rate)
     sample["landmarks.npy"] = encode_npy(landmarks.astype(np.float16))
+    if clip.motion_truth is not None:
+        if clip.motion_truth.shape != (len(frames), len(MOTION_TRUTH_COLUMNS)):
+            raise SampleError(clip.key, f"motion truth must be {len(frames)} x {len(MOTION_TRUTH_COLUMNS)} "
+                              f"({', '.join(MOTION_TRUTH_COLUMNS)}), got {clip.motion_truth.shape}")
+        sample[MOTION_TRUTH] = encode_npy(clip.motion_truth.astype(np.float32))
     for name, value in clip.features.items():
         sample[name if name.endswith(".npy") else f"{name}.npy"] = encode_npy(value)
     return sample
@@ -190,6 +210,18 @@ def decode_landmarks(sample: dict[str, Any], num_frames: int) -> np.ndarray:
     return marks.astype(np.float32)
 
 
+def decode_motion_truth(sample: dict[str, Any], num_frames: int) -> np.ndarray | None:
+    """The clip's true motion ``T x 8`` float32 (:data:`MOTION_TRUTH_COLUMNS`), or None where it has none."""
+    if MOTION_TRUTH not in sample:
+        return None
+    key = str(sample.get("__key__"))
+    truth = decode_npy(key, MOTION_TRUTH, sample[MOTION_TRUTH])
+    if truth.shape != (num_frames, len(MOTION_TRUTH_COLUMNS)):
+        raise SampleError(key, f"{MOTION_TRUTH} has shape {truth.shape}, expected ({num_frames}, "
+                          f"{len(MOTION_TRUTH_COLUMNS)}): columns {', '.join(MOTION_TRUTH_COLUMNS)}")
+    return truth.astype(np.float32)
+
+
 def decode_frames(sample: dict[str, Any], indices: list[int] | np.ndarray, resolution: int | None = None) -> np.ndarray:
     """Decode only the requested frames to ``len(indices) x R x R x 3`` uint8 RGB (resized when asked)."""
     key = str(sample.get("__key__"))
@@ -215,4 +247,5 @@ def decode_clip(sample: dict[str, Any], resolution: int | None = None) -> Clip:
     frames = decode_frames(sample, range(meta.num_frames), resolution)
     if resolution is not None:
         landmarks = landmarks * (resolution / meta.resolution)
-    return Clip(str(sample["__key__"]), frames, decode_audio(sample, meta.sample_rate), landmarks, meta, features)
+    return Clip(str(sample["__key__"]), frames, decode_audio(sample, meta.sample_rate), landmarks, meta, features,
+                decode_motion_truth(sample, meta.num_frames))

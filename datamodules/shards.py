@@ -21,7 +21,7 @@ import webdataset as wds
 
 from common.errors import SeespeakerError
 from common.files import atomic_path, atomic_write_text
-from datamodules.sample import SCHEMA_VERSION, SPLITS, Clip, encode_clip
+from datamodules.sample import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, SPLITS, Clip, encode_clip
 
 INDEX_NAME = "index.json"
 
@@ -108,10 +108,10 @@ class ShardIndex:
         except json.JSONDecodeError as exc:
             raise ShardSetError(f"{path} is not valid JSON ({exc}); re-run `seespeaker prepare`") from exc
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ShardSetError(
-                f"{path} has schema version {version}, this seespeaker reads {SCHEMA_VERSION}; "
-                f"re-run `seespeaker prepare`"
+                f"{path} has schema version {version}, this seespeaker reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; re-run `seespeaker prepare` with this seespeaker"
             )
         return cls.from_raw(raw)
 

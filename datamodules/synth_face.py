@@ -18,6 +18,8 @@ HAIR_STYLES = ("short", "long", "curly")
 HAIR_COLOURS = np.array([[35, 28, 24], [95, 62, 38], [196, 164, 108], [150, 72, 36], [150, 150, 152]], float)
 IRIS_COLOURS = np.array([[92, 58, 30], [60, 100, 150], [70, 110, 70], [40, 30, 25]], float)
 LIGHT_SKIN, DARK_SKIN = np.array([238, 203, 178], float), np.array([98, 62, 42], float)
+NOD_DROP, NOD_SQUASH = 6.0, 0.07  # a full nod: the face 6 canonical units lower and 7% shorter
+GAZE_REACH = (1.0, 0.35)  # how far a full gaze moves the iris: in iris radii across, eye half-heights down
 MOUTH_INSIDE, TEETH = (42, 12, 18), (232, 226, 214)
 
 
@@ -187,8 +189,9 @@ def soften(mask: np.ndarray, scale: float) -> np.ndarray:
     return cv2.GaussianBlur(mask, (0, 0), 0.6 * scale)
 
 
-def base_layer(face: FaceParams, res: int, rng: np.random.Generator) -> np.ndarray:
-    """A speaker's static image (uint8 RGB): everything but the eyes and the mouth, drawn once."""
+def base_layer(face: FaceParams, res: int, rng: np.random.Generator, brows: bool = True) -> np.ndarray:
+    """A speaker's static image (uint8 RGB): everything but the eyes and the mouth (and the brows, where they
+    move: ``brows=False``), drawn once."""
     s = res / CANONICAL
     marks = neutral_landmarks(face)
     cx, ye, w, h = CANONICAL / 2, eye_line(face), face.face_width, face.face_height
@@ -214,13 +217,19 @@ def base_layer(face: FaceParams, res: int, rng: np.random.Generator) -> np.ndarr
     for i in (32, 34):
         cv2.circle(img, tuple(int(v) for v in marks[i] * s), max(1, int(1.6 * s)), tuple(float(c) for c in skin * 0.5),
                    -1, cv2.LINE_AA)
-    brow = HAIR_COLOURS[face.hair_colour] * min(face.hair_darkness, 1.0) * 0.8
-    line(img, marks[17:22], s, brow, face.brow_thickness)
-    line(img, marks[22:27], s, brow, face.brow_thickness)
+    if brows:
+        draw_brows(img, face, marks[17:27] * s, s)
     for eye in (marks[36:40], marks[[45, 44, 43, 42]]):
         line(img, eye + np.array([0.0, -0.35 * face.eye_size]), s, skin * 0.8, 1)
     img = img * (1 - front) + hair * front
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def draw_brows(img: np.ndarray, face: FaceParams, brows: np.ndarray, scale: float) -> None:
+    """Both eyebrows (points 17-26, in pixels) in the colour of the hair."""
+    colour = HAIR_COLOURS[face.hair_colour] * min(face.hair_darkness, 1.0) * 0.8
+    line(img, brows[0:5], 1.0, colour, face.brow_thickness * scale)
+    line(img, brows[5:10], 1.0, colour, face.brow_thickness * scale)
 
 
 def skin_layer(face: FaceParams, res: int, rng: np.random.Generator) -> np.ndarray:
@@ -252,16 +261,23 @@ def head_motion(frames: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def pose_matrix(pose: np.ndarray, res: int) -> np.ndarray:
-    """The 2 x 3 affine of a head pose, about the face centre, in pixels."""
+def pose_matrix(pose: np.ndarray, res: int, nod: float = 0.0) -> np.ndarray:
+    """The 2 x 3 affine of a head pose, about the face centre, in pixels. A ``nod`` (0 level .. 1 down) moves the
+    face down by NOD_DROP canonical units and foreshortens it vertically by NOD_SQUASH about the centre."""
     centre = (res / 2, res * 0.55)
     m = cv2.getRotationMatrix2D(centre, float(pose[2]), float(pose[3]))
     m[:, 2] += pose[:2] * res / CANONICAL
+    if nod:
+        squash = 1.0 - NOD_SQUASH * nod
+        m[1] = squash * m[1]
+        m[1, 2] += centre[1] * (1.0 - squash) + NOD_DROP * nod * res / CANONICAL
     return m
 
 
-def draw_eyes(img: np.ndarray, face: FaceParams, marks: np.ndarray, openness: float, scale: float) -> None:
-    """Eye whites, iris and pupil inside the (already transformed) eye polygons; a lash line when closed."""
+def draw_eyes(img: np.ndarray, face: FaceParams, marks: np.ndarray, openness: float, scale: float,
+              gaze: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Eye whites, iris and pupil inside the (already transformed) eye polygons; a lash line when closed. ``gaze``
+    (x, y in -1..1) moves the irises within the eyes."""
     iris = IRIS_COLOURS[face.iris_colour]
     for eye in (marks[36:42], marks[42:48]):
         if openness > 0.15:
@@ -269,6 +285,8 @@ def draw_eyes(img: np.ndarray, face: FaceParams, marks: np.ndarray, openness: fl
             centre = eye.mean(axis=0)
             height = np.linalg.norm(eye[1] - eye[5]) * 0.5
             r = 0.42 * np.linalg.norm(eye[3] - eye[0]) * 0.5
+            if gaze[0] or gaze[1]:
+                centre = centre + np.array([gaze[0] * GAZE_REACH[0] * r, gaze[1] * GAZE_REACH[1] * height])
             axes = (max(1, int(r)), max(1, int(min(r, height))))
             c = tuple(int(v) for v in centre)
             cv2.ellipse(img, c, axes, 0, 0, 360, tuple(float(v) for v in iris), -1, cv2.LINE_AA)

@@ -10,8 +10,12 @@ lookup; ``voice_share`` sets it per corpus. Everything else
 about a face (jaw shape, hair, eyes, freckles, skin texture) is independent of the voice.
 
 A clip's mouth opening follows the loudness of the 40 ms of audio under each frame and its width follows the
-vowel; the eyes blink now and then and the head drifts slightly. Frames are 25 fps, audio is 16 kHz with
-exactly 640 samples per frame. The same config and seed give the same frames and audio, byte for byte.
+vowel. In corpus version 2 (the default) the head moves as a talking head does -- the jaw with the lips, the brows
+with emphasis and a per-clip mood, the gaze, nods with loudness, blinks -- and every clip stores the truth of each
+motion per frame (``motion_truth.npy``; :mod:`datamodules.synth_motion`). Version 1 (``version=1``) is the corpus
+of earlier results, byte for byte: the eyes blink now and then and the head drifts slightly, nothing else moves.
+Frames are 25 fps, audio is 16 kHz with exactly 640 samples per frame. The same config and seed give the same
+frames and audio, byte for byte.
 """
 from __future__ import annotations
 
@@ -32,22 +36,22 @@ from datamodules.synth_face import (
     neutral_landmarks,
     render_frame,
 )
+from datamodules.synth_motion import clip_motion, mouth_track, render_talking_frame
 from datamodules.synth_voice import (
     NO_VOWEL,
     SAMPLES_PER_FRAME,
     VOWELS,
     VoiceParams,
-    frame_envelope,
     frame_vowels,
     synthesise,
 )
 
 DATASET = "synthetic"
-CORPUS_VERSION = 1  # the generator's version, written into the index: results are keyed on it
+CORPUS_VERSION = 2  # the generator's version, written into the index: results are keyed on it
+CORPUS_VERSIONS = (1, 2)  # 1: only the mouth, blinks and a drift move; 2: a talking head with its motion's truth
 VOICE_SHARE = 0.56  # default fraction of each correlated face attribute's variance set by the voice latents
 # which voice latent (0: size, 1: register) sets each correlated face attribute: width, height, eye spacing, tone
 ATTRIBUTE_LATENT = np.array([0, 0, 1, 1])
-VOWEL_MOUTH_WIDTH = np.array([1.0, 1.08, 1.18, 0.8, 0.68])  # a e i o u: spread for i/e, rounded for o/u
 BLINK_PROFILE = np.array([0.45, 0.0, 0.0, 0.35, 0.8])
 
 
@@ -67,6 +71,8 @@ class SyntheticConfig:
                                           metadata={"help": "share of speakers held out for test (at least 1)"})
     voice_share: float = field(default=VOICE_SHARE, metadata={"help": "fraction of each voice-linked face attribute's "
                                "variance (width, height, eye spacing, skin tone) that the voice sets, in (0, 1)"})
+    version: int = field(default=CORPUS_VERSION, metadata={"help": "generator version: 2 a talking head with the "
+                         "truth of its motion, 1 the corpus of earlier results (reproduced byte for byte)"})
 
     @property
     def frames(self) -> int:
@@ -109,6 +115,9 @@ def check_config(cfg: SyntheticConfig) -> None:
     if not 0.0 < cfg.voice_share < 1.0:
         problems.append(f"voice_share={cfg.voice_share}: must be in (0, 1), the fraction of a voice-linked face "
                         f"attribute's variance that the voice sets (default {VOICE_SHARE})")
+    if cfg.version not in CORPUS_VERSIONS:
+        problems.append(f"version={cfg.version}: must be one of {CORPUS_VERSIONS} (2, the default, moves brows, gaze, "
+                        f"jaw and head and stores their truth; 1 reproduces the corpus of earlier results)")
     if not problems and len(split_speakers(cfg)["train"]) < 1:
         problems.append(f"val/test fractions {cfg.val_speakers_fraction}/{cfg.test_speakers_fraction} leave no "
                         f"training speaker out of {cfg.speakers}: lower them or add speakers")
@@ -210,19 +219,6 @@ def neutral_frame(face: FaceParams, resolution: int, rng: np.random.Generator) -
     return render_frame(base, face, neutral_landmarks(face), np.array([0.0, 0.0, 0.0, 1.0]), 1.0, 0.0, 1.0)
 
 
-def mouth_track(audio: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame mouth opening (0-1, from the frame's audio envelope) and width factor (from the vowel)."""
-    env = frame_envelope(audio)
-    opening = np.clip(1.1 * env / max(float(env.max()), 1e-6) - 0.06, 0.0, 1.0)
-    vowels = frame_vowels(labels)
-    target = np.where(vowels == NO_VOWEL, 1.0, VOWEL_MOUTH_WIDTH[np.maximum(vowels, 0)])
-    width = np.empty_like(target)
-    width[0] = target[0]
-    for t in range(1, len(target)):
-        width[t] = 0.4 * width[t - 1] + 0.6 * target[t]
-    return opening, width
-
-
 def blink_track(frames: int, rng: np.random.Generator) -> np.ndarray:
     """Per-frame eye openness: 1 open, 0 shut; a blink every 2-5 s."""
     openness = np.ones(frames)
@@ -238,33 +234,43 @@ def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: i
     """One clip of a speaker: speech, the frames that say it and their landmarks.
 
     ``meta.extra`` holds the speaker's ground truth and, per frame, the mouth opening (0-1), the eye openness
-    (1 open, 0 shut) and the vowel sounding at the frame's centre (``vowels``: one of ``aeiou`` or ``-``).
+    (1 open, 0 shut) and the vowel sounding at the frame's centre (``vowels``: one of ``aeiou`` or ``-``); in
+    version 2 also the clip's ``mood``, and the clip carries the truth of every motion (``motion_truth``).
     """
     rng = np.random.default_rng([cfg.seed, int(speaker.id[3:]), index + 2])
     frames = cfg.frames
-    audio, labels = synthesise(speaker.voice, frames * SAMPLES_PER_FRAME / 16000.0, rng)
-    opening, width = mouth_track(audio, labels)
-    eyes = blink_track(frames, rng)
-    pose = head_motion(frames, rng)
     images = np.empty((frames, cfg.resolution, cfg.resolution, 3), np.uint8)
     marks = np.empty((frames, 68, 2), np.float32)
     neutral = neutral_landmarks(speaker.face)
-    for t in range(frames):
-        images[t], marks[t] = render_frame(base, speaker.face, neutral, pose[t], eyes[t], opening[t], width[t])
+    truth, extra = None, {}
+    if cfg.version == 1:
+        audio, labels = synthesise(speaker.voice, frames * SAMPLES_PER_FRAME / 16000.0, rng)
+        opening, width = mouth_track(audio, labels)
+        eyes = blink_track(frames, rng)
+        pose = head_motion(frames, rng)
+        for t in range(frames):
+            images[t], marks[t] = render_frame(base, speaker.face, neutral, pose[t], eyes[t], opening[t], width[t])
+    else:
+        motion = clip_motion(speaker.voice, frames, rng)
+        audio, labels, opening, eyes = motion.speech.audio, motion.speech.labels, motion.mouth, 1.0 - motion.blink
+        for t in range(frames):
+            images[t], marks[t] = render_talking_frame(base, speaker.face, neutral, motion, t)
+        truth, extra = motion.truth(), {"mood": round(motion.mood, 4)}
     video = f"v{index:03d}"
-    extra = speaker.truth() | {"mouth_opening": [round(float(v), 4) for v in opening],
-                               "eye_openness": [round(float(v), 3) for v in eyes],
-                               "vowels": "".join("-" if v == NO_VOWEL else VOWELS[v] for v in frame_vowels(labels))}
+    extra = speaker.truth() | extra | {
+        "mouth_opening": [round(float(v), 4) for v in opening], "eye_openness": [round(float(v), 3) for v in eyes],
+        "vowels": "".join("-" if v == NO_VOWEL else VOWELS[v] for v in frame_vowels(labels))}
     meta = ClipMeta(dataset=DATASET, speaker=speaker.id, video=video, clip=0, split=split, num_frames=frames,
                     start=0.0, end=frames / FPS, resolution=cfg.resolution,
                     crop_box=[0.0, 0.0, float(cfg.resolution), float(cfg.resolution)], extra=extra)
-    return Clip(make_key(DATASET, speaker.id, video, 0), images, audio, marks, meta)
+    return Clip(make_key(DATASET, speaker.id, video, 0), images, audio, marks, meta, motion_truth=truth)
 
 
 def speaker_clips(cfg: SyntheticConfig, index: int, split: str):
     """The clips of speaker ``index``, generated one at a time."""
     speaker = draw_speaker(cfg.seed, index, cfg.voice_share)
-    base = base_layer(speaker.face, cfg.resolution, np.random.default_rng([cfg.seed, index, 0]))
+    base = base_layer(speaker.face, cfg.resolution, np.random.default_rng([cfg.seed, index, 0]),
+                      brows=cfg.version == 1)
     for clip in range(cfg.clips_per_speaker):
         yield make_clip(speaker, base, cfg, clip, split)
 
@@ -279,7 +285,7 @@ def write_synthetic_corpus(out: str | Path, cfg: SyntheticConfig | None = None) 
     splits = split_speakers(cfg)
     split_of = {spk: split for split, ids in splits.items() for spk in ids}
     extra = {"synthetic": {"config": asdict(cfg), "speakers": splits, "voice_share": cfg.voice_share,
-                           "version": CORPUS_VERSION}}
+                           "version": cfg.version}}
     with ShardSetWriter(out, DATASET, shard_size=cfg.shard_size, prefix=DATASET, extra=extra) as writer:
         for index in range(cfg.speakers):
             for clip in speaker_clips(cfg, index, split_of[speaker_id(index)]):

@@ -241,3 +241,24 @@ def test_speaker_parts_train_on_disjoint_speakers_that_cover_the_set(shard_set):
 def test_a_malformed_speaker_part_is_a_config_error(text):
     errors = DataConfig(speaker_part=text).validate()
     assert any("data.speaker_part" in e and "'i/n'" in e for e in errors)
+
+
+def test_schema_1_sets_are_read_without_motion_truth_and_unknown_schemas_are_refused(shard_set):
+    """Schema 2 only added the optional motion_truth.npy: corpora prepared before it stay readable."""
+    import json
+    index_path = shard_set / "index.json"
+    raw = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**raw, "schema_version": 1}))
+    batch = next(iter(DataLoader(ClipStream(ShardIndex.load(shard_set).shard_paths(shard_set, "train"), window(),
+                                            2, train=False), batch_size=None)))
+    assert not batch["has_motion_truth"].any() and batch["motion_truth"].abs().sum() == 0
+    index_path.write_text(json.dumps({**raw, "schema_version": 7}))
+    with pytest.raises(ShardSetError, match="schema version 7.*reads versions 1, 2"):
+        ShardIndex.load(shard_set)
+
+
+def test_a_malformed_motion_truth_is_refused_on_writing_with_its_columns_named(tmp_path):
+    clip = make_clip(0, 0)
+    clip.motion_truth = np.zeros((FRAMES, 3), np.float32)
+    with pytest.raises(SampleError, match="jaw, mouth, brow_raise"), ShardSetWriter(tmp_path, "test") as writer:
+        writer.write(clip)

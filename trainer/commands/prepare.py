@@ -12,7 +12,9 @@ def prepare_synthetic(args: argparse.Namespace) -> int:
     """Write the synthetic talking-face corpus (procedural faces and voices) as WebDataset shards.
 
     Each speaker has a face (shape, skin tone, eye spacing, hair, fine detail) and a voice (pitch, formants)
-    that are partially correlated; the mouth follows the audio frame by frame. Deterministic for a seed.
+    that are partially correlated; the mouth follows the audio frame by frame, and (corpus version 2) the jaw,
+    brows, gaze and head move as a talking head's do, with the truth of each motion stored per frame.
+    Deterministic for a seed; `--version 1` writes the corpus of earlier results byte for byte.
     Example: seespeaker prepare synthetic --out data/synthetic --speakers 24 --clips-per-speaker 4
     """
     from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
@@ -22,6 +24,7 @@ def prepare_synthetic(args: argparse.Namespace) -> int:
         resolution=args.resolution, seed=args.seed, shard_size=args.shard_size,
         val_speakers_fraction=args.val_fraction, test_speakers_fraction=args.test_fraction,
         **({} if args.voice_share is None else {"voice_share": args.voice_share}),
+        **({} if args.version is None else {"version": args.version}),
     )
     try:
         index = write_synthetic_corpus(args.out, cfg)
@@ -48,4 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--test-fraction", type=float, default=0.17, help="fraction of speakers for test (default 0.17)")
     p.add_argument("--voice-share", type=float, default=None,
                    help="fraction of each voice-linked face attribute's variance the voice sets (default 0.56)")
+    p.add_argument("--version", type=int, default=None,
+                   help="generator version (default: the newest, 2, a talking head with the truth of its motion; "
+                   "1: the corpus of earlier results, byte for byte)")
     register_corpora(sub)
