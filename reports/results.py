@@ -39,10 +39,10 @@ def run(*words: str) -> None:
 # The small corpus: 400 training speakers (speech-to-face needs many speakers to generalise rather than
 # memorise), 50 val and 50 test speakers with 3 clips each.
 CORPUS_OPTIONS = {"speakers": 500, "clips_per_speaker": 3, "seed": 1, "val_speakers_fraction": 0.1,
-                  "test_speakers_fraction": 0.1}
+                  "test_speakers_fraction": 0.1, "version": 2}
 PREPARE_FLAGS = {"speakers": "--speakers", "clips_per_speaker": "--clips-per-speaker", "seed": "--seed",
                  "val_speakers_fraction": "--val-fraction", "test_speakers_fraction": "--test-fraction",
-                 "voice_share": "--voice-share"}
+                 "voice_share": "--voice-share", "version": "--version"}
 
 
 @dataclass(frozen=True)
