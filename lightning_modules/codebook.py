@@ -40,7 +40,7 @@ from lightning_modules.codebook_parts import (
     degrade_frames,
     earlier_phase_file,
 )
-from lightning_modules.motion_generation import rerender_frames
+from lightning_modules.motion_generation import rerender_frames, truth_gaze
 from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
@@ -245,8 +245,9 @@ class CodebookStage(StageModule):
                     f"{exc}. Train them first (`seespeaker train experiment=<same> stage=motion_diffusion`) or set "
                     f"run.stages_dir") from exc
         generator = None if self.training else torch.Generator().manual_seed(0)
+        gaze, known = truth_gaze(batch, batch["frames"].shape[1])
         return rerender_frames(self._motion[0], batch["frames"], batch["landmarks"], batch["audio"],
-                               self.data_cfg.resolution, generator)
+                               self.data_cfg.resolution, generator, gaze, known)
 
     @torch.no_grad()
     def autoencoder_round_trip(self, frames: torch.Tensor) -> torch.Tensor:

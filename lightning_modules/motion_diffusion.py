@@ -2,7 +2,9 @@
 
 Trained jointly on windows of ``window_frames`` frames (after ``context_frames`` frames of motion context):
 
-- ``landmark``: the motion encoder's groups reconstruct their own landmarks (keeps the groups meaningful);
+- ``landmark``: the motion encoder's groups (lips, jaw, brows, eyes, pose; see :mod:`lightning_modules.nets.motion`)
+  reconstruct their own inputs, landmarks in the face frame and, where the corpus knows it (``has_motion_truth``),
+  the gaze (keeps the groups meaningful); each group's error is also logged as ``landmark_<group>``;
 - ``motion``: the temporal transformer denoises the window's (stop-gradient) motion latents from the per-frame
   log-mel features and the frozen ConRe speaker embedding, given the motion before the window (dropped at
   ``context_dropout``, so that a video can start without it); it predicts the clean latents by default
@@ -11,7 +13,7 @@ Trained jointly on windows of ``window_frames`` frames (after ``context_frames``
 - ``frame``: the UNet denoises the latents of ``frames_per_clip`` frames of the window given the portrait
   (reference) latent, the ``previous_frames`` latents before each frame, noise-augmented by a random step up to
   ``prev_noise_max_step`` (the step is given to the network), the frame's motion latent and its audio; with
-  ``motion_maps`` also the motion latent's decoded landmarks drawn as heatmaps, and with ``mouth_loss_weight``
+  ``motion_maps`` also the motion latent's decoded landmarks and gaze drawn as heatmaps, and with ``mouth_loss_weight``
   the lower face (from the frame's landmarks) weighs more in the loss.
 
 Generation (``generate_motion_video`` in :mod:`lightning_modules.motion_generation`) runs the same networks over
@@ -31,10 +33,11 @@ from diffusers import DDPMScheduler
 from common.images import to_uint8
 from common.media import write_mp4
 from lightning_modules.base import Media, StageConfig, StageModule
-from lightning_modules.motion_generation import FrozenParts, MotionParts, generate_motion_video
+from lightning_modules.motion_generation import FrozenParts, MotionParts, generate_motion_video, truth_gaze
 from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import lower_face_mask
 from lightning_modules.nets.motion import (
+    LANDMARK_GROUPS,
     FrameDenoiser,
     MotionDenoiser,
     MotionEncoder,
@@ -57,10 +60,14 @@ class MotionDiffusionConfig(StageConfig):
     context_frames: int = field(default=4,
                                 metadata={"help": "motion frames of the previous window the transformer sees"})
     previous_frames: int = field(default=2, metadata={"help": "previous frame latents concatenated to the UNet input"})
-    lips_dim: int = field(default=32, metadata={"help": "motion latent size of the lips group"})
-    expression_dim: int = field(default=16, metadata={"help": "motion latent size of the expression (brows) group"})
-    eyes_dim: int = field(default=8, metadata={"help": "motion latent size of the eyes group"})
-    pose_dim: int = field(default=8, metadata={"help": "motion latent size of the head pose group"})
+    lips_dim: int = field(default=32, metadata={"help": "motion latent size of the lips group (points 48-67)"})
+    jaw_dim: int = field(default=8, metadata={"help": "motion latent size of the jaw group (points 0-16)"})
+    brows_dim: int = field(default=16, metadata={"help": "motion latent size of the brows group (points 17-26: brow "
+                           "raise and resting expression)"})
+    eyes_dim: int = field(default=8, metadata={"help": "motion latent size of the eyes group (points 36-47 and the "
+                          "gaze where the corpus knows it)"})
+    pose_dim: int = field(default=8, metadata={"help": "motion latent size of the head pose group (the face frame "
+                          "and the nose, points 27-35)"})
     encoder_hidden: int = field(default=256, metadata={"help": "hidden width of each group's landmark MLP"})
     transformer_width: int = field(default=512, metadata={"help": "motion transformer width"})
     transformer_layers: int = field(default=8, metadata={"help": "motion transformer layers"})
@@ -106,7 +113,8 @@ class MotionDiffusionConfig(StageConfig):
 
     def validate(self) -> list[str]:
         errors = super().validate()
-        for name in ("window_frames", "previous_frames", "frames_per_clip", "motion_steps", "frame_steps"):
+        for name in ("window_frames", "previous_frames", "frames_per_clip", "motion_steps", "frame_steps",
+                     *(f"{group}_dim" for group in LANDMARK_GROUPS)):
             if getattr(self, name) <= 0:
                 errors.append(f"stage.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.context_frames < self.window_frames:
@@ -122,7 +130,10 @@ class MotionDiffusionConfig(StageConfig):
         return errors
 
     def group_dims(self) -> dict[str, int]:
-        return {"lips": self.lips_dim, "expression": self.expression_dim, "eyes": self.eyes_dim, "pose": self.pose_dim}
+        """Each motion group's latent size, in the motion latent's order (:data:`LANDMARK_GROUPS`)."""
+        dims = {"lips": self.lips_dim, "jaw": self.jaw_dim, "brows": self.brows_dim, "eyes": self.eyes_dim,
+                "pose": self.pose_dim}
+        return {name: dims[name] for name in LANDMARK_GROUPS}
 
 
 def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, latent_size: int, downsample: int):
@@ -177,7 +188,8 @@ class MotionDiffusionStage(StageModule):
         self.scheduler = build_scheduler(cfg, cfg.prediction_type)
         self.motion_scheduler = build_scheduler(cfg, cfg.motion_prediction_type)
         self.mel = LogMel(n_mels=cfg.n_mels)
-        self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight}
+        self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight,
+                             **{f"landmark_{group}": 0.0 for group in LANDMARK_GROUPS}}  # logged, not optimised
 
 
     @classmethod
@@ -220,13 +232,16 @@ class MotionDiffusionStage(StageModule):
         n_frames, cfg = frames.shape[1], self.cfg
         check_landmarks(landmarks, n_frames)
         audio, speaker = self.conditioning(batch)
-        motion = self.motion_encoder(landmarks, self.data_cfg.resolution)
-        landmark = self.motion_encoder.reconstruction_error(motion, landmarks, self.data_cfg.resolution).mean(1)
+        gaze, gaze_mask = truth_gaze(batch, n_frames)
+        motion = self.motion_encoder(landmarks, self.data_cfg.resolution, gaze, gaze_mask)
+        groups = self.motion_encoder.group_errors(motion, landmarks, self.data_cfg.resolution, gaze, gaze_mask)
+        landmark = torch.stack(list(groups.values())).mean(0).mean(1)
         start = cfg.context_frames if n_frames >= cfg.window_frames + cfg.context_frames else 0
         window = slice(start, start + cfg.window_frames)
         motion_loss = self.motion_loss(motion.detach(), audio, speaker, start, window)
         frame_loss = self.frame_loss(frames, motion, audio, window, landmarks)
-        return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark}
+        per_group = {f"landmark_{name}": error.detach().mean(1) for name, error in groups.items()}
+        return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark, **per_group}
 
     def motion_loss(self, motion, audio, speaker, start: int, window: slice) -> torch.Tensor:
         clean = motion[:, window]

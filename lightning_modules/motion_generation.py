@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from common.errors import SeespeakerError
+from datamodules.sample import MOTION_TRUTH_COLUMNS
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
 from lightning_modules.nets.motion import audio_context, landmark_maps, per_frame_audio
 from lightning_modules.stagefile import StageFiles
@@ -95,21 +96,23 @@ class MotionParts:
     resolution: int  # the portrait size the stage trained at (0: any size the VAE divides)
     fps: float = 25.0
     sample_rate: int = 16000
-    motion_encoder: nn.Module | None = None  # decodes motion latents to landmarks (the UNet's maps, the lip mask)
+    motion_encoder: nn.Module | None = None  # motion latents -> landmarks and gaze (the UNet's maps, the lip mask)
 
     def audio_features(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
         """audio [B, N] -> per-frame log-mel features [B, n_frames, 4 * n_mels], normalised over each utterance."""
         return per_frame_audio(self.mel, audio, n_frames)
 
     def motion_maps(self, motion: torch.Tensor, latent_size: int) -> torch.Tensor | None:
-        """Motion latents [N, M] -> the frame UNet's landmark maps [N, K, h, w] (None when it takes none)."""
+        """Motion latents [N, M] -> the frame UNet's landmark maps [N, K, h, w] (None when it takes none): the
+        landmarks and the gaze (pupils, weighted by the decoded presence) the latents decode to."""
         if not self.cfg.motion_maps:
             return None
         factor = self.frozen.downsample
         size = latent_size * factor
         self.motion_encoder.to(motion.device)
         with torch.no_grad():
-            return landmark_maps(self.motion_encoder.landmarks(motion, size), size, factor)
+            return landmark_maps(self.motion_encoder.landmarks(motion, size), size, factor,
+                                 gaze=self.motion_encoder.gaze(motion))
 
     def sampler(self, steps: int, motion: bool = False) -> DDIMScheduler:
         """A DDIM sampler of ``steps`` steps for the frame UNet, or (``motion``) for the motion transformer."""
@@ -189,15 +192,29 @@ def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: tor
 
 
 @torch.no_grad()
+def truth_gaze(batch: dict[str, Any], n_frames: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gaze the corpus knows, for the motion encoder: (gaze [B, T, 2], mask [B, T]) from
+    ``batch["motion_truth"]`` and ``batch["has_motion_truth"]``, or (None, None) for a batch without them."""
+    truth, known = batch.get("motion_truth"), batch.get("has_motion_truth")
+    if truth is None or known is None:
+        return None, None
+    columns = [MOTION_TRUTH_COLUMNS.index(name) for name in ("gaze_x", "gaze_y")]
+    gaze = truth[:, :n_frames][..., columns].float()
+    return gaze, known.to(gaze.device).bool()[:, None].expand(-1, gaze.shape[1])
+
+
 def rerender_frames(parts: MotionParts, frames: torch.Tensor, landmarks: torch.Tensor, audio: torch.Tensor,
-                    resolution: int, generator: torch.Generator | None = None) -> torch.Tensor:
+                    resolution: int, generator: torch.Generator | None = None, gaze: torch.Tensor | None = None,
+                    gaze_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Real clips [B, T, 3, r, r] -> the motion stage's rendering of each of their frames, [B, T, 3, r, r].
 
     Every frame is denoised in one batched run of ``frame_steps`` from what it would be generated from, taken
     from the clip itself: its motion latent (encoded from its landmarks), its audio, the clip's first frame as
     the portrait and the real latents of the frames before it (the portrait's before the clip's start), then
     decoded by the autoencoder. So the frames carry the motion stage's rendering errors and stay aligned with
-    the real ones: the codebook render phase's inputs with ``render_source: motion``.
+    the real ones: the codebook render phase's inputs with ``render_source: motion``. ``gaze`` [B, T, 2] and
+    ``gaze_mask`` [B, T] give the clip's gaze where the corpus knows it (``batch["motion_truth"][..., 4:6]``,
+    ``batch["has_motion_truth"]`` over T), as the motion stage's encoder saw it in training.
     """
     cfg, device = parts.cfg, frames.device
     batch, n_frames, n_prev = frames.shape[0], frames.shape[1], cfg.previous_frames
@@ -207,7 +224,7 @@ def rerender_frames(parts: MotionParts, frames: torch.Tensor, landmarks: torch.T
     portrait = latents[:, 0]
     history = torch.cat([portrait[:, None].expand(-1, n_prev, -1, -1, -1), latents], dim=1)
     previous = torch.stack([history[:, t:t + n_prev].flatten(1, 2) for t in range(n_frames)], 1).flatten(0, 1)
-    motion = parts.motion_encoder(landmarks.to(device), resolution).flatten(0, 1)
+    motion = parts.motion_encoder(landmarks.to(device), resolution, gaze, gaze_mask).flatten(0, 1)
     sounds = audio_context(parts.audio_features(audio.to(device), n_frames), cfg.audio_radius).flatten(0, 1)
     maps = parts.motion_maps(motion, latents.shape[-1])
     count = batch * n_frames

@@ -214,7 +214,7 @@ def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: in
     of ``stages`` renders them (:func:`rerender_frames`, seeded): the inputs ``render_source: motion`` trains on.
     Usage: ``stage2_frame_scores(Path("outputs/results/small/stages-seed0"), [file, ...], data)``."""
     from lightning_modules.motion_diffusion import MotionDiffusionStage
-    from lightning_modules.motion_generation import rerender_frames
+    from lightning_modules.motion_generation import rerender_frames, truth_gaze
 
     dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=8))
     dm.setup()
@@ -222,8 +222,9 @@ def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: in
     low, high = [], []
     for batch in dm.eval_dataloader("test"):
         valid = batch["valid"]
+        gaze, known = truth_gaze(batch, FRAMES_PER_CLIP)
         low.append(rerender_frames(parts, batch["frames"][valid], batch["landmarks"][valid], batch["audio"][valid],
-                                   data.resolution, generator).flatten(0, 1))
+                                   data.resolution, generator, gaze[valid], known[valid]).flatten(0, 1))
         high.append(batch["hr_frames"][valid].flatten(0, 1))
         if sum(len(h) for h in high) >= max_clips * FRAMES_PER_CLIP:
             break

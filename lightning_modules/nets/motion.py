@@ -1,16 +1,20 @@
 """Holistic motion in a latent space: landmark groups -> motion latents, audio -> motion sequences, and the
 frame-latent denoiser conditioned on them.
 
-- :class:`MotionEncoder`: 68 iBUG landmarks of a frame -> a motion latent made of named groups (lips,
-  expression, eyes, pose). The face frame (centre, scale) comes from the pose points only, so moving the mouth
-  changes the lips group and nothing else.
+- :class:`MotionEncoder`: 68 iBUG landmarks of a frame (and, where the corpus knows it, the gaze) -> a motion latent
+  made of named groups that follow what moves a face: ``lips``, ``jaw``, ``brows`` (brow raise and resting
+  expression), ``eyes`` (lids and gaze) and ``pose`` (the head). Every group sees its points in an affine face frame
+  taken from rigid points only (nose bridge and eye corners; :mod:`lightning_modules.nets.face_frame`), so opening
+  the mouth changes the lips and jaw groups and nothing else, and a head that nods, rolls, moves or scales changes
+  the pose group only.
 - :class:`MotionDenoiser`: a temporal diffusion transformer over a window of motion latents, conditioned on
   per-frame audio features, the speaker embedding and the motion of the frames before the window.
 - :class:`FrameDenoiser`: diffusers' ``UNet2DConditionModel`` over one frame latent with the portrait latent and
   the previous frame latents as extra input channels, motion-group and audio tokens by cross-attention, and the
   noise level of the (augmented) previous frames given as a second timestep embedding. With motion maps, the
-  frame's motion latent is also decoded to landmarks and drawn as heatmaps (:func:`landmark_maps`) that enter as
-  input channels at every latent pixel: cross-attention tokens alone left the mouth of the rendered frames still.
+  frame's motion latent is also decoded to landmarks and gaze and drawn as heatmaps (:func:`landmark_maps`) that
+  enter as input channels at every latent pixel: cross-attention tokens alone left the mouth of the rendered frames
+  still.
 """
 from __future__ import annotations
 
@@ -22,14 +26,18 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from common.errors import SeespeakerError
+from lightning_modules.nets.face_frame import (
+    EYE_POINTS,
+    FRAME_FEATURES,
+    GAZE_FEATURES,
+    LANDMARK_GROUPS,
+    frame_from_features,
+    from_frame,
+    group_input_dims,
+    group_inputs,
+)
 
 N_LANDMARKS = 68
-LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
-    "lips": tuple(range(48, 68)),                       # outer and inner lip contour
-    "expression": tuple(range(17, 27)),                 # eyebrows
-    "eyes": tuple(range(36, 48)),                       # both eye contours (blinks, gaze)
-    "pose": tuple(range(0, 17)) + tuple(range(27, 36)),  # jaw line and nose: the rigid face frame
-}
 MEL_PER_FRAME = 4  # 100 mel frames per second at hop 160 / 16 kHz, 25 video frames per second
 
 
@@ -47,30 +55,14 @@ def check_landmarks(landmarks: torch.Tensor, n_frames: int) -> None:
             f"(re-run `seespeaker prepare` for this corpus)")
 
 
-def face_frame(landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre [..., 1, 2] and scale [..., 1, 1] of the face from the pose points only."""
-    pose = landmarks[..., LANDMARK_GROUPS["pose"], :]
-    centre = pose.mean(dim=-2, keepdim=True)
-    scale = (pose - centre).square().sum(-1).mean(-1, keepdim=True).sqrt().unsqueeze(-1).clamp_min(1e-3)
-    return centre, scale
-
-
-def group_inputs(landmarks: torch.Tensor, image_size: int) -> dict[str, torch.Tensor]:
-    """Per-group network inputs [..., 2 * n_points]: points in the face frame; pose adds the frame itself."""
-    centre, scale = face_frame(landmarks)
-    relative = (landmarks - centre) / scale
-    out = {name: relative[..., idx, :].flatten(-2) for name, idx in LANDMARK_GROUPS.items()}
-    absolute = torch.cat([centre.flatten(-2) / image_size * 2 - 1, scale.flatten(-2) / image_size], dim=-1)
-    out["pose"] = torch.cat([out["pose"], absolute], dim=-1)
-    return out
-
-
 class MotionEncoder(nn.Module):
-    """Landmarks [..., 68, 2] (pixels of an ``image_size`` frame) -> motion latent [..., sum(group dims)].
+    """Landmarks [..., 68, 2] (pixels of an ``image_size`` frame) and an optional gaze -> motion latent
+    [..., sum(group dims)].
 
     Each group has its own MLP and a parameter-free layer norm, so every group latent has unit scale (the
-    diffusion's noise scale) and depends only on its own points (and the face frame). ``decode`` maps the
-    latent back to each group's points in the face frame: the reconstruction loss that keeps groups meaningful.
+    diffusion's noise scale) and depends only on its own inputs (:func:`group_inputs`). The decoders map the latent
+    back to each group's inputs: the reconstruction loss that keeps groups meaningful, and the landmarks and gaze
+    the frame UNet's maps are drawn from.
     """
 
     def __init__(self, group_dims: dict[str, int], hidden: int = 128):
@@ -78,7 +70,7 @@ class MotionEncoder(nn.Module):
         if set(group_dims) != set(LANDMARK_GROUPS):
             raise ValueError(f"motion groups must be {sorted(LANDMARK_GROUPS)}, got {sorted(group_dims)}")
         self.group_dims = {name: int(group_dims[name]) for name in LANDMARK_GROUPS}
-        in_dims = {name: 2 * len(idx) + (3 if name == "pose" else 0) for name, idx in LANDMARK_GROUPS.items()}
+        in_dims = group_input_dims()
         self.encoders = nn.ModuleDict({
             name: nn.Sequential(nn.Linear(in_dims[name], hidden), nn.GELU(), nn.Linear(hidden, dim))
             for name, dim in self.group_dims.items()})
@@ -98,53 +90,105 @@ class MotionEncoder(nn.Module):
             start += dim
         return out
 
-    def forward(self, landmarks: torch.Tensor, image_size: int) -> torch.Tensor:
-        inputs = group_inputs(landmarks.float(), image_size)
+    def forward(self, landmarks: torch.Tensor, image_size: int, gaze: torch.Tensor | None = None,
+                gaze_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """landmarks [..., 68, 2]; gaze [..., 2] (x, y in -1..1) where known, ``gaze_mask`` [...] (bool or float)
+        saying where -> latent [..., M]."""
+        inputs = group_inputs(landmarks, image_size, gaze, gaze_mask)
         parts = [F.layer_norm(self.encoders[name](inputs[name]), (dim,)) for name, dim in self.group_dims.items()]
         return torch.cat(parts, dim=-1)
 
     def groups(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: latent[..., sl] for name, sl in self.group_slices().items()}
 
+    def decode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Motion latents [..., M] -> each group's decoded inputs [..., n] (see :func:`group_inputs`)."""
+        return {name: self.decoders[name](part) for name, part in self.groups(latent).items()}
+
     def landmarks(self, latent: torch.Tensor, image_size: int) -> torch.Tensor:
         """Motion latents [..., M] -> landmarks [..., 68, 2] in pixels of an ``image_size`` frame, decoded by the
-        group decoders (points in the face frame; the pose group also gives the frame's centre and scale)."""
-        flat = latent.reshape(-1, latent.shape[-1])
-        groups = self.groups(flat)
-        pose = self.decoders["pose"](groups["pose"])
-        centre = ((pose[:, -3:-1] + 1) / 2 * image_size)[:, None]
-        scale = (pose[:, -1:].abs() * image_size).clamp_min(1.0)[:, None]
-        points = flat.new_zeros(flat.shape[0], N_LANDMARKS, 2)
+        group decoders (points in the face frame; the pose group also gives the frame)."""
+        decoded = self.decode(latent)
+        frame = frame_from_features(decoded["pose"][..., -FRAME_FEATURES:], image_size)
+        points = latent.new_zeros(*latent.shape[:-1], N_LANDMARKS, 2)
         for name, index in LANDMARK_GROUPS.items():
-            decoded = self.decoders[name](groups[name])[:, : 2 * len(index)].view(-1, len(index), 2)
-            points[:, list(index)] = decoded * scale + centre
-        return points.clamp(0, image_size - 1).view(*latent.shape[:-1], N_LANDMARKS, 2)
+            coords = decoded[name][..., : 2 * len(index)].unflatten(-1, (len(index), 2))
+            points[..., list(index), :] = from_frame(coords, frame)
+        return points.clamp(0, image_size - 1)
 
-    def reconstruction_error(self, latent: torch.Tensor, landmarks: torch.Tensor, image_size: int) -> torch.Tensor:
-        """Mean squared error of the decoded group inputs, per leading index (e.g. [B, T] -> [B, T])."""
-        targets = group_inputs(landmarks.float(), image_size)
-        errors = [(self.decoders[n](g) - targets[n]).square().mean(-1) for n, g in self.groups(latent).items()]
-        return torch.stack(errors).mean(0)
+    def gaze(self, latent: torch.Tensor) -> torch.Tensor:
+        """Motion latents [..., M] -> the decoded gaze [..., 3]: x and y (clamped to [-1, 1]) and its presence
+        (clamped to [0, 1]; near 0 for a clip whose gaze was unknown)."""
+        entries = self.decoders["eyes"](self.groups(latent)["eyes"])[..., EYE_POINTS:EYE_POINTS + GAZE_FEATURES]
+        return torch.cat([entries[..., :2].clamp(-1, 1), entries[..., 2:].clamp(0, 1)], dim=-1)
+
+    def group_errors(self, latent: torch.Tensor, landmarks: torch.Tensor, image_size: int,
+                     gaze: torch.Tensor | None = None,
+                     gaze_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per group, the mean squared error of its decoded inputs (frame units), per leading index (e.g. [B, T]).
+        The gaze's x and y count only where the gaze is known (m = 1); its presence entry (m) counts everywhere."""
+        targets = group_inputs(landmarks, image_size, gaze, gaze_mask)
+        errors = {}
+        for name, decoded in self.decode(latent).items():
+            squared = (decoded - targets[name]).square()
+            if name == "eyes":
+                known = targets[name][..., -1:]
+                weight = torch.ones_like(squared)
+                weight[..., EYE_POINTS:EYE_POINTS + 2] = known
+                errors[name] = (squared * weight).sum(-1) / weight.sum(-1)
+            else:
+                errors[name] = squared.mean(-1)
+        return errors
+
+    def reconstruction_error(self, latent: torch.Tensor, landmarks: torch.Tensor, image_size: int,
+                             gaze: torch.Tensor | None = None, gaze_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean over groups of :meth:`group_errors`, per leading index (e.g. [B, T] -> [B, T])."""
+        errors = self.group_errors(latent, landmarks, image_size, gaze, gaze_mask)
+        return torch.stack(list(errors.values())).mean(0)
 
 
-MAP_GROUPS = (tuple(range(48, 68)), tuple(range(0, 48)))  # the lips, and every other point
+MAP_GROUPS = (tuple(range(48, 68)), tuple(range(0, 48)))  # the lips, and every other point (and the pupils)
+EYES = (tuple(range(36, 42)), tuple(range(42, 48)))  # each eye: image-left corner, two upper, corner, two lower
 
 
-def landmark_maps(landmarks: torch.Tensor, image_size: int, factor: int, sigma: float | None = None) -> torch.Tensor:
+def pupil_points(landmarks: torch.Tensor, gaze: torch.Tensor) -> torch.Tensor:
+    """Landmarks [..., 68, 2] and gaze [..., >= 2] (x, y in -1..1) -> the two pupils [..., 2, 2] in pixels: each
+    eye's centre moved by gaze_x half eye widths along the eye's corner line (towards the image right) and gaze_y
+    half eye heights (lid to lid) across it (down)."""
+    out = []
+    for index in EYES:
+        eye = landmarks[..., list(index), :].float()
+        half_width = (eye[..., 3, :] - eye[..., 0, :]) / 2
+        width = half_width.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        down = torch.stack([-half_width[..., 1], half_width[..., 0]], dim=-1) / width
+        lids = (eye[..., 1, :] - eye[..., 5, :]).norm(dim=-1) + (eye[..., 2, :] - eye[..., 4, :]).norm(dim=-1)
+        half_height = lids / 4
+        out.append(eye.mean(dim=-2) + gaze[..., 0:1] * half_width + (gaze[..., 1] * half_height)[..., None] * down)
+    return torch.stack(out, dim=-2)
+
+
+def landmark_maps(landmarks: torch.Tensor, image_size: int, factor: int, sigma: float | None = None,
+                  gaze: torch.Tensor | None = None) -> torch.Tensor:
     """Landmarks [N, 68, 2] in pixels -> heatmaps at latent resolution [N, 2 * factor^2, size / f, size / f].
 
     One map for the lips and one for the other points, each a sum of Gaussians (``sigma`` pixels, by default
     one pixel of a 64 px frame) drawn at the frame's resolution and folded into channels by pixel-unshuffle,
-    so that sub-latent-pixel changes (a mouth opening by two pixels) stay visible. Separable: memory is
-    O(N * points * size), not O(N * points * size^2)."""
+    so that sub-latent-pixel changes (a mouth opening by two pixels) stay visible. With ``gaze`` [N, 3] (x, y,
+    presence), the second map also holds a pupil per eye (:func:`pupil_points`) weighted by the presence.
+    Separable: memory is O(N * points * size), not O(N * points * size^2)."""
     sigma = sigma or image_size / 64
     coords = torch.arange(image_size, device=landmarks.device, dtype=torch.float32) + 0.5
     maps = []
-    for index in MAP_GROUPS:
+    for group, index in enumerate(MAP_GROUPS):
         points = landmarks[:, list(index)].float()
-        gx = torch.exp(-(coords - points[..., 0:1]).square() / (2 * sigma ** 2))   # [N, K, W]
-        gy = torch.exp(-(coords - points[..., 1:2]).square() / (2 * sigma ** 2))   # [N, K, H]
-        maps.append(torch.bmm(gy.transpose(1, 2), gx).clamp(max=1.0))            # [N, H, W]
+        weight = torch.ones(points.shape[:2], device=points.device)
+        if gaze is not None and group == 1:
+            gaze = gaze.to(points.device).float()
+            points = torch.cat([points, pupil_points(landmarks, gaze)], dim=1)
+            weight = torch.cat([weight, gaze[:, 2:3].clamp(0, 1).expand(-1, 2)], dim=1)
+        gx = torch.exp(-(coords - points[..., 0:1]).square() / (2 * sigma ** 2))                       # [N, K, W]
+        gy = torch.exp(-(coords - points[..., 1:2]).square() / (2 * sigma ** 2)) * weight[..., None]  # [N, K, H]
+        maps.append(torch.bmm(gy.transpose(1, 2), gx).clamp(max=1.0))                                # [N, H, W]
     return F.pixel_unshuffle(torch.stack(maps, dim=1), factor)
 
 
@@ -266,9 +310,9 @@ class FrameDenoiser(nn.Module):
         self.unet = unet
         self.previous_frames = previous_frames
         cross = unet.config.cross_attention_dim
-        self.group_dims = dict(group_dims)
-        self.group_tokens = nn.ModuleDict({name: nn.Linear(dim, cross) for name, dim in group_dims.items()})
-        self.group_embedding = nn.Parameter(torch.randn(len(group_dims), cross) * 0.02)
+        self.group_dims = {name: int(group_dims[name]) for name in LANDMARK_GROUPS}  # the motion latent's order
+        self.group_tokens = nn.ModuleDict({name: nn.Linear(dim, cross) for name, dim in self.group_dims.items()})
+        self.group_embedding = nn.Parameter(torch.randn(len(self.group_dims), cross) * 0.02)
         self.audio_tokens = nn.Linear(audio_dim, cross)
         self.audio_embedding = nn.Parameter(torch.randn(64, cross) * 0.02)
 

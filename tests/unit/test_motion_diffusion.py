@@ -1,12 +1,15 @@
 """The motion stage: group-local motion latents, previous-frame augmentation only in training, sliding windows."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from diffusers import AutoencoderKL
 
 from datamodules.config import DataConfig
+from datamodules.sample import MOTION_TRUTH_COLUMNS
 from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage
 from lightning_modules.motion_generation import (
     FrozenParts,
@@ -15,7 +18,14 @@ from lightning_modules.motion_generation import (
     rerender_frames,
 )
 from lightning_modules.nets.encoders import SpeechEncoder
-from lightning_modules.nets.motion import LANDMARK_GROUPS, LandmarkMismatchError, MotionEncoder
+from lightning_modules.nets.face_frame import LANDMARK_GROUPS
+from lightning_modules.nets.motion import (
+    LandmarkMismatchError,
+    MotionEncoder,
+    landmark_maps,
+    map_channels,
+    pupil_points,
+)
 
 RES, WINDOW, CONTEXT, PREVIOUS = 32, 4, 2, 2
 PER_FRAME = 640
@@ -28,7 +38,7 @@ def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200) -> MotionDiffusion
                         layers_per_block=1, sample_size=RES)
     frozen = FrozenParts(vae, 0.5, SpeechEncoder(32, 16, 2))
     cfg = MotionDiffusionConfig(
-        window_frames=WINDOW, context_frames=CONTEXT, previous_frames=PREVIOUS, lips_dim=8, expression_dim=4,
+        window_frames=WINDOW, context_frames=CONTEXT, previous_frames=PREVIOUS, lips_dim=8, jaw_dim=4, brows_dim=4,
         eyes_dim=4, pose_dim=4, encoder_hidden=32, transformer_width=32, transformer_layers=1, transformer_heads=2,
         unet_channels=[16, 32], attention_levels=[False, True], unet_layers=1, cross_attention_dim=32,
         attention_head_dim=4, frames_per_clip=2, motion_steps=2, frame_steps=2,
@@ -45,30 +55,140 @@ def landmarks_grid(batch: int, frames: int) -> torch.Tensor:
 
 def make_batch(batch: int = 2, frames: int = WINDOW + CONTEXT, same_frames: bool = False) -> dict:
     pics = torch.rand(batch, 1 if same_frames else frames, 3, RES, RES) * 2 - 1
+    truth = torch.rand(batch, frames, len(MOTION_TRUTH_COLUMNS)) * 2 - 1
     return {
         "key": [f"k{i}" for i in range(batch)], "speaker": [f"s{i}" for i in range(batch)],
         "speaker_index": torch.arange(batch), "valid": torch.ones(batch, dtype=torch.bool),
         "frames": pics.expand(-1, frames, -1, -1, -1).contiguous(),
         "landmarks": landmarks_grid(batch, frames), "audio": torch.randn(batch, 32000) * 0.1,
         "frame_start": torch.zeros(batch, dtype=torch.long),
+        "motion_truth": truth, "has_motion_truth": torch.arange(batch) % 2 == 0,  # a synthetic clip, a real one
     }
+
+
+def face_landmarks(size: int = 64) -> torch.Tensor:
+    """A plausible, level, frontal face [68, 2] in an image of ``size`` pixels (iBUG 68 layout)."""
+    u = size / 64
+    cx, eye_y, d, ew = 32.0, 27.0, 9.0, 4.0
+    points = torch.zeros(68, 2)
+    t = torch.linspace(0, math.pi, 17)
+    points[0:17] = torch.stack([cx - 19 * t.cos(), eye_y + 2 + 24 * t.sin()], 1)           # jaw, chin at 8
+    brow = torch.linspace(-1.1, 0.85, 5) * ew
+    arch = eye_y - 5 - 1.5 * torch.linspace(0.3, math.pi - 0.3, 5).sin()
+    points[17:22] = torch.stack([cx - d + brow, arch], 1)
+    points[22:27] = torch.stack([cx + d - brow.flip(0), arch.flip(0)], 1)
+    points[27:31] = torch.stack([torch.full((4,), cx), torch.linspace(eye_y, eye_y + 11, 4)], 1)
+    across = torch.linspace(-1, 1, 5)
+    points[31:36] = torch.stack([cx + 3.5 * across, eye_y + 12 - across.abs()], 1)
+    xs = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0, 1 / 3, -1 / 3]) * ew
+    ys = eye_y + torch.tensor([0.0, -1.6, -1.6, 0.0, 1.6, 1.6])
+    points[36:42] = torch.stack([cx - d + xs, ys], 1)    # outer (image left), two upper, inner, two lower
+    points[42:48] = torch.stack([cx + d + xs, ys], 1)    # inner (image left), two upper, outer, two lower
+    a = torch.linspace(0, 2 * math.pi, 13)[:-1]
+    points[48:60] = torch.stack([cx - 8 * a.cos(), eye_y + 20 - 3 * a.sin()], 1)          # outer lips from 48
+    b = torch.linspace(0, 2 * math.pi, 9)[:-1]
+    points[60:68] = torch.stack([cx - 6 * b.cos(), eye_y + 20 - 0.8 * b.sin()], 1)         # inner lips from 60
+    return points * u
+
+
+def faces(batch: int, frames: int, size: int = RES) -> torch.Tensor:
+    """Plausible faces [batch, frames, 68, 2]: the template, moved and jittered a little per face."""
+    shift = torch.randn(batch, frames, 1, 2) * size / 64
+    return face_landmarks(size) + shift + torch.randn(batch, frames, 68, 2) * 0.2 * size / 64
+
+
+def group_changes(encoder: MotionEncoder, before: dict, landmarks: torch.Tensor, *args) -> dict[str, float]:
+    """The largest absolute change of each group latent from ``before``."""
+    after = encoder.groups(encoder(landmarks, RES, *args))
+    return {name: (after[name] - before[name]).abs().max().item() for name in before}
 
 
 def test_motion_groups_have_their_sizes_and_react_only_to_their_landmarks():
     torch.manual_seed(0)
-    encoder = MotionEncoder({"lips": 12, "expression": 6, "eyes": 4, "pose": 5}, hidden=32)
+    dims = {"lips": 12, "jaw": 5, "brows": 6, "eyes": 4, "pose": 5}
+    encoder = MotionEncoder(dims, hidden=32)
     landmarks = landmarks_grid(3, 2)
     base = encoder.groups(encoder(landmarks, RES))
-    assert {k: v.shape[-1] for k, v in base.items()} == {"lips": 12, "expression": 6, "eyes": 4, "pose": 5}
+    assert {k: v.shape[-1] for k, v in base.items()} == dims
     # measure: the max absolute change of each group; only the moved group may change, exactly nothing else
-    for moved in ("lips", "eyes", "expression"):
+    # (the eye corners and the nose bridge hold the face frame: moving them moves the frame of every group)
+    movable = {"lips": LANDMARK_GROUPS["lips"], "jaw": LANDMARK_GROUPS["jaw"], "brows": LANDMARK_GROUPS["brows"],
+               "eyes": (37, 38, 40, 41, 43, 44, 46, 47), "pose": (31, 32, 33, 34, 35)}
+    for moved, idx in movable.items():
         shifted = landmarks.clone()
-        idx = list(LANDMARK_GROUPS[moved])
-        shifted[..., idx, :] += torch.randn(len(idx), 2) * 2.0
-        after = encoder.groups(encoder(shifted, RES))
-        change = {name: (after[name] - base[name]).abs().max().item() for name in base}
+        shifted[..., list(idx), :] += torch.randn(len(idx), 2) * 2.0
+        change = group_changes(encoder, base, shifted)
         assert change[moved] > 1e-2, (moved, change)
         assert all(change[name] == 0.0 for name in base if name != moved), (moved, change)
+
+
+def test_opening_the_mouth_changes_only_the_lips_and_jaw_groups():
+    torch.manual_seed(0)
+    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
+    closed = faces(3, 2)
+    base = encoder.groups(encoder(closed, RES))
+    opened = closed.clone()
+    opened[..., 48:68, 1] += torch.linspace(0.0, 1.5, 20)  # the lips part
+    opened[..., [57, 58, 59, 65, 66, 67], 1] += 1.5         # the lower lip drops most
+    opened[..., 4:13, 1] += 2.0 * torch.sin(torch.linspace(0.3, math.pi - 0.3, 9))  # the chin drops
+    change = group_changes(encoder, base, opened)
+    assert change["lips"] > 1e-2 and change["jaw"] > 1e-2, change
+    assert change["brows"] == change["eyes"] == change["pose"] == 0.0, change
+
+
+def test_a_nod_of_the_whole_face_changes_only_the_pose_group():
+    torch.manual_seed(0)
+    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
+    level = faces(3, 2)
+    angle = torch.tensor(0.1)  # a head that is also rolled a little: the nod squashes along the image vertical
+    turn = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    pivot = torch.tensor([RES / 2, RES * 0.55])
+    rolled = (level - pivot) @ turn.T + pivot
+    base = encoder.groups(encoder(rolled, RES))
+    squash, drop = 0.93, 1.0  # the corpus's full nod: 7% shorter, moved down
+    nodded = rolled.clone()
+    nodded[..., 1] = pivot[1] + (rolled[..., 1] - pivot[1]) * squash + drop
+    change = group_changes(encoder, base, nodded)
+    assert change["pose"] > 1e-2, change
+    assert all(change[name] < 1e-4 for name in ("lips", "jaw", "brows", "eyes")), change  # float rounding only
+
+
+def test_the_gaze_changes_only_the_eyes_group_and_an_absent_gaze_is_ignored():
+    torch.manual_seed(0)
+    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
+    landmarks = faces(3, 2)
+    base = encoder.groups(encoder(landmarks, RES))
+    gaze = torch.rand(3, 2, 2) * 2 - 1
+    change = group_changes(encoder, base, landmarks, gaze, torch.ones(3, 2, dtype=torch.bool))
+    assert change["eyes"] > 1e-2, change
+    assert all(change[name] == 0.0 for name in base if name != "eyes"), change
+    for values in (gaze, -gaze, torch.full_like(gaze, float("nan"))):  # masked: whatever the values, no gaze
+        assert group_changes(encoder, base, landmarks, values, torch.zeros(3, 2)) == dict.fromkeys(base, 0.0)
+    known = torch.tensor([True, False, True])[:, None].expand(3, 2)
+    mixed = encoder.groups(encoder(landmarks, RES, gaze, known))["eyes"]
+    assert torch.equal(mixed[1], base["eyes"][1]) and not torch.allclose(mixed[0], base["eyes"][0])
+
+
+def test_reconstruction_error_counts_the_gaze_only_where_it_is_known():
+    torch.manual_seed(0)
+    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
+    landmarks, gaze = faces(2, 3), torch.rand(2, 3, 2) * 2 - 1
+    known = torch.tensor([True, False])[:, None].expand(2, 3)
+    with torch.no_grad():
+        latent = encoder(landmarks, RES, gaze, known)
+        before = encoder.group_errors(latent, landmarks, RES, gaze, known)
+        total = encoder.reconstruction_error(latent, landmarks, RES, gaze, known)
+        assert set(before) == set(LANDMARK_GROUPS) and before["eyes"].shape == (2, 3)
+        assert torch.allclose(total, torch.stack(list(before.values())).mean(0))
+        eyes_out = encoder.decoders["eyes"][-1].bias
+        eyes_out[24:26] += 1.0  # the decoded gaze x and y move
+        after = encoder.group_errors(latent, landmarks, RES, gaze, known)
+        assert torch.equal(after["eyes"][1], before["eyes"][1])  # unknown gaze: not counted
+        assert (after["eyes"][0] - before["eyes"][0]).abs().min() > 1e-3  # known gaze: counted
+        assert all(torch.equal(after[name], before[name]) for name in before if name != "eyes")
+        eyes_out[26] += 1.0  # the decoded presence moves: counted everywhere (its target is known everywhere)
+        presence = encoder.group_errors(latent, landmarks, RES, gaze, known)
+        assert (presence["eyes"][1] - after["eyes"][1]).abs().min() > 1e-3
 
 
 def test_landmark_count_disagreeing_with_frames_is_refused():
@@ -195,7 +315,6 @@ def test_motion_transformer_regresses_the_clean_motion_and_the_frame_unet_the_no
 
 
 def test_landmark_maps_show_a_two_pixel_mouth_opening_only_in_the_lips_channels():
-    from lightning_modules.nets.motion import landmark_maps, map_channels
     closed = landmarks_grid(1, 1)[0, 0]
     opened = closed.clone()
     opened[57:60, 1] += 2.0  # lower lip down by two pixels (a quarter of a latent pixel at factor 8)
@@ -225,7 +344,7 @@ def test_the_frame_unet_sees_the_maps_of_its_own_frames_motion():
 
 def test_mouth_loss_weight_raises_the_weight_of_an_error_in_the_lower_face_only():
     stage = tiny_stage()
-    landmarks = landmarks_grid(2, 1)[:, 0]
+    landmarks = faces(2, 1)[:, 0]  # plausible faces: the lower face covers whole latent pixels
     latent = RES // stage.frozen.downsample
     weights = stage.mouth_weights(landmarks, latent)
     assert torch.equal(weights, torch.ones_like(weights))  # off by default
@@ -235,3 +354,73 @@ def test_mouth_loss_weight_raises_the_weight_of_an_error_in_the_lower_face_only(
     mask = torch.nn.functional.adaptive_avg_pool2d(lower_face_mask(landmarks, RES), latent)
     assert torch.allclose(weights, 1 + 4.0 * mask)
     assert weights.max() > 4.0 and weights.min() < 1.1
+
+
+def other_map(maps: torch.Tensor, factor: int) -> torch.Tensor:
+    """The non-lip map of :func:`landmark_maps` back at the frame's resolution [N, H, W]."""
+    half = maps.shape[1] // 2
+    return torch.nn.functional.pixel_shuffle(maps[:, half:], factor)[:, 0]
+
+
+def test_landmark_maps_draw_pupils_where_the_gaze_looks_weighted_by_presence():
+    size, factor = 64, 4
+    face = face_landmarks(size)[None].expand(5, -1, -1)
+    gaze = torch.tensor([[0.8, 0.0, 1.0], [-0.8, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, -1.0, 1.0], [0.8, 0.0, 0.5]])
+    without = landmark_maps(face, size, factor)
+    maps = landmark_maps(face, size, factor, gaze=gaze)
+    assert maps.shape == without.shape == (5, map_channels(factor), size // factor, size // factor)
+    half = map_channels(factor) // 2
+    assert torch.equal(maps[:, :half], without[:, :half])  # the lips map has no pupils
+    assert torch.equal(landmark_maps(face, size, factor, gaze=gaze * torch.tensor([1.0, 1.0, 0.0])), without)
+    added = other_map(maps, factor) - other_map(without, factor)       # the pupil blobs alone
+    assert added.min() >= 0
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    left = (xs < size / 2).float()  # the image-left eye's blob
+
+    def centre(index: int) -> torch.Tensor:
+        weight = added[index] * left
+        return torch.stack([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
+
+    half_width = (face[0, 39, 0] - face[0, 36, 0]) / 2
+    moved_x = centre(0)[0] - centre(1)[0]  # looking right vs looking left: 1.6 half widths apart
+    assert 0.7 * 1.6 * half_width < moved_x < 1.3 * 1.6 * half_width, (moved_x, half_width)
+    assert centre(2)[1] - centre(3)[1] > 1.0  # looking down vs up
+    looking_right = face[0, 36:42].mean(0) + torch.tensor([0.8 * half_width, 0.0])
+    assert torch.allclose(pupil_points(face[:1], gaze[:1])[0, 0], looking_right)
+    assert 0 < added[4].max() < added[0].max()  # half present: a fainter blob
+
+
+def test_the_frame_unet_maps_draw_the_gaze_the_motion_latent_decodes_to():
+    stage = tiny_stage().eval()
+    encoder, latent = stage.motion_encoder, RES // stage.frozen.downsample
+    with torch.no_grad():
+        encoder.decoders["eyes"][-1].bias[-1] = 5.0  # the decoded gaze is present
+        motion = encoder(faces(1, 3)[0], RES)
+        gaze = encoder.gaze(motion)
+        maps = stage.parts().motion_maps(motion, latent)
+        factor = stage.frozen.downsample
+        expected = landmark_maps(encoder.landmarks(motion, RES), RES, factor, gaze=gaze)
+    assert torch.equal(gaze[:, 2], torch.ones(3))
+    assert torch.equal(maps, expected)
+    assert not torch.equal(maps, landmark_maps(encoder.landmarks(motion, RES), RES, factor))
+
+
+def test_the_stage_encodes_the_corpus_gaze_where_the_clip_has_motion_truth():
+    stage = tiny_stage()
+    batch = make_batch()  # clip 0 has motion truth, clip 1 (a real corpus) has none
+    outputs: list = []
+    handle = stage.motion_encoder.register_forward_hook(lambda module, args, out: outputs.append(out))
+    torch.manual_seed(0)
+    losses = stage.compute_losses(batch)
+    batch["motion_truth"] = batch["motion_truth"].flip(-1)  # another gaze for both clips
+    torch.manual_seed(0)
+    stage.compute_losses(batch)
+    handle.remove()
+    first, second = (stage.motion_encoder.groups(out) for out in outputs)
+    assert not torch.allclose(first["eyes"][0], second["eyes"][0])  # clip 0: its gaze is an input
+    assert torch.equal(first["eyes"][1], second["eyes"][1])  # clip 1: no gaze, whatever the member holds
+    assert all(torch.equal(first[name], second[name]) for name in first if name != "eyes")
+    for name in LANDMARK_GROUPS:  # each group's reconstruction error is logged, not optimised
+        assert losses[f"landmark_{name}"].shape == (2,) and stage.loss_weights[f"landmark_{name}"] == 0.0
+    groups = torch.stack([losses[f"landmark_{name}"] for name in LANDMARK_GROUPS]).mean(0)
+    assert torch.allclose(losses["landmark"], groups)

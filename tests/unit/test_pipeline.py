@@ -10,7 +10,8 @@ import torch
 
 from generation.pipeline import PORTRAIT_STAGES, VIDEO_STAGES, GenerationOptions, TalkingFacePipeline, required_files
 from generation.speech import GenerationError, load_speech
-from lightning_modules.nets.motion import MotionEncoder, group_inputs
+from lightning_modules.nets.face_frame import group_inputs
+from lightning_modules.nets.motion import MotionEncoder
 
 
 def tone(seconds: float, rate: int, channels: int) -> np.ndarray:
@@ -106,7 +107,7 @@ def faces(base: torch.Tensor, count: int) -> torch.Tensor:
 def test_landmarks_decoded_from_motion_latents_invert_the_group_inputs():
     torch.manual_seed(0)
     size = 64
-    encoder = MotionEncoder({"lips": 8, "expression": 4, "eyes": 4, "pose": 4}, hidden=64)
+    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=64)
     test = faces(torch.rand(68, 2) * 24 + 20, 8)
     with torch.no_grad():
         untrained = encoder.landmarks(encoder(test, size), size)
@@ -121,6 +122,36 @@ def test_landmarks_decoded_from_motion_latents_invert_the_group_inputs():
     with torch.no_grad():
         shifted = encoder.landmarks(encoder(test, size), size)
     assert torch.allclose(shifted - decoded, torch.tensor([3.0, -2.0]).expand_as(decoded), atol=1e-3)
+    # a rolled, nodding head (rotation, vertical foreshortening about a point, a shift down): the frame undoes it
+    angle = torch.tensor(0.15)
+    turn = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    pivot = torch.tensor([32.0, 36.0])
+    nodded = ((test - pivot) @ turn.T) * torch.tensor([1.0, 0.9]) + pivot + torch.tensor([0.0, 2.0])
+    rolled = group_inputs(nodded, size)
+    encoder.decoders = torch.nn.ModuleDict({name: Constant(value) for name, value in rolled.items()})
+    with torch.no_grad():
+        assert torch.allclose(encoder.landmarks(encoder(test, size), size), nodded, atol=1e-3)
+
+
+def test_the_gaze_decoded_from_motion_latents_is_the_gaze_where_known_and_absent_elsewhere():
+    torch.manual_seed(0)
+    size = 64
+    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=64)
+    test = faces(torch.rand(68, 2) * 24 + 20, 4)
+    gaze = torch.tensor([[0.5, -0.25], [-0.75, 0.5], [0.9, 0.9], [-0.3, -0.6]])
+    known = torch.tensor([True, True, False, False])
+    with torch.no_grad():
+        untrained = encoder.gaze(encoder(test, size, gaze, known))
+    assert untrained.shape == (4, 3) and untrained[:, :2].abs().max() <= 1
+    assert untrained[:, 2].min() >= 0 and untrained[:, 2].max() <= 1
+    exact = group_inputs(test, size, gaze, known)
+    encoder.decoders = torch.nn.ModuleDict({name: Constant(value) for name, value in exact.items()})
+    with torch.no_grad():
+        decoded = encoder.gaze(encoder(test, size, gaze, known))
+    expected = torch.tensor([[0.5, -0.25, 1.0], [-0.75, 0.5, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(decoded, expected, atol=1e-6)
+    with torch.no_grad():  # the gaze entries decode to nothing but the gaze: the landmarks stay as they were
+        assert torch.allclose(encoder.landmarks(encoder(test, size), size), test, atol=1e-3)
 
 
 class Constant(torch.nn.Module):
