@@ -218,6 +218,7 @@ def choices_note(name: str) -> str:
 
 # Each section with the corpus it trains on.
 RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
+    "motion_encoder": (SMALL, from_module("results_motion", "motion_encoder_results")),
     "conre": (SMALL, from_module("results_conre", "conre_results")),
     "portrait": (SMALL, from_module("results_portrait", "portrait_results", SMALL)),
     "portrait_voice09": (VOICE09, from_module("results_portrait", "portrait_results", VOICE09)),
