@@ -153,7 +153,8 @@ def motion_encoder_results() -> tuple[dict, str]:
         *rows,
         "",
         "Parts: each group's points in the affine face frame (nose bridge and eye corners; the eye line spans 1); "
-        "eyes are the lids, gaze the eyes group's gaze input (known on every clip of this corpus), pose the nose "
+        "eyes are the lids, gaze the eyes group's gaze input (in face-frame units: a full gaze is 0.1; known on every "
+        "clip of this corpus), pose the nose "
         "points and the frame itself. Leak check: replacing every test frame's lips and jaw by those of its clip's "
         f"most closed frame changes the brows, eyes and pose latents by at most "
         f"{max(r['leak'] for r in per_seed):.1e} (the frame comes from rigid points only).",

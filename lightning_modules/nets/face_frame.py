@@ -17,6 +17,9 @@ LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
 }
 FRAME_POINTS = (27, 28, 29, 30, 36, 39, 42, 45)  # rigid points only: the nose bridge and the four eye corners
 FRAME_FEATURES = 7  # centre (2), cos and sin of the roll, horizontal and vertical scale, shear
+# A gaze of 1 (-1..1) moves a pupil about a tenth of the eye line in the face frame: in those units the gaze weighs
+# as much in the eyes group's reconstruction as the lids do (in gaze units it drowned them: the lids went unlearned).
+GAZE_UNITS = 0.1
 GAZE_FEATURES = 3   # gaze_x * m, gaze_y * m, m (m: whether the gaze is known)
 EYE_POINTS = 2 * len(LANDMARK_GROUPS["eyes"])  # where the eyes group's gaze entries start in its input
 _MIN_SCALE = 1e-3  # pixels: the smallest frame scale (a degenerate frame, e.g. a padding sample's zeros)
@@ -105,15 +108,15 @@ def frame_from_features(features: torch.Tensor, image_size: int) -> FaceFrame:
 
 def gaze_inputs(gaze: torch.Tensor | None, gaze_mask: torch.Tensor | None, leading: torch.Size,
                 like: torch.Tensor) -> torch.Tensor:
-    """The eyes group's gaze entries [..., 3]: (gaze_x * m, gaze_y * m, m), m the mask (1 where ``gaze_mask`` is
-    None and a gaze is given; 0 and zeros where no gaze is given). A masked gaze's values never matter (not even
-    NaN)."""
+    """The eyes group's gaze entries [..., 3]: (gaze_x * m, gaze_y * m) * GAZE_UNITS and m, m the mask (1 where
+    ``gaze_mask`` is None and a gaze is given; 0 and zeros where no gaze is given). A masked gaze's values never
+    matter (not even NaN)."""
     if gaze is None:
         return like.new_zeros(*leading, GAZE_FEATURES)
     gaze = gaze.to(like.device, like.dtype).expand(*leading, 2)
     m = like.new_ones(leading) if gaze_mask is None else gaze_mask.to(like.device, like.dtype).expand(leading)
     known = m[..., None]
-    return torch.cat([torch.where(known > 0, gaze, 0.0) * known, known], dim=-1)
+    return torch.cat([torch.where(known > 0, gaze, 0.0) * known * GAZE_UNITS, known], dim=-1)
 
 
 def group_inputs(landmarks: torch.Tensor, image_size: int, gaze: torch.Tensor | None = None,

@@ -30,6 +30,7 @@ from lightning_modules.nets.face_frame import (
     EYE_POINTS,
     FRAME_FEATURES,
     GAZE_FEATURES,
+    GAZE_UNITS,
     LANDMARK_GROUPS,
     frame_from_features,
     from_frame,
@@ -120,7 +121,7 @@ class MotionEncoder(nn.Module):
         """Motion latents [..., M] -> the decoded gaze [..., 3]: x and y (clamped to [-1, 1]) and its presence
         (clamped to [0, 1]; near 0 for a clip whose gaze was unknown)."""
         entries = self.decoders["eyes"](self.groups(latent)["eyes"])[..., EYE_POINTS:EYE_POINTS + GAZE_FEATURES]
-        return torch.cat([entries[..., :2].clamp(-1, 1), entries[..., 2:].clamp(0, 1)], dim=-1)
+        return torch.cat([(entries[..., :2] / GAZE_UNITS).clamp(-1, 1), entries[..., 2:].clamp(0, 1)], dim=-1)
 
     def group_errors(self, latent: torch.Tensor, landmarks: torch.Tensor, image_size: int,
                      gaze: torch.Tensor | None = None,
