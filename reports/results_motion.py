@@ -104,59 +104,81 @@ def mouth_leak(encoder, data: dict, resolution: int) -> float:
     return max(float((before[g] - after[g]).abs().max()) for g in ("brows", "eyes", "pose"))
 
 
+def split_scores(encoder, data: dict, resolution: int) -> dict:
+    """Per-clip error of each part, and each part's variance over the split's frames."""
+    errors, targets = part_errors(encoder, data, resolution)
+    return {"per_clip": {key: {part: float(errors[part][i].mean()) for part in PARTS}
+                         for i, key in enumerate(data["keys"])},
+            "variance": {part: float(t.flatten(0, 1).var(0).mean()) for part, t in targets.items()}}
+
+
 def evaluate_seed(seed: int) -> dict:
+    """One seed: an encoder at each of :func:`variants`' group sizes, fitted on train, scored on val and test."""
+    from lightning_modules.motion_diffusion import MotionDiffusionConfig
     from reports.results import CORPUS
     from trainer.config import compose
 
     cfg = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"])
     resolution = cfg.data.resolution
-    train, test = read_split(CORPUS, "train", resolution), read_split(CORPUS, "test", resolution)
-    encoder = fit_encoder(train, cfg.stage.group_dims(), cfg.stage.encoder_hidden, resolution, seed)
-    errors, targets = part_errors(encoder, test, resolution)
-    variance = {part: float(t.flatten(0, 1).var(0).mean()) for part, t in targets.items()}
-    return {"per_clip": {key: {part: float(errors[part][i].mean()) for part in PARTS}
-                         for i, key in enumerate(test["keys"])},
-            "speakers": dict(zip(test["keys"], test["speakers"], strict=True)), "variance": variance,
-            "leak": mouth_leak(encoder, test, resolution), "group_dims": cfg.stage.group_dims(),
-            "train_clips": len(train["keys"]), "resolution": resolution}
+    splits = {name: read_split(CORPUS, name, resolution) for name in ("train", "val", "test")}
+    sizes = {"small config": cfg.stage.group_dims(), "stage defaults": MotionDiffusionConfig().group_dims()}
+    out = {"speakers": {split: dict(zip(d["keys"], d["speakers"], strict=True)) for split, d in splits.items()},
+           "train_clips": len(splits["train"]["keys"]), "resolution": resolution, "variants": {}}
+    for variant, dims in sizes.items():
+        encoder = fit_encoder(splits["train"], dims, cfg.stage.encoder_hidden, resolution, seed)
+        out["variants"][variant] = {"group_dims": dims, "leak": mouth_leak(encoder, splits["test"], resolution),
+                                    **{split: split_scores(encoder, splits[split], resolution)
+                                       for split in ("val", "test")}}
+    return out
+
+
+def part_cell(per_seed: list[dict], variant: str, split: str, part: str) -> tuple[str, float]:
+    """("error x 1e-3 ± seeds [speaker interval]", unexplained share of the part's variance) of one variant."""
+    from evaluation.intervals import format_seeds_and_interval, seed_mean_by_clip, speaker_bootstrap
+
+    scores = [r["variants"][variant][split] for r in per_seed]
+    values = [{k: c[part] for k, c in s["per_clip"].items()} for s in scores]
+    means = [statistics.mean(v.values()) for v in values]
+    mean, low, high = speaker_bootstrap(seed_mean_by_clip(values), per_seed[0]["speakers"][split])
+    unexplained = statistics.mean(m / s["variance"][part] for m, s in zip(means, scores, strict=True))
+    return format_seeds_and_interval([m * 1e3 for m in means], (mean * 1e3, low * 1e3, high * 1e3)), unexplained
 
 
 def motion_encoder_results() -> tuple[dict, str]:
-    """Per-part reconstruction error of the motion encoder on the small corpus's test clips, 3 seeds."""
-    from evaluation.intervals import format_seeds_and_interval, seed_mean_by_clip, speaker_bootstrap
+    """Per-part reconstruction error of the motion encoder on the small corpus's test clips, 3 seeds, at the small
+    config's group sizes and at the stage defaults."""
     from reports.results import CORPUS, SEEDS, cached_evaluation
 
     index = CORPUS / "index.json"
     per_seed = [cached_evaluation("motion_encoder", seed, [index], lambda seed=seed: evaluate_seed(seed))
                 for seed in SEEDS]
-    speaker_of = per_seed[0]["speakers"]
-
-    def cells(part: str) -> tuple[str, str]:
-        values = [{k: c[part] for k, c in r["per_clip"].items()} for r in per_seed]
-        means = [statistics.mean(v.values()) for v in values]
-        mean, low, high = speaker_bootstrap(seed_mean_by_clip(values), speaker_of)
-        fvu = [m / r["variance"][part] for m, r in zip(means, per_seed, strict=True)]
-        scale = 1e3
-        error = format_seeds_and_interval([m * scale for m in means], (mean * scale, low * scale, high * scale))
-        return error, f"{statistics.mean(fvu):.3f}"
-
+    variants = list(per_seed[0]["variants"])
+    rows = []
+    for part in PARTS:
+        cells = [part_cell(per_seed, v, "test", part) for v in variants]
+        val = [part_cell(per_seed, v, "val", part)[1] for v in variants]
+        rows.append(f"| {part} | " + " | ".join(f"{error} | {share:.3f}" for error, share in cells)
+                    + " | " + " / ".join(f"{v:.3f}" for v in val) + " |")
     first = per_seed[0]
-    rows = [f"| {part} | {cells(part)[0]} | {cells(part)[1]} |" for part in PARTS]
+    sizes = "; ".join(f"{v}: {first['variants'][v]['group_dims']}" for v in variants)
+    leak = max(r["variants"][v]["leak"] for r in per_seed for v in variants)
     lines = [
-        f"Motion encoder reconstruction on the {len(speaker_of)} test clips of the small corpus (version 2; "
-        f"{first['train_clips']} training clips, {first['resolution']} px landmarks; the small config's group sizes "
-        f"{first['group_dims']}; fitted {FIT_STEPS} steps of {BATCH_FRAMES} frames by its reconstruction loss alone; "
-        f"seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds [95% interval over test speakers]).",
+        f"Motion encoder reconstruction on the {len(first['speakers']['test'])} test clips of the small corpus "
+        f"(version 2; {first['train_clips']} training clips, {first['resolution']} px landmarks; fitted "
+        f"{FIT_STEPS} steps of {BATCH_FRAMES} frames by its reconstruction loss alone; seeds "
+        f"{', '.join(map(str, SEEDS))}; mean ± std over seeds [95% interval over test speakers]). Group sizes: "
+        f"{sizes}.",
         "",
-        "| part | squared error x 1e-3 (face-frame units) | unexplained share of its variance |",
-        "|---|---|---|",
+        "| part | " + " | ".join(f"{v}: squared error x 1e-3 | unexplained" for v in variants)
+        + " | val unexplained (" + " / ".join(variants) + ") |",
+        "|---|" + "---|---|" * len(variants) + "---|",
         *rows,
         "",
-        "Parts: each group's points in the affine face frame (nose bridge and eye corners; the eye line spans 1); "
-        "eyes are the lids, gaze the eyes group's gaze input (in face-frame units: a full gaze is 0.1; known on every "
-        "clip of this corpus), pose the nose "
-        "points and the frame itself. Leak check: replacing every test frame's lips and jaw by those of its clip's "
-        f"most closed frame changes the brows, eyes and pose latents by at most "
-        f"{max(r['leak'] for r in per_seed):.1e} (the frame comes from rigid points only).",
+        "Squared error in the affine face frame (nose bridge and eye corners; the eye line spans 1); unexplained: "
+        "the error over the part's variance across the split's frames. Parts: eyes are the lids, gaze the eyes "
+        "group's gaze input (in face-frame units: a full gaze is 0.1; known on every clip of this corpus), pose the "
+        "nose points and the frame itself. Leak check: replacing every test frame's lips and jaw by those of its "
+        f"clip's most closed frame changes the brows, eyes and pose latents by at most {leak:.1e} (the frame comes "
+        "from rigid points only).",
     ]
     return {"seeds": per_seed}, "\n".join(lines)
