@@ -203,6 +203,8 @@ def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]
 # Hyper-parameters of the small configs chosen by looking at a score, per table: (what, the split it was chosen on).
 # A choice belongs on val; one made on another split is printed as such under its table.
 CHOICES: dict[str, list[tuple[str, str]]] = {
+    "motion_encoder": [("motion_diffusion `stage.jaw_dim`, `stage.eyes_dim`, `stage.pose_dim: 8` "
+                        "(configs/experiment/small.yaml), by the unexplained share of each group", "val")],
     "sync": [("motion_diffusion `stage.mouth_loss_weight: 8.0` and `trainer.max_steps: 600` "
               "(configs/experiment/small.yaml), by the scorer's LSE-C of the motion stage's frames",
               "6 held-out clips of a split that was not recorded (it may overlap this table's test clips): "
