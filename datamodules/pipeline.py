@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from common.images import to_unit
-from datamodules.config import DataConfig
+from datamodules.config import DataConfig, SpeakerPart
 from datamodules.sample import (
     MOTION_TRUTH_COLUMNS,
     SampleError,
@@ -200,7 +200,7 @@ class ClipStream(IterableDataset):
     def __init__(self, shards: list[str], window: ClipWindow, batch_size: int, *, train: bool, rank: int = 0,
                  world_size: int = 1, seed: int = 0, epoch: int = 0, batches: int = 0,
                  shard_counts: list[int] | None = None, shuffle_buffer: int = 256, skip_batches: int = 0,
-                 progress_dir: str = "", speaker_part: tuple[int, int] | None = None):
+                 progress_dir: str = "", speaker_part: tuple[int, ...] | None = None):
         self.shards, self.window, self.batch_size, self.train = list(shards), window, batch_size, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.batches, self.shuffle_buffer, self.skip_batches = batches, shuffle_buffer, skip_batches
@@ -264,11 +264,12 @@ class ClipStream(IterableDataset):
         raise RuntimeError(f"training shards {self.shards[:3]}... yielded no readable samples")
 
     def _in_part(self, samples: Iterator[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
-        """The samples whose speaker falls in ``speaker_part`` (i, n): stable speaker id mod n == i."""
+        """The samples whose speaker falls in ``speaker_part`` (i, n[, exclude]): stable speaker id mod n == i, or
+        != i when excluded (``~i/n``)."""
         if self.speaker_part is None:
             yield from samples
             return
-        part, parts = self.speaker_part
+        part = SpeakerPart(*self.speaker_part)
         passed = 0
         for sample in samples:
             try:
@@ -276,11 +277,11 @@ class ClipStream(IterableDataset):
             except SampleError as exc:
                 counter.add("sample", str(exc))
                 continue
-            if speaker_index(meta.dataset, meta.speaker) % parts == part:
+            if part.holds(speaker_index(meta.dataset, meta.speaker)):
                 passed = 0
                 yield sample
             elif (passed := passed + 1) > MAX_SAMPLES_OUTSIDE_PART:
-                raise RuntimeError(f"data.speaker_part={part}/{parts}: no speaker of the training shards falls in "
+                raise RuntimeError(f"data.speaker_part={part}: no speaker of the training shards falls in "
                                    f"this part ({passed} samples in a row outside it); use fewer parts or ''")
 
     def _eval_shards(self, worker: int, num_workers: int) -> list[list[int]]:

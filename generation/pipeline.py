@@ -50,6 +50,7 @@ class GenerationOptions:
     device: str = "cpu"
     batch_frames: int = 16          # frames per batch in the refinement and rendering steps
     use_saw: bool = True
+    prior_weight: float | None = None  # fixes the prior weight a (ablations): no SAW, no saw file needed
     codebook: bool = True           # False: stop before the codebook renderer (output the low-res frames)
 
 
@@ -108,13 +109,14 @@ class TalkingFacePipeline:
     def __init__(self, stages_dir: str | Path, options: GenerationOptions, portrait_only: bool = False):
         self.stages_dir, self.options = Path(stages_dir), options
         self.device = torch.device(options.device)
-        self.files = required_files(self.stages_dir, portrait_only, options.use_saw, options.codebook)
+        use_saw = options.use_saw and options.prior_weight is None
+        self.files = required_files(self.stages_dir, portrait_only, use_saw, options.codebook)
         stages = StageFiles(self.stages_dir, needed_by="generation")
         for name, path in self.files.items():  # each file read once, up front: an unreadable one is named
             with stage_file_errors(path):
                 stages[name]
-        with stage_file_errors(self.files["saw" if options.use_saw else "portrait_diffusion"]):
-            self.portraits = PortraitGenerator(stages, options.use_saw, options.device)
+        with stage_file_errors(self.files["saw" if use_saw else "portrait_diffusion"]):
+            self.portraits = PortraitGenerator(stages, use_saw, options.device, options.prior_weight)
         if not portrait_only:
             self._load_video_stages(stages)
 
@@ -140,9 +142,8 @@ class TalkingFacePipeline:
         opts, gen = self.options, self.portraits
         with timed(timings, "speaker_embedding+saw"):
             speech = prepare_speech(speech.numpy(), SAMPLE_RATE)
-            _, embedding = gen.denoiser.speech(speech[None].to(self.device))
-            if gen.saw is not None:
-                log.info("SAW prior weight: mean %.3f", float(gen.saw(embedding).mean()))
+            source = "fixed" if gen.prior_weight is not None else "SAW" if gen.use_saw else "constant"
+            log.info("prior weight a (%s): mean %.3f", source, float(gen.prior_weights(speech[None]).mean()))
         with timed(timings, "portrait"):
             return gen.generate(speech, opts.steps, opts.guidance, opts.seed)
 

@@ -1,8 +1,10 @@
 """Speech -> portrait: the exported Stage-1 files (conre, autoencoder, portrait_diffusion, saw) put to use.
 
 ``PortraitGenerator`` rebuilds the portrait sampler once (``SAWStage.for_inference``, or
-``PortraitDiffusionStage.for_inference`` without SAW) and samples portraits as float tensors ``[B, 3, R, R]`` in
-[-1, 1] from 16 kHz speech made ready by :func:`generation.speech.prepare_speech`.
+``PortraitDiffusionStage.for_inference`` without SAW or with a fixed prior weight) and samples portrait
+z_hat(a) = z_prior + (1 - a) * r_hat as float tensors ``[B, 3, R, R]`` in [-1, 1] from 16 kHz speech made ready by
+:func:`generation.speech.prepare_speech`; a is SAW's a(speech), the portrait stage's constant ``stage.prior_weight``
+(``use_saw=False``) or ``prior_weight`` (ablations).
 """
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from lightning_modules.stagefile import StageFileError, StageFiles
 class PortraitGenerator:
     """The Stage-1 networks of a stages folder, ready to sample portraits."""
 
-    def __init__(self, stages_dir: str | Path | StageFiles, use_saw: bool = True, device: str = "cpu"):
+    def __init__(self, stages_dir: str | Path | StageFiles, use_saw: bool = True, device: str = "cpu",
+                 prior_weight: float | None = None):
         files = stages_dir if isinstance(stages_dir, StageFiles) else StageFiles(stages_dir, needed_by="generation")
         self.device = torch.device(device)
-        if use_saw and not files.has("saw"):
+        if prior_weight is not None and not 0.0 <= prior_weight <= 1.0:
+            raise ValueError(f"the prior weight must be in [0, 1], got {prior_weight}")
+        self.use_saw, self.prior_weight = use_saw and prior_weight is None, prior_weight
+        if self.use_saw and not files.has("saw"):
             raise StageFileError(f"{files.path('saw')} does not exist: train and export the saw stage, or generate "
-                                 f"with the dataset-level prior weight (use_saw=False / --no-saw)")
-        self.sampler = SAWStage.for_inference(files) if use_saw else PortraitDiffusionStage.for_inference(files)
+                                 f"with the constant prior weight (use_saw=False / --no-saw)")
+        self.sampler = SAWStage.for_inference(files) if self.use_saw else PortraitDiffusionStage.for_inference(files)
         self.sampler.denoiser.to(self.device)
         self.sampler.vae.vae.to(self.device)
         if self.sampler.saw is not None:
@@ -39,6 +45,12 @@ class PortraitGenerator:
         return self.sampler.saw
 
     @torch.no_grad()
+    def prior_weights(self, speech: torch.Tensor) -> torch.Tensor:
+        """The prior weight a [B, C] the portraits of a batch of speech [B, N] get."""
+        return self.sampler.prior_weights(speech.to(self.device), use_saw=self.use_saw,
+                                          prior_weight=self.prior_weight)
+
+    @torch.no_grad()
     def generate(self, speech: torch.Tensor, steps: int, guidance: float, seed: int) -> torch.Tensor:
         """One portrait [3, R, R] in [-1, 1] from 16 kHz mono speech [N]."""
         return self.generate_batch(speech[None], steps, guidance, seed)[0]
@@ -46,7 +58,8 @@ class PortraitGenerator:
     @torch.no_grad()
     def generate_batch(self, speech: torch.Tensor, steps: int, guidance: float, seed: int) -> torch.Tensor:
         """Portraits [B, 3, R, R] in [-1, 1] from a batch of 16 kHz mono speech [B, N] of equal length."""
-        return self.sampler.sample(speech.to(self.device), steps, guidance, seed).float().cpu()
+        return self.sampler.sample(speech.to(self.device), steps, guidance, seed, use_saw=self.use_saw,
+                                   prior_weight=self.prior_weight).float().cpu()
 
     @torch.no_grad()
     def mean_face(self) -> torch.Tensor:

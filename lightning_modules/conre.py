@@ -2,13 +2,14 @@
 
 Contrastive: symmetric InfoNCE with a learned temperature; other clips of the same speaker in the batch are
 removed from the negatives. Reconstruction: a predictor regresses the (stop-gradient) face embedding from the
-speech embedding, which is what the portrait stage conditions on.
+speech embedding, which is what the portrait stage conditions on. In training the speech is degraded
+(``stage.speech_*``: random length, additive noise) so that short and noisy speech is in distribution.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +17,13 @@ from torch import nn
 
 from lightning_modules.base import Media, StageConfig, StageModule
 from lightning_modules.nets.encoders import FaceEncoder, SpeechEncoder
+from lightning_modules.nets.speech_degradation import SpeechDegradationConfig
 from lightning_modules.retrieval import retrieval_accuracy
 from lightning_modules.stagefile import StageFiles
 
 
 @dataclass
-class ConReConfig(StageConfig):
+class ConReConfig(SpeechDegradationConfig, StageConfig):
     """ConRe: the speech/face encoder sizes and the loss mix."""
 
     name: str = "conre"
@@ -36,9 +38,13 @@ class ConReConfig(StageConfig):
     recon_weight: float = field(default=1.0, metadata={"help": "weight of the reconstruction (Re) term"})
     monitor: str = "val/retrieval_top1"
     monitor_mode: str = "max"
+    # files written before speech degradation trained on clean, full-length speech
+    file_defaults: ClassVar[dict[str, Any]] = {
+        "speech_degradation": False, "speech_seconds": lambda _: [0.5, 2.0],
+        "speech_snr_db": lambda _: [None, 20.0, 10.0, 0.0], "speech_noise": "white"}
 
     def validate(self) -> list[str]:
-        errors = super().validate()
+        errors = super().validate() + self.degradation_errors()
         if not 0 < self.temperature_init < 1:
             errors.append(f"stage.temperature_init must be in (0, 1), got {self.temperature_init}")
         return errors
@@ -83,14 +89,16 @@ class ConReStage(StageModule):
         face.load_state_dict(stage.sub_state("face_encoder", use_ema))
         return ConReEncoders(speech.eval(), face.eval())
 
-    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised (speech, face) embeddings of a batch; the face is the window's first frame."""
-        speech = F.normalize(self.speech_encoder(batch["audio"]), dim=-1)
+    def embed(self, batch: dict[str, Any], degrade: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised (speech, face) embeddings of a batch; the face is the window's first frame (``degrade``:
+        the speech degraded as ``stage.speech_*`` says, in training only)."""
+        audio = self.cfg.training_speech(batch["audio"], degrade and self.training)
+        speech = F.normalize(self.speech_encoder(audio), dim=-1)
         face = F.normalize(self.face_encoder(batch["frames"][:, 0]), dim=-1)
         return speech, face
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        speech, face = self.embed(batch)
+        speech, face = self.embed(batch, degrade=True)
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
         logits = scale * speech @ face.t()
         same = batch["speaker_index"][:, None] == batch["speaker_index"][None, :]

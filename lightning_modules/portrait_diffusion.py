@@ -1,15 +1,18 @@
 """SCFP: speech-conditioned latent diffusion of the portrait, residual to the statistical face prior.
 
-Training: z = VAE(face) * scaling_factor, a per sample and channel (``prior_weight_mode``: fitted to the face, or
-drawn around the dataset-level prior weight), target r = z - a * z_prior; DDPM noise, epsilon or v prediction,
-min-SNR weighting per sample, condition dropout.
-Sampling (EMA weights): DDIM or DPM-Solver with classifier-free guidance gives r_hat; z = a * z_prior + r_hat.
+Training: z = VAE(face) * scaling_factor and the target r = z - z_prior (``stage.prior=residual``; with ``none`` a
+second denoiser learns z itself: its prior is zero and no face-prior file is read), conditioned on speech only
+(degraded in training: ``stage.speech_*``); DDPM noise, epsilon or v prediction, min-SNR weighting per sample,
+condition dropout. The denoiser never sees the prior weight.
+Sampling (EMA weights): DDIM or DPM-Solver with classifier-free guidance draws r_hat ~ p(r | speech); the portrait
+is z_hat(a) = z_prior + (1 - a) * r_hat per channel (``lightning_modules.prior_weight``), a from SAW, the constant
+``stage.prior_weight`` or a value fixed by the caller.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -30,31 +33,31 @@ from lightning_modules.nets.diffusion import (
 )
 from lightning_modules.nets.loss_weighting import PREDICTION_TYPES, WEIGHTINGS, build_loss_weighting
 from lightning_modules.nets.portrait_denoiser import PortraitDenoiser, UNetConfig
+from lightning_modules.nets.speech_degradation import SpeechDegradationConfig, speech_cues
 from lightning_modules.prior import DEFAULT_PRIOR_NAME, FacePrior, FacePriorError
+from lightning_modules.prior_weight import refuse_earlier_formulation
 from lightning_modules.registry import FACE_PRIOR
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
-PRIOR_WEIGHT_MODES = ("fitted", "drawn")
+PRIORS = ("residual", "none")
+# config keys and tensors of portrait files trained when a was given to the denoiser
+EARLIER_PORTRAIT_KEYS = ("prior_weight_mode", "prior_weight_spread", "condition_on_prior_weight")
+EARLIER_PORTRAIT_TENSORS = "model.unet.class_embedding."
 
 
 @dataclass
-class PortraitDiffusionConfig(StageConfig):
+class PortraitDiffusionConfig(SpeechDegradationConfig, StageConfig):
     """Portrait diffusion: denoiser size, prior residual, objective, sampling."""
 
     name: str = "portrait_diffusion"
     lr: float = 1e-4
     unet: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the UNet2DConditionModel"})
+    prior: str = field(default="residual", metadata={"help": "residual (learn r = z - z_prior, the SCLDM residual) | "
+                       "none (learn z itself: the 'no prior' ablation; no face-prior file)", "choices": PRIORS})
     prior_path: str = field(default="", metadata={"help": f"face prior file; empty: <stages_dir>/{DEFAULT_PRIOR_NAME}"})
-    prior_weight: float = field(default=0.8, metadata={"help": "dataset-level prior weight a in [0, 1]"})
-    prior_weight_mode: str = field(default="drawn", metadata={"help": "how training sets a: drawn (uniform around "
-                                   "prior_weight, independent of the face: the UNet learns to ignore a and SAW stays "
-                                   "constant) | fitted (prior_weight x the least-squares coefficient of the prior in "
-                                   "the face's latent, per channel: a then says how much of the prior this face holds, "
-                                   "which SAW predicts from speech)", "choices": PRIOR_WEIGHT_MODES})
-    prior_weight_spread: float = field(default=0.2, metadata={"help": "drawn mode: a ~ U(a - spread, a + spread) per "
-                                       "channel (clipped to [0, 1])"})
-    condition_on_prior_weight: bool = field(default=True, metadata={"help": "give a to the UNet through its class "
-                                            "embedding (needed by SAW)"})
+    prior_weight: float = field(default=0.5, metadata={"help": "the constant prior weight a in [0, 1] (generation "
+                                "without SAW, --no-saw; SAW's starting value): z = z_prior + (1 - a) * r_hat, 0 the "
+                                "raw sample, 1 the mean face; choose it on validation"})
     finetune_speech: bool = field(default=False, metadata={"help": "train the ConRe speech encoder too (else frozen)"})
     prediction_type: str = field(default="epsilon",
                                  metadata={"help": "epsilon | v_prediction", "choices": PREDICTION_TYPES})
@@ -70,15 +73,22 @@ class PortraitDiffusionConfig(StageConfig):
     sample_steps: int = field(default=50, metadata={"help": "sampling steps"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance scale (1: off)"})
     media_samples: int = field(default=4, metadata={"help": "rows in the logged portrait grid"})
-    file_defaults: ClassVar[dict[str, Any]] = {"prior_weight_mode": "drawn", "condition_on_prior_weight": True}
 
     def validate(self) -> list[str]:
-        errors = super().validate() + self.unet.validate()
+        errors = super().validate() + self.unet.validate() + self.degradation_errors()
         if not 0.0 <= self.prior_weight <= 1.0:
             errors.append(f"stage.prior_weight must be in [0, 1], got {self.prior_weight}")
         if not 0.0 <= self.cond_dropout < 1.0:
             errors.append(f"stage.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.prior == "none" and self.prior_path:
+            errors.append(f"stage.prior_path={self.prior_path!r} is set but stage.prior=none trains without a prior")
         return errors
+
+
+def portrait_config(stage_file: StageFile) -> PortraitDiffusionConfig:
+    """The typed config of a portrait_diffusion file; a file of the earlier formulation is refused, named."""
+    refuse_earlier_formulation(stage_file, EARLIER_PORTRAIT_KEYS, EARLIER_PORTRAIT_TENSORS)
+    return stage_file.typed_config(PortraitDiffusionConfig)
 
 
 class ResidualDiffusion:
@@ -89,42 +99,35 @@ class ResidualDiffusion:
         self.weighting = build_loss_weighting(cfg.loss_weighting, cfg.prediction_type, cfg.snr_gamma)
         self.sampler_name = cfg.sampler
 
-    def loss(self, model: PortraitDenoiser, x0: torch.Tensor, context: torch.Tensor, a: torch.Tensor,
+    def loss(self, model: PortraitDenoiser, x0: torch.Tensor, context: torch.Tensor,
              noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample weighted diffusion loss [B] of the residual ``x0``."""
         noise = torch.randn_like(x0) if noise is None else noise
         if timesteps is None:
             timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         noisy = self.scheduler.add_noise(x0, noise, timesteps)
-        prediction = model(noisy, timesteps, context, a)
+        prediction = model(noisy, timesteps, context)
         target = training_target(self.scheduler, x0, noise, timesteps)
         return self.weighting(snr_at(self.scheduler, timesteps)) * per_sample_mse(prediction, target)
 
     @torch.no_grad()
-    def sample(self, model: PortraitDenoiser, context: torch.Tensor, a: torch.Tensor, steps: int, guidance: float,
+    def sample(self, model: PortraitDenoiser, context: torch.Tensor, steps: int, guidance: float,
                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
-        """Latents z = a * z_prior + r_hat for each context row."""
+        """Residual samples r_hat ~ p(r | speech) [B, C, H, W], one per context row."""
         null = model.unconditional(len(context), context)
-        run = guided(lambda x, t, cond: model(x, t, context if cond else null, a), guidance)
+        run = guided(lambda x, t, cond: model(x, t, context if cond else null), guidance)
         shape = (len(context), *model.prior_mean.shape)
         chosen = build_sampler(sampler or self.sampler_name, self.scheduler)
-        residual = sample_latents(run, chosen, shape, steps, generator, context.device)
-        return model.with_prior(residual, a.float())
+        return sample_latents(run, chosen, shape, steps, generator, context.device)
 
 
-def dataset_prior_weights(cfg: PortraitDiffusionConfig, batch_size: int, channels: int,
-                          device: torch.device | str = "cpu") -> torch.Tensor:
-    """The dataset-level a for every sample and channel."""
-    return torch.full((batch_size, channels), float(cfg.prior_weight), device=device)
+class PortraitDraw(NamedTuple):
+    """What one call of :meth:`PortraitSampler.sample` drew, for rows that need more than the images."""
 
-
-def fitted_prior_weights(latents: torch.Tensor, prior_mean: torch.Tensor, prior_weight: float) -> torch.Tensor:
-    """a [B, C] = prior_weight * <z_c, p_c> / <p_c, p_c>, clipped to [0, 1]: the dataset-level weight scaled by
-    how strongly each face's latent channel holds the prior (the coefficient averages 1 over the faces the
-    prior was computed from, so a averages ``prior_weight``)."""
-    prior = prior_mean.float()
-    coefficient = (latents.float() * prior).sum(dim=(2, 3)) / prior.square().sum(dim=(1, 2)).clamp_min(1e-8)
-    return (prior_weight * coefficient).clamp(0.0, 1.0)
+    images: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    latents: torch.Tensor  # z_hat(a) [B, C, H, W]
+    residuals: torch.Tensor  # the raw samples r_hat [B, C, H, W] (a = 0 gives z_prior + r_hat)
+    prior_weight: torch.Tensor  # a [B, C]
 
 
 class PortraitSampler(NamedTuple):
@@ -137,21 +140,57 @@ class PortraitSampler(NamedTuple):
     vae: TrainedVAE
     saw: torch.nn.Module | None = None
 
-    def prior_weights(self, embedding: torch.Tensor, use_saw: bool = True) -> torch.Tensor:
-        """a [B, C]: SAW's a(speech) from the speaker embedding, or the dataset-level a."""
+    def prior_weights(self, audio: torch.Tensor, embedding: torch.Tensor | None = None, use_saw: bool = True,
+                      prior_weight: float | None = None) -> torch.Tensor:
+        """a [B, C]: ``prior_weight`` when given, else SAW's a(speech) (with ``use_saw``), else the constant
+        ``stage.prior_weight``; always 0 for a denoiser trained without a prior (it has none to lean on)."""
+        shape = (len(audio), self.denoiser.prior_mean.shape[0])
+        if self.cfg.prior == "none":
+            if prior_weight:
+                raise ValueError(f"this portrait stage has no face prior (stage.prior=none): its samples are z "
+                                 f"itself, so prior weight {prior_weight} does not apply")
+            return torch.zeros(shape, device=audio.device)
+        if prior_weight is not None:
+            if not 0.0 <= prior_weight <= 1.0:
+                raise ValueError(f"the prior weight must be in [0, 1], got {prior_weight}")
+            return torch.full(shape, float(prior_weight), device=audio.device)
         if use_saw and self.saw is not None:
-            return self.saw(embedding)
-        return dataset_prior_weights(self.cfg, len(embedding), self.denoiser.prior_mean.shape[0], embedding.device)
+            embedding = self.denoiser.speech(audio)[1] if embedding is None else embedding
+            return self.saw(embedding, speech_cues(audio))
+        return torch.full(shape, float(self.cfg.prior_weight), device=audio.device)
+
+    def decode(self, residuals: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Portraits [B, 3, R, R] in [-1, 1] of z_hat(a) = z_prior + (1 - a) * r_hat."""
+        return self.vae.decode(self.denoiser.with_prior(residuals, a))
 
     @torch.no_grad()
-    def sample(self, audio: torch.Tensor, steps: int, guidance: float, seed: int = 0,
-               use_saw: bool = True) -> torch.Tensor:
-        """Portraits [B, 3, R, R] in [-1, 1] from 16 kHz speech [B, N] (the noise drawn from ``seed``)."""
+    def sample(self, audio: torch.Tensor, steps: int, guidance: float, seed: int = 0, use_saw: bool = True,
+               prior_weight: float | None = None, parts: bool = False) -> torch.Tensor | PortraitDraw:
+        """Portraits [B, 3, R, R] in [-1, 1] from 16 kHz speech [B, N] (the noise drawn from ``seed``, so the same
+        seed gives the same r_hat whatever a is); a as :meth:`prior_weights` says. ``parts``: a
+        :class:`PortraitDraw` with the latents, the raw residual samples and a as well."""
         generator = torch.Generator().manual_seed(seed)
         context, embedding = self.denoiser.speech(audio)
-        a = self.prior_weights(embedding, use_saw)
-        latents = self.diffusion.sample(self.denoiser, context, a, steps, guidance, generator)
-        return self.vae.decode(latents)
+        a = self.prior_weights(audio, embedding, use_saw, prior_weight)
+        residuals = self.diffusion.sample(self.denoiser, context, steps, guidance, generator)
+        latents = self.denoiser.with_prior(residuals, a)
+        images = self.vae.decode(latents)
+        return PortraitDraw(images, latents, residuals, a) if parts else images
+
+
+def latent_shape(vae, resolution: int) -> tuple[int, int, int]:
+    """(channels, size, size) of the VAE's latents of ``resolution`` px faces."""
+    size = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+    return vae.config.latent_channels, size, size
+
+
+def load_prior_mean(path: str, vae_hash: str, expected: tuple[int, int, int], resolution: int) -> torch.Tensor:
+    """The face prior's mean latent from ``path``, checked against the VAE and the latent shape."""
+    prior = FacePrior.load(path, expect_vae_hash=vae_hash)
+    if tuple(prior.mean.shape) != expected:
+        raise FacePriorError(f"face prior {path} has latent shape {tuple(prior.mean.shape)}, but "
+                             f"{resolution} px faces give {expected}; recompute it at data.resolution")
+    return prior.mean.float()
 
 
 class PortraitDiffusionStage(StageModule):
@@ -162,45 +201,36 @@ class PortraitDiffusionStage(StageModule):
         speech_encoder = ConReStage.for_inference(self.earlier).speech
         self.vae, scaling, self.vae_hash = AutoencoderStage.for_inference(self.earlier)
         self.register_buffer("scaling_factor", torch.tensor(scaling))
-        prior_path = cfg.prior_path or str(Path(stages_dir or ".") / DEFAULT_PRIOR_NAME)
-        prior = FacePrior.load(prior_path, expect_vae_hash=self.vae_hash)
-        levels = len(self.vae.config.block_out_channels) - 1
-        size = data.resolution // 2 ** levels
-        expected = (self.vae.config.latent_channels, size, size)
-        if tuple(prior.mean.shape) != expected:
-            raise FacePriorError(f"face prior {prior_path} has latent shape {tuple(prior.mean.shape)}, but "
-                                 f"{data.resolution} px faces give {expected}; recompute it at data.resolution")
-        self.model = PortraitDenoiser(cfg.unet, speech_encoder, expected[0], size, cfg.condition_on_prior_weight,
-                                      cfg.finetune_speech)
-        self.model.prior_mean.copy_(prior.mean.float())
+        shape = latent_shape(self.vae, data.resolution)
+        self.model = PortraitDenoiser(cfg.unet, speech_encoder, shape[0], shape[1], cfg.finetune_speech)
+        if cfg.prior == "residual":  # else the prior stays zero: the denoiser learns z itself
+            prior_path = cfg.prior_path or str(Path(stages_dir or ".") / DEFAULT_PRIOR_NAME)
+            self.model.prior_mean.copy_(load_prior_mean(prior_path, self.vae_hash, shape, data.resolution))
         self.diffusion = ResidualDiffusion(cfg)
         self.loss_weights = {"diffusion": 1.0}
 
     @classmethod
     def requires(cls, cfg: PortraitDiffusionConfig) -> tuple[str, ...]:
-        return ("conre", "autoencoder") + (() if cfg.prior_path else (FACE_PRIOR,))
+        needs_prior = cfg.prior == "residual" and not cfg.prior_path
+        return ("conre", "autoencoder") + ((FACE_PRIOR,) if needs_prior else ())
 
     @classmethod
-    def trained_denoiser(cls, files: StageFiles, weights: StageFile | None = None, prefix: str = "model",
-                         use_ema: bool = True) -> PortraitDenoiser:
-        """The trained denoiser (speech encoder included, frozen), built from the portrait_diffusion file's
-        config; its tensors from ``weights``/``prefix`` (a saw file whose denoiser trained jointly: ``denoiser``)."""
+    def trained_denoiser(cls, files: StageFiles, use_ema: bool = True) -> PortraitDenoiser:
+        """The trained denoiser (speech encoder included, frozen), built from the portrait_diffusion file."""
         portrait = files["portrait_diffusion"]
-        source = weights or portrait
-        state = source.sub_state(prefix, use_ema)
+        cfg = portrait_config(portrait)
+        state = portrait.sub_state("model", use_ema)
         if "prior_mean" not in state:
-            raise StageFileError(f"{source.path} holds no '{prefix}.prior_mean'; is it a portrait_diffusion export?")
-        cfg = portrait.typed_config(PortraitDiffusionConfig)
+            raise StageFileError(f"{portrait.path} holds no 'model.prior_mean'; is it a portrait_diffusion export?")
         speech = build_speech_encoder(files["conre"].typed_config(ConReConfig))  # its weights are in ``state``
-        model = PortraitDenoiser(cfg.unet, speech, state["prior_mean"].shape[0], state["prior_mean"].shape[-1],
-                                 cfg.condition_on_prior_weight)
+        model = PortraitDenoiser(cfg.unet, speech, state["prior_mean"].shape[0], state["prior_mean"].shape[-1])
         model.load_state_dict(state)
         return model.eval().requires_grad_(False)
 
     @classmethod
     def for_inference(cls, files: StageFiles, use_ema: bool = True) -> PortraitSampler:
-        """The portrait sampler with the dataset-level prior weight (no SAW)."""
-        cfg = files["portrait_diffusion"].typed_config(PortraitDiffusionConfig)
+        """The portrait sampler with the constant prior weight (no SAW)."""
+        cfg = portrait_config(files["portrait_diffusion"])
         return PortraitSampler(cfg, cls.trained_denoiser(files, use_ema=use_ema), ResidualDiffusion(cfg),
                                AutoencoderStage.for_inference(files))
 
@@ -219,38 +249,32 @@ class PortraitDiffusionStage(StageModule):
         """Scaled VAE latents of the window's first frame."""
         return encode_latents(self.vae, batch["frames"][:, 0], self.scaling_factor)
 
-    def training_prior_weights(self, latents: torch.Tensor) -> torch.Tensor:
-        """a per sample and channel: fitted to each face, or uniform within ``prior_weight_spread`` of the
-        dataset-level value (``prior_weight_mode``)."""
-        cfg = self.cfg
-        if cfg.prior_weight_mode == "fitted":
-            return fitted_prior_weights(latents, self.model.prior_mean, cfg.prior_weight)
-        noise = 2.0 * torch.rand(len(latents), self.model.prior_mean.shape[0], device=latents.device) - 1.0
-        return (cfg.prior_weight + cfg.prior_weight_spread * noise).clamp(0.0, 1.0)
-
     def training_example(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """What the loss sees: residual target ``x0``, prior weights ``a``, context (after dropout), latents."""
+        """What the loss sees: the residual target ``x0`` = z - z_prior, the context of the (in training,
+        degraded) speech after condition dropout, and the latents."""
         latents = self.face_latents(batch)
-        a = self.training_prior_weights(latents)
-        context, _ = self.model.speech(batch["audio"])
+        context, _ = self.model.speech(self.cfg.training_speech(batch["audio"], self.training))
         if self.training and self.cfg.cond_dropout > 0:
             drop = torch.rand(len(context), device=context.device) < self.cfg.cond_dropout
             context = self.model.drop_condition(context, drop)
-        return {"x0": self.model.residual(latents, a), "a": a, "context": context, "latents": latents}
+        return {"x0": self.model.residual(latents), "context": context, "latents": latents}
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         example = self.training_example(batch)
-        return {"diffusion": self.diffusion.loss(self.model, example["x0"], example["context"], example["a"])}
+        return {"diffusion": self.diffusion.loss(self.model, example["x0"], example["context"])}
+
+    def sampler(self) -> PortraitSampler:
+        return PortraitSampler(self.cfg, self.model, self.diffusion,
+                               TrainedVAE(self.vae, self.scaling_factor, self.vae_hash))
 
     @torch.no_grad()
     def generate(self, audio: torch.Tensor, steps: int | None = None, guidance: float | None = None,
-                 seed: int = 0) -> torch.Tensor:
-        """Portraits [B, 3, R, R] in [-1, 1] from speech, with the EMA weights and the dataset-level a."""
-        sampler = PortraitSampler(self.cfg, self.model, self.diffusion,
-                                  TrainedVAE(self.vae, self.scaling_factor, self.vae_hash))
+                 seed: int = 0, prior_weight: float | None = None) -> torch.Tensor:
+        """Portraits [B, 3, R, R] in [-1, 1] from speech, with the EMA weights and the constant (or given) a."""
         with self.ema_scope():
-            return sampler.sample(audio, steps or self.cfg.sample_steps,
-                                  self.cfg.guidance_scale if guidance is None else guidance, seed)
+            return self.sampler().sample(audio, steps or self.cfg.sample_steps,
+                                         self.cfg.guidance_scale if guidance is None else guidance, seed,
+                                         prior_weight=prior_weight)
 
     @torch.no_grad()
     def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:

@@ -1,8 +1,9 @@
 """``make results portrait``: the identity of Stage-1 portraits of held-out speakers, against two baselines.
 
-For every clip of the test split, a portrait is generated from its speech (with and without SAW) and compared
-with the real faces of the test speakers: the cosine similarity to the speaker's own face, and retrieval top-1 /
-top-5 of the speaker among all test speakers (gallery: each speaker's mean face embedding). Two face embedders
+For every clip of the test split, a portrait is generated from its speech (with SAW's a(speech), and with the
+portrait stage's constant prior weight a) and compared with the real faces of the test speakers: the cosine
+similarity to the speaker's own face, and retrieval top-1 / top-5 of the speaker among all test speakers (gallery:
+each speaker's mean face embedding). Two face embedders
 score it: the ConRe face encoder of the same seed and dlib's face recognition model. The baselines, scored the
 same way in the same run: the prior alone (the decoded mean latent, the same face for every query) and the face
 of a random training speaker; and the ceiling: the face an ideal reader of each voice would draw
@@ -162,8 +163,7 @@ def dlib_group_retrieval(queries: list[tuple[np.ndarray, np.ndarray]], drawn: li
 @torch.no_grad()
 def saw_weights(generator: PortraitGenerator, audio: torch.Tensor) -> dict[str, float]:
     """How much SAW's prior weight a varies: its mean, its std across the clips (averaged over channels)."""
-    _, embedding = generator.denoiser.speech(audio)
-    a = generator.saw(embedding)
+    a = generator.prior_weights(audio)
     return {"mean": float(a.mean()), "std_across_clips": float(a.std(dim=0).mean())}
 
 

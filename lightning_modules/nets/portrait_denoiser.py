@@ -1,9 +1,10 @@
 """The speech-conditioned residual denoiser of the portrait stage (a plain nn.Module).
 
 Speech -> tokens for cross-attention: the ConRe speech encoder's frame sequence projected to the UNet's
-context width, preceded by its pooled identity embedding as one more token. The prior weight ``a`` (one value per
-latent channel) enters through the UNet's class embedding (``class_embed_type="projection"``). The face prior's
-mean latent is a buffer, so every exported file carries the prior it was trained with.
+context width, preceded by its pooled identity embedding as one more token. The denoiser never sees the prior
+weight a: it learns the residual r = z - z_prior, and a only shrinks a sample towards the prior afterwards
+(``lightning_modules.prior_weight``). The face prior's mean latent is a buffer, so every exported file carries the
+prior it was trained with (zero for a denoiser trained without a prior, on z itself).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from lightning_modules.nets.encoders import SpeechEncoder
+from lightning_modules.prior_weight import shrink_towards_prior
 
 
 @dataclass
@@ -42,22 +44,18 @@ class UNetConfig:
         return errors
 
 
-def build_unet(cfg: UNetConfig | dict[str, Any], latent_channels: int, latent_size: int,
-               prior_weight_embedding: bool) -> UNet2DConditionModel:
-    """A ``UNet2DConditionModel``; with ``prior_weight_embedding`` it takes ``a [B, C]`` as ``class_labels``."""
+def build_unet(cfg: UNetConfig | dict[str, Any], latent_channels: int, latent_size: int) -> UNet2DConditionModel:
+    """A ``UNet2DConditionModel`` conditioned on speech tokens by cross-attention (no class embedding)."""
     c = asdict(cfg) if isinstance(cfg, UNetConfig) else dict(cfg)
     levels = c["attention_levels"]
     down = tuple("CrossAttnDownBlock2D" if att else "DownBlock2D" for att in levels)
     up = tuple("CrossAttnUpBlock2D" if att else "UpBlock2D" for att in reversed(levels))
-    extra = {}
-    if prior_weight_embedding:
-        extra = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": latent_channels}
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
         down_block_types=down, up_block_types=up, block_out_channels=tuple(c["block_out_channels"]),
         layers_per_block=c["layers_per_block"], cross_attention_dim=c["cross_attention_dim"],
         attention_head_dim=c["attention_head_dim"], norm_num_groups=c["norm_num_groups"],
-        transformer_layers_per_block=c.get("transformer_layers_per_block", 1), **extra,
+        transformer_layers_per_block=c.get("transformer_layers_per_block", 1),
     )
 
 
@@ -73,15 +71,14 @@ class PortraitDenoiser(nn.Module):
     """Speech encoder + token projections + UNet + the face prior's mean latent."""
 
     def __init__(self, unet_cfg: UNetConfig | dict[str, Any], speech_encoder: SpeechEncoder, latent_channels: int,
-                 latent_size: int, prior_weight_embedding: bool = True, finetune_speech: bool = False):
+                 latent_size: int, finetune_speech: bool = False):
         super().__init__()
         width = (asdict(unet_cfg) if isinstance(unet_cfg, UNetConfig) else unet_cfg)["cross_attention_dim"]
         self.speech_encoder = speech_encoder.requires_grad_(finetune_speech)
         self.token_proj = nn.Linear(speech_encoder.width, width)
         self.embed_proj = nn.Linear(speech_encoder.embed_dim, width)
         self.null_context = nn.Parameter(torch.zeros(1, 1, width))
-        self.unet = build_unet(unet_cfg, latent_channels, latent_size, prior_weight_embedding)
-        self.prior_weight_embedding = prior_weight_embedding
+        self.unet = build_unet(unet_cfg, latent_channels, latent_size)
         self.register_buffer("prior_mean", torch.zeros(latent_channels, latent_size, latent_size))
 
     def speech(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,15 +96,13 @@ class PortraitDenoiser(nn.Module):
         """Replace the context of samples where ``drop`` is True by the null context."""
         return torch.where(drop[:, None, None], self.unconditional(len(context), context), context)
 
-    def residual(self, latents: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The diffusion target r = z - a * z_prior (``a`` per sample and channel)."""
-        return latents - a[:, :, None, None] * self.prior_mean
+    def residual(self, latents: torch.Tensor) -> torch.Tensor:
+        """The diffusion target r = z - z_prior (z itself for a denoiser without a prior: its prior is zero)."""
+        return latents - self.prior_mean
 
     def with_prior(self, residual: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The latent z = a * z_prior + r."""
-        return residual + a[:, :, None, None] * self.prior_mean
+        """The latent z_hat(a) = z_prior + (1 - a) * r_hat (``a`` [B, C]: 0 the raw sample, 1 the mean face)."""
+        return shrink_towards_prior(self.prior_mean, residual, a)
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                a: torch.Tensor) -> torch.Tensor:
-        labels = a.to(noisy.dtype) if self.prior_weight_embedding else None
-        return self.unet(noisy, timesteps, encoder_hidden_states=context, class_labels=labels).sample
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, encoder_hidden_states=context).sample

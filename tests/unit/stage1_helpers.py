@@ -40,7 +40,9 @@ def tiny_portrait(**overrides) -> PortraitDiffusionConfig:
 
 
 def tiny_saw(**overrides) -> SAWConfig:
-    return SAWConfig(hidden_dim=16, lr=1e-3, sample_steps=3, media_samples=2, **overrides)
+    settings = {"hidden_dim": 16, "lr": 1e-3, "sample_steps": 3, "media_samples": 2, "samples_per_clip": 2,
+                "cache_steps": 2} | overrides
+    return SAWConfig(**settings)
 
 
 def synthetic_batch(batch_size: int = 4, resolution: int = RESOLUTION, seed: int = 0) -> dict:
@@ -90,10 +92,11 @@ def make_stage1_inputs(stages_dir: Path, resolution: int = RESOLUTION, seed: int
 
 
 def portrait_from_speech(audio, sample_rate: int, folder, steps: int = 3, guidance: float = 3.0, seed: int = 0,
-                         use_saw: bool = True):
+                         use_saw: bool = True, prior_weight: float | None = None):
     """One uint8 portrait through generation's own path: the speech made ready, then the PortraitGenerator."""
     from common.images import to_uint8
     from generation.portrait import PortraitGenerator
     from generation.speech import prepare_speech
     speech = prepare_speech(audio, sample_rate)
-    return to_uint8(PortraitGenerator(folder, use_saw).generate(speech, steps, guidance, seed))
+    return to_uint8(PortraitGenerator(folder, use_saw, prior_weight=prior_weight).generate(speech, steps, guidance,
+                                                                                          seed))

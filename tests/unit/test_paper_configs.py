@@ -25,10 +25,10 @@ def test_paper_portrait_denoiser_is_sd_sized_and_runs_on_meta():
     assert cfg.data.resolution == 256 and cfg.stage.unet.block_out_channels == [320, 640, 1280, 1280]
     with torch.device("meta"):
         model = PortraitDenoiser(cfg.stage.unet, build_speech_encoder(conre.stage), latent_channels=4,
-                                 latent_size=32, prior_weight_embedding=True)
+                                 latent_size=32)
         assert 850e6 < count(model.unet) < 880e6
         context = torch.randn(1, 101, cfg.stage.unet.cross_attention_dim)
-        out = model(torch.randn(1, 4, 32, 32), torch.tensor([500]), context, torch.rand(1, 4))
+        out = model(torch.randn(1, 4, 32, 32), torch.tensor([500]), context)
     assert out.shape == (1, 4, 32, 32) and out.device.type == "meta"
 
 
@@ -46,9 +46,10 @@ def test_paper_vae_maps_256_px_to_4x32x32_and_needs_a_local_path():
 
 def test_paper_saw_and_stage_choices():
     cfg, conre = paper("saw"), paper("conre")
-    saw = SampleAdaptiveWeighting(conre.stage.embed_dim, 4, cfg.stage.hidden_dim, 0.8)
-    a = saw(torch.randn(3, conre.stage.embed_dim))
+    saw = SampleAdaptiveWeighting(conre.stage.embed_dim, 4, cfg.stage.hidden_dim, 0.5)
+    a = saw(torch.randn(3, conre.stage.embed_dim), torch.tensor([[2.0, 40.0], [1.0, 10.0], [0.5, 0.0]]))
     assert a.shape == (3, 4) and torch.all((a > 0) & (a < 1))
+    assert (cfg.stage.samples_per_clip, cfg.stage.cache_steps, cfg.data.speaker_part) == (4, 25, "0/5")
     portrait = paper("portrait_diffusion").stage
     assert (portrait.prediction_type, portrait.loss_weighting, portrait.snr_gamma) == ("epsilon", "min_snr", 5.0)
 

@@ -1,7 +1,9 @@
-"""Portrait diffusion: the residual target, prior re-added at sampling, min-SNR, CFG, training, generation."""
+"""Portrait diffusion: the residual target (or z without a prior), the prior weight shrinking a sample, min-SNR, CFG,
+training, generation."""
 from __future__ import annotations
 
 import logging
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,8 +18,9 @@ from lightning_modules.autoencoder import AutoencoderStage, encode_latents
 from lightning_modules.nets.diffusion import guided, snr_at
 from lightning_modules.nets.encoders import SpeechTooShortError
 from lightning_modules.nets.loss_weighting import MinSNRWeighting, build_loss_weighting
-from lightning_modules.portrait_diffusion import PortraitDiffusionStage, fitted_prior_weights
+from lightning_modules.portrait_diffusion import PortraitDiffusionStage
 from lightning_modules.prior import FacePriorError, compute_face_prior
+from lightning_modules.registry import FACE_PRIOR
 from lightning_modules.stagefile import StageFiles
 from tests.unit.stage1_helpers import (
     RESOLUTION,
@@ -43,40 +46,74 @@ def stage(stages, **overrides) -> PortraitDiffusionStage:
     return PortraitDiffusionStage(tiny_portrait(**overrides), info["data"], str(folder))
 
 
-@pytest.mark.parametrize("mode", ["fitted", "drawn"])
-def test_training_target_is_latent_minus_weighted_prior(stages, mode):
-    module = stage(stages, prior_weight_mode=mode)
+def latents_of(stages, batch) -> torch.Tensor:
+    vae, scaling, _ = AutoencoderStage.for_inference(StageFiles(stages[0]))
+    with torch.no_grad():
+        return encode_latents(vae, batch["frames"][:, 0], scaling)
+
+
+def test_training_target_is_the_latent_minus_the_prior_and_a_is_not_an_input(stages):
+    module = stage(stages)
     batch = synthetic_batch(4)
     torch.manual_seed(3)
     example = module.training_example(batch)
-    vae, scaling, _ = AutoencoderStage.for_inference(StageFiles(stages[0]))
-    with torch.no_grad():
-        z = encode_latents(vae, batch["frames"][:, 0], scaling)
-    prior = module.model.prior_mean
-    a = example["a"]
-    assert a.shape == (4, 4) and float(a.std()) > 0
-    if mode == "drawn":
-        assert torch.all((a >= 0.6 - 1e-6) & (a <= 1.0 + 1e-6))  # prior_weight 0.8 +- spread 0.2
-    else:  # each face's own weight: the same face always gets the same a, other faces another
-        assert torch.allclose(a, fitted_prior_weights(z, prior, 0.8), atol=1e-6)
-        assert torch.equal(module.training_example(batch)["a"], a)
-        assert not torch.allclose(a[0], a[1], atol=1e-3)
-    assert torch.allclose(example["x0"], z - a[:, :, None, None] * prior, atol=1e-6)
-    assert not torch.allclose(example["x0"], z - prior, atol=1e-3)
+    z, prior = latents_of(stages, batch), module.model.prior_mean
+    assert float(prior.abs().max()) > 0 and set(example) == {"x0", "context", "latents"}
+    assert torch.allclose(example["x0"], z - prior, atol=1e-6)
+    assert module.model.unet.class_embedding is None  # the denoiser is told nothing of a
     torch.manual_seed(4)
     losses = module.compute_losses(batch)["diffusion"]
     torch.manual_seed(4)
     again = module.training_example(batch)
     assert losses.shape == (4,)
-    assert torch.allclose(losses, module.diffusion.loss(module.model, again["x0"], again["context"], again["a"]))
+    assert torch.allclose(losses, module.diffusion.loss(module.model, again["x0"], again["context"]))
 
 
-def test_fitted_weight_is_the_prior_coefficient_times_the_dataset_weight():
-    prior = torch.randn(4, 8, 8)
-    scales = torch.tensor([[1.0, 0.5, 1.1, 2.0]])
-    latents = scales[:, :, None, None] * prior + 1e-3 * torch.randn(1, 4, 8, 8)
-    a = fitted_prior_weights(latents, prior, 0.8)
-    assert torch.allclose(a, torch.tensor([[0.8, 0.4, 0.88, 1.0]]), atol=1e-2)  # 2.0 * 0.8 is clipped to 1
+def test_no_prior_trains_on_z_and_needs_no_prior_file(stages, tmp_path):
+    for name in ("conre.safetensors", "autoencoder.safetensors"):
+        shutil.copy(stages[0] / name, tmp_path / name)
+    cfg = tiny_portrait(prior="none")
+    assert FACE_PRIOR not in PortraitDiffusionStage.requires(cfg)
+    assert FACE_PRIOR in PortraitDiffusionStage.requires(tiny_portrait())
+    module = PortraitDiffusionStage(cfg, stages[1]["data"], str(tmp_path))  # no face_prior.safetensors there
+    batch = synthetic_batch(3)
+    assert torch.equal(module.model.prior_mean, torch.zeros_like(module.model.prior_mean))
+    assert torch.allclose(module.training_example(batch)["x0"], latents_of(stages, batch), atol=1e-6)
+    export(module, tmp_path / "portrait_diffusion.safetensors")
+    sampler = PortraitDiffusionStage.for_inference(StageFiles(tmp_path))
+    audio = batch["audio"][:1]
+    draw = sampler.sample(audio, steps=2, guidance=1.0, parts=True)
+    assert torch.equal(draw.prior_weight, torch.zeros(1, 4)) and torch.equal(draw.latents, draw.residuals)
+    with pytest.raises(ValueError, match="no face prior.*prior weight 0.5"):
+        sampler.sample(audio, steps=2, guidance=1.0, prior_weight=0.5)
+
+
+def test_speech_is_degraded_in_training_only(stages):
+    batch = synthetic_batch(2)
+    for degrade in (True, False):
+        module = stage(stages, cond_dropout=0.0, speech_degradation=degrade, speech_snr_db=[0.0])
+        module.train()
+        trained = module.training_example(batch)["context"]
+        module.eval()
+        evaluated = module.training_example(batch)["context"]
+        assert torch.allclose(evaluated, module.model.speech(batch["audio"])[0])
+        assert torch.allclose(trained, evaluated) != degrade
+
+
+def test_the_portrait_depends_on_the_prior_weight(stages):
+    """Same noise, different a: different latents, whose distance to the prior falls as a rises; a = 1 is the
+    prior exactly and a = 0 the raw sample."""
+    sampler = stage(stages).sampler()
+    audio = synthetic_batch(2)["audio"]
+    draws = [sampler.sample(audio, steps=3, guidance=2.0, seed=5, prior_weight=a, parts=True)
+             for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    prior = sampler.denoiser.prior_mean
+    assert all(torch.equal(d.residuals, draws[0].residuals) for d in draws)  # the same r_hat whatever a is
+    assert torch.allclose(draws[0].latents, prior + draws[0].residuals)
+    distance = torch.stack([(d.latents - prior).flatten(1).norm(dim=1) for d in draws])
+    assert torch.all(distance[1:] < distance[:-1]) and float(distance[0].min()) > 0
+    assert torch.equal(draws[-1].latents, prior.expand_as(draws[-1].latents))
+    assert (draws[0].images - draws[2].images).abs().mean() > 1e-3
 
 
 class ZeroResidualUNet(nn.Module):
@@ -87,7 +124,7 @@ class ZeroResidualUNet(nn.Module):
         self.alphas_cumprod = scheduler.alphas_cumprod
         self.prediction_type = scheduler.config.prediction_type
 
-    def forward(self, x, t, encoder_hidden_states=None, class_labels=None):
+    def forward(self, x, t, encoder_hidden_states=None):
         ab = self.alphas_cumprod[t].float()[:, None, None, None]
         eps = x / (1 - ab).sqrt()
         out = eps if self.prediction_type == "epsilon" else ab.sqrt() * eps
@@ -96,17 +133,20 @@ class ZeroResidualUNet(nn.Module):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
-def test_sampling_adds_the_weighted_prior_back(stages, prediction_type, sampler):
+def test_sampling_draws_the_residual_and_the_prior_is_added_back(stages, prediction_type, sampler):
     module = stage(stages, prediction_type=prediction_type, sampler=sampler)
     module.model.unet = ZeroResidualUNet(module.diffusion.scheduler)
-    context, _ = module.model.speech(synthetic_batch(2)["audio"])
-    a = torch.tensor([[0.3, 0.5, 0.7, 0.9], [1.0, 0.0, 0.2, 0.4]])
-    z = module.diffusion.sample(module.model, context, a, steps=5, guidance=2.0)
-    assert torch.allclose(z, a[:, :, None, None] * module.model.prior_mean, atol=1e-5)
+    audio = synthetic_batch(2)["audio"]
+    context, _ = module.model.speech(audio)
+    assert module.diffusion.sample(module.model, context, steps=5, guidance=2.0).abs().max() < 1e-5
+    for a in (0.0, 0.3, None):  # r_hat = 0: every a gives the prior
+        draw = module.sampler().sample(audio, steps=5, guidance=2.0, prior_weight=a, parts=True)
+        assert torch.allclose(draw.latents, module.model.prior_mean.expand_as(draw.latents), atol=1e-5)
+    assert torch.equal(draw.prior_weight, torch.full((2, 4), 0.5))  # the constant stage.prior_weight
 
 
 class ZeroOutputUNet(nn.Module):
-    def forward(self, x, t, encoder_hidden_states=None, class_labels=None):
+    def forward(self, x, t, encoder_hidden_states=None):
         return SimpleNamespace(sample=torch.zeros_like(x))
 
 
@@ -120,7 +160,7 @@ def test_min_snr_weights_follow_the_formula_in_the_loss(stages, prediction_type)
     module.model.unet = ZeroOutputUNet()
     x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     t = torch.tensor([10, 500, 990])
-    loss = module.diffusion.loss(module.model, x0, torch.zeros(3, 1, 32), torch.full((3, 4), 0.8), noise, t)
+    loss = module.diffusion.loss(module.model, x0, torch.zeros(3, 1, 32), noise, t)
     scheduler = module.diffusion.scheduler
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     snr_t = snr_at(scheduler, t)

@@ -33,10 +33,14 @@ def generate(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    if args.prior_weight is not None and not 0.0 <= args.prior_weight <= 1.0:
+        raise UserError(f"--prior-weight {args.prior_weight}: the prior weight a must be in [0, 1] (0: the raw "
+                        f"sample, 1: the mean face)")
     options = GenerationOptions(steps=args.steps, guidance=args.guidance, motion_steps=args.motion_steps,
                                 frame_steps=args.frame_steps, fidelity=args.fidelity, resolution=args.resolution,
                                 seed=args.seed, device=device, batch_frames=args.batch_frames,
-                                use_saw=not args.no_saw, codebook=not args.no_codebook)
+                                use_saw=not args.no_saw, prior_weight=args.prior_weight,
+                                codebook=not args.no_codebook)
     try:
         with progress_bar(1 if args.portrait_only else len(STEPS)) as advance:
             result = generate_video(args.audio, args.stages, args.out, options, args.portrait_only,
@@ -88,6 +92,10 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-frames", type=int, default=16, help="frames per batch in refinement and rendering")
     parser.add_argument("--portrait-only", action="store_true", help="write only the portrait (PNG)")
     parser.add_argument("--save-portrait", default=None, help="also write the portrait to this PNG")
-    parser.add_argument("--no-saw", action="store_true", help="use the dataset-level prior weight instead of SAW")
+    parser.add_argument("--no-saw", action="store_true",
+                        help="use the portrait stage's constant prior weight (stage.prior_weight) instead of SAW")
+    parser.add_argument("--prior-weight", type=float, default=None, metavar="A",
+                        help="fix the prior weight a in [0, 1] for every channel (ablations; no saw file needed): "
+                             "portrait = prior + (1 - a) * sample, 0 the raw sample, 1 the mean face")
     parser.add_argument("--no-codebook", action="store_true",
                         help="stop before the codebook renderer: the lip-enhanced frames at the motion stage's size")
