@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from datamodules.synthetic import CORPUS_VERSION
 from reports import plan
 from trainer.cli import main
 from trainer.keys import stage_file_key
@@ -23,7 +24,7 @@ def trained(synthetic_corpus, tmp_path_factory):
 def test_a_trained_stage_records_the_key_the_planner_expects(trained):
     path, words = trained
     key = stage_file_key(path)
-    assert set(key) == {"format", "code", "config", "corpus", "inputs"} and key["corpus"]["version"] == 1
+    assert set(key) == {"format", "code", "config", "corpus", "inputs"} and key["corpus"]["version"] == CORPUS_VERSION
     assert plan.retrain_reasons(path, plan.expected_key(words)) == []
 
 
