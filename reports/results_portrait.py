@@ -1,4 +1,8 @@
-"""``make results portrait``: the identity of Stage-1 portraits of held-out speakers, against two baselines.
+"""The earlier Stage-1 identity table (SAW, constant a, two baselines) and the helpers the ablation table reuses.
+
+``make results portrait`` now makes the Stage-1 ablation (``reports.results_portrait_table``), which reads its test
+clips (:func:`first_frames`) and ideal portraits (:func:`ideal_images`) from here; :func:`portrait_results` below
+is no longer registered in ``reports.results.RESULTS``. What follows describes that earlier table.
 
 For every clip of the test split, a portrait is generated from its speech (with SAW's a(speech), and with the
 portrait stage's constant prior weight a) and compared with the real faces of the test speakers: the cosine
