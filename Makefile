@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-packages demo test results bench clean
+.PHONY: install system-packages demo test results bench bench-train clean
 
 $(INSTALL_STAMP): pyproject.toml constraints.txt
 	@start=$$(date +%s); \
@@ -44,6 +44,11 @@ results: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# make bench-train [SCALE=small] [STAGES="conre syncnet"] [SAVE=cpu]: the training step against a bare loop
+# (docs/throughput.md); every stage at the small scale takes over an hour on 2 cores
+bench-train: install
+	$(BIN)/python -m bench train --scale=$(or $(SCALE),small) $(foreach s,$(STAGES),--stage=$(s)) $(if $(SAVE),--save=$(SAVE))
 
 clean:
 	rm -rf outputs data/synthetic data/synthetic_small .pytest_cache

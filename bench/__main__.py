@@ -1,18 +1,22 @@
 """``python -m bench [name ...] [--flag ...]``: run the benchmarks (all by default) and print their tables.
 
-Flags go to the benchmarks that take them (``python -m bench generate_paper --scale=tiny``); the GPU benchmark
-(``generate_paper``) says so and returns where there is no GPU."""
+Flags go to the benchmarks that take them (``python -m bench generate_paper --scale=tiny``, ``python -m bench train
+--stage=conre --scale=tiny``: a flag's value after ``=``); the GPU benchmark (``generate_paper``) says so and returns
+where there is no GPU. ``train`` runs only when named (docs/throughput.md)."""
 from __future__ import annotations
 
 import importlib
 import sys
 
 BENCHES = {"reader": "reader_bench", "prepare": "prepare_bench", "eval": "eval_bench", "generate": "generate_bench",
-           "generate_paper": "generate_paper_bench"}
+           "generate_paper": "generate_paper_bench", "train": "train_bench"}
+
+
+NAMED_ONLY = ("train",)  # long (every stage, 5 x 2 runs): only when named
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")] or list(BENCHES)
+    names = [a for a in argv if not a.startswith("-")] or [n for n in BENCHES if n not in NAMED_ONLY]
     flags = [a for a in argv if a.startswith("-")]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:

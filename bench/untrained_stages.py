@@ -43,14 +43,18 @@ def write_face_prior(folder: Path, resolution: int) -> None:
     compute_face_prior(latents, vae.vae_hash, shards=["random images"]).save(folder / "face_prior.safetensors")
 
 
-def build_untrained_stages(folder: Path, experiments: dict[str, str] = PAPER, log=print) -> Path:
-    """Write conre ... codebook (render phase) and the face prior into ``folder``; existing files are kept."""
+def build_untrained_stages(folder: Path, experiments: dict[str, str] = PAPER, log=print,
+                           only: set[str] | None = None) -> Path:
+    """Write conre ... codebook (render phase) and the face prior into ``folder`` (those in ``only`` where given);
+    existing files are kept."""
     from trainer.config import compose
     from trainer.factory import build_module
 
     folder.mkdir(parents=True, exist_ok=True)
     for stage in GROUPS:
         path = folder / f"{stage}.safetensors"
+        if only is not None and stage not in only:
+            continue
         if not path.is_file():
             cfg = compose(stage_words(stage, folder, experiments))
             module = build_module(cfg)

@@ -11,7 +11,6 @@ A stage subclasses :class:`StageModule` and implements:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules.config import DataConfig
+from lightning_modules.optim import SkipAwareLR, StepGuard, fused_adamw, guard_gradients, schedule_factor
 from lightning_modules.stagefile import StageFiles
 
 
@@ -55,7 +55,7 @@ class Media:
     caption: str = ""
 
 
-class StageModule(pl.LightningModule):
+class StageModule(StepGuard, pl.LightningModule):
     config_class: type[StageConfig] = StageConfig
     loss_weights: dict[str, float] = {}
     num_optimizers: int = 1
@@ -67,8 +67,8 @@ class StageModule(pl.LightningModule):
         self.stages_dir = stages_dir
         self.max_steps = max_steps
         self.ema = None  # set by the EMA callback: an EMAWeights of the trainable parameters
-        self.bad_steps = 0
         self.max_bad_steps = 10  # non-finite losses in a row that stop training (trainer.max_bad_steps)
+        self.init_step_guard()
         self.run_config: dict[str, Any] = {}  # the resolved run config, saved into checkpoints and exports
         self.provenance: dict[str, Any] = {}
 
@@ -147,33 +147,43 @@ class StageModule(pl.LightningModule):
         return (total * valid).sum() / valid.sum().clamp_min(1.0)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._read_bad_steps()
         losses = self.compute_losses(batch)
         loss = self.reduce_losses(losses, batch.get("valid"))
-        if not self._all_ranks_finite(loss):
-            self.bad_steps += 1
-            self.log("train/skipped_nonfinite", float(self.bad_steps), rank_zero_only=True)
-            if self.bad_steps >= self.max_bad_steps:
-                raise FloatingPointError(
-                    f"stage {self.cfg.name}: {self.bad_steps} non-finite losses in a row (last at step "
-                    f"{self.global_step}); lower stage.lr or check the data. The last checkpoint is intact."
-                )
-            return None
-        self.bad_steps = 0
+        if self.skips_on_device():
+            self.flag_loss(loss)
+        elif not self._all_ranks_finite(loss):
+            return self._skip_on_host()
+        else:
+            self.bad_steps = 0
+            self.step_skipped = None
         bs = len(batch["key"])
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach().mean(), batch_size=bs)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        if self.logs_now():
+            for name, value in losses.items():
+                self.log(f"train/{name}", value.detach().mean(), batch_size=bs)
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         if not self.automatic_optimization:  # the adversarial option: generator, then discriminator
             real, fake = self.adversarial_inputs()
             return self.adversarial_step(loss, real, fake, bs, clip=self.adversarial_clip())
         return loss
 
-    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
-        """Every rank takes the same decision, or one rank skipping alone would hang the collectives."""
-        flag = torch.isfinite(loss.detach()).float().reshape(1)
-        if self.trainer.world_size > 1:
-            flag = self.trainer.strategy.reduce(flag, reduce_op="min")
-        return bool(flag.item() > 0)
+    def logs_now(self) -> bool:
+        """Training metrics are logged on the steps whose metrics are written (and the last ones), not on every
+        step: each ``self.log`` costs host time, and the values written are the same."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is None or connector.should_update_logs:
+            return True
+        return 0 < trainer.max_steps <= self.global_step + self.num_optimizers
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """A batch is a flat dict of tensors and lists of names: move its tensors directly (Lightning's generic walk
+        costs host time at every step). The skipped-sample count stays a host number: reading it back from a GPU
+        would stall every step."""
+        if not isinstance(batch, dict) or not all(_flat(v) for v in batch.values()):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {k: (int(v) if k == "skipped" else v.to(device, non_blocking=True)) if isinstance(v, torch.Tensor)
+                else v for k, v in batch.items()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         with self.ema_scope():
@@ -201,12 +211,20 @@ class StageModule(pl.LightningModule):
         params = self.trainable_parameters()
         if not params:
             raise ValueError(f"stage {self.cfg.name} has no trainable parameters")
+        optimizer = self._adamw(params)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._schedule(optimizer), "interval": "step"}}
+
+    def _adamw(self, params) -> torch.optim.AdamW:
+        """Fused AdamW with a device learning rate where steps are skipped on the device; else as configured."""
         kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
-        if torch.cuda.is_available():
-            kwargs["fused"] = True
-        optimizer = torch.optim.AdamW(params, **kwargs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if self.skips_on_device():
+            return fused_adamw(list(params), device_lr=True, **kwargs)
+        return torch.optim.AdamW(params, **kwargs, **({"fused": True} if torch.cuda.is_available() else {}))
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.skips_on_device():
+            return SkipAwareLR(optimizer, self.lr_factor_tensor)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
 
     def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(real, generated) images of the last training step for ``self.discriminator`` (stages with a GAN)."""
@@ -218,40 +236,45 @@ class StageModule(pl.LightningModule):
 
     def adversarial_optimizers(self, generator_params) -> tuple[list, list]:
         """Generator and ``self.discriminator`` AdamW with the stage's schedule (two optimizers: DDP only)."""
-        kwargs = {"lr": self.cfg.lr, "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}
-        optimizers = [torch.optim.AdamW(list(generator_params), **kwargs),
-                      torch.optim.AdamW(self.discriminator.parameters(), **kwargs)]
-        return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, self.lr_factor) for o in optimizers]
+        optimizers = [self._adamw(list(generator_params)), self._adamw(list(self.discriminator.parameters()))]
+        return optimizers, [self._schedule(o) for o in optimizers]
 
     def adversarial_step(self, loss: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, batch_size: int,
                          clip: float | None = None) -> torch.Tensor:
-        """Manual optimisation: the generator steps on ``loss``, then the discriminator on the hinge loss."""
+        """Manual optimisation: the generator steps on ``loss``, then the discriminator on the hinge loss; a
+        non-finite generator step skips both (decided on the device, as in automatic optimisation)."""
         opt_g, opt_d = self.optimizers()
+        on_device = self.skips_on_device()
         opt_g.zero_grad()
         self.manual_backward(loss)
-        if clip:
+        if on_device:
+            self.step_skipped = self._guard(opt_g, self._loss_bad, clip)
+            self._loss_bad = None
+        elif clip:
             self.clip_gradients(opt_g, gradient_clip_val=clip)
         opt_g.step()
         d_loss = (torch.relu(1 - self.discriminator(real)).mean()
                   + torch.relu(1 + self.discriminator(fake.detach())).mean())
         opt_d.zero_grad()
         self.manual_backward(d_loss)
-        if clip:
+        if on_device:
+            d_bad = ~torch.isfinite(d_loss.detach()) | self.step_skipped.bool()
+            guard_gradients(opt_d.optimizer, d_bad, clip, self.trainer.world_size)
+        elif clip:
             self.clip_gradients(opt_d, gradient_clip_val=clip)
         opt_d.step()
         for scheduler in self.lr_schedulers():
             scheduler.step()
-        self.log("train/discriminator", d_loss.detach(), batch_size=batch_size)
+        if self.logs_now():
+            self.log("train/discriminator", d_loss.detach(), batch_size=batch_size)
         return loss
 
     def lr_factor(self, step: int) -> float:
-        warmup = self.cfg.warmup_steps
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if self.cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, self.max_steps - warmup))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return float(self.lr_factor_tensor(torch.tensor(float(step), dtype=torch.float64)))
+
+    def lr_factor_tensor(self, step: torch.Tensor) -> torch.Tensor:
+        """The schedule at ``step`` (float64 tensor, on any device): linear warm-up, then constant or cosine."""
+        return schedule_factor(step, self.cfg.warmup_steps, self.max_steps, self.cfg.schedule)
 
     # ---- EMA ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -265,3 +288,10 @@ class StageModule(pl.LightningModule):
             yield
         finally:
             self.ema.swap_out(self)
+
+
+def _flat(value: Any) -> bool:
+    """A tensor, a scalar, or a list of names or numbers (what a batch of the shard reader holds)."""
+    if isinstance(value, (torch.Tensor, str, int, float)) or value is None:
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in value)

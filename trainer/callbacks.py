@@ -35,7 +35,7 @@ class EMACallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.ema is not None and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-            self.ema.update(pl_module)
+            self.ema.update(pl_module, getattr(pl_module, "step_skipped", None))  # a skipped step moves nothing
 
     def state_dict(self) -> dict[str, Any]:
         return self.ema.state_dict() if self.ema is not None else {}

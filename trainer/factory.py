@@ -11,7 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from datamodules.datamodule import ShardDataModule
 from lightning_modules.registry import stage_class
@@ -33,6 +33,7 @@ from trainer.keys import training_key
 from trainer.schemas import Config
 from trainer.signals import FlagSignalConnector
 from trainer.strategies import build_strategy, media_needs_all_ranks
+from trainer.sync_free import ScalarLRMonitor, SteadyRichProgressBar, TimedCheckpoint, skip_sigterm_broadcast
 from trainer.tracking import build_loggers
 
 log = logging.getLogger("seespeaker.train")
@@ -73,6 +74,41 @@ def build_module(cfg: Config) -> pl.LightningModule:
     return module
 
 
+def trained_networks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The stage's top-level networks that train (any parameter with ``requires_grad``) and their direct children
+    that hold parameters (a stage may call a network's parts, e.g. its speech encoder, on their own)."""
+    found = []
+    for child in module.children():
+        if any(p.requires_grad for p in child.parameters()):
+            found.append(child)
+            found.extend(c for c in child.children() if any(True for _ in c.parameters()))
+    return found
+
+
+def gradient_checkpointing(module: torch.nn.Module) -> int:
+    """Turn on gradient checkpointing in the trained networks that support it (diffusers' models); how many."""
+    turned = 0
+    for network in module.modules():
+        supports = getattr(network, "_supports_gradient_checkpointing", False)
+        if supports and any(p.requires_grad for p in network.parameters()):
+            network.enable_gradient_checkpointing()
+            turned += 1
+    return turned
+
+
+def apply_speed_knobs(module: torch.nn.Module, t) -> None:
+    """``trainer.channels_last``, ``trainer.compile`` (in place: state-dict keys do not change) and the stage's
+    ``gradient_checkpointing`` where its config has that field."""
+    if getattr(getattr(module, "cfg", None), "gradient_checkpointing", False):
+        gradient_checkpointing(module)
+    if t.channels_last:
+        module.to(memory_format=torch.channels_last)
+    if t.compile:
+        for network in trained_networks(module):
+            if getattr(network, "_compiled_call_impl", None) is None:
+                network.compile()
+
+
 def build_callbacks(cfg: Config, health: DataHealthMonitor) -> list[pl.Callback]:
     ckpt_dir = str(Path(cfg.run.dir) / CHECKPOINT_DIR)
     t = cfg.trainer
@@ -84,16 +120,17 @@ def build_callbacks(cfg: Config, health: DataHealthMonitor) -> list[pl.Callback]
                         monitor=cfg.stage.monitor, mode=cfg.stage.monitor_mode, save_top_k=t.save_top_k),
         PreemptionCheckpoint(ckpt_dir),
         ThroughputMonitor(log_every=t.log_every_n_steps),
-        LearningRateMonitor(logging_interval="step"),
+        ScalarLRMonitor(logging_interval="step"),
         health,
         MediaLogger(cfg.run.dir, t.media_every_n_steps, all_ranks=media_needs_all_ranks(t)),
         RankInfo(),
         RNGState(),
-        PlainProgress(t.log_every_n_steps) if plain_logs() else RichProgressBar(),
+        PlainProgress(t.log_every_n_steps) if plain_logs() else SteadyRichProgressBar(t.log_every_n_steps),
     ]
-    if t.checkpoint_minutes > 0:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="time-step={step}", auto_insert_metric_name=False,
-                                         train_time_interval=timedelta(minutes=t.checkpoint_minutes), save_top_k=1))
+    if t.checkpoint_minutes > 0:  # the clock is consulted at logging intervals (a broadcast under DDP)
+        callbacks.append(TimedCheckpoint(t.log_every_n_steps, dirpath=ckpt_dir, filename="time-step={step}",
+                                         auto_insert_metric_name=False, save_top_k=1,
+                                         train_time_interval=timedelta(minutes=t.checkpoint_minutes)))
     if t.ema_decay > 0:
         callbacks.append(EMACallback(t.ema_decay))
     return callbacks
@@ -137,6 +174,7 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
         provenance.save(cfg.run.dir, to_yaml(cfg), prov)
         config_dict["_provenance"] = prov
     module = build_module(cfg)
+    apply_speed_knobs(module, cfg.trainer)
     module.provenance = config_dict.get("_provenance", {})
     data = ShardDataModule(cfg.data, seed=cfg.experiment.seed)
     data.setup("fit")
@@ -155,6 +193,7 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
         enable_progress_bar=not plain_logs(), **extra,
     )
     trainer._signal_connector = FlagSignalConnector(trainer)
+    skip_sigterm_broadcast(trainer)  # the connector's agreement replaces Lightning's per-step broadcast
     if trainer.is_global_zero:
         print(f"[seespeaker] stage={cfg.stage.name} run_dir={cfg.run.dir} world={cfg.world_size} "
               f"global_batch={cfg.data.batch_size}x{cfg.world_size}x{t.accumulate_grad_batches}={cfg.global_batch}",

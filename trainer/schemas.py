@@ -46,6 +46,12 @@ class TrainerConfig:
         "help": "ZeRO stage when strategy=deepspeed", "choices": (1, 2, 3)})
     deepspeed_offload: bool = field(default=False, metadata={
         "help": "offload optimizer and parameters to CPU (ZeRO-3)"})
+    deepspeed_bucket_size: int = field(default=200_000_000, metadata={
+        "help": "elements per DeepSpeed reduce / all-gather bucket (larger: fewer, bigger collectives)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the trained networks (GPU: the first steps compile; numerics may differ slightly)"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "channels-last memory format for the networks' 4-d weights (GPU convolutions in bf16)"})
     requeue_signal: str = field(default="USR2", metadata={"help": "signal SLURM sends before the time limit"})
     process_timeout_s: int = field(default=1800, metadata={"help": "collective timeout in seconds"})
     max_bad_steps: int = field(default=10, metadata={"help": "stop after this many non-finite losses in a row"})
@@ -57,6 +63,8 @@ class TrainerConfig:
         for name in ("devices", "num_nodes", "max_steps", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 errors.append(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.deepspeed_bucket_size < 1:
+            errors.append(f"trainer.deepspeed_bucket_size must be >= 1, got {self.deepspeed_bucket_size}")
         if not 0.0 <= self.ema_decay < 1.0:
             errors.append(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay}")
         return errors

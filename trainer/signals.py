@@ -55,14 +55,24 @@ class FlagSignalConnector(_SignalConnector):
         tracking.STOP_LOGGING.set()
 
     def agree(self) -> None:
-        """Every rank takes the signal if any rank has it pending (called at the same point on every rank)."""
+        """Every rank takes the signal if any rank has it pending (called at the same point on every rank).
+
+        The flags travel over a CPU (gloo) group, created on first use by every rank at the same batch: a device
+        collective read back on the host would stall the GPU at every step."""
         flags = torch.tensor([int(self.pending_sigterm), int(self.pending_requeue)])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flags = flags.to(self.trainer.strategy.root_device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._cpu_group())
         sigterm, requeue = (bool(v) for v in flags.tolist())
         self.received_sigterm = self.received_sigterm or sigterm
         self.requeue_requested = self.requeue_requested or requeue
+
+    def _cpu_group(self):
+        """The default group where it is gloo already, else a gloo group of every rank (made once)."""
+        if dist.get_backend() == "gloo":
+            return None
+        if getattr(self, "_gloo", None) is None:
+            self._gloo = dist.new_group(backend="gloo")
+        return self._gloo
 
 
 def requeue_slurm_job() -> int:

@@ -28,7 +28,6 @@ from common.errors import UserError
 from trainer.schemas import TrainerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUCKET_SIZE = 200_000_000  # elements per reduce / all-gather bucket (ZeRO-2) and reduce bucket (ZeRO-3)
 STAGE3_PREFETCH_BUCKET = 50_000_000  # elements of parameters fetched ahead of use (ZeRO-3)
 STAGE3_PERSISTENCE_THRESHOLD = 100_000  # parameters smaller than this stay unpartitioned (ZeRO-3)
 
@@ -68,15 +67,19 @@ def deepspeed_config(trainer_cfg: TrainerConfig, data_batch_size: int) -> dict[s
     """The DeepSpeed JSON config of a run, derived from the trainer config and the per-device batch size."""
     on_gpu = uses_gpu(trainer_cfg)
     stage = int(trainer_cfg.deepspeed_stage)
+    bucket = int(trainer_cfg.deepspeed_bucket_size)
+    world = trainer_cfg.devices * trainer_cfg.num_nodes
     zero: dict[str, Any] = {
         "stage": stage,
-        "overlap_comm": on_gpu,  # a second stream hides communication; CPU has no streams to overlap on
-        "contiguous_gradients": True,
+        # a second stream hides communication (and offload copies); one process without offload has none to hide,
+        # and CPU processes have no streams to overlap on
+        "overlap_comm": on_gpu and (world > 1 or trainer_cfg.deepspeed_offload),
+        "contiguous_gradients": True,  # gradients copied into one buffer as they are reduced: no fragmentation
         "reduce_scatter": True,
-        "reduce_bucket_size": BUCKET_SIZE,
+        "reduce_bucket_size": bucket,
     }
     if stage < 3:
-        zero.update(allgather_partitions=True, allgather_bucket_size=BUCKET_SIZE)
+        zero.update(allgather_partitions=True, allgather_bucket_size=bucket)
     else:
         zero.update(
             stage3_prefetch_bucket_size=STAGE3_PREFETCH_BUCKET,

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Training throughput on one CUDA GPU in at most ~8 minutes: the GPU test tier, then `python -m bench train` for one
+# stage (portrait_diffusion, paper scale, bf16) in four settings, each bare loop against framework run:
+#   eager      single device (trainer.strategy=auto)        compiled   the same with trainer.compile=true
+#   ddp        trainer=ddp on one GPU                       zero2      trainer=deepspeed_zero2 on one GPU (pure overhead)
+# Run from the repository root on the GPU machine: `bash bench/gpu_train.sh`. Packages the machine lacks travel in
+# .whl/ (made here by bench/gpu_wheels.sh) and are installed first. Logs and JSON go to $OUT (else bench/out).
+# Knobs: STAGE, SCALE, PAIRS, STEPS, WARMUP, LIMIT (seconds per setting).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 SEESPEAKER_PLAIN_LOGS=1 WANDB_MODE=disabled TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  for sdist in .whl/*.tar.gz; do  # DeepSpeed publishes no wheel: its pure-Python install builds no op
+    [ -e "$sdist" ] && DS_BUILD_OPS=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+      --target /tmp/site "$sdist"
+  done
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+OUTDIR=${OUT:-bench/out}
+mkdir -p "$OUTDIR" bench/out
+STAGE=${STAGE:-portrait_diffusion} SCALE=${SCALE:-paper}
+WORK=$(mktemp -d)
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUTDIR/gpu.txt"
+
+python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs=0 --workdir="$WORK" 2>&1 | tail -3  # earlier stages
+timeout 170 python3 -m pytest tests/gpu -q -p no:cacheprovider -x 2>&1 | tail -25 | tee "$OUTDIR/gpu-tests.log"
+
+setting() {  # name, extra flags
+  local name=$1; shift
+  timeout "${LIMIT:-75}" python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs="${PAIRS:-3}" \
+    --steps="${STEPS:-20}" --warmup="${WARMUP:-5}" --workdir="$WORK" --set=trainer=ddp --set=trainer.devices=1 "$@" \
+    2>&1 | grep -v -i warn | tail -12 | tee "$OUTDIR/train-$name.log"
+  cp "bench/out/train-$SCALE.json" "$OUTDIR/train-$SCALE-$name.json" 2>/dev/null || true
+}
+setting eager --set=trainer.strategy=auto
+setting compiled --set=trainer.strategy=auto --set=trainer.compile=true --warmup=10
+setting ddp
+setting zero2 --set=trainer=deepspeed_zero2
+rm -rf "$WORK"
