@@ -181,14 +181,22 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def drop_jaw(base: np.ndarray, face: FaceParams, drop: float) -> np.ndarray:
-    """The base image with the lower face moved down by ``drop`` canonical units (a smooth warp)."""
+def jaw_map(face: FaceParams, res: int) -> np.ndarray:
+    """:func:`jaw_weight` of every pixel of a ``res`` frame (the same for every frame of a clip)."""
+    s = res / CANONICAL
+    yy, xx = np.mgrid[0:res, 0:res].astype(np.float32)
+    return jaw_weight(face, np.stack([xx, yy], -1) / s)
+
+
+def drop_jaw(base: np.ndarray, weights: np.ndarray, drop: float) -> np.ndarray:
+    """The base image with the lower face moved down by ``drop`` canonical units (a smooth warp by ``weights``,
+    :func:`jaw_map`)."""
     if drop < 0.05:
         return base
     res = base.shape[0]
     s = res / CANONICAL
     yy, xx = np.mgrid[0:res, 0:res].astype(np.float32)
-    shift = drop * jaw_weight(face, np.stack([xx, yy], -1) / s) * s
+    shift = drop * weights * s
     return cv2.remap(base, xx, (yy - shift).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -200,9 +208,10 @@ def brow_points(neutral: np.ndarray, raise_: float, expression: float) -> np.nda
     return brows
 
 
-def render_talking_frame(base: np.ndarray, face: FaceParams, neutral: np.ndarray, motion: ClipMotion,
-                         t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frame ``t`` (uint8 RGB) and its 68 landmarks in pixels; ``base`` drawn without brows."""
+def render_talking_frame(base: np.ndarray, face: FaceParams, neutral: np.ndarray, motion: ClipMotion, t: int,
+                         weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``t`` (uint8 RGB) and its 68 landmarks in pixels; ``base`` drawn without brows; ``weights`` the clip's
+    :func:`jaw_map` (computed here when not given)."""
     res = base.shape[0]
     scale = res / CANONICAL
     openness = 1.0 - motion.blink[t]
@@ -214,7 +223,8 @@ def render_talking_frame(base: np.ndarray, face: FaceParams, neutral: np.ndarray
     marks[48:68] = mouth_points(face, motion.mouth[t], motion.mouth_width[t])
     m = pose_matrix(motion.drift[t], res, motion.nod[t])
     pixels = marks * scale @ m[:, :2].T + m[:, 2]
-    img = cv2.warpAffine(drop_jaw(base, face, drop), m, (res, res), flags=cv2.INTER_LINEAR,
+    weights = jaw_map(face, res) if weights is None and drop >= 0.05 else weights
+    img = cv2.warpAffine(drop_jaw(base, weights, drop), m, (res, res), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
     draw_brows(img, face, pixels[17:27], scale)
     draw_eyes(img, face, pixels, openness, scale, tuple(motion.gaze[t]))

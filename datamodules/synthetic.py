@@ -36,7 +36,7 @@ from datamodules.synth_face import (
     neutral_landmarks,
     render_frame,
 )
-from datamodules.synth_motion import clip_motion, mouth_track, render_talking_frame
+from datamodules.synth_motion import clip_motion, jaw_map, mouth_track, render_talking_frame
 from datamodules.synth_voice import (
     NO_VOWEL,
     SAMPLES_PER_FRAME,
@@ -253,8 +253,9 @@ def make_clip(speaker: Speaker, base: np.ndarray, cfg: SyntheticConfig, index: i
     else:
         motion = clip_motion(speaker.voice, frames, rng)
         audio, labels, opening, eyes = motion.speech.audio, motion.speech.labels, motion.mouth, 1.0 - motion.blink
+        weights = jaw_map(speaker.face, cfg.resolution)
         for t in range(frames):
-            images[t], marks[t] = render_talking_frame(base, speaker.face, neutral, motion, t)
+            images[t], marks[t] = render_talking_frame(base, speaker.face, neutral, motion, t, weights)
         truth, extra = motion.truth(), {"mood": round(motion.mood, 4)}
     video = f"v{index:03d}"
     extra = speaker.truth() | extra | {

@@ -100,7 +100,7 @@ def test_blink_and_gaze_shift_rates_lie_in_the_ranges_the_generator_states():
     assert 1 / (GAZE_HOLD_SECONDS[1] + 2 / FPS) <= shifts / seconds <= 1 / GAZE_HOLD_SECONDS[0]
 
 
-def test_the_drawn_frames_show_the_motion(tmp_path):
+def test_the_drawn_frames_show_the_motion():
     """Landmarks and pixels move with the truth: brows with the raise, the chin with the jaw, the face's vertical
     extent with the nod, the irises with the gaze."""
     speaker = draw_speaker(0, 5)
