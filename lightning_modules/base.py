@@ -45,6 +45,10 @@ class StageConfig:
             errors.append(f"stage.betas needs two values, got {self.betas}")
         return errors
 
+    def input_files(self) -> dict[str, str]:
+        """Files this config makes the stage load besides the stage graph's ({name: path}), for its training key."""
+        return {}
+
 
 @dataclass
 class Media:

@@ -14,7 +14,10 @@ Trained jointly on windows of ``window_frames`` frames (after ``context_frames``
   (reference) latent, the ``previous_frames`` latents before each frame, noise-augmented by a random step up to
   ``prev_noise_max_step`` (the step is given to the network), the frame's motion latent and its audio; with
   ``motion_maps`` also the motion latent's decoded landmarks and gaze drawn as heatmaps, and with ``mouth_loss_weight``
-  the lower face (from the frame's landmarks) weighs more in the loss.
+  the lower face (from the frame's landmarks) weighs more in the loss. With ``frame_renderer: windowed`` (the
+  default) the UNet, with temporal attention, denoises a window of ``frame_window`` frames jointly instead, given
+  ``previous_frames`` motion frames before it (:func:`window_loss`); ``sequential`` is the one-frame baseline, which
+  ``motion_from`` can train on another file's frozen motion networks.
 
 Generation (``generate_motion_video`` in :mod:`lightning_modules.motion_generation`) runs the same networks over
 sliding windows.
@@ -33,6 +36,7 @@ from diffusers import DDPMScheduler
 from common.images import to_uint8
 from common.media import write_mp4
 from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.frame_windows import denoise_windows
 from lightning_modules.motion_generation import FrozenParts, MotionParts, generate_motion_video, truth_gaze
 from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import lower_face_mask
@@ -49,6 +53,7 @@ from lightning_modules.nets.motion import (
 from lightning_modules.stagefile import StageFiles
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+FRAME_RENDERERS = ("windowed", "sequential")
 
 
 @dataclass
@@ -94,9 +99,28 @@ class MotionDiffusionConfig(StageConfig):
     motion_maps: bool = field(default=True, metadata={"help": "also give the frame UNet the motion latent's decoded "
                               "landmarks as heatmap input channels (without them the rendered mouths ignored the "
                               "motion)"})
-    # files from before the options: the transformer predicted what the frame UNet did, and saw no landmark maps
+    frame_renderer: str = field(default="windowed", metadata={"help": "windowed: the frame UNet denoises windows of "
+                                "frame_window frames jointly, with temporal attention and the previous window's last "
+                                "previous_frames latents as motion frames; sequential: one frame per UNet call, given "
+                                "the previous_frames latents before it (the baseline)", "choices": FRAME_RENDERERS})
+    frame_window: int = field(default=16, metadata={"help": "frames per window of the windowed renderer (divides "
+                              "window_frames, so every motion-window join is a frame-window join)"})
+    frame_windows: int = field(default=0, metadata={"help": "windows rendered per training step, from the first clips "
+                               "of the batch (0: one per clip)"})
+    first_window_probability: float = field(default=0.2, metadata={"help": "training probability that a window's "
+                                            "motion frames are the portrait latent, as for a video's first window"})
+    temporal_heads: int = field(default=8, metadata={"help": "heads of the windowed renderer's temporal attention"})
+    motion_from: str = field(default="", metadata={"help": "a motion_diffusion.safetensors whose motion encoder and "
+                             "transformer (EMA) are loaded and frozen: only the frame renderer trains, so that two "
+                             "renderers can be compared on identical motion"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute the frame UNet's activations in "
+                                         "the backward pass (less memory for long windows, ~30% more compute)"})
+    # files from before the options: the transformer predicted what the frame UNet did, saw no landmark maps, and
+    # frames were rendered one at a time
     file_defaults: ClassVar[dict[str, Any]] = {
-        "motion_prediction_type": lambda saved: saved.get("prediction_type", "epsilon"), "motion_maps": False}
+        "motion_prediction_type": lambda saved: saved.get("prediction_type", "epsilon"), "motion_maps": False,
+        "frame_renderer": "sequential", "frame_window": 1, "frame_windows": 0, "first_window_probability": 0.0,
+        "temporal_heads": 0, "gradient_checkpointing": False, "motion_from": ""}
     mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: "
                                      "per-pixel weight 1 + this inside the landmark mask"})
     prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous "
@@ -124,10 +148,35 @@ class MotionDiffusionConfig(StageConfig):
                           f"({len(self.unet_channels)}), got {self.attention_levels}")
         if self.mouth_loss_weight < 0:
             errors.append(f"stage.mouth_loss_weight must be >= 0, got {self.mouth_loss_weight}")
+        errors += self.window_errors()
         if not 0 <= self.prev_noise_max_step < self.num_train_timesteps:
             errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), "
                           f"got {self.prev_noise_max_step}")
         return errors
+
+    def window_errors(self) -> list[str]:
+        if self.frame_renderer not in FRAME_RENDERERS:
+            return [f"stage.frame_renderer must be one of {', '.join(FRAME_RENDERERS)}, got {self.frame_renderer!r}"]
+        if not self.windowed:
+            return []
+        errors = []
+        if self.frame_window <= 0 or self.window_frames % self.frame_window:
+            errors.append(f"stage.frame_window={self.frame_window} must divide stage.window_frames="
+                          f"{self.window_frames}, so that the motion and frame windows join at the same frames")
+        if self.temporal_heads <= 0 or any(width % self.temporal_heads for width in self.unet_channels):
+            errors.append(f"stage.temporal_heads={self.temporal_heads} must divide every stage.unet_channels entry "
+                          f"{list(self.unet_channels)}")
+        if self.frame_windows < 0 or not 0 <= self.first_window_probability <= 1:
+            errors.append(f"stage.frame_windows must be >= 0 (got {self.frame_windows}) and "
+                          f"stage.first_window_probability in [0, 1] (got {self.first_window_probability})")
+        return errors
+
+    def input_files(self) -> dict[str, str]:
+        return {"motion_from": self.motion_from} if self.motion_from else {}
+
+    @property
+    def windowed(self) -> bool:
+        return self.frame_renderer == "windowed"
 
     def group_dims(self) -> dict[str, int]:
         """Each motion group's latent size, in the motion latent's order (:data:`LANDMARK_GROUPS`)."""
@@ -146,7 +195,10 @@ def build_motion_networks(cfg: MotionDiffusionConfig, latent_channels: int, late
     unet = build_frame_unet(latent_channels, cfg.previous_frames, list(cfg.unet_channels), cfg.cross_attention_dim,
                             cfg.unet_layers, cfg.attention_head_dim, latent_size, list(cfg.attention_levels),
                             extra_channels=map_channels(downsample) if cfg.motion_maps else 0)
-    return encoder, transformer, FrameDenoiser(unet, cfg.group_dims(), audio_dim, cfg.previous_frames)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    temporal = (cfg.temporal_heads, cfg.previous_frames + cfg.frame_window) if cfg.windowed else (0, 1)
+    return encoder, transformer, FrameDenoiser(unet, cfg.group_dims(), audio_dim, cfg.previous_frames, *temporal)
 
 
 def build_scheduler(cfg: MotionDiffusionConfig, prediction_type: str) -> DDPMScheduler:
@@ -190,6 +242,22 @@ class MotionDiffusionStage(StageModule):
         self.mel = LogMel(n_mels=cfg.n_mels)
         self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight,
                              **{f"landmark_{group}": 0.0 for group in LANDMARK_GROUPS}}  # logged, not optimised
+        if cfg.motion_from:
+            self.load_motion(cfg.motion_from)
+
+    def load_motion(self, path: str) -> None:
+        """Take the motion encoder and transformer of another motion stage file and freeze them (their losses are
+        then logged only)."""
+        source = StageFiles.of(path, "motion_diffusion")["motion_diffusion"]
+        for name in ("motion_encoder", "motion_denoiser"):
+            module = getattr(self, name)
+            try:
+                module.load_state_dict(source.sub_state(name, use_ema=True))
+            except RuntimeError as error:
+                raise ValueError(f"stage.motion_from={path}: its {name} does not fit this stage's config (the group "
+                                 f"sizes and transformer settings must match the file's): {error}") from error
+            module.requires_grad_(False)
+        self.loss_weights.update(motion=0.0, landmark=0.0)
 
 
     @classmethod
@@ -239,7 +307,8 @@ class MotionDiffusionStage(StageModule):
         start = cfg.context_frames if n_frames >= cfg.window_frames + cfg.context_frames else 0
         window = slice(start, start + cfg.window_frames)
         motion_loss = self.motion_loss(motion.detach(), audio, speaker, start, window)
-        frame_loss = self.frame_loss(frames, motion, audio, window, landmarks)
+        render_loss = self.window_loss if cfg.windowed else self.frame_loss
+        frame_loss = render_loss(frames, motion, audio, window, landmarks)
         per_group = {f"landmark_{name}": error.detach().mean(1) for name, error in groups.items()}
         return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark, **per_group}
 
@@ -292,6 +361,36 @@ class MotionDiffusionStage(StageModule):
         weight = self.mouth_weights(landmarks[rows, index], clean.shape[-1])
         error = (squared * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
         return error.view(batch, k).mean(1)
+
+    def window_loss(self, frames, motion, audio, window: slice, landmarks: torch.Tensor) -> torch.Tensor:
+        """Denoise one window of ``frame_window`` frames per clip (of the first ``frame_windows`` clips) jointly,
+        given its ``previous_frames`` motion frames: the real latents before it, noise-augmented, or the reference
+        latent (at ``first_window_probability``, and before the clip's start). The per-clip loss is scaled so that
+        its batch mean is the mean over the rendered windows."""
+        batch, device, cfg = frames.shape[0], frames.device, self.cfg
+        count = min(batch, cfg.frame_windows or batch)
+        k, size = cfg.previous_frames, min(cfg.frame_window, window.stop - window.start)
+        first = torch.randint(window.start, window.stop - size + 1, (count,), device=device)
+        span = first[:, None] + torch.arange(-k, size, device=device)                # [W, K + T]
+        latents, reference = self.span_latents(frames[:count], span)
+        starts_video = torch.rand(count, device=device) < cfg.first_window_probability
+        motion_frames = torch.where(starts_video.view(-1, 1, 1, 1, 1), reference[:, None], latents[:, :k])
+        aug = torch.randint(0, cfg.prev_noise_max_step + 1, (count,), device=device)
+        motion_frames = augment_previous(self.scheduler, motion_frames.flatten(1, 2), aug).view_as(motion_frames)
+        clean, noise = latents[:, k:], torch.randn_like(latents[:, k:])
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (count,), device=device)
+        noisy = self.scheduler.add_noise(clean.flatten(1, 2), noise.flatten(1, 2), t).view_as(clean)
+        rows, at = torch.arange(count, device=device)[:, None], span.clamp_min(0)
+        tokens = motion[rows, at]
+        maps = self.parts().motion_maps(tokens.flatten(0, 1).detach(), clean.shape[-1])
+        pred = denoise_windows(self.frame_denoiser, noisy, t, motion_frames, aug, reference, tokens,
+                               audio_context(audio, cfg.audio_radius)[rows, at],
+                               None if maps is None else maps.unflatten(0, span.shape))
+        target = diffusion_target(self.scheduler, clean.flatten(1, 2), noise.flatten(1, 2), t).view_as(clean)
+        squared = (pred - target).square().mean(dim=2, keepdim=True).flatten(0, 1)
+        weight = self.mouth_weights(landmarks[rows, at[:, k:]].flatten(0, 1), clean.shape[-1])
+        error = ((squared * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).view(count, size).mean(1)
+        return torch.cat([error * batch / count, error.new_zeros(batch - count)])
 
     def mouth_weights(self, landmarks: torch.Tensor, latent_size: int) -> torch.Tensor:
         """Per-latent-pixel loss weights [N, 1, h, w]: 1, plus ``mouth_loss_weight`` inside the lower face."""

@@ -1,10 +1,12 @@
 """Speech + portrait -> talking-face frames of any length, by sliding windows over the motion stage's networks.
 
 Motion: windows of ``window_frames``; each window's transformer sees the last ``context_frames`` motion latents of
-the window before it (a shorter last window is generated whole on zero-padded audio and cut). Frames: rendered one
-at a time, each frame's UNet input holding the ``previous_frames`` latents generated just before it (the portrait
-latent before the first), so the first frame of window k+1 continues from the last frames of window k. Sampling
-never noise-augments the previous frames (their noise step is 0).
+the window before it (a shorter last window is generated whole on zero-padded audio and cut). Frames, with
+``frame_renderer: windowed`` (:mod:`lightning_modules.frame_windows`): windows of ``frame_window`` frames denoised
+jointly, each continuing from the last ``previous_frames`` latents of the window before it; with ``sequential``:
+one frame at a time, each frame's UNet input holding the ``previous_frames`` latents generated just before it. The
+portrait latent stands in before the first frame. Sampling never noise-augments the previous frames (their noise
+step is 0).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from common.errors import SeespeakerError
 from datamodules.sample import MOTION_TRUTH_COLUMNS
+from lightning_modules.frame_windows import render_windows, rerender_windows
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
 from lightning_modules.nets.motion import audio_context, landmark_maps, per_frame_audio
 from lightning_modules.stagefile import StageFiles
@@ -172,6 +175,15 @@ def sample_motion(parts: MotionParts, audio: torch.Tensor, speaker: torch.Tensor
 @torch.no_grad()
 def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Frame latents [T, C, h, w] of motion [1, T, M] and audio features [1, T, D], by the stage's renderer."""
+    if parts.cfg.windowed:
+        return render_windows(parts, portrait_latent, motion, audio, generator)
+    return render_sequential(parts, portrait_latent, motion, audio, generator)
+
+
+@torch.no_grad()
+def render_sequential(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Frame latents [T, C, h, w], each denoised from the portrait, the latents just before it, its motion and audio."""
     cfg, device = parts.cfg, portrait_latent.device
     sounds = audio_context(audio, cfg.audio_radius)
@@ -208,9 +220,10 @@ def rerender_frames(parts: MotionParts, frames: torch.Tensor, landmarks: torch.T
                     gaze_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Real clips [B, T, 3, r, r] -> the motion stage's rendering of each of their frames, [B, T, 3, r, r].
 
-    Every frame is denoised in one batched run of ``frame_steps`` from what it would be generated from, taken
-    from the clip itself: its motion latent (encoded from its landmarks), its audio, the clip's first frame as
-    the portrait and the real latents of the frames before it (the portrait's before the clip's start), then
+    Every frame (every window, with the windowed renderer) is denoised in one batched run of ``frame_steps`` from
+    what it would be generated from, taken from the clip itself: its motion latent (encoded from its landmarks),
+    its audio, the clip's first frame as the portrait and the real latents of the frames before it (the
+    portrait's before the clip's start), then
     decoded by the autoencoder. So the frames carry the motion stage's rendering errors and stay aligned with
     the real ones: the codebook render phase's inputs with ``render_source: motion``. ``gaze`` [B, T, 2] and
     ``gaze_mask`` [B, T] give the clip's gaze where the corpus knows it (``batch["motion_truth"][..., 4:6]``,
@@ -221,12 +234,17 @@ def rerender_frames(parts: MotionParts, frames: torch.Tensor, landmarks: torch.T
     for module in (parts.frame_denoiser, parts.motion_encoder):
         module.to(device)
     latents = parts.frozen.encode(frames.flatten(0, 1)).unflatten(0, (batch, n_frames))
-    portrait = latents[:, 0]
-    history = torch.cat([portrait[:, None].expand(-1, n_prev, -1, -1, -1), latents], dim=1)
-    previous = torch.stack([history[:, t:t + n_prev].flatten(1, 2) for t in range(n_frames)], 1).flatten(0, 1)
     motion = parts.motion_encoder(landmarks.to(device), resolution, gaze, gaze_mask).flatten(0, 1)
     sounds = audio_context(parts.audio_features(audio.to(device), n_frames), cfg.audio_radius).flatten(0, 1)
     maps = parts.motion_maps(motion, latents.shape[-1])
+    if cfg.windowed:
+        per_clip = [None if maps is None else maps.unflatten(0, (batch, n_frames))]
+        z = rerender_windows(parts, latents, motion.unflatten(0, (batch, n_frames)),
+                             sounds.unflatten(0, (batch, n_frames)), *per_clip, generator=generator)
+        return parts.frozen.decode(z.flatten(0, 1)).view_as(frames)
+    portrait = latents[:, 0]
+    history = torch.cat([portrait[:, None].expand(-1, n_prev, -1, -1, -1), latents], dim=1)
+    previous = torch.stack([history[:, t:t + n_prev].flatten(1, 2) for t in range(n_frames)], 1).flatten(0, 1)
     count = batch * n_frames
     portraits = portrait.repeat_interleave(n_frames, 0)
     no_augmentation = torch.zeros(count, dtype=torch.long, device=device)

@@ -129,6 +129,8 @@ def input_identity(cfg: Any, earlier_phase: dict[str, Any] | None = None) -> dic
     for node in requires(cfg.stage.name, cfg.stage):
         path = folder / node_file(node)
         inputs[node] = file_digest(path) if path.is_file() else ""
+    for name, path in cfg.stage.input_files().items():
+        inputs[name] = file_digest(Path(path)) if Path(path).is_file() else ""
     if cfg.stage.name == "codebook" and cfg.stage.phase != "vqgan":
         inputs["codebook"] = earlier_phase if earlier_phase is not None else stage_file_key(
             folder / "codebook.safetensors")

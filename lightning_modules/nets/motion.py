@@ -9,12 +9,12 @@ frame-latent denoiser conditioned on them.
   the pose group only.
 - :class:`MotionDenoiser`: a temporal diffusion transformer over a window of motion latents, conditioned on
   per-frame audio features, the speaker embedding and the motion of the frames before the window.
-- :class:`FrameDenoiser`: diffusers' ``UNet2DConditionModel`` over one frame latent with the portrait latent and
-  the previous frame latents as extra input channels, motion-group and audio tokens by cross-attention, and the
-  noise level of the (augmented) previous frames given as a second timestep embedding. With motion maps, the
+- :class:`FrameDenoiser`: diffusers' ``UNet2DConditionModel`` over frame latents with the portrait latent and
+  the previous (motion) frame latents as extra input channels, motion-group and audio tokens by cross-attention,
+  and the noise level of the (augmented) previous frames given as a second timestep embedding. With motion maps, the
   frame's motion latent is also decoded to landmarks and gaze and drawn as heatmaps (:func:`landmark_maps`) that
   enter as input channels at every latent pixel: cross-attention tokens alone left the mouth of the rendered frames
-  still.
+  still. Built with temporal layers (:mod:`lightning_modules.nets.temporal`) it denoises whole windows jointly.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from lightning_modules.nets.face_frame import (
     group_input_dims,
     group_inputs,
 )
+from lightning_modules.nets.temporal import add_temporal_layers, set_window
 
 N_LANDMARKS = 68
 MEL_PER_FRAME = 4  # 100 mel frames per second at hop 160 / 16 kHz, 25 video frames per second
@@ -304,12 +305,16 @@ def build_frame_unet(latent_channels: int, previous_frames: int, block_channels:
 
 
 class FrameDenoiser(nn.Module):
-    """One frame latent at a time: the UNet plus the token projections for motion groups and audio."""
+    """The UNet plus the token projections for motion groups and audio. Without ``temporal_heads`` every image of a
+    batch is denoised on its own; with them, ``frames`` consecutive images of a batch form one window whose frames
+    attend to each other (up to ``max_frames`` per window)."""
 
-    def __init__(self, unet: UNet2DConditionModel, group_dims: dict[str, int], audio_dim: int, previous_frames: int):
+    def __init__(self, unet: UNet2DConditionModel, group_dims: dict[str, int], audio_dim: int, previous_frames: int,
+                 temporal_heads: int = 0, max_frames: int = 1):
         super().__init__()
         self.unet = unet
         self.previous_frames = previous_frames
+        self.temporal = add_temporal_layers(unet, temporal_heads, max_frames) if temporal_heads else []
         cross = unet.config.cross_attention_dim
         self.group_dims = {name: int(group_dims[name]) for name in LANDMARK_GROUPS}  # the motion latent's order
         self.group_tokens = nn.ModuleDict({name: nn.Linear(dim, cross) for name, dim in self.group_dims.items()})
@@ -329,9 +334,13 @@ class FrameDenoiser(nn.Module):
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, portrait: torch.Tensor, previous: torch.Tensor,
                 prev_noise_step: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
-                maps: torch.Tensor | None = None) -> torch.Tensor:
+                maps: torch.Tensor | None = None, frames: int = 1) -> torch.Tensor:
         """noisy, portrait [N, C, h, w]; previous [N, P * C, h, w] (oldest first); steps [N]; the motion's
-        landmark maps [N, K, h, w] when the UNet was built for them -> prediction."""
+        landmark maps [N, K, h, w] when the UNet was built for them -> prediction. ``frames``: images per window
+        (windows of consecutive images; 1 without temporal layers)."""
+        if frames > 1 and not self.temporal:
+            raise ValueError(f"a window of {frames} frames needs a frame denoiser built with temporal layers")
+        set_window(self.temporal, frames)
         x = torch.cat([noisy, portrait, previous] + ([] if maps is None else [maps]), dim=1)
         return self.unet(x, timestep, encoder_hidden_states=self.tokens(motion, audio),
                          class_labels=prev_noise_step).sample

@@ -22,8 +22,8 @@ CODEBOOK_WORDS = ["stage.base_channels=4", "stage.codebook_size=32", "stage.code
 
 def tiny_motion() -> MotionDiffusionConfig:
     return MotionDiffusionConfig(
-        window_frames=8, context_frames=2, previous_frames=2, lips_dim=8, jaw_dim=4, brows_dim=4, eyes_dim=4,
-        pose_dim=4,
+        window_frames=8, context_frames=2, previous_frames=1, frame_window=4, temporal_heads=4, lips_dim=8,
+        jaw_dim=4, brows_dim=4, eyes_dim=4, pose_dim=4,
         encoder_hidden=32, transformer_width=32, transformer_layers=1, transformer_heads=2, unet_channels=[16, 32],
         unet_layers=1, attention_levels=[False, True], cross_attention_dim=32, attention_head_dim=4, motion_steps=2,
         frame_steps=2)

@@ -180,8 +180,8 @@ def test_render_inputs_can_be_the_motion_stages_rendering_of_each_frame(tmp_path
     with pytest.raises(StageFileError, match="motion_diffusion"):
         module.render_inputs(batch)  # the motion stage is not exported yet
     motion_cfg = MotionDiffusionConfig(
-        window_frames=2, context_frames=0, previous_frames=2, lips_dim=4, jaw_dim=4, brows_dim=4, eyes_dim=2,
-        pose_dim=2,
+        window_frames=2, context_frames=0, previous_frames=2, frame_window=2, temporal_heads=4, lips_dim=4,
+        jaw_dim=4, brows_dim=4, eyes_dim=2, pose_dim=2,
         encoder_hidden=16, transformer_width=16, transformer_layers=1, transformer_heads=2, unet_channels=[8, 16],
         attention_levels=[False, True], unet_layers=1, cross_attention_dim=16, attention_head_dim=4, frame_steps=2)
     export(MotionDiffusionStage(motion_cfg, DataConfig(resolution=LR, clip_frames=3), str(tmp_path)),

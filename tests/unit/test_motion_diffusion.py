@@ -31,7 +31,8 @@ RES, WINDOW, CONTEXT, PREVIOUS = 32, 4, 2, 2
 PER_FRAME = 640
 
 
-def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200) -> MotionDiffusionStage:
+def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200, renderer: str = "sequential",
+               **options) -> MotionDiffusionStage:
     torch.manual_seed(seed)
     vae = AutoencoderKL(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
@@ -42,7 +43,9 @@ def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200) -> MotionDiffusion
         eyes_dim=4, pose_dim=4, encoder_hidden=32, transformer_width=32, transformer_layers=1, transformer_heads=2,
         unet_channels=[16, 32], attention_levels=[False, True], unet_layers=1, cross_attention_dim=32,
         attention_head_dim=4, frames_per_clip=2, motion_steps=2, frame_steps=2,
-        prev_noise_max_step=prev_noise_max_step, media_frames=8)
+        prev_noise_max_step=prev_noise_max_step, media_frames=8, frame_renderer=renderer, frame_window=2,
+        temporal_heads=4, **options)
+    assert not cfg.validate(), cfg.validate()
     data = DataConfig(resolution=RES, clip_frames=WINDOW + CONTEXT, batch_size=2)
     return MotionDiffusionStage(cfg, data, frozen=frozen)
 
