@@ -175,22 +175,29 @@ def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ..
 def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
     """Seed 0's autoencoder and face prior, shared by every seed (the seeds vary the stages under test); the prior
     is recomputed whenever the autoencoder retrains, and each seed's copies follow seed 0's files."""
-    from trainer.keys import file_digest
-
     first, stages = corpus.stages(0), corpus.stages(seed)
     prior = first / "face_prior.safetensors"
     if train("autoencoder", 0, first, corpus=corpus) or not prior.is_file():
         run("prior", "--data", str(corpus.root), "--stages", str(first), "--out", str(prior))
+    return mirror_stage_files(first, stages, ("autoencoder", "face_prior"))
+
+
+def mirror_stage_files(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
+    """Copy these stage files from ``source`` into ``target`` where the copy differs (in a dry run: count them as
+    planned when their source is); returns ``target``."""
+    from trainer.keys import file_digest
+
+    names = [f"{stage}.safetensors" for stage in stages]
     if plan.LEDGER.dry_run:
-        plan.LEDGER.planned.update(str(stages / name) for name in ("autoencoder.safetensors", "face_prior.safetensors")
-                                   if str(first / name) in plan.LEDGER.planned or not (first / name).is_file())
-        return stages
-    stages.mkdir(parents=True, exist_ok=True)
-    for name in ("autoencoder.safetensors", "face_prior.safetensors"):
-        copy = stages / name
-        if not copy.is_file() or file_digest(copy) != file_digest(first / name):
-            shutil.copy2(first / name, copy)
-    return stages
+        plan.LEDGER.planned.update(str(target / name) for name in names
+                                   if str(source / name) in plan.LEDGER.planned or not (source / name).is_file())
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        copy = target / name
+        if not copy.is_file() or file_digest(copy) != file_digest(source / name):
+            shutil.copy2(source / name, copy)
+    return target
 
 
 def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]:
@@ -209,6 +216,9 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
               "(configs/experiment/small.yaml), by the scorer's LSE-C of the motion stage's frames",
               "6 held-out clips of a split that was not recorded (it may overlap this table's test clips): "
               "not yet re-chosen on val")],
+    "video": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
+               "LSE-C of the sequential renderer's frames", "6 held-out clips of a split that was not recorded: not "
+               "yet re-chosen on val; both renderers train with it")],
     **{name: [("the *best constant a* and *best guidance* rows' a and guidance scale, by the mean latent error to "
                "the true face (never by a judge)", "val")] for name in ("portrait", "portrait_voice09")},
 }
@@ -229,6 +239,7 @@ RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
     "portrait_voice09": (VOICE09, from_module("results_portrait_table", "portrait_results", VOICE09)),
     "sync": (SMALL, from_module("results_sync", "sync_results")),
     "codebook": (SMALL, from_module("results_codebook", "codebook_results")),
+    "video": (SMALL, from_module("results_video", "video_results")),
 }
 
 

@@ -55,7 +55,8 @@ def test_clips(data, clips: int) -> list[dict]:
     for batch in dm.eval_dataloader("test"):
         for i in torch.nonzero(batch["valid"]).flatten().tolist():
             found.append({"key": batch["key"][i], "speaker": batch["speaker"][i], "frames": batch["frames"][i],
-                          "audio": batch["audio"][i], "first_speaker_clip": batch["speaker"][i] not in seen})
+                          "audio": batch["audio"][i], "motion_truth": batch["motion_truth"][i],
+                          "first_speaker_clip": batch["speaker"][i] not in seen})
             seen.add(batch["speaker"][i])
     found.sort(key=lambda c: not c["first_speaker_clip"])  # one clip per speaker before any second clip
     return found[:clips]
@@ -81,13 +82,13 @@ def stage2_videos(stages: Path, clips: list[dict], seed: int) -> dict[str, list[
     return rows
 
 
-def score_rows(rows: dict[str, list[SyncClip]], scorer_path: Path) -> dict[str, dict]:
-    """{row: {lse_c, lse_d, offset_zero, clips, per_clip}} by the scorer expert, every row measured at
-    MEASURE_SIZE (offset_zero: fraction of clips found in sync; per_clip: {clip key: the same three})."""
+def score_rows(rows: dict[str, list[SyncClip]], scorer_path: Path, size: int = MEASURE_SIZE) -> dict[str, dict]:
+    """{row: {lse_c, lse_d, offset_zero, clips, per_clip}} by the scorer expert, every row measured at ``size``
+    (offset_zero: fraction of clips found in sync; per_clip: {clip key: the same three})."""
     expert, cfg = SyncNetStage.for_inference(StageFiles.of(scorer_path, "syncnet"))
     scores = {}
     for name, clips in rows.items():
-        seen = [replace(c, frames=sync_region(to_measurement_size(c.frames, MEASURE_SIZE), cfg.region))
+        seen = [replace(c, frames=sync_region(to_measurement_size(c.frames, size), cfg.region))
                 for c in clips]
         result = lse_scores(expert, seen, expert_label=f"scorer {scorer_path}")
         per_clip = {c.key: {"lse_c": c.lse_c, "lse_d": c.lse_d, "offset_zero": float(c.offset == 0)}
