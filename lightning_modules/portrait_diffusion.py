@@ -115,7 +115,8 @@ class ResidualDiffusion:
                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
         """Residual samples r_hat ~ p(r | speech) [B, C, H, W], one per context row."""
         null = model.unconditional(len(context), context)
-        run = guided(lambda x, t, cond: model(x, t, context if cond else null), guidance)
+        run = guided(lambda x, t, cond: model(x, t, context if cond else null), guidance,
+                     both=lambda x, t: model(x, t, torch.cat([context, null])))
         shape = (len(context), *model.prior_mean.shape)
         chosen = build_sampler(sampler or self.sampler_name, self.scheduler)
         return sample_latents(run, chosen, shape, steps, generator, context.device)

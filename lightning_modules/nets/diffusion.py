@@ -52,17 +52,21 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (prediction.float() - target.float()).square().flatten(1).mean(dim=1)
 
 
-def guided(denoiser: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], guidance: float) -> Denoiser:
+def guided(denoiser: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], guidance: float,
+           both: Denoiser | None = None) -> Denoiser:
     """Classifier-free guidance: ``uncond + guidance * (cond - uncond)``; ``guidance == 1`` runs one pass.
 
-    ``denoiser(x, t, conditioned)`` runs the network with (True) or without (False) the speech condition.
+    ``denoiser(x, t, conditioned)`` runs the network with (True) or without (False) the speech condition;
+    ``both(x, t)``, when given, runs the two as one batch of 2B (the conditioned first): one network call a step.
     """
     if guidance == 1.0:
         return lambda x, t: denoiser(x, t, True)
 
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cond = denoiser(x, t, True)
-        uncond = denoiser(x, t, False)
+        if both is not None:
+            cond, uncond = both(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+        else:
+            cond, uncond = denoiser(x, t, True), denoiser(x, t, False)
         return uncond + guidance * (cond - uncond)
 
     return run

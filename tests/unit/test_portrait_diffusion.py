@@ -172,6 +172,16 @@ def test_classifier_free_guidance_and_condition_dropout(stages):
     run = guided(lambda x, t, cond: x + (1.0 if cond else 0.0), guidance=3.0)
     assert torch.allclose(run(torch.zeros(2), None), torch.full((2,), 3.0))
     module = stage(stages)
+    model = module.model.eval()
+    context, _ = model.speech(synthetic_batch(2)["audio"])
+    null = model.unconditional(2, context)
+    x, t = torch.randn(2, *model.prior_mean.shape), torch.tensor([500, 20])
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        two_passes = guided(lambda x, t, cond: model(x, t, context if cond else null), 3.0)(x, t)
+        one_pass = guided(None, 3.0, both=lambda x, t: model(x, t, torch.cat([context, null])))(x, t)
+    assert len(calls) == 3 and torch.allclose(one_pass, two_passes, atol=1e-4)  # one call a step, same guidance
     context, _ = module.model.speech(synthetic_batch(3)["audio"])
     dropped = module.model.drop_condition(context, torch.tensor([True, False, True]))
     assert torch.equal(dropped[1], context[1])
