@@ -20,6 +20,7 @@ $(INSTALL_STAMP): pyproject.toml constraints.txt
 	$(if $(CONSTRAINTS),$(BIN)/pip install -q $(PIP_C) torch &&) \
 	$(BIN)/pip install -q $(PIP_C) -e ".[faces,test]" && \
 	$(BIN)/pip install -q --no-deps syncnet-python==0.2.3 && \
+	$(BIN)/pip install -q --no-deps codeformer-pip==0.0.4 && \
 	echo $$(( $$(date +%s) - start )) > $(VENV)/.install_seconds && touch $@
 
 install: $(INSTALL_STAMP)

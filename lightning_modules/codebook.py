@@ -18,6 +18,12 @@
 
 Every phase builds all networks; a later phase starts from the exported file of the phase before it
 (``<stages_dir>/codebook.safetensors``) and trains only its own part. The export records the phase.
+
+``layout: codeformer`` replaces all of them by CodeFormer's own network (:class:`CodeFormerNet`, one child
+``codeformer``): the low-res frame bicubic-upsampled to ``codeformer_size``, no detail gate, no back-projection.
+It trains the render phase only (``render_trains`` names its fusion blocks, generator or encoder), starting from
+``pretrained_path`` (CodeFormer's released ``codeformer.pth``, loaded unchanged) or from an exported
+codeformer-layout file.
 """
 from __future__ import annotations
 
@@ -37,17 +43,26 @@ from lightning_modules.codebook_parts import (
     FacePerceptual,
     back_project,
     check_shapes,
+    codeformer_sizes,
     degrade_frames,
     earlier_phase_file,
 )
 from lightning_modules.motion_generation import rerender_frames, truth_gaze
 from lightning_modules.nets.code_transformer import CodeTransformer
+from lightning_modules.nets.codeformer import (
+    CodeFormerNet,
+    CodeFormerSizes,
+    CodeFormerWeightsError,
+    load_weights_into,
+    read_codeformer_weights,
+)
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
           "render": ("fusion",)}
+CODEFORMER_PARTS = {"fusion": "fuse_convs_dict", "decoder": "generator", "lr_encoder": "encoder"}  # render_trains
 REINIT_CANDIDATES = 1024  # encoder output vectors kept per step for dead-code re-initialisation
 
 
@@ -58,6 +73,30 @@ class CodebookStage(StageModule):
                  load_earlier: bool = True):
         super().__init__(cfg, data, stages_dir, max_steps)
         cfg.hr_resolution, cfg.lr_resolution = data.hr_resolution, data.resolution
+        if cfg.layout == "codeformer":
+            self.codeformer = CodeFormerNet(codeformer_sizes(cfg))
+            self.detail_gate = None
+        else:
+            self.build_compact(cfg, data)
+        gan = cfg.adversarial and cfg.phase != "transformer"
+        self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if gan else None
+        self.num_optimizers = 2 if gan else 1
+        self.automatic_optimization = not gan
+        self.loss_weights = {"l1": cfg.l1_weight, "codebook": cfg.codebook_weight, "commitment": cfg.codebook_weight,
+                             "perceptual": cfg.perceptual_weight, "adversarial": cfg.adversarial_weight,
+                             "ce": cfg.ce_weight, "latent": cfg.latent_weight}
+        self._perceptual: FacePerceptual | None = None
+        self._autoencoder: list | None = None
+        self._motion: list | None = None
+        self._candidates: torch.Tensor | None = None
+        if load_earlier and cfg.pretrained_path:
+            self.load_pretrained(cfg.pretrained_path)
+        elif load_earlier and cfg.phase != "vqgan":
+            self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
+        self.set_phase(cfg.phase)
+
+    def build_compact(self, cfg: CodebookConfig, data) -> None:
+        """The compact layout's networks: VQ autoencoder, low-res encoder, code transformer, fusion, detail gate."""
         grid = cfg.token_grid(data.hr_resolution, data.resolution)
         if cfg.temporal and data.clip_frames > cfg.window_frames:
             raise ValueError(f"data.clip_frames={data.clip_frames} exceeds stage.window_frames={cfg.window_frames} "
@@ -73,20 +112,6 @@ class CodebookStage(StageModule):
         lr_widths = {data.resolution // 2 ** i: w for i, w in enumerate(self.lr_encoder.widths)}
         self.fusion = FidelityFusion(lr_widths, self.decoder.level_widths(grid))
         self.detail_gate = DetailGate() if cfg.detail_gate else None
-        gan = cfg.adversarial and cfg.phase != "transformer"
-        self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if gan else None
-        self.num_optimizers = 2 if gan else 1
-        self.automatic_optimization = not gan
-        self.loss_weights = {"l1": cfg.l1_weight, "codebook": cfg.codebook_weight, "commitment": cfg.codebook_weight,
-                             "perceptual": cfg.perceptual_weight, "adversarial": cfg.adversarial_weight,
-                             "ce": cfg.ce_weight, "latent": cfg.latent_weight}
-        self._perceptual: FacePerceptual | None = None
-        self._autoencoder: list | None = None
-        self._motion: list | None = None
-        self._candidates: torch.Tensor | None = None
-        if load_earlier and cfg.phase != "vqgan":
-            self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
-        self.set_phase(cfg.phase)
 
     @classmethod
     def requires(cls, cfg: CodebookConfig) -> tuple[str, ...]:
@@ -119,16 +144,43 @@ class CodebookStage(StageModule):
         trained += ("discriminator",)
         for name, child in self.named_children():
             child.requires_grad_(name in trained)
+        if self.cfg.layout == "codeformer":
+            for name in self.cfg.render_trains:
+                getattr(self.codeformer, CODEFORMER_PARTS[name]).requires_grad_(True)
         self.cfg.phase = phase
 
     def export_phase(self) -> str:
         return self.cfg.phase
 
     def load_phase_file(self, stage: StageFile, use_ema: bool = True) -> None:
+        layout = stage.config.get("layout", "compact")
+        if layout != self.cfg.layout:
+            raise StageFileError(f"{stage.path} holds a codebook stage of layout {layout!r}, this config builds "
+                                 f"stage.layout={self.cfg.layout}; set stage.layout={layout} or give a "
+                                 f"{self.cfg.layout}-layout file")
         weights = stage.weights(use_ema)
         check_shapes(stage, self.state_dict())
         self.load_state_dict(weights, strict=False)
         print(f"[codebook] phase {self.cfg.phase} starts from {stage.path} (phase {stage.phase})")
+
+    def load_pretrained(self, path: str) -> None:
+        """CodeFormer's released weights (``{'params_ema': state_dict}``) into the codeformer layout, unchanged."""
+        if self.cfg.layout != "codeformer":
+            raise ValueError(f"stage.pretrained_path={path} holds CodeFormer's weights, which only the codeformer "
+                             f"layout has: set stage.layout=codeformer or drop stage.pretrained_path")
+        state = read_codeformer_weights(path)
+        theirs = CodeFormerSizes.from_state_dict(state, self.cfg.transformer_heads, path)
+        ours = self.codeformer.sizes
+        differ = [f"{k} {getattr(theirs, k)} in the file, {getattr(ours, k)} here" for k in vars(ours)
+                  if getattr(theirs, k) != getattr(ours, k)]
+        if differ:
+            raise CodeFormerWeightsError(
+                f"stage.pretrained_path={path}: {'; '.join(differ)}. The codeformer layout takes its sizes from "
+                f"stage.codeformer_size, base_channels, channel_multipliers, blocks_per_level, codebook_size, "
+                f"code_dim and transformer_width / layers / heads; the release's are the schema defaults "
+                f"(configs/stage/codebook.yaml without an experiment's size overrides)")
+        load_weights_into(self.codeformer, state, path)
+        print(f"[codebook] the codeformer layout starts from {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The stage config always travels with the checkpoint: generation rebuilds the networks from it."""
@@ -152,6 +204,8 @@ class CodebookStage(StageModule):
 
     def render(self, lr: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
         """lr [B, T, 3, r, r] in [-1, 1] -> high-res frames [B*T, 3, H, H] at fidelity w (number or [B*T])."""
+        if self.cfg.layout == "codeformer":
+            return self.codeformer_render(lr.flatten(0, 1), fidelity)
         logits, z, features = self.predict_codes(lr)
         indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
         output = self.decoder(self.quantizer.lookup(indices), fuse=self.fusion.hook(features, fidelity))
@@ -159,6 +213,17 @@ class CodebookStage(StageModule):
         if self.detail_gate is not None:
             output = self.detail_gate(output, low, fidelity)
         return back_project(output, low, fidelity) if self.cfg.consistency else output
+
+    def codeformer_render(self, low: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
+        """The codeformer layout: low-res frames [N, 3, r, r] bicubic-upsampled to ``codeformer_size``, CodeFormer,
+        the output resized to the high resolution (when it differs)."""
+        size = self.cfg.codeformer_size
+        x = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+        output = self.codeformer(x, fidelity=fidelity, adain=self.cfg.adain).image
+        if output.shape[-1] != self.cfg.hr_resolution:
+            output = F.interpolate(output, size=self.cfg.hr_resolution, mode="bicubic", align_corners=False,
+                                   antialias=self.cfg.hr_resolution < size)
+        return output
 
     @torch.no_grad()
     def upscale(self, frames: torch.Tensor, fidelity: float | None = None, batch_frames: int = 16) -> torch.Tensor:

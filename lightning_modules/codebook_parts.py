@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.base import StageConfig
+from lightning_modules.nets.codeformer import CodeFormerSizes
 from lightning_modules.nets.renderer import fidelity_like
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles, load_stage_file
 
 PHASES = ("vqgan", "transformer", "render")
 RENDER_SOURCES = ("degraded", "autoencoder", "motion")
+LAYOUTS = ("compact", "codeformer")
 
 
 @dataclass
@@ -22,6 +25,23 @@ class CodebookConfig(StageConfig):
     """The VQ autoencoder, the code transformer and the renderer, trained in three phases."""
 
     name: str = "codebook"
+    layout: str = field(default="compact", metadata={"help": "compact: this project's renderer (its own low-res "
+                        "encoder, fusion, detail gate and back-projection; all three phases) | codeformer: "
+                        "CodeFormer's own network (the low-res frame bicubic-upsampled to codeformer_size, its VQGAN "
+                        "encoder, a codebook_size x code_dim codebook on the token grid, transformer_layers layers, "
+                        "scale/shift fusion at every level between the grid and the image; no detail gate, no "
+                        "back-projection), which loads CodeFormer's codeformer.pth through pretrained_path; it trains "
+                        "the render phase only", "choices": LAYOUTS})
+    pretrained_path: str = field(default="", metadata={"help": "codeformer layout: CodeFormer's released "
+                                 "codeformer.pth ({'params_ema': state_dict}, the schema-default sizes), loaded "
+                                 "unchanged as the render phase's starting weights instead of the exported transformer "
+                                 "phase (its weights carry CodeFormer's non-commercial licence)"})
+    codeformer_size: int = field(default=512, metadata={"help": "codeformer layout: the network's input and "
+                                 "output size (512: the release; grid = size / 2^(levels-1)); the output is resized to "
+                                 "data.hr_resolution"})
+    adain: bool = field(default=True, metadata={"help": "codeformer layout: adaptive instance normalisation of the "
+                        "looked-up codes to the encoder latent's channel mean and std (CodeFormer's inference "
+                        "setting)"})
     phase: str = field(default="vqgan",
                        metadata={"help": "which part trains: vqgan | transformer | render", "choices": PHASES})
     base_channels: int = field(default=64, metadata={"help": "width of the VQ autoencoder's first level"})
@@ -49,7 +69,11 @@ class CodebookConfig(StageConfig):
     window_frames: int = field(default=8, metadata={"help": "frames per window of the temporal variant (training "
                                "windows: data.clip_frames)"})
     fidelity_weight: float = field(default=0.5, metadata={"help": "renderer fidelity w for validation and generation "
-                                   "(0: codes only, 1: encoder path)"})
+                                   "(0: codes only, 1: encoder path). compact layout: the fusion weight and the "
+                                   "back-projection fraction (consistency), so at 1 the output's low frequencies "
+                                   "follow the input; codeformer layout: CodeFormer's w, the weight of the fusion "
+                                   "blocks' scale/shift from the input's encoder features (0: the predicted codes "
+                                   "alone, the most restoration; 1: the most faithful to the input)"})
     render_trains: list[str] = field(default_factory=lambda: ["fusion"], metadata={"help": "networks the render phase "
                                      "trains: fusion (CodeFormer's recipe), plus decoder and/or lr_encoder"})
     render_source: str = field(default="degraded", metadata={"help": "render phase inputs: degraded (real low-res "
@@ -62,9 +86,9 @@ class CodebookConfig(StageConfig):
                               "towards bicubic upsampling of the input by w * (1 - g) before back-projection, so that "
                               "at w = 1 the decoder adds only the detail the gate lets through (trains in the render "
                               "phase)"})
-    consistency: bool = field(default=True, metadata={"help": "back-project at fidelity w: add w * bicubic-up(input - "
-                              "area-down(output)), so that at w = 1 the output's low frequencies follow the low-res "
-                              "input and the decoder supplies the detail"})
+    consistency: bool = field(default=True, metadata={"help": "compact layout: back-project at fidelity w: "
+                              "add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low "
+                              "frequencies follow the low-res input and the decoder supplies the detail"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
     perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe "
@@ -82,6 +106,8 @@ class CodebookConfig(StageConfig):
                            "low-res input (0: off)"})
     hr_resolution: int = field(default=0, metadata={"help": "high-resolution size (set from data.hr_resolution)"})
     lr_resolution: int = field(default=0, metadata={"help": "low-resolution size (set from data.resolution)"})
+    file_defaults: ClassVar[dict[str, Any]] = {"layout": "compact", "pretrained_path": "", "codeformer_size": 512,
+                                               "adain": True}  # files from before the codeformer layout
 
     def validate(self) -> list[str]:
         errors = super().validate()
@@ -101,6 +127,29 @@ class CodebookConfig(StageConfig):
             errors.append(f"stage.render_source must be one of {', '.join(RENDER_SOURCES)}, got {self.render_source!r}")
         if not 0.0 < self.dead_threshold < 1.0:
             errors.append(f"stage.dead_threshold must be in (0, 1), got {self.dead_threshold}")
+        if self.layout not in LAYOUTS:
+            errors.append(f"stage.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        elif self.layout == "codeformer":
+            errors += self.codeformer_errors()
+        elif self.pretrained_path:
+            errors.append("stage.pretrained_path loads CodeFormer's weights, which only the codeformer layout has: "
+                          "set stage.layout=codeformer or drop stage.pretrained_path")
+        return errors
+
+    def input_files(self) -> dict[str, str]:
+        return {"pretrained_path": self.pretrained_path} if self.pretrained_path else {}
+
+    def codeformer_errors(self) -> list[str]:
+        errors = [f"stage.layout=codeformer: {e}; set stage.codeformer_size, channel_multipliers or "
+                  f"transformer_width/heads" for e in codeformer_sizes(self).errors()]
+        if self.phase != "render":
+            errors.append(f"stage.layout=codeformer trains the render phase only (from stage.pretrained_path="
+                          f"codeformer.pth or an exported codeformer-layout codebook file), got stage.phase="
+                          f"{self.phase}; set stage.phase=render")
+        for name in ("temporal", "detail_gate"):
+            if getattr(self, name):
+                errors.append(f"stage.{name} is a compact-layout option; the codeformer layout is CodeFormer's "
+                              f"network: set stage.{name}=false")
         return errors
 
     def token_grid(self, hr_resolution: int, lr_resolution: int) -> int:
@@ -114,6 +163,17 @@ class CodebookConfig(StageConfig):
                 f"{len(self.lr_channel_multipliers)} lr_channel_multipliers gives {lr_grid} x {lr_grid}; they must "
                 f"match (e.g. 64 -> 256 with 3 and 5 levels, 256 -> 512 with 5 and 6)")
         return hr_grid
+
+
+def codeformer_sizes(cfg: CodebookConfig) -> CodeFormerSizes:
+    """The codeformer layout's network sizes from the stage config: attention on the token grid and fusion at every
+    level between the grid and the image, as the release (512 px, 16 x 16 grid, fusion at 32 .. 256)."""
+    sizes = [cfg.codeformer_size // 2 ** i for i in range(len(cfg.channel_multipliers))]
+    return CodeFormerSizes(image_size=cfg.codeformer_size, base_channels=cfg.base_channels,
+                           channel_multipliers=tuple(cfg.channel_multipliers), blocks_per_level=cfg.blocks_per_level,
+                           attention_resolutions=(sizes[-1],), codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
+                           width=cfg.transformer_width, heads=cfg.transformer_heads, layers=cfg.transformer_layers,
+                           ff=2 * cfg.transformer_width, fuse_resolutions=tuple(sorted(sizes[1:-1])))
 
 
 def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import sys
 
 from common.errors import SeespeakerError
 
-COMMANDS = ("prepare", "train", "config", "export", "prior", "evaluate", "generate", "slurm", "runs")
+COMMANDS = ("prepare", "train", "config", "export", "prior", "evaluate", "generate", "render", "slurm", "runs")
 
 
 def doc_parts(func) -> tuple[str, str]:
