@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.images import to_uint8
 from evaluation.intervals import (
     format_interval,
     format_seeds_and_interval,
@@ -38,6 +39,8 @@ ROWS = {"windowed": "windowed renderer", "sequential": "sequential renderer (bas
 CLIPS = 26  # one clip each of 26 test speakers, 2 s (50 frames) each
 MEASURE_SIZE = 128
 IMAGE = Path("docs/images/video_window_join.png")
+LONG_SECONDS = 30.0
+LONG_CLIP_INDEX = 90  # a clip index the corpus never wrote (it writes 0 .. clips_per_speaker - 1)
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
@@ -103,13 +106,14 @@ def evaluate_seed(stages: Path, baseline: Path, data, scorer: Path, seed: int) -
             speeds[row].append(value)
         if seed == 0 and index == 0:
             save_join_picture(videos, window)
+    long = long_speech(parts, Path(data.root), clips[0]["speaker"], data.resolution, 1000 * seed + 999)
     lse = score_rows(sync, scorer, MEASURE_SIZE)
     for row in ROWS:
         for key, values in lse[row]["per_clip"].items():
             per_clip[row][key].update(values)
     return {"per_clip": per_clip, "speakers": {c["key"]: c["speaker"] for c in clips},
             "frames_per_second": {row: float(np.median(v)) for row, v in speeds.items()},
-            "threads": torch.get_num_threads(), "window": window,
+            "threads": torch.get_num_threads(), "window": window, "long_speech": long,
             "denoiser_calls_per_frame": {row: calls_per_frame(p, clips[0]["frames"].shape[0])
                                          for row, p in parts.items()}}
 
@@ -122,12 +126,42 @@ def calls_per_frame(parts, n_frames: int) -> float:
 
 def save_join_picture(videos: dict[str, torch.Tensor], window: int) -> None:
     """Rows truth / windowed / sequential, the 4 frames each side of the first window join, at MEASURE_SIZE."""
-    from common.images import to_uint8
     from common.media import write_png
     around = slice(window - 4, window + 4)
     rows = [np.concatenate(list(to_uint8(to_measurement_size(videos[row][around], MEASURE_SIZE))), axis=1)
             for row in ("truth", "windowed", "sequential")]
     write_png(IMAGE, np.concatenate(rows, axis=0))
+
+
+def long_clip(corpus: Path, speaker: str, seconds: float | None = None):
+    """A fresh ``seconds``-long clip of a test speaker from the corpus's own generator (its speech, frames and
+    motion truth; the same speaker draw as the corpus)."""
+    from datamodules.shards import ShardIndex
+    from datamodules.synthetic import SyntheticConfig, base_layer, draw_speaker, make_clip
+
+    options = ShardIndex.load(corpus).extra["synthetic"]["config"]
+    cfg = SyntheticConfig(**{**options, "seconds": seconds or LONG_SECONDS})
+    index = int(speaker[3:])
+    person = draw_speaker(cfg.seed, index, cfg.voice_share)
+    base = base_layer(person.face, cfg.resolution, np.random.default_rng([cfg.seed, index, 0]), brows=False)
+    return make_clip(person, base, cfg, LONG_CLIP_INDEX, "test")
+
+
+@torch.no_grad()
+def long_speech(parts_by_row: dict, corpus: Path, speaker: str, resolution: int, seed: int) -> dict:
+    """Per renderer (and the truth) the identity of each 5 s segment to the portrait and its mean colour, over
+    LONG_SECONDS of one test speaker's speech animated from the clip's first frame."""
+    from evaluation.identity import DlibFaceEmbedder
+    from evaluation.temporal import segment_drift
+
+    clip = long_clip(corpus, speaker)
+    real = to_measurement_size(clip.frames, resolution)
+    videos, _ = render_clip(parts_by_row, {"audio": torch.from_numpy(clip.audio), "frames": real}, seed)
+    videos["truth"] = real
+    embedder = DlibFaceEmbedder(upsample=2)
+    portrait = to_uint8(to_measurement_size(real[:1], MEASURE_SIZE))[0]
+    return {row: segment_drift(to_measurement_size(video, MEASURE_SIZE), portrait, embedder, fps=25.0)
+            for row, video in videos.items()}
 
 
 def video_seed(seed: int) -> dict:
@@ -169,6 +203,22 @@ def cell(per_seed: list[dict], row: str, metric: str) -> str:
     return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
 
 
+def long_speech_line(per_seed: list[dict]) -> str:
+    """Identity and colour drift over the long generation, per row: slopes per 5 s segment, mean ± std over seeds."""
+    def slope(row: str, name: str) -> str:
+        values = [r["long_speech"][row][name] for r in per_seed]
+        values = [float(np.mean(v)) if isinstance(v, list) else v for v in values]
+        return f"{np.nanmean(values):+.4f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.4f}"
+
+    first = per_seed[0]["long_speech"]["windowed"]
+    parts = [f"{ROWS[row]}: identity {slope(row, 'identity_slope')}, colour {slope(row, 'colour_slope')}"
+             for row in ROWS]
+    return (f"{LONG_SECONDS:.0f} s of a fresh clip of the first test speaker's speech (the corpus generator, a clip "
+            f"it never wrote), animated from its first frame: slope per {first['segment_seconds']:.0f} s segment of "
+            f"the dlib identity similarity to that frame and of the mean colour (mean of R, G, B), mean ± std over "
+            f"seeds (0 is a video that holds; per-segment values in results/video.json): " + "; ".join(parts) + ".")
+
+
 def video_results() -> tuple[dict, str]:
     """Train (or reuse) both renderers over the seeds and tabulate them with the truth."""
     from reports.results import SEEDS
@@ -190,6 +240,7 @@ def video_results() -> tuple[dict, str]:
         for metric, label in METRICS if not metric.endswith("_r") and metric != "flicker_generated"]
     lines += ["", "Windowed − sequential on the same clips (mean [paired 95% interval over test speakers]): "
               + ", ".join(paired) + "."]
+    lines += ["", long_speech_line(per_seed)]
     speed = {row: [r["frames_per_second"][row] for r in per_seed] for row in ("windowed", "sequential")}
     calls = per_seed[0]["denoiser_calls_per_frame"]
     lines += ["", "Rendering speed in the same process and threads "
