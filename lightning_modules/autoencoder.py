@@ -198,7 +198,7 @@ class AutoencoderStage(StageModule):
     def perceptual(self):
         """The ConRe face-feature distance, built on first use from the exported conre stage."""
         if self._perceptual is None:
-            from lightning_modules.codebook_parts import FacePerceptual
+            from lightning_modules.face_perceptual import FacePerceptual
             self._perceptual = FacePerceptual.from_stages(self.earlier, self.data_cfg.resolution)
         return self._perceptual
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.base import StageConfig
+from lightning_modules.face_perceptual import FacePerceptual  # noqa: F401  (the codebook's import of it)
 from lightning_modules.nets.codeformer import CodeFormerSizes
 from lightning_modules.nets.renderer import fidelity_like
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles, load_stage_file
@@ -201,37 +202,6 @@ def back_project(output: torch.Tensor, low: torch.Tensor, fidelity: float | torc
     residual = low - F.interpolate(output, size=low.shape[-2:], mode="area")
     correction = F.interpolate(residual, size=output.shape[-2:], mode="bicubic", align_corners=False)
     return output + fidelity_like(fidelity, output) * correction
-
-
-class FacePerceptual:
-    """Feature distance in the frozen ConRe face encoder (no downloaded network); kept outside the module tree."""
-
-    def __init__(self, face: nn.Module, resolution: int):
-        self.face, self.resolution = face.eval().requires_grad_(False), resolution
-
-    @classmethod
-    def from_stages(cls, files: StageFiles, default_resolution: int) -> FacePerceptual:
-        """The face encoder of the exported conre stage, at the resolution it was trained on."""
-        from lightning_modules.conre import ConReStage
-        resolution = files["conre"].trained_resolution() or default_resolution
-        return cls(ConReStage.for_inference(files).face, resolution)
-
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if next(self.face.parameters()).device != images.device:
-            self.face.to(images.device)
-        x = F.interpolate(images, size=self.resolution, mode="bilinear", antialias=True)
-        out, h = [], self.face.stem(x)
-        for block in self.face.blocks:
-            h = block(h)
-            out.append(h)
-        return out
-
-    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-image distance [N]: mean over the encoder's levels of the mean squared feature difference."""
-        with torch.no_grad():
-            wanted = self.features(target)
-        got = self.features(output)
-        return torch.stack([(g - w).square().mean(dim=(1, 2, 3)) for g, w in zip(got, wanted, strict=True)]).mean(0)
 
 
 def earlier_phase_file(stages_dir: str | Path, phase: str) -> StageFile:

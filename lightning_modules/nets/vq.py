@@ -177,7 +177,8 @@ class VectorQuantizer(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """A PatchGAN on images: stride-2 convs with LeakyReLU, a logit per patch."""
+    """A PatchGAN on images: stride-2 convs with LeakyReLU, a logit per patch; its intermediate activations serve
+    as the perceptual features of feature matching."""
 
     def __init__(self, channels: list[int]):
         super().__init__()
@@ -190,3 +191,13 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the activation after every LeakyReLU, the patch logits) in one pass: the features are what feature
+        matching compares (:func:`lightning_modules.codebook_losses.feature_matching`)."""
+        features, h = [], images
+        for layer in self.net:
+            h = layer(h)
+            if isinstance(layer, nn.LeakyReLU):
+                features.append(h)
+        return features, h
