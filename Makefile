@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-packages demo test results bench bench-train clean
+.PHONY: install system-packages demo demo-stages test results bench bench-train clean
 
 $(INSTALL_STAMP): pyproject.toml constraints.txt
 	@start=$$(date +%s); \
@@ -35,6 +35,11 @@ system-packages:
 
 demo: install
 	$(BIN)/python -m reports.demo
+
+# demo/stages + demo/MANIFEST.json from the small stages `make results` trained (EMA-only fp16, <= 30 MB);
+# make demo-stages [ALLOW_DIRTY=1]
+demo-stages: install
+	$(BIN)/python -m reports.demo_stages $(if $(ALLOW_DIRTY),--allow-dirty)
 
 test: install system-packages
 	$(BIN)/python tests/run_tiers.py

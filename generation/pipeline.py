@@ -4,6 +4,10 @@ speech -> speaker embedding (conre) -> SAW prior weight -> portrait (portrait_di
 and frame latents over sliding windows (motion_diffusion) -> decoded frames (autoencoder) -> mouth refinement
 (lip_enhancer; its mask from the landmarks the motion latents decode to) -> codebook rendering (codebook) -> mp4
 at 25 fps with the input speech muxed in. Each stage is used through its own public functions.
+
+With a given portrait (``--portrait face.png``) the portrait steps are skipped: the face is resized to the size the
+motion stage trained at and animated, and only the motion stage's frozen parts (conre, autoencoder) and the video
+stages are read. Stage files may hold float16 weights (the shipped demo stages): every file is read as float32.
 """
 from __future__ import annotations
 
@@ -21,19 +25,20 @@ import torch.nn.functional as F
 from common.errors import SeespeakerError
 from common.images import to_uint8
 from common.media import write_mp4, write_png
-from generation.portrait import PortraitGenerator
+from generation.portrait import PortraitGenerator, fit_portrait, load_portrait
 from generation.speech import FPS, SAMPLE_RATE, GenerationError, load_speech, prepare_speech
 from lightning_modules.codebook import CodebookStage
 from lightning_modules.lip_enhancer import LipEnhancerStage, refine_video
 from lightning_modules.motion_diffusion import MotionDiffusionStage
 from lightning_modules.motion_generation import MotionParts, check_generation_inputs, render_frames, sample_motion
 from lightning_modules.registry import FACE_PRIOR, node_file, training_order
-from lightning_modules.stagefile import StageFiles
+from lightning_modules.stagefile import StageFile, StageFiles
 
 log = logging.getLogger("seespeaker.generate")
 
 PORTRAIT_STAGES = ("conre", "autoencoder", "portrait_diffusion", "saw")
 VIDEO_STAGES = ("motion_diffusion", "lip_enhancer", "codebook")
+ANIMATION_STAGES = ("conre", "autoencoder")  # the motion stage's frozen speech encoder and VAE
 
 
 @dataclass
@@ -67,10 +72,10 @@ class GenerationResult:
 
 
 def required_files(stages_dir: Path, portrait_only: bool, use_saw: bool = True,
-                   codebook: bool = True) -> dict[str, Path]:
+                   codebook: bool = True, given_portrait: bool = False) -> dict[str, Path]:
     """stage -> file; a missing file is a GenerationError naming it and the commands that make it, in the
-    order of the stage graph."""
-    names = [s for s in PORTRAIT_STAGES if use_saw or s != "saw"]
+    order of the stage graph. With ``given_portrait`` no portrait stage (portrait_diffusion, saw) is needed."""
+    names = [s for s in PORTRAIT_STAGES if (use_saw or s != "saw") and (not given_portrait or s in ANIMATION_STAGES)]
     names += [] if portrait_only else [s for s in VIDEO_STAGES if codebook or s != "codebook"]
     files = {name: stages_dir / f"{name}.safetensors" for name in names}
     missing = [name for name, path in files.items() if not path.is_file()]
@@ -106,17 +111,22 @@ def stage_file_errors(path: Path) -> Iterator[None]:
 class TalkingFacePipeline:
     """The exported stages of one stages folder, loaded once, ready to turn speech into video."""
 
-    def __init__(self, stages_dir: str | Path, options: GenerationOptions, portrait_only: bool = False):
+    def __init__(self, stages_dir: str | Path, options: GenerationOptions, portrait_only: bool = False,
+                 given_portrait: bool = False):
+        """``given_portrait``: the portrait comes from the user (:meth:`given_portrait`), so no portrait stage is
+        read."""
         self.stages_dir, self.options = Path(stages_dir), options
         self.device = torch.device(options.device)
         use_saw = options.use_saw and options.prior_weight is None
-        self.files = required_files(self.stages_dir, portrait_only, use_saw, options.codebook)
-        stages = StageFiles(self.stages_dir, needed_by="generation")
+        self.files = required_files(self.stages_dir, portrait_only, use_saw, options.codebook, given_portrait)
+        self.stages = stages = StageFiles(self.stages_dir, needed_by="generation")
         for name, path in self.files.items():  # each file read once, up front: an unreadable one is named
             with stage_file_errors(path):
-                stages[name]
-        with stage_file_errors(self.files["saw" if use_saw else "portrait_diffusion"]):
-            self.portraits = PortraitGenerator(stages, use_saw, options.device, options.prior_weight)
+                as_float32(stages[name])
+        self.portraits = None
+        if not given_portrait:
+            with stage_file_errors(self.files["saw" if use_saw else "portrait_diffusion"]):
+                self.portraits = PortraitGenerator(stages, use_saw, options.device, options.prior_weight)
         if not portrait_only:
             self._load_video_stages(stages)
 
@@ -135,7 +145,32 @@ class TalkingFacePipeline:
             with stage_file_errors(files["codebook"]):
                 self.codebook = CodebookStage.for_inference(stages).to(self.device)
 
+    def animation_size(self) -> int:
+        """The portrait size the motion stage animates: the ``data.resolution`` it trained at (its file's
+        provenance); for a file without provenance, the codebook renderer's input size; 0 when neither is known."""
+        size = self.stages["motion_diffusion"].trained_resolution()
+        if not size and self.codebook is not None:
+            size = int(self.codebook.cfg.lr_resolution)
+        return int(size or 0)
+
     # ---- steps ----------------------------------------------------------------------------------------
+    def given_portrait(self, path: str | Path, timings: dict[str, float]) -> torch.Tensor:
+        """The user's face image -> [3, R, R] in [-1, 1] at :meth:`animation_size` (antialiased bicubic)."""
+        with timed(timings, "load_portrait"):
+            portrait = load_portrait(path)
+            size, factor = self.animation_size(), self.motion.frozen.downsample
+            if not size:  # the UNet is convolutional: any size the VAE divides
+                size = portrait.shape[-1]
+                if size % factor:
+                    raise GenerationError(
+                        f"portrait {path} is {size} x {size} px and {self.files['motion_diffusion']} records no "
+                        f"training resolution to resize it to; give a portrait whose size is a multiple of {factor} "
+                        f"(the VAE's downsampling), e.g. {max(factor, size - size % factor)} x "
+                        f"{max(factor, size - size % factor)} px")
+            if size != portrait.shape[-1]:
+                log.info("portrait %s resized from %d to the motion stage's %d px", path, portrait.shape[-1], size)
+            return fit_portrait(portrait, size)
+
     @torch.no_grad()
     def portrait(self, speech: torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
         """Speech [N] -> portrait [3, R, R] in [-1, 1] (speaker embedding, SAW weight, portrait diffusion)."""
@@ -235,30 +270,47 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def as_float32(stage: StageFile) -> StageFile:
+    """Half-precision weights (the shipped fp16 demo stages) as float32, in place: every loader then builds
+    float32 networks, whatever it does with the tensors."""
+    for weights in (stage.state, stage.ema):
+        for name, tensor in weights.items():
+            if tensor.dtype in (torch.float16, torch.bfloat16):
+                weights[name] = tensor.float()
+    return stage
+
+
 def generate_video(audio_path: str | Path, stages_dir: str | Path, out: str | Path,
                    options: GenerationOptions | None = None, portrait_only: bool = False,
-                   save_portrait: str | Path | None = None, progress=None) -> GenerationResult:
-    """Speech file -> mp4 at ``out`` (or only the portrait PNG). The mp4 appears only when everything succeeded."""
+                   save_portrait: str | Path | None = None, progress=None,
+                   portrait: str | Path | None = None) -> GenerationResult:
+    """Speech file -> mp4 at ``out`` (or only the portrait PNG). The mp4 appears only when everything succeeded.
+    ``portrait``: a face image to animate instead of generating one from the speech."""
     options = options or GenerationOptions()
     out = Path(out)
     if options.resolution and options.resolution % 2:
         raise GenerationError(f"--resolution {options.resolution}: H.264 needs an even frame size")
+    if portrait is not None and portrait_only:
+        raise GenerationError(f"--portrait {portrait} with --portrait-only leaves nothing to generate: drop "
+                              f"--portrait-only to animate that face, or --portrait to generate one from the speech")
+    if portrait is not None:
+        load_portrait(portrait)  # a bad image fails before any stage file is read
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with timed(timings, "load_audio"):
         speech = torch.from_numpy(load_speech(audio_path))
     with timed(timings, "load_stages"):
-        pipeline = TalkingFacePipeline(stages_dir, options, portrait_only)
+        pipeline = TalkingFacePipeline(stages_dir, options, portrait_only, given_portrait=portrait is not None)
     torch.manual_seed(options.seed)
     advance = progress or (lambda name: None)
-    portrait = pipeline.portrait(speech, timings)
+    face = pipeline.given_portrait(portrait, timings) if portrait is not None else pipeline.portrait(speech, timings)
     advance("portrait")
     portrait_path = Path(save_portrait) if save_portrait else (out.with_suffix(".png") if portrait_only else None)
     if portrait_path is not None:
-        write_png(portrait_path, to_uint8(portrait))
+        write_png(portrait_path, to_uint8(face))
     if portrait_only:
-        return GenerationResult(None, portrait_path, 0, time.perf_counter() - start, portrait.shape[-1], timings)
-    _, frames = pipeline.video(portrait, speech, timings, advance)
+        return GenerationResult(None, portrait_path, 0, time.perf_counter() - start, face.shape[-1], timings)
+    _, frames = pipeline.video(face, speech, timings, advance)
     with timed(timings, "write_mp4"):
         write_mp4(out, to_uint8(frames), speech.numpy(), fps=FPS, sr=SAMPLE_RATE)
     advance("mp4")

@@ -5,13 +5,20 @@
 z_hat(a) = z_prior + (1 - a) * r_hat as float tensors ``[B, 3, R, R]`` in [-1, 1] from 16 kHz speech made ready by
 :func:`generation.speech.prepare_speech`; a is SAW's a(speech), the portrait stage's constant ``stage.prior_weight``
 (``use_saw=False``) or ``prior_weight`` (ablations).
+
+:func:`load_portrait` and :func:`fit_portrait` read a user's face instead (``seespeaker generate --portrait``): an
+image file as RGB, square, resized with antialiased bicubic to the size the motion stage animates.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
+from common.images import to_unit
+from generation.speech import GenerationError
 from lightning_modules.portrait_diffusion import PortraitDiffusionStage
 from lightning_modules.saw import SAWStage
 from lightning_modules.stagefile import StageFileError, StageFiles
@@ -65,3 +72,35 @@ class PortraitGenerator:
     def mean_face(self) -> torch.Tensor:
         """The statistical face prior alone: the decoded mean latent [3, R, R] in [-1, 1]."""
         return self.sampler.vae.decode(self.denoiser.prior_mean[None].float())[0].float().cpu()
+
+
+def load_portrait(path: str | Path) -> torch.Tensor:
+    """A face image file (PNG, JPEG, ...; any mode, read as RGB) -> [3, S, S] in [-1, 1]; a missing, unreadable or
+    non-square file is a GenerationError naming it, what was wrong and what to do."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise GenerationError(f"portrait {path} does not exist; give a square image of a face (a PNG, e.g. "
+                              f"256 x 256 px)")
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise GenerationError(f"portrait {path} is not an image that can be read ({exc}); give a PNG or JPEG of a "
+                              f"face") from exc
+    height, width = rgb.shape[:2]
+    if height != width:
+        side = min(height, width)
+        raise GenerationError(f"portrait {path} is {width} x {height} px but must be square (the motion stage "
+                              f"animates square, aligned face crops); crop it to {side} x {side} px around the face "
+                              f"and try again")
+    return to_unit(rgb)
+
+
+def fit_portrait(portrait: torch.Tensor, size: int) -> torch.Tensor:
+    """[3, S, S] in [-1, 1] -> [3, size, size], resized with antialiased bicubic (unchanged when already there)."""
+    if portrait.shape[-1] == size:
+        return portrait
+    resized = F.interpolate(portrait[None].float(), size=(size, size), mode="bicubic", antialias=True)
+    return resized[0].clamp(-1, 1)

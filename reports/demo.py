@@ -1,8 +1,14 @@
-"""``make demo``: the synthetic corpus, every stage of the chain at the tiny scale, and where things are.
+"""``make demo``: the synthetic corpus, every stage of the chain at the tiny scale, and where things are; then a
+talking face from the shipped demo stages.
 
 Each step runs as its own process (as a user would run it); re-running continues (resume=auto) instead of
 starting over. The order is the stage graph's (``lightning_modules.registry.training_order``), read with the tiny
-configs: every stage after what it loads, the face prior right after the autoencoder it is computed with.
+configs: every stage after what it loads, the face prior right after the autoencoder it is computed with. The tiny
+chain proves the wiring; training from scratch in minutes does not reach faces, so the demo then generates from the
+stage files ``make results`` trained at the small scale and ``make demo-stages`` shipped in ``demo/stages``:
+``DEMO_SECONDS`` of speech of the corpus's first test speaker (held out from every stage), synthesised fresh by the
+corpus's own generator, at seed 0 and the default settings (SAW on), written as the generated-only mp4, the portrait
+PNG and a side-by-side mp4 (generated | the synthesised clip's own frames).
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ from trainer.config import compose
 
 CORPUS = Path("data/synthetic")
 OUTPUTS = Path("outputs")
+SHIPPED = OUTPUTS / "demo"
+DEMO_SECONDS = 8.0
+DEMO_CLIP_INDEX = 80  # a clip index the corpus never wrote (it writes 0 .. clips_per_speaker - 1)
 
 
 def seespeaker(*words: str) -> None:
@@ -70,7 +79,65 @@ def held_out_speech(path: Path) -> Path:
 held_out_speech.speaker = ""
 
 
+def speaker_clip(options: dict, speaker: str, seconds: float, index: int = DEMO_CLIP_INDEX):
+    """A fresh ``seconds``-long clip of ``speaker`` (``spkNNN``) made by the synthetic corpus generator with the
+    corpus's ``options``: the same speaker draw as the corpus, a clip index it never wrote."""
+    import numpy as np
+
+    from datamodules.synthetic import SyntheticConfig, base_layer, draw_speaker, make_clip
+
+    cfg = SyntheticConfig(**{**options, "seconds": seconds})
+    number = int(speaker[3:])
+    person = draw_speaker(cfg.seed, number, cfg.voice_share)
+    base = base_layer(person.face, cfg.resolution, np.random.default_rng([cfg.seed, number, 0]),
+                      brows=cfg.version == 1)
+    return make_clip(person, base, cfg, index, "test")
+
+
+def side_by_side(generated: Path, real, out: Path) -> Path:
+    """(generated | real) frames at the generated video's size, with the real clip's speech."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from common.images import to_uint8, to_unit
+    from common.media import read_mp4, write_mp4
+
+    frames = read_mp4(generated)[0]
+    size, count = frames.shape[1], min(len(frames), len(real.frames))
+    truth = to_uint8(F.interpolate(to_unit(real.frames[:count]), size=(size, size), mode="bicubic",
+                                   antialias=True).clamp(-1, 1))
+    return write_mp4(out, np.concatenate([frames[:count], truth], axis=2), real.audio, fps=25, sr=16000)
+
+
+def shipped_demo() -> list[str]:
+    """Generate from the shipped demo stages (the lines to print), or say how to make them."""
+    import soundfile as sf
+
+    from reports.demo_stages import DEMO, MANIFEST, STAGES, check_demo_stages
+    if not (DEMO / MANIFEST).is_file():
+        return [f"  shipped stages:    {DEMO / STAGES}/ is absent: train the small chain with `make results`, then "
+                f"`make demo-stages` (then `make demo` again)"]
+    manifest = check_demo_stages(DEMO)  # stale files stop the demo with "stale demo stages: run `make demo-stages`"
+    corpus = manifest["corpus"]
+    speaker = corpus["test_speakers"][0]
+    clip = speaker_clip(corpus["options"], speaker, DEMO_SECONDS)
+    speech = SHIPPED / f"{speaker}_speech.wav"
+    speech.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(speech, clip.audio, 16000)
+    video, portrait = SHIPPED / "talking_face.mp4", SHIPPED / "portrait.png"
+    seespeaker("generate", "--audio", str(speech), "--stages", str(DEMO / STAGES), "--out", str(video),
+               "--save-portrait", str(portrait), "--seed", "0")
+    both = side_by_side(video, clip, SHIPPED / "side_by_side.mp4")
+    return [f"  speech:            {speech} ({DEMO_SECONDS:g} s of held-out test speaker {speaker}, synthesised by "
+            f"the corpus generator)",
+            f"  talking face:      {video} (from the stages in {DEMO / STAGES}/, seed 0, SAW on)",
+            f"  portrait:          {portrait}",
+            f"  side by side:      {both} (generated | the real clip of {speaker})"]
+
+
 def main() -> int:
+    from reports.demo_stages import DemoStagesError
+
     order = demo_order()
     start = time.time()
     for words in demo_steps(order):
@@ -79,6 +146,10 @@ def main() -> int:
     video = OUTPUTS / "tiny" / "demo.mp4"
     seespeaker("generate", "--audio", str(speech), "--stages", str(OUTPUTS / "tiny" / "stages"),
                "--out", str(video), "--steps", "10", "--save-portrait", str(OUTPUTS / "tiny" / "demo_portrait.png"))
+    try:
+        shipped = shipped_demo()
+    except DemoStagesError as exc:
+        raise SystemExit(str(exc)) from None
     print(f"\nseespeaker demo finished in {time.time() - start:.0f} s")
     print(f"  corpus:            {CORPUS}/ (index.json, train/val/test shards)")
     for stage in (node for node in order if node in STAGES):
@@ -87,9 +158,10 @@ def main() -> int:
             run = OUTPUTS / "tiny" / folder
             print(f"  {folder:20s} run {run}/  checkpoints {run}/checkpoints/  W&B {run}/wandb/  media {run}/media/")
     print(f"  exported stages:   {OUTPUTS / 'tiny' / 'stages'}/")
-    print(f"  generated video:   {video} (from the speech of held-out speaker, {held_out_speech.speaker})")
+    print(f"  tiny-chain video:  {video} (the wiring; from the speech of held-out speaker {held_out_speech.speaker})")
     print("  compare runs:      seespeaker runs list outputs/tiny  "
           "(W&B: wandb sync outputs/tiny/<stage>/wandb/offline-run-*)")
+    print("\n".join(shipped))
     return 0
 
 

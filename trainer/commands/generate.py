@@ -17,11 +17,14 @@ def generate(args: argparse.Namespace) -> int:
 
     Example:
       seespeaker generate --audio speech.wav --stages outputs/tiny/stages --out out.mp4
+      seespeaker generate --audio speech.wav --portrait face.png --stages outputs/tiny/stages --out out.mp4
     Reads any audio PyAV decodes (wav, flac, mp3, m4a; any rate and channel count; resampled to 16 kHz mono)
     and the exported stage files in --stages (conre, autoencoder, portrait_diffusion, saw, motion_diffusion,
     syncnet, lip_enhancer, codebook). Writes an H.264 mp4 at 25 fps with the speech muxed in, one frame per
     40 ms of speech; the file appears only when generation succeeded. --portrait-only writes the portrait
-    (PNG) alone; --save-portrait also keeps it next to the video.
+    (PNG) alone; --save-portrait also keeps it next to the video. --portrait animates a given face (a square
+    image, read as RGB and resized with antialiased bicubic to the size the motion stage trained at) instead of
+    generating one; the portrait stage files (portrait_diffusion, saw, face prior) are then not needed.
     """
     import torch
 
@@ -36,6 +39,10 @@ def generate(args: argparse.Namespace) -> int:
     if args.prior_weight is not None and not 0.0 <= args.prior_weight <= 1.0:
         raise UserError(f"--prior-weight {args.prior_weight}: the prior weight a must be in [0, 1] (0: the raw "
                         f"sample, 1: the mean face)")
+    if args.portrait is not None and (args.no_saw or args.prior_weight is not None):
+        flag = "--no-saw" if args.no_saw else "--prior-weight"
+        raise UserError(f"{flag} shapes a portrait generated from the speech, but --portrait {args.portrait} gives "
+                        f"the face to animate: drop {flag} or --portrait")
     options = GenerationOptions(steps=args.steps, guidance=args.guidance, motion_steps=args.motion_steps,
                                 frame_steps=args.frame_steps, fidelity=args.fidelity, resolution=args.resolution,
                                 seed=args.seed, device=device, batch_frames=args.batch_frames,
@@ -44,7 +51,7 @@ def generate(args: argparse.Namespace) -> int:
     try:
         with progress_bar(1 if args.portrait_only else len(STEPS)) as advance:
             result = generate_video(args.audio, args.stages, args.out, options, args.portrait_only,
-                                    args.save_portrait, progress=advance)
+                                    args.save_portrait, progress=advance, portrait=args.portrait)
     except (SeespeakerError, ValueError) as exc:
         raise UserError(str(exc)) from None
     made = result.video or result.portrait
@@ -92,6 +99,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-frames", type=int, default=16, help="frames per batch in refinement and rendering")
     parser.add_argument("--portrait-only", action="store_true", help="write only the portrait (PNG)")
     parser.add_argument("--save-portrait", default=None, help="also write the portrait to this PNG")
+    parser.add_argument("--portrait", default=None, metavar="FACE.png",
+                        help="animate this face (a square image) instead of generating one from the speech; it is "
+                             "resized to the motion stage's training size and the portrait stages are not needed")
     parser.add_argument("--no-saw", action="store_true",
                         help="use the portrait stage's constant prior weight (stage.prior_weight) instead of SAW")
     parser.add_argument("--prior-weight", type=float, default=None, metavar="A",
