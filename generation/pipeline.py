@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class GenerationOptions:
     resolution: int = 0             # output frame size (0: the codebook's output size)
     seed: int = 0
     device: str = "cpu"
+    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
     batch_frames: int = 16          # frames per batch in the refinement and rendering steps
     use_saw: bool = True
     prior_weight: float | None = None  # fixes the prior weight a (ablations): no SAW, no saw file needed
@@ -153,6 +154,12 @@ class TalkingFacePipeline:
             size = int(self.codebook.cfg.lr_resolution)
         return int(size or 0)
 
+    @contextmanager
+    def step(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        """Time one step of generation, run under bf16 autocast when the options ask for it."""
+        with timed(timings, name), autocast(self.options.precision, self.device):
+            yield
+
     # ---- steps ----------------------------------------------------------------------------------------
     def given_portrait(self, path: str | Path, timings: dict[str, float]) -> torch.Tensor:
         """The user's face image -> [3, R, R] in [-1, 1] at :meth:`animation_size` (antialiased bicubic)."""
@@ -179,8 +186,8 @@ class TalkingFacePipeline:
             speech = prepare_speech(speech.numpy(), SAMPLE_RATE)
             source = "fixed" if gen.prior_weight is not None else "SAW" if gen.use_saw else "constant"
             log.info("prior weight a (%s): mean %.3f", source, float(gen.prior_weights(speech[None]).mean()))
-        with timed(timings, "portrait"):
-            return gen.generate(speech, opts.steps, opts.guidance, opts.seed)
+        with self.step(timings, "portrait"):
+            return gen.generate(speech, opts.steps, opts.guidance, opts.seed).float()
 
     @torch.no_grad()
     def video(self, portrait: torch.Tensor, speech: torch.Tensor, timings: dict[str, float],
@@ -208,26 +215,32 @@ class TalkingFacePipeline:
         advance("frame latents")
         with timed(timings, "decode"):
             frames = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(opts.batch_frames)])[:n_frames]
+            frames = frames.float()
         advance("decoded frames")
         if steps is not None:
             steps["motion_diffusion"] = frames
-        with timed(timings, "lip_enhancement"):
-            marks = parts.motion_encoder.landmarks(motion[0, :n_frames], frames.shape[-1])
-            frames = self.refine_lips(frames, marks, speech.to(device), portrait.to(device))
+        marks = parts.motion_encoder.landmarks(motion[0, :n_frames], frames.shape[-1])
+        with self.step(timings, "lip_enhancement"):
+            frames = self.refine_lips(frames, marks, speech.to(device), portrait.to(device)).float()
         advance("lip enhancement")
         if steps is not None:
             steps["lip_enhancer"] = frames
-        with timed(timings, "codebook_render"):
+        with self.step(timings, "codebook_render"):
             output = self.render(frames)
         advance("codebook rendering")
         return frames, output
 
     def motion_parts(self) -> MotionParts:
-        """The motion stage's parts with the user's sampler steps (the loaded config itself stays as trained)."""
+        """The motion stage's parts with the user's sampler steps (the loaded config itself stays as trained) and,
+        in bf16, its two denoisers run under autocast (the landmark maps and samplers stay fp32)."""
         cfg, opts = self.motion.cfg, self.options
         steps = {"motion_steps": opts.motion_steps or cfg.motion_steps,
                  "frame_steps": opts.frame_steps or cfg.frame_steps}
-        return dataclasses.replace(self.motion, cfg=dataclasses.replace(cfg, **steps))
+        parts = dataclasses.replace(self.motion, cfg=dataclasses.replace(cfg, **steps))
+        if isinstance(autocast(opts.precision, self.device), nullcontext):
+            return parts
+        return dataclasses.replace(parts, motion_denoiser=Autocast(parts.motion_denoiser, opts.precision),
+                                   frame_denoiser=Autocast(parts.frame_denoiser, opts.precision))
 
     @torch.no_grad()
     def refine_lips(self, frames, landmarks, speech, portrait) -> torch.Tensor:
@@ -259,6 +272,38 @@ class TalkingFacePipeline:
                 high = F.interpolate(high, size=size, mode="bicubic", antialias=True).clamp(-1, 1)
             out.append(high.float().cpu())
         return torch.cat(out)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast for ``bf16`` (and ``auto`` on CUDA), else a no-op: the networks keep fp32 weights, the
+    matrix products and convolutions run in bf16, the samplers' arithmetic in fp32."""
+    if precision not in PRECISIONS:
+        raise GenerationError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Autocast(torch.nn.Module):
+    """A network whose forward runs under :func:`autocast` and returns fp32; its attributes are the network's."""
+
+    def __init__(self, network: torch.nn.Module, precision: str):
+        super().__init__()
+        self.network, self.precision = network, precision
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        device = next(self.network.parameters()).device
+        with autocast(self.precision, device):
+            return self.network(*args, **kwargs).float()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.network, name)
 
 
 @contextmanager

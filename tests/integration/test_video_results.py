@@ -80,3 +80,22 @@ def test_generation_makes_under_2_5_denoiser_calls_per_output_frame(chains):
     frames, _ = pipeline.video(portrait, speech, {}, lambda step: None)
     assert len(frames) == 50 and calls["portrait"] == 20 and calls["frame"] == 13 * 5
     assert (calls["portrait"] + calls["frame"]) / len(frames) <= 2.5
+
+
+def test_bf16_generation_runs_the_networks_in_bf16_and_returns_float32_frames(chains):
+    from generation.pipeline import GenerationOptions, TalkingFacePipeline
+
+    stages, _ = chains
+    speech = torch.randn(16000) * 0.1
+    outputs, dtypes = {}, []
+    for precision in ("fp32", "bf16"):
+        pipeline = TalkingFacePipeline(stages, GenerationOptions(steps=4, frame_steps=2, codebook=False,
+                                                                 precision=precision))
+        conv = pipeline.motion.frame_denoiser.unet.conv_in
+        handle = conv.register_forward_hook(lambda _, __, out: dtypes.append(out.dtype))
+        portrait = pipeline.portrait(speech, {})
+        outputs[precision] = pipeline.video(portrait, speech, {}, lambda step: None)[0]
+        handle.remove()
+    assert dtypes[0] == torch.float32 and dtypes[-1] == torch.bfloat16
+    assert outputs["bf16"].dtype == torch.float32 and outputs["bf16"].isfinite().all()
+    assert (outputs["bf16"] - outputs["fp32"]).abs().mean() < 0.05  # the same video, to bf16's precision

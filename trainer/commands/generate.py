@@ -46,6 +46,7 @@ def generate(args: argparse.Namespace) -> int:
     options = GenerationOptions(steps=args.steps, guidance=args.guidance, motion_steps=args.motion_steps,
                                 frame_steps=args.frame_steps, fidelity=args.fidelity, resolution=args.resolution,
                                 seed=args.seed, device=device, batch_frames=args.batch_frames,
+                                precision=args.precision,
                                 use_saw=not args.no_saw, prior_weight=args.prior_weight,
                                 codebook=not args.no_codebook)
     try:
@@ -97,6 +98,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     parser.add_argument("--batch-frames", type=int, default=16, help="frames per batch in refinement and rendering")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on the CPU; fp32; bf16 (autocast on any device)")
     parser.add_argument("--portrait-only", action="store_true", help="write only the portrait (PNG)")
     parser.add_argument("--save-portrait", default=None, help="also write the portrait to this PNG")
     parser.add_argument("--portrait", default=None, metavar="FACE.png",
