@@ -99,6 +99,30 @@ def retrain_reasons(path: Path, expected: dict) -> list[str]:
         return [f"unreadable stage file ({exc})"]
 
 
+def set_aside_stale_run(words: list[str], expected: dict) -> Path | None:
+    """Before a retraining: a run folder left by a run of another key (``resume=auto`` would continue it, and
+    the export would then carry the new key on the old run's weights) is renamed ``<run>.stale-<n>``, never
+    deleted; a folder of the same key (an interrupted run) stays, to be resumed. Returns the new name, if any."""
+    from trainer.config import compose
+    run_dir = Path(compose(words).run.dir)
+    provenance = run_dir / "provenance.json"
+    if not run_dir.is_dir():
+        return None
+    try:
+        recorded = json.loads(provenance.read_text()).get("training_key")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == expected:
+        return None
+    index = 1
+    while run_dir.with_name(f"{run_dir.name}.stale-{index}").exists():
+        index += 1
+    aside = run_dir.with_name(f"{run_dir.name}.stale-{index}")
+    run_dir.rename(aside)
+    print(f"  {run_dir}: from a run of another training key; moved to {aside} and trained afresh", flush=True)
+    return aside
+
+
 def upstream_reasons(stage: str, stages: Path, words: list[str]) -> list[str]:
     """In a dry run: the requirements of ``stage`` that the plan retrains before it."""
     from lightning_modules.registry import node_file, requires

@@ -142,6 +142,7 @@ def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", forc
     if plan.LEDGER.dry_run:
         plan.LEDGER.planned.add(str(path))
         return True
+    plan.set_aside_stale_run(full, plan.expected_key(full))
     run("train", *full)
     plan.LEDGER.used_stage(path)
     return True
@@ -166,7 +167,10 @@ def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ..
     if plan.LEDGER.dry_run:
         plan.LEDGER.planned.add(str(path))
         return True
+    expected = None
     for words in runs:
+        expected = plan.expected_key(words, earlier_phase=expected)
+        plan.set_aside_stale_run(words, expected)
         run("train", *words)
     plan.LEDGER.used_stage(path)
     return True

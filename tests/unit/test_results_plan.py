@@ -116,3 +116,24 @@ def test_an_evaluation_defined_in_the_module_run_as_main_is_keyed_on_its_code(mo
     assert plan.module_name(evaluate) == "reports.results_conre"
     assert plan.evaluation_key(evaluate, [])["code"] == evaluation_code_hash(("reports.results_conre",),
                                                                              stop=("reports.results", "reports.plan"))
+
+
+def test_a_retraining_sets_aside_a_run_folder_of_another_key_and_resumes_one_of_its_own(tmp_path):
+    """Resuming the old run folder would export the old weights under the new key (a stale file restamped)."""
+    import json
+
+    from reports.plan import set_aside_stale_run
+
+    words = ["experiment=tiny", "stage=conre", f"experiment.output_root={tmp_path}", "run.name=seed0"]
+    run_dir = tmp_path / "tiny" / "conre-seed0"
+    run_dir.mkdir(parents=True)
+    expected = {"format": 1, "code": "new"}
+    (run_dir / "provenance.json").write_text(json.dumps({"training_key": expected}))
+    assert set_aside_stale_run(words, expected) is None and run_dir.is_dir()  # an interrupted run: resumed
+    (run_dir / "provenance.json").write_text(json.dumps({"training_key": {"format": 1, "code": "old"}}))
+    (run_dir / "weights.ckpt").write_text("old")
+    aside = set_aside_stale_run(words, expected)
+    assert aside == tmp_path / "tiny" / "conre-seed0.stale-1" and not run_dir.exists()
+    assert (aside / "weights.ckpt").read_text() == "old"  # nothing is deleted
+    run_dir.mkdir()
+    assert set_aside_stale_run(words, expected).name == "conre-seed0.stale-2"  # no provenance: not this key's
