@@ -1,18 +1,17 @@
 """Stage 2c: the discrete codebook and the rendering network (CodeFormer's recipe), in three phases.
 
 - ``vqgan``: a VQ autoencoder on the high-resolution faces (``hr_frames``): L1 + codebook/commitment (beta)
-  + optional perceptual + optional hinge GAN; code usage and perplexity are logged and dead codes are
-  re-initialised from encoder outputs every ``reinit_every`` steps.
+  + optional perceptual + optional hinge GAN (:mod:`lightning_modules.codebook_losses`); code usage and
+  perplexity are logged and dead codes are re-initialised from encoder outputs every ``reinit_every`` steps.
 - ``transformer``: a low-resolution encoder and the code transformer predict the high-resolution frame's code
   indices from the (degraded) low-resolution frame: cross-entropy + latent L2 to the quantized latent.
 - ``render``: the fusion layers feed the low-resolution encoder's features into the decoder (frozen unless
   ``render_trains`` names it) under a fidelity weight w (drawn per sample in [0, 1] in training): L1 + optional
-  perceptual + optional GAN. The inputs are degraded real frames (``degrade``), standing in for the motion
-  stage's generated frames; ``render_source: autoencoder`` first passes them through the exported autoencoder,
-  whose decoder makes those frames, and ``render_source: motion`` replaces them with the exported motion stage's
-  rendering of each frame from the clip's own motion (:func:`rerender_frames`). With
-  ``consistency`` the decoded image is also back-projected onto the input by the fraction w
-  (:func:`back_project`): at w = 1 its low frequencies come from the input, its detail from the decoder.
+  perceptual + optional GAN. The inputs are degraded real frames (``degrade``); ``render_source: autoencoder``
+  first passes them through the exported autoencoder, ``render_source: motion`` replaces them with the exported
+  motion stage's rendering of each frame (:func:`rerender_frames`). With ``consistency`` the decoded image is
+  back-projected onto the input by the fraction w (:func:`back_project`, down operator
+  ``back_projection_operator``): at w = 1 its low frequencies come from the input, its detail from the decoder.
   ``detail_gate`` adds a learned gate that first pulls the decoded image towards bicubic upsampling of the input
   (:class:`DetailGate`), trained with the render phase.
 
@@ -22,8 +21,7 @@ Every phase builds all networks; a later phase starts from the exported file of 
 ``layout: codeformer`` replaces all of them by CodeFormer's own network (:class:`CodeFormerNet`, one child
 ``codeformer``): the low-res frame bicubic-upsampled to ``codeformer_size``, no detail gate, no back-projection.
 It trains the render phase only (``render_trains`` names its fusion blocks, generator or encoder), starting from
-``pretrained_path`` (CodeFormer's released ``codeformer.pth``, loaded unchanged) or from an exported
-codeformer-layout file.
+``pretrained_path`` (CodeFormer's released ``codeformer.pth``, loaded unchanged) or a codeformer-layout file.
 """
 from __future__ import annotations
 
@@ -37,11 +35,13 @@ from common.errors import CheckpointError
 from common.images import image_grid
 from lightning_modules.autoencoder import AutoencoderStage
 from lightning_modules.base import Media, StageModule
+from lightning_modules.codebook_losses import image_losses
 from lightning_modules.codebook_parts import (
     PHASES,
     CodebookConfig,
     FacePerceptual,
     back_project,
+    check_codeformer_sizes,
     check_shapes,
     codeformer_sizes,
     degrade_frames,
@@ -52,12 +52,12 @@ from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.codeformer import (
     CodeFormerNet,
     CodeFormerSizes,
-    CodeFormerWeightsError,
     load_weights_into,
     read_codeformer_weights,
 )
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
+from lightning_modules.optim import schedule_factor
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
@@ -116,7 +116,8 @@ class CodebookStage(StageModule):
     @classmethod
     def requires(cls, cfg: CodebookConfig) -> tuple[str, ...]:
         needs = {"autoencoder": ("autoencoder",), "motion": ("conre", "autoencoder", "motion_diffusion")}
-        stages = needs.get(cfg.render_source, ()) + (("conre",) if cfg.perceptual_weight > 0 else ())
+        conre = cfg.perceptual_weight > 0 and cfg.perceptual_network == "conre"
+        stages = needs.get(cfg.render_source, ()) + (("conre",) if conre else ())
         return tuple(dict.fromkeys(stages))
 
     @classmethod
@@ -169,16 +170,8 @@ class CodebookStage(StageModule):
             raise ValueError(f"stage.pretrained_path={path} holds CodeFormer's weights, which only the codeformer "
                              f"layout has: set stage.layout=codeformer or drop stage.pretrained_path")
         state = read_codeformer_weights(path)
-        theirs = CodeFormerSizes.from_state_dict(state, self.cfg.transformer_heads, path)
-        ours = self.codeformer.sizes
-        differ = [f"{k} {getattr(theirs, k)} in the file, {getattr(ours, k)} here" for k in vars(ours)
-                  if getattr(theirs, k) != getattr(ours, k)]
-        if differ:
-            raise CodeFormerWeightsError(
-                f"stage.pretrained_path={path}: {'; '.join(differ)}. The codeformer layout takes its sizes from "
-                f"stage.codeformer_size, base_channels, channel_multipliers, blocks_per_level, codebook_size, "
-                f"code_dim and transformer_width / layers / heads; the release's are the schema defaults "
-                f"(configs/stage/codebook.yaml without an experiment's size overrides)")
+        check_codeformer_sizes(CodeFormerSizes.from_state_dict(state, self.cfg.transformer_heads, path),
+                               self.codeformer.sizes, path)
         load_weights_into(self.codeformer, state, path)
         print(f"[codebook] the codeformer layout starts from {path}")
 
@@ -212,7 +205,9 @@ class CodebookStage(StageModule):
         low = lr.flatten(0, 1)
         if self.detail_gate is not None:
             output = self.detail_gate(output, low, fidelity)
-        return back_project(output, low, fidelity) if self.cfg.consistency else output
+        if not self.cfg.consistency:
+            return output
+        return back_project(output, low, fidelity, self.cfg.back_projection_operator)
 
     def codeformer_render(self, low: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
         """The codeformer layout: low-res frames [N, 3, r, r] bicubic-upsampled to ``codeformer_size``, CodeFormer,
@@ -278,14 +273,22 @@ class CodebookStage(StageModule):
         return {k: per_clip(v, len(hr)) for k, v in self.image_losses(output, target).items()}
 
     def image_losses(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image L1, perceptual (weight > 0) and the generator's hinge term (GAN on)."""
+        """Per-image L1, perceptual (weight > 0) and the generator's hinge term (GAN on), whose weight follows its
+        warm-up over generator steps (:func:`lightning_modules.codebook_losses.image_losses`)."""
         self._last = (output, target)
-        losses = {"l1": (output - target).abs().mean(dim=(1, 2, 3))}
-        if self.cfg.perceptual_weight > 0:
-            losses["perceptual"] = self.perceptual()(output, target)
-        if self.discriminator is not None:
-            losses["adversarial"] = -self.discriminator(output).mean(dim=(1, 2, 3))
+        losses, self.loss_weights["adversarial"] = image_losses(output, target, self.cfg, self.discriminator,
+                                                                self.perceptual, self.generator_step)
         return losses
+
+    @property
+    def generator_step(self) -> int:
+        """Generator steps so far: with the GAN on, Lightning's global step counts both optimizers' steps."""
+        return self.global_step // self.num_optimizers
+
+    def lr_factor_tensor(self, step: torch.Tensor) -> torch.Tensor:
+        """The schedule over the batches the schedulers step on (``trainer.max_steps`` counts both optimizers'
+        steps with the GAN on, so the cosine ends at the last batch rather than half way)."""
+        return schedule_factor(step, self.cfg.warmup_steps, self.max_steps // self.num_optimizers, self.cfg.schedule)
 
     def render_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
         """The render phase's low-res inputs [B, T, 3, r, r]: the batch's frames, degraded; first through the

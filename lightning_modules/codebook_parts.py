@@ -1,5 +1,5 @@
-"""What the codebook stage needs besides its networks: its config, the input degradation, the perceptual distance
-and the loading of an exported codebook stage for generation."""
+"""What the codebook stage needs besides its networks: its config, the input degradation, the back-projection and
+the loading of an exported codebook stage (the losses: :mod:`lightning_modules.codebook_losses`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,17 +8,18 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lightning_modules.base import StageConfig
 from lightning_modules.face_perceptual import FacePerceptual  # noqa: F401  (the codebook's import of it)
-from lightning_modules.nets.codeformer import CodeFormerSizes
+from lightning_modules.nets.codeformer import CodeFormerSizes, CodeFormerWeightsError
 from lightning_modules.nets.renderer import fidelity_like
-from lightning_modules.stagefile import StageFile, StageFileError, StageFiles, load_stage_file
+from lightning_modules.stagefile import StageFile, StageFileError, load_stage_file
 
 PHASES = ("vqgan", "transformer", "render")
 RENDER_SOURCES = ("degraded", "autoencoder", "motion")
 LAYOUTS = ("compact", "codeformer")
+PERCEPTUAL_NETWORKS = ("feature_matching", "conre")  # lightning_modules/codebook_losses.py
+BACK_PROJECTION_OPERATORS = ("bicubic", "area")
 
 
 @dataclass
@@ -88,14 +89,28 @@ class CodebookConfig(StageConfig):
                               "at w = 1 the decoder adds only the detail the gate lets through (trains in the render "
                               "phase)"})
     consistency: bool = field(default=True, metadata={"help": "compact layout: back-project at fidelity w: "
-                              "add w * bicubic-up(input - area-down(output)), so that at w = 1 the output's low "
+                              "add w * bicubic-up(input - down(output)), so that at w = 1 the output's low "
                               "frequencies follow the low-res input and the decoder supplies the detail"})
+    back_projection_operator: str = field(default="bicubic", metadata={"help": "the down operator of the "
+                                          "back-projection: bicubic (antialiased; not the corpus's downsampler) | "
+                                          "area (the corpus's own downsampler: on the corpus's exact downsamples "
+                                          "it is an oracle; files from before the option record it)",
+                                          "choices": BACK_PROJECTION_OPERATORS})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 reconstruction loss"})
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook + commitment terms"})
-    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss in the frozen ConRe "
-                                     "face encoder's features (0: off)"})
-    adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed)"})
+    perceptual_weight: float = field(default=0.0, metadata={"help": "weight of the perceptual loss (0: off) in "
+                                     "perceptual_network's features"})
+    perceptual_network: str = field(default="feature_matching", metadata={"help": "feature_matching: L1 between the "
+                                    "discriminator's activations of the generated and the real frame (needs "
+                                    "adversarial=true; no judge of the results tables) | conre: the seed's frozen "
+                                    "ConRe face encoder (the network family that judges identity in the tables)",
+                                    "choices": PERCEPTUAL_NETWORKS})
+    adversarial: bool = field(default=False, metadata={"help": "hinge patch GAN (two optimizers: DDP, not DeepSpeed; "
+                              "Lightning counts both optimizers' steps in trainer.max_steps)"})
     adversarial_weight: float = field(default=0.1, metadata={"help": "weight of the generator's hinge loss"})
+    adversarial_warmup: int = field(default=0, metadata={"help": "generator steps over which the hinge loss's weight "
+                                    "ramps linearly from 0 to adversarial_weight (the discriminator trains from the "
+                                    "start)"})
     adversarial_grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of both optimizers with "
                                          "adversarial=true (the stage clips itself)"})
     discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512],
@@ -107,8 +122,11 @@ class CodebookConfig(StageConfig):
                            "low-res input (0: off)"})
     hr_resolution: int = field(default=0, metadata={"help": "high-resolution size (set from data.hr_resolution)"})
     lr_resolution: int = field(default=0, metadata={"help": "low-resolution size (set from data.resolution)"})
+    # files from before the codeformer layout, and from before the perceptual network and the back-projection
+    # operator were options (they used the ConRe face encoder and the area downsampler)
     file_defaults: ClassVar[dict[str, Any]] = {"layout": "compact", "pretrained_path": "", "codeformer_size": 512,
-                                               "adain": True}  # files from before the codeformer layout
+                                               "adain": True, "perceptual_network": "conre",
+                                               "back_projection_operator": "area", "adversarial_warmup": 0}
 
     def validate(self) -> list[str]:
         errors = super().validate()
@@ -126,6 +144,7 @@ class CodebookConfig(StageConfig):
                           f"got {self.render_trains}")
         if self.render_source not in RENDER_SOURCES:
             errors.append(f"stage.render_source must be one of {', '.join(RENDER_SOURCES)}, got {self.render_source!r}")
+        errors += self.loss_errors()
         if not 0.0 < self.dead_threshold < 1.0:
             errors.append(f"stage.dead_threshold must be in (0, 1), got {self.dead_threshold}")
         if self.layout not in LAYOUTS:
@@ -135,6 +154,21 @@ class CodebookConfig(StageConfig):
         elif self.pretrained_path:
             errors.append("stage.pretrained_path loads CodeFormer's weights, which only the codeformer layout has: "
                           "set stage.layout=codeformer or drop stage.pretrained_path")
+        return errors
+
+    def loss_errors(self) -> list[str]:
+        errors = []
+        if self.perceptual_network not in PERCEPTUAL_NETWORKS:
+            errors.append(f"stage.perceptual_network must be one of {', '.join(PERCEPTUAL_NETWORKS)}, got "
+                          f"{self.perceptual_network!r}")
+        elif self.perceptual_network == "feature_matching" and self.perceptual_weight > 0 and not self.adversarial:
+            errors.append("stage.perceptual_network=feature_matching matches the discriminator's features: set "
+                          "stage.adversarial=true, or stage.perceptual_weight=0, or stage.perceptual_network=conre")
+        if self.back_projection_operator not in BACK_PROJECTION_OPERATORS:
+            errors.append(f"stage.back_projection_operator must be one of {', '.join(BACK_PROJECTION_OPERATORS)}, "
+                          f"got {self.back_projection_operator!r}")
+        if self.adversarial_warmup < 0:
+            errors.append(f"stage.adversarial_warmup must be >= 0 generator steps, got {self.adversarial_warmup}")
         return errors
 
     def input_files(self) -> dict[str, str]:
@@ -177,9 +211,27 @@ def codeformer_sizes(cfg: CodebookConfig) -> CodeFormerSizes:
                            ff=2 * cfg.transformer_width, fuse_resolutions=tuple(sorted(sizes[1:-1])))
 
 
+def check_codeformer_sizes(theirs: CodeFormerSizes, ours: CodeFormerSizes, path: str) -> None:
+    """A CodeFormerWeightsError naming every size in which the weights file at ``path`` differs from the config."""
+    differ = [f"{k} {getattr(theirs, k)} in the file, {getattr(ours, k)} here" for k in vars(ours)
+              if getattr(theirs, k) != getattr(ours, k)]
+    if differ:
+        raise CodeFormerWeightsError(
+            f"stage.pretrained_path={path}: {'; '.join(differ)}. The codeformer layout takes its sizes from "
+            f"stage.codeformer_size, base_channels, channel_multipliers, blocks_per_level, codebook_size, "
+            f"code_dim and transformer_width / layers / heads; the release's are the schema defaults "
+            f"(configs/stage/codebook.yaml without an experiment's size overrides)")
+
+
 def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Low-res frames [N, 3, r, r] made to look generated: per frame a random blur, a 2x down-up resize and noise,
-    each scaled by ``strength`` (0 returns the frames unchanged)."""
+    each scaled by ``strength`` (0 returns the frames unchanged).
+
+    The training range, at strength s (0.5 by default), all at the low resolution: a 3 x 3 box blur blended in
+    with weight U(0, s) (variance at most 2 s / 3: sigma <= 0.58 low-res px at s = 0.5); with probability s / 2 a
+    2x bilinear down-up (antialiased down); Gaussian noise of std U(0, 0.05 s) in [-1, 1] units (at most 6.4 s grey
+    levels); no JPEG, no motion blur, no resize below half the low resolution. :mod:`evaluation.degraded` goes
+    beyond it."""
     if strength <= 0:
         return frames
     n, device = frames.shape[0], frames.device
@@ -194,12 +246,25 @@ def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Gener
     return (out + 0.05 * strength * draw() * noise).clamp(-1, 1)
 
 
-def back_project(output: torch.Tensor, low: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
+def downsample(images: torch.Tensor, size: int | tuple[int, int], operator: str) -> torch.Tensor:
+    """The back-projection's down operator: ``area`` (the average the corpus makes its low-res frames with) or
+    ``bicubic`` (antialiased: the bicubic kernel widened by the factor)."""
+    if operator == "area":
+        return F.interpolate(images, size=size, mode="area")
+    if operator == "bicubic":
+        return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+    raise ValueError(f"back-projection operator must be one of {', '.join(BACK_PROJECTION_OPERATORS)}, got "
+                     f"{operator!r}")
+
+
+def back_project(output: torch.Tensor, low: torch.Tensor, fidelity: float | torch.Tensor,
+                 operator: str = "bicubic") -> torch.Tensor:
     """High-res output [N, 3, H, H] + the low-res input [N, 3, r, r] -> output + w * up(low - down(output)).
 
-    down is the area average (as the corpus makes its low-res frames), up is bicubic: one back-projection step,
-    which moves the output's downsampled image towards the input by the fraction w (number or [N])."""
-    residual = low - F.interpolate(output, size=low.shape[-2:], mode="area")
+    down is :func:`downsample` with ``operator`` (``area`` is the corpus's own downsampler, so on its exact
+    downsamples it is an oracle), up is bicubic: one back-projection step, which moves the output's downsampled
+    image towards the input by the fraction w (number or [N])."""
+    residual = low - downsample(output, low.shape[-2:], operator)
     correction = F.interpolate(residual, size=output.shape[-2:], mode="bicubic", align_corners=False)
     return output + fidelity_like(fidelity, output) * correction
 

@@ -1,27 +1,19 @@
-"""``make results codebook``: the codebook renderer's 4x upscaling of held-out faces against bicubic upsampling.
+"""``make results NAMES=codebook``: the codebook renderer against bicubic on frames it has not seen.
 
-The input is each held-out clip's 64 px frames (as the reader gives them); the target is the same frames at
-256 px. PSNR / SSIM (torchmetrics, [0, 1] range) are measured at fidelity weight 1; FID (pooled frames, the
-packaged Inception) at the stage's default fidelity weight. Bicubic upsampling of the same input is the
-baseline, scored the same way in the same run; one back-projection step of it (no network, PSNR / SSIM only)
-shows how much of the renderer's gain a fixed operation already gives. Every row and the target reach the scorers
-through :func:`evaluation.measure.to_measurement_size` at ``MEASURE_SIZE``, and the bicubic baseline is that same
-function applied to the input; PSNR / SSIM come with 95% intervals over test speakers (:mod:`evaluation.intervals`).
+Per seed: the seed's chain up to its motion stage (the files the video table trains too), the three codebook phases
+(with the discriminator's feature matching as the perceptual term and the hinge GAN, as configs/experiment/small.yaml
+says), and the temporal variant: the same three phases with ``stage.temporal=true`` on clips of its window, trained
+into its own folder (:func:`temporal_corpus`). One identity judge serves every seed: the portrait table's ConRe,
+trained with seed 100 on ``data.speaker_part=1/2`` and used for nothing but scoring. The evaluation
+(:mod:`reports.results_codebook_eval`) is cached per seed.
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
+import math
+import statistics
 
 import numpy as np
-import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from common.images import to_uint8
-from datamodules.datamodule import ShardDataModule
-from evaluation.fid import FeatureStats, InceptionFeatures, content_features, fid_from_stats
 from evaluation.intervals import (
     format_interval,
     format_seeds_and_interval,
@@ -29,214 +21,199 @@ from evaluation.intervals import (
     seed_mean_by_clip,
     speaker_bootstrap,
 )
-from evaluation.measure import MEASUREMENT_RESIZE, to_measurement_size
-from lightning_modules.codebook import CodebookStage
-from lightning_modules.codebook_parts import back_project
-from lightning_modules.stagefile import StageFiles
+from evaluation.kid import interval_of_draws
+from evaluation.measure import MEASUREMENT_RESIZE
+from reports import results_codebook_eval as ev
+from reports.results_codebook_eval import (  # noqa: F401  (the table's measurement, tested by these names)
+    MEASURE_SIZE,
+    frame_scores,
+    ssim_per_frame,
+    unit,
+)
 
-FRAMES_PER_CLIP = 8
-CHUNK_FRAMES = 64  # frames upscaled and scored at a time (a multiple of FRAMES_PER_CLIP and of FID_STRIDE)
-FID_STRIDE = 4  # Inception features of every 4th frame (2 per clip): about 1 s per 256 px frame on one CPU core
-ROWS = {"codebook, fidelity 1": "codebook_w1", "codebook, default fidelity": "codebook_default", "bicubic": "bicubic",
-        "bicubic, back-projected once (no network)": "bicubic_back_projected"}
-FID_ROWS = ("codebook_w1", "codebook_default", "bicubic")  # Inception costs ~1 s a frame: not for the diagnostic row
-MEASURE_SIZE = 256  # every row and the target are scored at the target's size; 64 px inputs go up by bicubic
-FRAME_METRICS = ("psnr", "ssim")
-# row differences worth an interval of their own: (row, minus row)
-PAIRS = (("codebook_w1", "bicubic"), ("codebook_default", "bicubic"), ("codebook_w1", "bicubic_back_projected"))
-# the render phase (fusion, decoder and detail gate) trains twice as long as the VQ and transformer phases
-PHASE_WORDS = {"render": ("trainer.max_steps=600",)}
-
-
-def held_out_frames(data) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
-    """(64 px inputs [N, 3, r, r], 256 px targets [N, 3, R, R]) in [-1, 1]: FRAMES_PER_CLIP of every test clip,
-    clip after clip; and {clip key: speaker} in the same order."""
-    dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=8))
-    dm.setup()
-    low, high, speakers = [], [], {}
-    for batch in dm.eval_dataloader("test"):
-        valid = batch["valid"]
-        low.append(batch["frames"][valid].flatten(0, 1))
-        high.append(batch["hr_frames"][valid].flatten(0, 1))
-        speakers.update((batch["key"][i], batch["speaker"][i]) for i in torch.nonzero(valid).flatten().tolist())
-    return torch.cat(low), torch.cat(high), speakers
+# The render phase (fusion, decoder and detail gate) trains twice as long as the VQ phase; Lightning counts both
+# optimizers' steps with the GAN on, so the small config's 600 are 300 batches, and the transformer phase (no GAN)
+# keeps 300 batches.
+PHASE_WORDS = {"transformer": ("trainer.max_steps=300",), "render": ("trainer.max_steps=1200",)}
+# the temporal variant: windows of the small config's stage.window_frames (4) frames, as many frames per batch (8)
+TEMPORAL_WORDS = ("stage.temporal=true", "data.clip_frames=4", "data.batch_size=2")
+SETS = {"stage2": "held-out stage-2 frames (the seed's windowed motion stage re-rendering real test clips)",
+        "degraded": "the degraded real set (fixed seed, a recorded recipe per frame)"}
+METRICS = (("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("kid", "KID×10³ ↓"), ("fid", "FID ↓"),
+           ("temporal_consistency", "temporal cons. ↓"), ("flicker_generated", "flicker"),
+           ("identity_dlib", "identity dlib ↑"), ("identity_conre", "identity judge ↑"), ("gate_opening", "gate"))
+PER_CLIP = ("psnr", "ssim", "temporal_consistency", "flicker_generated", "identity_dlib", "identity_conre")
+PAIRED = {"psnr": "PSNR", "ssim": "SSIM", "kid": "KID×10³", "identity_dlib": "identity dlib",
+          "identity_conre": "identity judge", "temporal_consistency": "temporal cons."}
 
 
-def unit(frames: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8-rounded values in [0, 1], as the frames would be written."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round() / 255
-
-
-@torch.no_grad()
-def upscaled_chunks(stage_path: Path, low: torch.Tensor, size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Each row's outputs for CHUNK_FRAMES input frames at a time, so that memory does not grow with the clips."""
-    codebook = CodebookStage.for_inference(StageFiles.of(stage_path, "codebook"))
-    window = codebook.cfg.window_frames if codebook.cfg.temporal else FRAMES_PER_CLIP
-    for chunk in low.split(CHUNK_FRAMES):
-        outputs = {row: torch.cat([codebook.upscale(part, fidelity) for part in chunk.split(window)])
-                   for row, fidelity in (("codebook_w1", 1.0), ("codebook_default", None))}
-        outputs["bicubic"] = to_measurement_size(chunk, size)
-        outputs["bicubic_back_projected"] = back_project(outputs["bicubic"], chunk, 1.0).clamp(-1, 1)
-        yield {row: to_measurement_size(frames, size) for row, frames in outputs.items()}
-
-
-def feature_stats(extractor: InceptionFeatures, images: np.ndarray) -> FeatureStats:
-    """Inception statistics of uint8 images [N, H, W, 3]; the features are cached by the frame set's content, so
-    the real frames cost one pass for every seed."""
-    from reports.results import OUTPUT_ROOT
-    stats = FeatureStats(provenance=extractor.describe())
-    stats.update(content_features(extractor, images, OUTPUT_ROOT / "inception-features"))
-    return stats
-
-
-def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """SSIM of each frame pair [N], a chunk at a time (all at once needs N x 27 MB at 256 px)."""
-    return torch.cat([structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
-                      for p, t in zip(pred.split(chunk), target.split(chunk), strict=False)])
-
-
-def frame_scores(frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame (PSNR [N], SSIM [N]) of frames in [-1, 1], measured at the target's size, against a target
-    already through :func:`unit`."""
-    pred = unit(to_measurement_size(frames, target.shape[-1]))
-    return (peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)),
-            ssim_per_frame(pred, target))
-
-
-def per_clip(psnr: torch.Tensor, ssim: torch.Tensor, clips: list[str]) -> dict[str, dict[str, float]]:
-    """Per-frame PSNR and SSIM [N] of clips of FRAMES_PER_CLIP consecutive frames -> {clip key: {psnr, ssim}},
-    each the mean over the clip's frames."""
-    means = [values.reshape(len(clips), FRAMES_PER_CLIP).mean(1).tolist() for values in (psnr, ssim)]
-    return {key: {"psnr": p, "ssim": s} for key, p, s in zip(clips, *means, strict=True)}
-
-
-def evaluate_codebook(stage_path: Path, data) -> dict:
-    """{"rows": {row: {psnr, ssim, fid, frames, fid_frames, per_clip}}, "speakers": {clip key: speaker}} for one
-    seed's exported codebook on the test split, every row measured at MEASURE_SIZE.
-
-    PSNR and SSIM are per frame, averaged (per_clip: {clip key: {psnr, ssim}}, each a mean over the clip's frames);
-    frames are scored a chunk at a time and only every FID_STRIDE-th one is kept (as uint8) for FID."""
-    low, high, speakers = held_out_frames(data)
-    psnr: dict[str, list[torch.Tensor]] = {row: [] for row in ROWS.values()}
-    ssim: dict[str, list[torch.Tensor]] = {row: [] for row in ROWS.values()}
-    kept: dict[str, list[np.ndarray]] = {row: [] for row in [*FID_ROWS, "real"]}
-    for outputs, real in zip(upscaled_chunks(stage_path, low, MEASURE_SIZE), high.split(CHUNK_FRAMES), strict=True):
-        real = to_measurement_size(real, MEASURE_SIZE)
-        target = unit(real)
-        kept["real"].append(to_uint8(real[::FID_STRIDE]))
-        for row, frames in outputs.items():
-            row_psnr, row_ssim = frame_scores(frames, target)
-            psnr[row].append(row_psnr)
-            ssim[row].append(row_ssim)
-            if row in kept:
-                kept[row].append(to_uint8(frames[::FID_STRIDE]))
-    extractor = InceptionFeatures()
-    real_stats = feature_stats(extractor, np.concatenate(kept.pop("real")))
-    psnr_all, ssim_all = {row: torch.cat(v) for row, v in psnr.items()}, {row: torch.cat(v) for row, v in ssim.items()}
-    scores = {row: {"psnr": float(psnr_all[row].mean()), "ssim": float(ssim_all[row].mean()), "frames": len(low),
-                    "per_clip": per_clip(psnr_all[row], ssim_all[row], list(speakers))} for row in ROWS.values()}
-    for row, images in kept.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # N < 2048 is reported with the table
-            scores[row]["fid"] = fid_from_stats(real_stats, feature_stats(extractor, np.concatenate(images))).fid
-        scores[row]["fid_frames"] = sum(len(i) for i in images)
-    return {"rows": scores, "speakers": speakers}
+def temporal_corpus():
+    """The small corpus with the temporal variant's words on every codebook phase and its own output folder (its
+    run folders and stage files apart from the renderer's)."""
+    from reports.results import CORPUS, CORPUS_OPTIONS, OUTPUT_ROOT, Corpus
+    return Corpus(CORPUS, CORPUS_OPTIONS, OUTPUT_ROOT / "codebook-temporal", {"codebook": TEMPORAL_WORDS})
 
 
 def codebook_seed(seed: int) -> dict:
-    """One seed's rows: its three codebook phases trained (or reused) and its upscaling scored."""
-    from reports.results import CORPUS, SMALL, cached_evaluation, train, train_codebook
+    """One seed's stages trained (or reused) and its two test sets scored (or reused)."""
+    from reports.results import CORPUS, SMALL, cached_evaluation, shared_autoencoder, train, train_codebook
+    from reports.results_portrait_table import JUDGE_SEED, judge_file
     from trainer.config import compose
 
-    stages = SMALL.stages(seed)
+    judge = judge_file(SMALL)
+    train("conre", JUDGE_SEED, judge.parent, "data.speaker_part=1/2", name="judge")
+    stages = shared_autoencoder(seed)
     train("conre", seed, stages)
+    train("motion_diffusion", seed, stages)
     train_codebook(seed, stages, PHASE_WORDS)
+    temporal = temporal_corpus()
+    train_codebook(seed, temporal.stages(seed), PHASE_WORDS, temporal)
     data = compose(["experiment=small", "stage=codebook", f"data.root={CORPUS}"]).data
-    path = stages / "codebook.safetensors"
-    result = cached_evaluation(f"codebook-{MEASURE_SIZE}px", seed, [path], lambda: evaluate_codebook(path, data))
+    inputs = [stages / "codebook.safetensors", temporal.stages(seed) / "codebook.safetensors", judge,
+              *(stages / f"{name}.safetensors" for name in ("conre", "autoencoder", "motion_diffusion"))]
+    result = cached_evaluation(f"codebook-{ev.MEASURE_SIZE}px", seed, inputs, lambda: ev.evaluate_codebook(
+        stages, temporal.stages(seed), judge, data, seed))
     return {"seed": seed, **result}
 
 
-def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
-    """A row's per-clip values of one metric, averaged over the seeds."""
-    return seed_mean_by_clip([{clip: v[metric] for clip, v in r["rows"][row]["per_clip"].items()}
-                              for r in per_seed])
+def row_values(per_seed: list[dict], test_set: str, row: str, metric: str) -> list[float]:
+    values = [r["sets"][test_set]["rows"][row].get(metric) for r in per_seed]
+    if metric == "kid":
+        return [1000 * v["kid"] for v in values]
+    return [v for v in values if v is not None]
 
 
-def cell(per_seed: list[dict], row: str, metric: str) -> str:
-    """One row's metric as mean ± std over seeds, with the 95% interval over test speakers for PSNR / SSIM (FID
-    pools the frames of all clips: seeds only)."""
-    values = [r["rows"][row][metric] for r in per_seed]
-    if metric not in FRAME_METRICS:
-        return format_seeds_and_interval(values, None)
-    return format_seeds_and_interval(values, speaker_bootstrap(clip_values(per_seed, row, metric),
-                                                               per_seed[0]["speakers"]))
+def clip_values(per_seed: list[dict], test_set: str, row: str, metric: str) -> dict[str, float]:
+    """A row's per-clip values of one metric averaged over the seeds (clips NaN in any seed left out)."""
+    per = [{k: v[metric] for k, v in r["sets"][test_set]["rows"][row]["per_clip"].items()} for r in per_seed]
+    keep = [k for k in per[0] if all(math.isfinite(p[k]) for p in per)]
+    return seed_mean_by_clip([{k: p[k] for k in keep} for p in per])
 
 
-def paired_lines(per_seed: list[dict]) -> list[str]:
-    """One line per PAIRS entry: the PSNR and SSIM differences with their paired intervals over test speakers."""
-    names = {row: label for label, row in ROWS.items()}
-    lines = []
-    for row, other in PAIRS:
-        diffs = [f"{metric.upper()} " + format_interval(*paired_speaker_bootstrap(
-            clip_values(per_seed, row, metric), clip_values(per_seed, other, metric), per_seed[0]["speakers"]))
-            for metric in FRAME_METRICS]
-        lines.append(f"- {names[row]} − {names[other]}: " + ", ".join(diffs))
+def cell(per_seed: list[dict], test_set: str, row: str, metric: str) -> str:
+    """mean ± std over seeds, [95% interval over test speakers] for per-clip metrics, the subset spread for KID."""
+    values = row_values(per_seed, test_set, row, metric)
+    if not values:
+        return "—"
+    digits = 2 if metric in ("psnr", "fid", "kid") else 3
+    if metric in PER_CLIP:
+        interval = speaker_bootstrap(clip_values(per_seed, test_set, row, metric), per_seed[0]["speakers"])
+        return format_seeds_and_interval(values, interval, digits)
+    text = format_seeds_and_interval(values, None, digits)
+    if metric == "kid":
+        spread = statistics.fmean(1000 * r["sets"][test_set]["rows"][row]["kid"]["kid_std"] for r in per_seed)
+        text += f" (subsets ± {spread:.2f})"
+    return text
+
+
+def kid_difference(per_seed: list[dict], test_set: str, row: str) -> tuple[float, float, float]:
+    """KID×10³ of ``row`` minus bicubic: the seed mean, and the paired speaker interval of the seed-mean difference
+    (each seed's bootstrap draws share the speaker draws, so they are averaged draw by draw)."""
+    point = statistics.fmean(a - b for a, b in zip(row_values(per_seed, test_set, row, "kid"),
+                                                    row_values(per_seed, test_set, "bicubic", "kid"), strict=True))
+    draws = np.mean([r["sets"][test_set]["kid_draws"][f"{row}-bicubic"] for r in per_seed], axis=0) * 1000
+    return interval_of_draws(point, draws)
+
+
+def difference(per_seed: list[dict], test_set: str, row: str, metric: str) -> tuple[float, float, float]:
+    if metric == "kid":
+        return kid_difference(per_seed, test_set, row)
+    return paired_speaker_bootstrap(clip_values(per_seed, test_set, row, metric),
+                                    clip_values(per_seed, test_set, "bicubic", metric), per_seed[0]["speakers"])
+
+
+def labels(per_seed: list[dict]) -> dict[str, str]:
+    first = per_seed[0]
+    default = first["training"]["fidelity_weight"]
+    names = {"bicubic": "bicubic", "back_projected": "back-projected bicubic (bicubic operator)",
+             "back_projected_area": "back-projected bicubic (area operator: the corpus's downsampler)",
+             "temporal": f"temporal variant (window {first['training']['temporal_window']}, w = {default:g})"}
+    for row in first["rows"]:
+        if row.startswith("renderer_w"):
+            w = float(row[len("renderer_w"):])
+            names[row] = f"renderer, w = {w:g}" + (" (default)" if w == default else "")
+    return names
+
+
+def set_table(per_seed: list[dict], test_set: str) -> list[str]:
+    names = labels(per_seed)
+    first = per_seed[0]["sets"][test_set]["rows"]
+    truth = first["bicubic"]["flicker_real"]
+    lines = [f"**{SETS[test_set]}**", "", "| output | " + " | ".join(label for _, label in METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for row in per_seed[0]["rows"]:
+        lines.append(f"| {names[row]} | " + " | ".join(cell(per_seed, test_set, row, m) for m, _ in METRICS) + " |")
+    lines += ["", f"The real clips' flicker: {truth:.4f}. Differences from bicubic on the same clips (mean [paired "
+              f"95% interval over test speakers; KID: the speaker bootstrap of its Inception features]):"]
+    for row in per_seed[0]["rows"]:
+        if row != "bicubic":
+            parts = [f"{label} {format_interval(*difference(per_seed, test_set, row, m))}"
+                     for m, label in PAIRED.items()]
+            lines.append(f"- {names[row]}: " + ", ".join(parts))
     return lines
 
 
+def target_lines(per_seed: list[dict]) -> list[str]:
+    """The issue's targets on the stage-2 frames, each with its numbers and whether it is met."""
+    renderer = per_seed[0]["primary"][1]
+
+    def seeds(row: str, metric: str) -> list[float]:
+        return row_values(per_seed, "stage2", row, metric)
+
+    gaps = [b - r for b, r in zip(seeds("bicubic", "fid"), seeds(renderer, "fid"), strict=True)]
+    spread = statistics.stdev(seeds(renderer, "fid")) if len(gaps) > 1 else math.nan
+    kid = kid_difference(per_seed, "stage2", renderer)
+    psnr = statistics.fmean(seeds(renderer, "psnr")) - statistics.fmean(seeds("bicubic", "psnr"))
+    lines = [f"- FID below bicubic's by more than twice its std over seeds: {statistics.fmean(gaps):.2f} lower, "
+             f"2 × std {2 * spread:.2f}: {verdict(statistics.fmean(gaps) > 2 * spread)}",
+             f"- KID's paired interval excludes 0 (below it): {format_interval(*kid, digits=2)}: "
+             f"{verdict(kid[2] < 0)}",
+             f"- PSNR within 0.5 dB of bicubic: {psnr:+.2f} dB: {verdict(psnr >= -0.5)}"]
+    for metric in ("identity_dlib", "identity_conre"):
+        gap = statistics.fmean(seeds(renderer, metric)) - statistics.fmean(seeds("bicubic", metric))
+        seed_spread = statistics.stdev(seeds(renderer, metric)) if len(per_seed) > 1 else 0.0
+        lines.append(f"- {PAIRED[metric]} not worse beyond the seed spread: {gap:+.4f} against std "
+                     f"{seed_spread:.4f}: {verdict(gap >= -seed_spread)}")
+    return lines
+
+
+def verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
+
+
 def codebook_results() -> tuple[dict, str]:
-    """Train (or reuse) the small codebook phases for every seed and tabulate the upscaling against bicubic."""
+    """Train (or reuse) every seed's renderer, temporal variant and motion stage; tabulate both test sets."""
     from reports.results import SEEDS
 
     per_seed = [codebook_seed(seed) for seed in SEEDS]
-    frames = per_seed[0]["rows"]["bicubic"]["frames"]
-    fid_frames = per_seed[0]["rows"]["bicubic"]["fid_frames"]
-    lines = [f"4x upscaling (64 -> 256 px) of {frames} held-out frames ({len(SEEDS)} seeds, mean ± std over seeds "
-             f"[95% interval over test speakers, seed-averaged clips, speakers resampled]): PSNR / SSIM "
-             f"at fidelity weight 1 and at the default, FID of every {FID_STRIDE}th frame against the same real "
-             f"256 px frames (N = {fid_frames} < 2048: biased upward, comparable only within this table; seeds "
-             f"only). Every row and the target are measured at {MEASURE_SIZE} px ({MEASUREMENT_RESIZE}); the "
-             f"bicubic row is that measurement of the 64 px input.", "",
-             "| output | PSNR (dB) | SSIM | FID |", "|---|---|---|---|"]
-    for label, row in ROWS.items():
-        first = per_seed[0]["rows"][row]
-        lines.append(f"| {label} | " + " | ".join(cell(per_seed, row, m) if m in first else "—"
-                                                  for m in ("psnr", "ssim", "fid")) + " |")
-    lines += ["", "Differences of rows on the same clips (mean [paired 95% interval over test speakers]):",
-              *paired_lines(per_seed)]
-    return {"per_seed": per_seed}, "\n".join(lines)
-
-
-@torch.no_grad()
-def stage2_frame_scores(stages: Path, renderers: list[Path], data, max_clips: int = 50) -> dict[str, dict]:
-    """PSNR / SSIM against the real 256 px frames of renderers and bicubic on held-out frames as the motion stage
-    of ``stages`` renders them (:func:`rerender_frames`, seeded): the inputs ``render_source: motion`` trains on.
-    Usage: ``stage2_frame_scores(Path("outputs/results/small/stages-seed0"), [file, ...], data)``."""
-    from lightning_modules.motion_diffusion import MotionDiffusionStage
-    from lightning_modules.motion_generation import rerender_frames, truth_gaze
-
-    dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=8))
-    dm.setup()
-    parts, generator = MotionDiffusionStage.for_inference(StageFiles(stages)), torch.Generator().manual_seed(0)
-    low, high = [], []
-    for batch in dm.eval_dataloader("test"):
-        valid = batch["valid"]
-        gaze, known = truth_gaze(batch, FRAMES_PER_CLIP)
-        low.append(rerender_frames(parts, batch["frames"][valid], batch["landmarks"][valid], batch["audio"][valid],
-                                   data.resolution, generator, gaze[valid], known[valid]).flatten(0, 1))
-        high.append(batch["hr_frames"][valid].flatten(0, 1))
-        if sum(len(h) for h in high) >= max_clips * FRAMES_PER_CLIP:
-            break
-    low, target = torch.cat(low), unit(to_measurement_size(torch.cat(high), MEASURE_SIZE))
-
-    def scores(frames: torch.Tensor) -> dict[str, float]:
-        psnr, ssim = frame_scores(frames, target)
-        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
-
-    result = {"frames": len(low), "bicubic": scores(to_measurement_size(low, MEASURE_SIZE))}
-    for path in renderers:
-        codebook = CodebookStage.for_inference(StageFiles.of(path, "codebook"))
-        result[str(path)] = {w: scores(torch.cat([codebook.upscale(c, w) for c in low.split(FRAMES_PER_CLIP)]))
-                             for w in (1.0, 0.5, 0.0)}
-    return result
+    first, training = per_seed[0], per_seed[0]["training"]
+    degraded = first["degraded"]
+    beyond = degraded["beyond_training"]
+    renderer = labels(per_seed)[first["primary"][1]]
+    lines = [f"4x upscaling (64 -> 256 px) of {first['frames']} held-out frames ({ev.FRAMES_PER_CLIP} of each test "
+             f"clip), {len(SEEDS)} seeds: mean ± std over seeds [95% interval over test speakers, seed-averaged "
+             f"clips]. Every row and the real frame are measured at {ev.MEASURE_SIZE} px ({MEASUREMENT_RESIZE}). "
+             f"FID (every frame, {first['sets']['stage2']['rows']['bicubic']['fid_frames']}) for bicubic and "
+             f"the {renderer}; KID (cubic kernel, subsets of {ev.KID_SUBSET}) on every {ev.STRIDE}th frame for every "
+             f"row, identity likewise: the cosine to the real frame's embedding by dlib's ResNet (both aligned by "
+             f"the real frame's corpus landmarks) and by the independent ConRe judge (seed 100, the other half of "
+             f"the training speakers, at {first['judge_size']} px). Temporal consistency and flicker outside the "
+             f"mouth (evaluation/temporal.py); gate: the detail gate's mean opening.",
+             "", f"Training: perceptual network {training['perceptual_network']} (the discriminator's features; no "
+             f"judge of this table) at weight {training['perceptual_weight']:g}, hinge GAN "
+             f"{training['adversarial_weight']:g} (warm-up {training['adversarial_warmup']} generator steps), "
+             f"inputs degraded real frames (degrade {training['degrade']:g}), back-projection operator "
+             f"{training['back_projection_operator']}. The degraded set: seed {degraded['seed']}, per frame a blur "
+             f"(Gaussian or motion), a two-step resize chain, noise and JPEG (evaluation/degraded.py); beyond the "
+             f"training range in blur {beyond['blur']}, resize {beyond['resize']}, noise {beyond['noise']}, JPEG "
+             f"{beyond['jpeg']}, any {beyond['any']} of {len(degraded['recipes'])} frames (recipes in "
+             f"results/codebook.json).", ""]
+    for test_set in SETS:
+        lines += [*set_table(per_seed, test_set), ""]
+    lines += ["Targets on the held-out stage-2 frames:", *target_lines(per_seed), "",
+              f"![64 px input, bicubic, renderer, real 256 px]({ev.IMAGE})", "",
+              f"Columns of the picture: the 64 px stage-2 frame (pixels enlarged), bicubic, the {renderer}, the real "
+              f"256 px frame; frame 0 of the first 4 test clips, seed 0."]
+    kept = [{k: v for k, v in r.items() if k != "degraded"} | {"degraded_digests": r["degraded"]["digests"]}
+            for r in per_seed]
+    return {"per_seed": kept, "degraded_set": degraded}, "\n".join(lines)

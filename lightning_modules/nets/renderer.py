@@ -64,16 +64,19 @@ class FidelityFusion(nn.Module):
 
 class DetailGate(nn.Module):
     """A per-pixel gate g in (0, 1) from the decoder's output and the bicubic upsampling of the input; at fidelity w
-    the output becomes ``decoded + w * (1 - g) * (bicubic - decoded)``. Starts at g = ``initial`` everywhere."""
+    the output becomes ``decoded + w * (1 - g) * (bicubic - decoded)``. Starts at g = ``initial`` everywhere.
+    ``last_opening`` holds each image's mean g [N] of the last call (the results table reports it)."""
 
     def __init__(self, hidden: int = 16, initial: float = 0.25):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(6, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, 1, 3, padding=1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.constant_(self.net[-1].bias, math.log(initial / (1 - initial)))
+        self.last_opening: torch.Tensor | None = None
 
     def forward(self, decoded: torch.Tensor, low: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
         """decoded [N, 3, H, H], low-res input [N, 3, r, r], w (number or [N]) -> the gated output [N, 3, H, H]."""
         bicubic = F.interpolate(low, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
         gate = torch.sigmoid(self.net(torch.cat([decoded, bicubic], dim=1)))
+        self.last_opening = gate.detach().mean(dim=(1, 2, 3))
         return decoded + fidelity_like(w, decoded) * (1 - gate) * (bicubic - decoded)

@@ -196,20 +196,43 @@ def test_render_inputs_can_be_the_motion_stages_rendering_of_each_frame(tmp_path
     assert losses["l1"].shape == (2,) and torch.isfinite(losses["l1"]).all()
 
 
-def test_back_projection_moves_the_output_towards_the_input_by_the_fidelity_weight():
+@pytest.mark.parametrize("operator", ["bicubic", "area"])
+def test_back_projection_moves_the_output_towards_the_input_by_the_fidelity_weight(operator):
+    from lightning_modules.codebook_parts import downsample
     torch.manual_seed(0)
     low = F.interpolate(torch.rand(3, 3, 4, 4) * 2 - 1, size=16, mode="bilinear")  # image-like: smooth at 16 px
     output = torch.rand(3, 3, 64, 64) * 2 - 1
-    down = lambda x: F.interpolate(x, size=16, mode="area")  # noqa: E731
+    down = lambda x: downsample(x, 16, operator)  # noqa: E731
     gap = lambda x: (down(x) - low).abs().mean().item()  # noqa: E731
-    assert torch.equal(back_project(output, low, 0.0), output)
-    half, full = back_project(output, low, 0.5), back_project(output, low, 1.0)
+    assert torch.equal(back_project(output, low, 0.0, operator), output)
+    half, full = back_project(output, low, 0.5, operator), back_project(output, low, 1.0, operator)
     assert gap(full) < 0.25 * gap(output) and gap(full) < gap(half) < gap(output)
     smooth = F.interpolate(low, size=64, mode="bicubic", align_corners=False)  # detail the input cannot see stays
     detail = output - F.interpolate(down(output), size=64, mode="bicubic", align_corners=False)
     assert torch.allclose(full - detail, smooth, atol=1e-5)
-    per_sample = back_project(output, low, torch.tensor([0.0, 1.0, 0.5]))
+    per_sample = back_project(output, low, torch.tensor([0.0, 1.0, 0.5]), operator)
     assert torch.equal(per_sample[0], output[0]) and torch.allclose(per_sample[1], full[1], atol=1e-6)
+    expected = {"area": F.interpolate(output, size=16, mode="area"),  # the corpus's downsampler, or antialiased bicubic
+                "bicubic": F.interpolate(output, size=16, mode="bicubic", align_corners=False, antialias=True)}
+    assert torch.equal(down(output), expected[operator])
+
+
+def test_back_projection_operator_is_an_option_and_old_files_load_as_area(tmp_path):
+    module = tiny_stage("render").eval()
+    assert module.cfg.back_projection_operator == "bicubic"  # new configs
+    config = {k: v for k, v in asdict(module.cfg).items() if k not in ("back_projection_operator",
+                                                                       "perceptual_network", "adversarial_warmup")}
+    save_stage_file(tmp_path / "codebook.safetensors",
+                    StageFile(stage="codebook", state=module.state_dict(), config=config, phase="render"))
+    loaded = CodebookStage.for_inference(StageFiles(tmp_path))  # a file from before the options
+    assert loaded.cfg.back_projection_operator == "area" and loaded.cfg.perceptual_network == "conre"
+    lr = make_batch(2)["frames"]
+    with torch.no_grad():
+        module.cfg.back_projection_operator = "area"  # the same weights with the area operator: the old file's output
+        assert torch.allclose(loaded.render(lr, 1.0), module.render(lr, 1.0), atol=1e-6)
+        module.cfg.back_projection_operator = "bicubic"
+        assert (loaded.render(lr, 1.0) - module.render(lr, 1.0)).abs().max() > 1e-4
+    assert "stage.back_projection_operator" in "".join(tiny_cfg(back_projection_operator="nearest").validate())
 
 
 def test_temporal_variant_attends_across_frames():

@@ -115,10 +115,11 @@ def test_the_tables_print_the_seed_spread_and_the_speaker_interval_of_their_per_
     low, high = map(float, cell.match(results_sync.cell(sync, "truth", "lse_c")).groups())
     assert low < np.mean(list(values.values())) + 0.01 < high
     assert "LSE-C 0.000 [0.000, 0.000]" in results_sync.paired_lines(sync, list(results_sync.ROWS))[0]
-    codebook = [{"rows": {name: row(results_codebook.FRAME_METRICS, 0.0) | {"fid": 40.0 + s}
-                          for name in results_codebook.ROWS.values()}, "speakers": speaker_of} for s in range(3)]
-    assert cell.match(results_codebook.cell(codebook, "bicubic", "ssim"))
-    assert results_codebook.cell(codebook, "bicubic", "fid") == "41.000 ± 1.000"  # pooled frames: seeds only
+    codebook = [{"sets": {"stage2": {"rows": {name: row(results_codebook.PER_CLIP, 0.0) | {"fid": 40.0 + s}
+                                              for name in ("bicubic", "renderer_w0.5")}}}, "speakers": speaker_of}
+                for s in range(3)]
+    assert cell.match(results_codebook.cell(codebook, "stage2", "bicubic", "ssim"))
+    assert results_codebook.cell(codebook, "stage2", "bicubic", "fid") == "41.00 ± 1.00"  # pooled frames: seeds only
     scores = {m: 0.5 for m in results_portrait.METRICS} | {
         "per_clip": {m: [values[k] for k in keys] for m in results_portrait.METRICS}}
     portrait = [{"rows": {name: dict.fromkeys(results_portrait.EMBEDDERS, scores) for name in results_portrait.ROWS},

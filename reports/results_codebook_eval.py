@@ -1,0 +1,289 @@
+"""``make results NAMES=codebook``: one seed's evaluation of the codebook renderer (the table:
+:mod:`reports.results_codebook`).
+
+The real frames are the first FRAMES_PER_CLIP frames of every test clip; their real 256 px frames are the targets of
+two test sets whose 64 px inputs the renderer never trained on (it trains on real frames degraded by
+``degrade_frames``):
+
+- ``stage2``, held-out stage-2 frames: each clip re-rendered at 64 px by the seed's motion stage (its default, the
+  windowed renderer; :func:`rerender_frames` from the clip's own motion, speech and preceding real frames, seeded);
+- ``degraded``, the fixed degraded real set (:mod:`evaluation.degraded`, seed DEGRADED_SEED for every seed, a recipe
+  recorded per frame, strengths beyond the training range included).
+
+Rows: bicubic; back-projected bicubic with the bicubic operator (not the corpus's downsampler) and, reported apart,
+with the area operator (the corpus's own: an oracle on exact area downsamples); the renderer at each of FIDELITIES
+and the stage's default; the temporal variant (its own stage file) at its default. Every row and the target reach
+every scorer through :func:`evaluation.measure.to_measurement_size` at MEASURE_SIZE (the ConRe judge's input then
+at its training size, through the same function): PSNR / SSIM per frame; temporal consistency and flicker per clip
+outside the mouth (:mod:`evaluation.temporal`); Inception features for FID (every frame, PRIMARY rows) and KID
+(every STRIDE-th frame, every row); identity to the real frame on every STRIDE-th frame by dlib (aligned by the
+corpus landmarks of the real frame, for both) and by the independent ConRe judge; the detail gate's mean opening.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from common.images import image_grid, to_uint8, to_unit
+from datamodules.datamodule import ShardDataModule
+from evaluation.degraded import beyond_training_counts, degrade_real_frames
+from evaluation.fid import FeatureStats, InceptionFeatures, content_features, fid_from_stats
+from evaluation.identity import DlibFaceEmbedder
+from evaluation.kid import kid, kid_speaker_draws
+from evaluation.measure import scale_landmarks, to_measurement_size
+from evaluation.temporal import non_mouth_mask, temporal_statistics
+from lightning_modules.codebook import CodebookStage
+from lightning_modules.codebook_parts import back_project
+from lightning_modules.conre import ConReStage
+from lightning_modules.motion_diffusion import MotionDiffusionStage
+from lightning_modules.motion_generation import rerender_frames, truth_gaze
+from lightning_modules.stagefile import StageFiles
+
+FRAMES_PER_CLIP = 16  # 150 test clips x 16 = 2400 frames: FID of the primary rows on >= 2048
+CLIPS_PER_CHUNK = 8
+MAX_CLIPS: int | None = None  # every test clip
+STRIDE = 4  # KID, identity and the other rows' Inception features on every 4th frame (600 of 2400)
+KID_SUBSET = 300  # half of the KID frames: the spread over subsets says something
+MEASURE_SIZE = 256
+DEGRADED_SEED = 2026
+FIDELITIES = (0.0, 0.5, 1.0)
+TEST_SETS = ("stage2", "degraded")
+BASE_ROWS = ("bicubic", "back_projected", "back_projected_area")
+IMAGE = Path("docs/images/codebook_strip.png")
+
+
+def fidelity_row(w: float) -> str:
+    return f"renderer_w{w:g}"
+
+
+def test_chunks(data) -> Iterator[dict]:
+    """Chunks of CLIPS_PER_CHUNK test clips (FRAMES_PER_CLIP frames, their speech, landmarks and gaze truth)."""
+    dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=CLIPS_PER_CHUNK,
+                                 audio_seconds=FRAMES_PER_CLIP / data.fps))
+    dm.setup()
+    seen = 0
+    for batch in dm.eval_dataloader("test"):
+        valid = torch.nonzero(batch["valid"]).flatten()[:None if MAX_CLIPS is None else MAX_CLIPS - seen]
+        if len(valid) == 0:
+            continue
+        gaze, known = truth_gaze(batch, FRAMES_PER_CLIP)
+        picked = valid.tolist()
+        yield {"key": [batch["key"][i] for i in picked], "speaker": [batch["speaker"][i] for i in picked],
+               **{name: batch[name][valid] for name in ("frames", "hr_frames", "landmarks", "audio")},
+               "gaze": None if gaze is None else gaze[valid], "known": None if known is None else known[valid]}
+        seen += len(valid)
+        if MAX_CLIPS is not None and seen >= MAX_CLIPS:
+            return
+
+
+class Renderers:
+    """The seed's renderer and its temporal variant, with each row's frames at MEASURE_SIZE and the gate opening."""
+
+    def __init__(self, codebook: Path, temporal: Path):
+        self.codebook = CodebookStage.for_inference(StageFiles.of(codebook, "codebook"))
+        self.temporal = CodebookStage.for_inference(StageFiles.of(temporal, "codebook"))
+        self.default = self.codebook.cfg.fidelity_weight
+        self.fidelities = sorted({*FIDELITIES, self.default})
+        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), "temporal"]
+        self.primary = ("bicubic", fidelity_row(self.default))
+        self._openings: list[torch.Tensor] = []
+        for stage in (self.codebook, self.temporal):
+            if stage.detail_gate is not None:
+                stage.detail_gate.register_forward_hook(lambda module, *_: self._openings.append(module.last_opening))
+
+    @torch.no_grad()
+    def render(self, stage: CodebookStage, low: torch.Tensor, w: float) -> tuple[torch.Tensor, float | None]:
+        """Clips [B, T, 3, r, r] -> (frames [B*T, 3, S, S], the gate's mean opening or None): clip by clip, so the
+        temporal variant's windows never span two clips."""
+        self._openings.clear()
+        frames = torch.cat([stage.upscale(clip, w) for clip in low])
+        opening = float(torch.cat(self._openings).mean()) if self._openings else None
+        return to_measurement_size(frames, MEASURE_SIZE), opening
+
+    def outputs(self, low: torch.Tensor) -> Iterator[tuple[str, torch.Tensor, float | None]]:
+        """(row, frames [B*T, 3, S, S] in [-1, 1], gate opening) of every row for clips [B, T, 3, r, r]."""
+        flat = low.flatten(0, 1)
+        bicubic = to_measurement_size(flat, MEASURE_SIZE)
+        yield "bicubic", bicubic, None
+        yield "back_projected", back_project(bicubic, flat, 1.0, "bicubic").clamp(-1, 1), None
+        yield "back_projected_area", back_project(bicubic, flat, 1.0, "area").clamp(-1, 1), None
+        for w in self.fidelities:
+            yield fidelity_row(w), *self.render(self.codebook, low, w)
+        yield "temporal", *self.render(self.temporal, low, self.temporal.cfg.fidelity_weight)
+
+    def training(self) -> dict:
+        """What the renderer trained with, for the table (the perceptual network is named there)."""
+        cfg = self.codebook.cfg
+        return {name: getattr(cfg, name) for name in (
+            "perceptual_network", "perceptual_weight", "adversarial", "adversarial_weight", "adversarial_warmup",
+            "back_projection_operator", "fidelity_weight", "detail_gate", "degrade", "render_source")} | {
+            "temporal_window": self.temporal.cfg.window_frames, "temporal": self.temporal.cfg.temporal}
+
+
+class IdentityJudges:
+    """dlib's face recognition ResNet and the independent ConRe judge's face encoder, both on frames already at
+    MEASURE_SIZE (the judge's input then brought to its training size by to_measurement_size)."""
+
+    def __init__(self, judge: Path):
+        files = StageFiles.of(judge, "conre")
+        self.size = files["conre"].trained_resolution() or 64
+        self.face = ConReStage.for_inference(files).face
+        self.dlib = DlibFaceEmbedder()
+
+    @torch.no_grad()
+    def embed(self, frames: torch.Tensor, marks: np.ndarray) -> dict[str, torch.Tensor]:
+        """{"dlib": [n, 128], "conre": [n, E]}, unit length, of frames [n, 3, S, S] aligned by ``marks`` [n, 68, 2]."""
+        images = to_uint8(frames)
+        dlib = torch.from_numpy(np.stack([self.dlib.embed(i, m) for i, m in zip(images, marks, strict=True)]))
+        conre = self.face(to_unit(to_uint8(to_measurement_size(frames, self.size)))).float()
+        return {"dlib": F.normalize(dlib.float(), dim=-1), "conre": F.normalize(conre, dim=-1)}
+
+
+def unit(frames: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8-rounded values in [0, 1], as the frames would be written."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round() / 255
+
+
+def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """SSIM of each frame pair [N], a chunk at a time (all at once needs N x 27 MB at 256 px)."""
+    return torch.cat([structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+                      for p, t in zip(pred.split(chunk), target.split(chunk), strict=True)])
+
+
+def frame_scores(frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame (PSNR [N], SSIM [N]) of frames in [-1, 1], measured at the target's size, against a target
+    already through :func:`unit`."""
+    pred = unit(to_measurement_size(frames, target.shape[-1]))
+    psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return psnr, ssim_per_frame(pred, target)
+
+
+class SetScores:
+    """One test set's per-clip metrics, Inception features and gate openings, chunk by chunk."""
+
+    def __init__(self, rows: list[str], primary: tuple[str, ...], judges: IdentityJudges):
+        self.rows, self.primary, self.judges = rows, primary, judges
+        self.per_clip: dict[str, dict[str, dict]] = {row: {} for row in rows}
+        self.features: dict[str, list[np.ndarray]] = {row: [] for row in rows}
+        self.openings: dict[str, list[tuple[float, int]]] = {row: [] for row in rows}
+
+    def add(self, row: str, frames: torch.Tensor, real: dict, features, opening: float | None) -> None:
+        psnr, ssim = frame_scores(frames, real["target"])
+        ids = self.judges.embed(frames[::STRIDE], real["marks"][::STRIDE])
+        dlib, conre = ((ids[name] * real["ids"][name]).sum(-1) for name in ("dlib", "conre"))
+        per = FRAMES_PER_CLIP // STRIDE
+        for c, key in enumerate(real["keys"]):
+            clip = slice(c * FRAMES_PER_CLIP, (c + 1) * FRAMES_PER_CLIP)
+            self.per_clip[row][key] = {
+                "psnr": float(psnr[clip].mean()), "ssim": float(ssim[clip].mean()),
+                "identity_dlib": float(dlib[c * per:(c + 1) * per].mean()),
+                "identity_conre": float(conre[c * per:(c + 1) * per].mean()),
+                **temporal_statistics(frames[clip], real["frames"][clip], real["masks"][clip])}
+        self.features[row].append(features(frames if row in self.primary else frames[::STRIDE]))
+        if opening is not None:
+            self.openings[row].append((opening, len(frames)))
+
+    def finish(self, real_all: np.ndarray, speakers: list[str]) -> dict:
+        """Each row's means, KID (every row), FID (PRIMARY rows) and the KID bootstrap draws against bicubic."""
+        real_kid = real_all[::STRIDE]
+        features = {row: np.concatenate(parts) for row, parts in self.features.items()}
+        kid_features = {row: f if row not in self.primary else f[::STRIDE] for row, f in features.items()}
+        rows = {}
+        for row in self.rows:
+            values = list(self.per_clip[row].values())
+            rows[row] = {name: float(np.nanmean([v[name] for v in values])) for name in values[0]}
+            rows[row].update(per_clip=self.per_clip[row], kid=kid(real_kid, kid_features[row], subset_size=KID_SUBSET),
+                             kid_frames=len(kid_features[row]), gate_opening=weighted(self.openings[row]))
+            if row in self.primary:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # N < 2048 only in the tests' tiny runs
+                    rows[row]["fid"] = fid_from_stats(stats(real_all), stats(features[row])).fid
+                rows[row]["fid_frames"] = len(features[row])
+        draws = {f"{row}-bicubic": np.round(kid_speaker_draws(real_kid, kid_features[row], kid_features["bicubic"],
+                                                              speakers[::STRIDE]), 8).tolist()
+                 for row in self.rows if row != "bicubic"}
+        return {"rows": rows, "kid_draws": draws}
+
+
+def weighted(openings: list[tuple[float, int]]) -> float | None:
+    return sum(o * n for o, n in openings) / sum(n for _, n in openings) if openings else None
+
+
+def stats(features: np.ndarray) -> FeatureStats:
+    result = FeatureStats(dim=features.shape[1], provenance={"extractor": "table"})
+    result.update(features)
+    return result
+
+
+def inception(extractor, cache: Path):
+    """frames [N, 3, S, S] in [-1, 1] -> Inception features [N, D], cached by content (a frame set scored again, by
+    another row or seed, costs nothing)."""
+    return lambda frames: content_features(extractor, to_uint8(frames), cache)
+
+
+def real_frames(clips: dict, judges: IdentityJudges, resolution: int) -> dict:
+    """The chunk's real targets at MEASURE_SIZE, their landmarks, non-mouth masks and identity embeddings."""
+    frames = to_measurement_size(clips["hr_frames"].flatten(0, 1), MEASURE_SIZE)
+    marks = scale_landmarks(clips["landmarks"].flatten(0, 1).numpy(), resolution, MEASURE_SIZE)
+    return {"frames": frames, "target": unit(frames), "marks": marks, "masks": non_mouth_mask(marks, MEASURE_SIZE),
+            "keys": clips["key"], "ids": judges.embed(frames[::STRIDE], marks[::STRIDE])}
+
+
+def evaluate_codebook(stages: Path, temporal: Path, judge: Path, data, seed: int, extractor=None,
+                      feature_cache: Path | None = None) -> dict:
+    """Both test sets' rows for one seed: the renderer in ``stages`` (with its motion stage), the temporal variant in
+    ``temporal``, identity by the ConRe ``judge``; ``extractor`` replaces the packaged Inception (tests)."""
+    from reports.results import OUTPUT_ROOT
+    if FRAMES_PER_CLIP % STRIDE:
+        raise ValueError(f"FRAMES_PER_CLIP={FRAMES_PER_CLIP} must be a multiple of STRIDE={STRIDE}: the strided "
+                         f"frames of every row must be the same frames")
+    renderers, judges = Renderers(stages / "codebook.safetensors", temporal / "codebook.safetensors"), \
+        IdentityJudges(judge)
+    motion = MotionDiffusionStage.for_inference(StageFiles(stages))
+    features = inception(extractor or InceptionFeatures(), feature_cache or OUTPUT_ROOT / "inception-features")
+    scores = {name: SetScores(renderers.rows, renderers.primary, judges) for name in TEST_SETS}
+    generator = torch.Generator().manual_seed(1000 + seed)
+    real_features, speakers, recipes, clip_speakers, digests = [], [], [], {}, []
+    for index, clips in enumerate(test_chunks(data)):
+        real = real_frames(clips, judges, data.resolution)
+        real_features.append(features(real["frames"]))
+        speakers += [s for s in clips["speaker"] for _ in range(FRAMES_PER_CLIP)]
+        clip_speakers.update(zip(clips["key"], clips["speaker"], strict=True))
+        degraded = degrade_real_frames(clips["hr_frames"].flatten(0, 1), data.resolution, DEGRADED_SEED,
+                                       start=len(recipes))
+        recipes += degraded.recipes
+        digests.append(degraded.digest())
+        inputs = {"stage2": rerender_frames(motion, clips["frames"], clips["landmarks"], clips["audio"],
+                                            data.resolution, generator, clips["gaze"], clips["known"]),
+                  "degraded": degraded.frames.view_as(clips["frames"])}
+        for name, low in inputs.items():
+            for row, frames, opening in renderers.outputs(low):
+                scores[name].add(row, frames, real, features, opening)
+                if (name, row, seed, index) == ("stage2", renderers.primary[1], 0, 0):
+                    save_strip(low, frames, real["frames"])
+    real_all = np.concatenate(real_features)
+    return {"sets": {name: s.finish(real_all, speakers) for name, s in scores.items()},
+            "speakers": clip_speakers, "frames": len(real_all), "rows": renderers.rows,
+            "primary": list(renderers.primary), "training": renderers.training(),
+            "judge_size": judges.size, "motion_renderer": "windowed" if motion.cfg.windowed else "sequential",
+            "degraded": {"seed": DEGRADED_SEED, "recipes": recipes, "beyond_training": beyond_training_counts(recipes),
+                         "digests": digests}}
+
+
+def save_strip(low: torch.Tensor, rendered: torch.Tensor, real: torch.Tensor, count: int = 4) -> None:
+    """IMAGE: per row one frame (frame 0 of the first ``count`` clips): the 64 px input (pixels enlarged, nearest),
+    bicubic, the renderer at its default fidelity and the real 256 px frame."""
+    from common.media import write_png
+    picks = torch.arange(min(count, low.shape[0])) * low.shape[1]
+    flat = low.flatten(0, 1)[picks]
+    columns = [F.interpolate(flat, size=MEASURE_SIZE, mode="nearest"), to_measurement_size(flat, MEASURE_SIZE),
+               rendered[picks].clamp(-1, 1), real[picks]]
+    IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    write_png(IMAGE, image_grid(columns))
