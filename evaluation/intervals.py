@@ -72,6 +72,15 @@ def seed_mean_by_clip(per_seed: list[Mapping[Hashable, float]]) -> dict[Hashable
     return {clip: statistics.fmean(values[clip] for values in per_seed) for clip in per_seed[0]}
 
 
+def finite_seed_mean_by_clip(per_seed: list[Mapping[Hashable, float]]) -> dict[Hashable, float]:
+    """Each clip's value averaged over the seeds that gave it a finite value (every seed must have scored the same
+    clips); a clip no seed gave a finite value is left out."""
+    per_seed = [dict(values) for values in per_seed]
+    seed_mean_by_clip([{clip: 0.0 for clip in values} for values in per_seed])  # the same clips, or ValueError
+    finite = {clip: [values[clip] for values in per_seed if math.isfinite(values[clip])] for clip in per_seed[0]}
+    return {clip: statistics.fmean(values) for clip, values in finite.items() if values}
+
+
 def format_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
     """``"0.412 [0.380, 0.447]"``."""
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

@@ -2,45 +2,27 @@
 
 Per seed, the motion stage trains with the windowed renderer (its default); the sequential baseline is today's
 one-frame UNet with its own weights, trained for the same steps on the same corpus with the windowed file's motion
-encoder and transformer loaded and frozen (``stage.motion_from``). For each held-out clip the windowed file samples
-the motion once from the clip's speech; both renderers then draw that same motion from the clip's real first frame
-with the same sampler steps, seeds, process and threads. Every row, the truth included, is brought to
-``MEASURE_SIZE`` by :func:`evaluation.measure.to_measurement_size` before every scorer: the independent sync
-expert (LSE), dlib's landmarks (per-group motion, :mod:`evaluation.motion_groups`) and the pixel metrics
-(:mod:`evaluation.temporal`).
+encoder and transformer loaded and frozen (``stage.motion_from``). Each seed's evaluation
+(:mod:`reports.results_video_eval`) is cached under a key of its own code, so a change to this table's layout or
+aggregation reuses it. Per-clip values are averaged over the seeds before the speaker bootstrap; a clip none of
+whose seeds gave a value (no face found, a constant landmark series) is left out and counted under the table.
 """
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from common.images import to_uint8
 from evaluation.intervals import (
+    finite_seed_mean_by_clip,
     format_interval,
     format_seeds_and_interval,
     paired_speaker_bootstrap,
-    seed_mean_by_clip,
     speaker_bootstrap,
 )
-from evaluation.lse import SyncClip
-from evaluation.measure import MEASUREMENT_RESIZE, to_measurement_size
-from evaluation.motion_groups import AUDIO_DRIVEN, frame_landmarks, motion_group_statistics
-from evaluation.temporal import non_mouth_mask, seam_ratio, temporal_statistics
-from lightning_modules.motion_diffusion import MotionDiffusionStage
-from lightning_modules.motion_generation import render_frames, sample_motion
-from lightning_modules.stagefile import StageFiles
-from reports.results_sync import score_rows, test_clips
-
-ROWS = {"windowed": "windowed renderer", "sequential": "sequential renderer (baseline)", "truth": "ground truth"}
-CLIPS = 26  # one clip each of 26 test speakers, 2 s (50 frames) each
-MEASURE_SIZE = 128
-IMAGE = Path("docs/images/video_window_join.png")
-LONG_SECONDS = 30.0
-LONG_CLIP_INDEX = 90  # a clip index the corpus never wrote (it writes 0 .. clips_per_speaker - 1)
+from evaluation.measure import MEASUREMENT_RESIZE
+from evaluation.motion_groups import AUDIO_DRIVEN
+from reports.results_video_eval import IMAGE, LONG_SECONDS, MEASURE_SIZE, ROWS, evaluate_seed
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
@@ -52,116 +34,6 @@ def baseline_stages(seed: int, stages: Path) -> Path:
     train("motion_diffusion", seed, folder, "stage.frame_renderer=sequential",
           f"stage.motion_from={stages / 'motion_diffusion.safetensors'}", name=f"seed{seed}-sequential")
     return folder
-
-
-@torch.no_grad()
-def render_clip(parts_by_row: dict, clip: dict, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """({row: frames [T, 3, r, r]}, {row: output frames per second}) of one clip: the windowed file's motion,
-    drawn by each renderer from the clip's first frame."""
-    windowed = parts_by_row["windowed"]
-    audio, n_frames = clip["audio"].float(), clip["frames"].shape[0]
-    features = windowed.audio_features(audio[None], n_frames)
-    motion = sample_motion(windowed, features, windowed.frozen.speaker(audio[None]), n_frames,
-                           torch.Generator().manual_seed(seed))
-    portrait = windowed.frozen.encode(clip["frames"][:1])
-    videos, speed = {}, {}
-    for row, parts in parts_by_row.items():
-        start = time.perf_counter()
-        latents = render_frames(parts, portrait, motion, features, torch.Generator().manual_seed(seed + 1))
-        videos[row] = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(16)])
-        speed[row] = n_frames / (time.perf_counter() - start)
-    return videos, speed
-
-
-def clip_metrics(video: torch.Tensor, real: torch.Tensor, real_landmarks: np.ndarray, truth: np.ndarray,
-                 window: int) -> dict[str, float]:
-    """Motion, temporal and seam statistics of one row's clip, everything at MEASURE_SIZE."""
-    frames = to_measurement_size(video, MEASURE_SIZE)
-    landmarks, _ = frame_landmarks(frames)
-    mask = non_mouth_mask(real_landmarks, MEASURE_SIZE)
-    return {**motion_group_statistics(landmarks, real_landmarks, truth),
-            **temporal_statistics(frames, to_measurement_size(real, MEASURE_SIZE), mask),
-            "seam_ratio": seam_ratio(frames, window)}
-
-
-def evaluate_seed(stages: Path, baseline: Path, data, scorer: Path, seed: int) -> dict:
-    """Every row's per-clip metrics and LSE, the renderers' speed and denoiser calls, and (seed 0) the picture."""
-    parts = {"windowed": MotionDiffusionStage.for_inference(StageFiles(stages)),
-             "sequential": MotionDiffusionStage.for_inference(StageFiles(baseline))}
-    window = parts["windowed"].cfg.frame_window
-    clips = test_clips(data, CLIPS)
-    per_clip = {row: {} for row in ROWS}
-    sync = {row: [] for row in ROWS}
-    speeds = {row: [] for row in parts}
-    for index, clip in enumerate(clips):
-        videos, speed = render_clip(parts, clip, 1000 * seed + index)
-        videos["truth"] = clip["frames"]
-        real = to_measurement_size(clip["frames"], MEASURE_SIZE)
-        real_landmarks, _ = frame_landmarks(real)
-        truth = clip["motion_truth"].numpy()
-        for row, video in videos.items():
-            per_clip[row][clip["key"]] = clip_metrics(video, clip["frames"], real_landmarks, truth, window)
-            sync[row].append(SyncClip(clip["key"], video, clip["audio"]))
-        for row, value in speed.items():
-            speeds[row].append(value)
-        if seed == 0 and index == 0:
-            save_join_picture(videos, window)
-    long = long_speech(parts, Path(data.root), clips[0]["speaker"], data.resolution, 1000 * seed + 999)
-    lse = score_rows(sync, scorer, MEASURE_SIZE)
-    for row in ROWS:
-        for key, values in lse[row]["per_clip"].items():
-            per_clip[row][key].update(values)
-    return {"per_clip": per_clip, "speakers": {c["key"]: c["speaker"] for c in clips},
-            "frames_per_second": {row: float(np.median(v)) for row, v in speeds.items()},
-            "threads": torch.get_num_threads(), "window": window, "long_speech": long,
-            "denoiser_calls_per_frame": {row: calls_per_frame(p, clips[0]["frames"].shape[0])
-                                         for row, p in parts.items()}}
-
-
-def calls_per_frame(parts, n_frames: int) -> float:
-    """Frame-UNet calls per output frame for a video of ``n_frames`` frames."""
-    per_video = math.ceil(n_frames / parts.cfg.frame_window) if parts.cfg.windowed else n_frames
-    return per_video * parts.cfg.frame_steps / n_frames
-
-
-def save_join_picture(videos: dict[str, torch.Tensor], window: int) -> None:
-    """Rows truth / windowed / sequential, the 4 frames each side of the first window join, at MEASURE_SIZE."""
-    from common.media import write_png
-    around = slice(window - 4, window + 4)
-    rows = [np.concatenate(list(to_uint8(to_measurement_size(videos[row][around], MEASURE_SIZE))), axis=1)
-            for row in ("truth", "windowed", "sequential")]
-    write_png(IMAGE, np.concatenate(rows, axis=0))
-
-
-def long_clip(corpus: Path, speaker: str, seconds: float | None = None):
-    """A fresh ``seconds``-long clip of a test speaker from the corpus's own generator (its speech, frames and
-    motion truth; the same speaker draw as the corpus)."""
-    from datamodules.shards import ShardIndex
-    from datamodules.synthetic import SyntheticConfig, base_layer, draw_speaker, make_clip
-
-    options = ShardIndex.load(corpus).extra["synthetic"]["config"]
-    cfg = SyntheticConfig(**{**options, "seconds": seconds or LONG_SECONDS})
-    index = int(speaker[3:])
-    person = draw_speaker(cfg.seed, index, cfg.voice_share)
-    base = base_layer(person.face, cfg.resolution, np.random.default_rng([cfg.seed, index, 0]), brows=False)
-    return make_clip(person, base, cfg, LONG_CLIP_INDEX, "test")
-
-
-@torch.no_grad()
-def long_speech(parts_by_row: dict, corpus: Path, speaker: str, resolution: int, seed: int) -> dict:
-    """Per renderer (and the truth) the identity of each 5 s segment to the portrait and its mean colour, over
-    LONG_SECONDS of one test speaker's speech animated from the clip's first frame."""
-    from evaluation.identity import DlibFaceEmbedder
-    from evaluation.temporal import segment_drift
-
-    clip = long_clip(corpus, speaker)
-    real = to_measurement_size(clip.frames, resolution)
-    videos, _ = render_clip(parts_by_row, {"audio": torch.from_numpy(clip.audio), "frames": real}, seed)
-    videos["truth"] = real
-    embedder = DlibFaceEmbedder(upsample=2)
-    portrait = to_uint8(to_measurement_size(real[:1], MEASURE_SIZE))[0]
-    return {row: segment_drift(to_measurement_size(video, MEASURE_SIZE), portrait, embedder, fps=25.0)
-            for row, video in videos.items()}
 
 
 def video_seed(seed: int) -> dict:
@@ -191,8 +63,25 @@ PAIRS = (("windowed", "sequential"),)
 
 
 def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
-    return seed_mean_by_clip([{k: v[metric] for k, v in r["per_clip"][row].items() if not math.isnan(v[metric])}
-                              for r in per_seed])
+    """{clip: the metric averaged over the seeds that gave it a value}; clips without one are left out."""
+    return finite_seed_mean_by_clip([{k: v[metric] for k, v in r["per_clip"][row].items()} for r in per_seed])
+
+
+def left_out_line(per_seed: list[dict]) -> str:
+    """Which cells average fewer clips than the table has, and why."""
+    clips = len(per_seed[0]["speakers"])
+    short = []
+    for row in ROWS:
+        by_count: dict[int, list[str]] = {}
+        for metric, label in METRICS:
+            by_count.setdefault(len(clip_values(per_seed, row, metric)), []).append(label)
+        short += [f"{ROWS[row]} {count}/{clips} ({', '.join(labels)})"
+                  for count, labels in sorted(by_count.items()) if count < clips]
+    if not short:
+        return f"Every cell averages all {clips} clips."
+    return ("Clips with a value on at least one seed (the others have none: dlib found a face in too few of the "
+            "frames, or a measure's series is constant, so that its correlation is undefined): "
+            + "; ".join(short) + ".")
 
 
 def cell(per_seed: list[dict], row: str, metric: str) -> str:
@@ -201,6 +90,16 @@ def cell(per_seed: list[dict], row: str, metric: str) -> str:
         return "-"
     seeds = [float(np.nanmean([v[metric] for v in r["per_clip"][row].values()])) for r in per_seed]
     return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
+
+
+def paired_cell(per_seed: list[dict], metric: str) -> str:
+    """Windowed − sequential over the clips both have a value for, with its paired speaker interval."""
+    windowed, sequential = clip_values(per_seed, "windowed", metric), clip_values(per_seed, "sequential", metric)
+    both = windowed.keys() & sequential.keys()
+    if not both:
+        return "-"
+    return format_interval(*paired_speaker_bootstrap({c: windowed[c] for c in both}, {c: sequential[c] for c in both},
+                                                     per_seed[0]["speakers"]))
 
 
 def long_speech_line(per_seed: list[dict]) -> str:
@@ -224,9 +123,15 @@ def video_results() -> tuple[dict, str]:
     from reports.results import SEEDS
 
     per_seed = [video_seed(seed) for seed in SEEDS]
+    return {"per_seed": per_seed}, video_table(per_seed)
+
+
+def video_table(per_seed: list[dict]) -> str:
+    """The README block of the seeds' evaluations."""
     speakers = per_seed[0]["speakers"]
+    seeds = len(per_seed)
     lines = [f"Sequential vs windowed frame rendering of the same motion: {len(speakers)} held-out clips (2 s, one "
-             f"per test speaker, animated from the clip's first frame), {len(SEEDS)} seeds, mean ± std over seeds "
+             f"per test speaker, animated from the clip's first frame), {seeds} seeds, mean ± std over seeds "
              f"[95% interval over test speakers]. Every row is measured at {MEASURE_SIZE} px ({MEASUREMENT_RESIZE}). "
              f"Motion error: RMSE of a group's measure against the real clip's, over the real series' std (a frozen "
              f"face scores 1); r: correlation with the corpus's driver of that group; temporal consistency: mean "
@@ -235,10 +140,10 @@ def video_results() -> tuple[dict, str]:
              "| videos | " + " | ".join(label for _, label in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for row, name in ROWS.items():
         lines.append(f"| {name} | " + " | ".join(cell(per_seed, row, m) for m, _ in METRICS) + " |")
-    paired = [f"{label} " + format_interval(*paired_speaker_bootstrap(
-        clip_values(per_seed, "windowed", metric), clip_values(per_seed, "sequential", metric), speakers))
-        for metric, label in METRICS if not metric.endswith("_r") and metric != "flicker_generated"]
-    lines += ["", "Windowed − sequential on the same clips (mean [paired 95% interval over test speakers]): "
+    paired = [f"{label} {paired_cell(per_seed, metric)}" for metric, label in METRICS
+              if not metric.endswith("_r") and metric != "flicker_generated"]
+    lines += ["", left_out_line(per_seed), "",
+              "Windowed − sequential on the clips both rows scored (mean [paired 95% interval over test speakers]): "
               + ", ".join(paired) + "."]
     lines += ["", long_speech_line(per_seed)]
     speed = {row: [r["frames_per_second"][row] for r in per_seed] for row in ("windowed", "sequential")}
@@ -253,4 +158,4 @@ def video_results() -> tuple[dict, str]:
               "seed 0, first test clip. The blink and gaze statistics against the corpus truth are in "
               "results/video.json; dlib follows the synthetic faces' lips well but their jaw, brows and nods "
               "weakly, so read a group's r against the truth row's r (its ceiling here), not against 1."]
-    return {"per_seed": per_seed}, "\n".join(lines)
+    return "\n".join(lines)

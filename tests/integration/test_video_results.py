@@ -11,7 +11,7 @@ import torch
 
 from datamodules.config import DataConfig
 from lightning_modules.motion_diffusion import MotionDiffusionStage
-from reports import results_video
+from reports import results_video_eval
 from tests.integration.tiny_stages import make_generation_stages, tiny_motion
 from tests.unit.stage1_helpers import export
 
@@ -35,19 +35,19 @@ def chains(tmp_path_factory):
 def test_both_renderers_draw_the_same_motion_and_every_row_is_scored_alike(chains, synthetic_corpus, tmp_path,
                                                                           monkeypatch):
     stages, baseline = chains
-    monkeypatch.setattr(results_video, "CLIPS", 2)
-    monkeypatch.setattr(results_video, "IMAGE", tmp_path / "join.png")
-    monkeypatch.setattr(results_video, "LONG_SECONDS", 6.0)
+    monkeypatch.setattr(results_video_eval, "CLIPS", 2)
+    monkeypatch.setattr(results_video_eval, "IMAGE", tmp_path / "join.png")
+    monkeypatch.setattr(results_video_eval, "LONG_SECONDS", 6.0)
     data = DataConfig(root=str(synthetic_corpus), resolution=64, clip_frames=10, batch_size=2)
     drawn = []
-    original = results_video.render_frames
-    monkeypatch.setattr(results_video, "render_frames",
+    original = results_video_eval.render_frames
+    monkeypatch.setattr(results_video_eval, "render_frames",
                         lambda parts, portrait, motion, *rest: drawn.append(motion) or original(parts, portrait,
                                                                                                motion, *rest))
-    result = results_video.evaluate_seed(stages, baseline, data, stages / "syncnet.safetensors", seed=0)
+    result = results_video_eval.evaluate_seed(stages, baseline, data, stages / "syncnet.safetensors", seed=0)
     assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[2], drawn[3])
     keys = set(result["speakers"])
-    assert len(keys) == 2 and all(set(result["per_clip"][row]) == keys for row in results_video.ROWS)
+    assert len(keys) == 2 and all(set(result["per_clip"][row]) == keys for row in results_video_eval.ROWS)
     for values in result["per_clip"]["truth"].values():  # the truth measured against itself
         assert values["temporal_consistency"] == 0 and values["seam_ratio"] > 0
         assert values["lips_error"] == 0 or math.isnan(values["lips_error"])  # NaN: too few faces found
@@ -59,7 +59,7 @@ def test_both_renderers_draw_the_same_motion_and_every_row_is_scored_alike(chain
     assert calls["sequential"] == steps and calls["windowed"] == pytest.approx(math.ceil(50 / 4) * steps / 50)
     assert (tmp_path / "join.png").is_file()
     long = result["long_speech"]  # 6 s of a fresh clip of the first test speaker: two 5 s segments per row
-    assert set(long) == set(results_video.ROWS) and all(len(v["colour"]) == 2 for v in long.values())
+    assert set(long) == set(results_video_eval.ROWS) and all(len(v["colour"]) == 2 for v in long.values())
     assert len(drawn) == 4 + 2 and drawn[-1].shape[1] == 150 and torch.equal(drawn[-1], drawn[-2])
 
 

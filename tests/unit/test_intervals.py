@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from evaluation.intervals import (
+    finite_seed_mean_by_clip,
     format_interval,
     format_seeds_and_interval,
     paired_speaker_bootstrap,
@@ -125,3 +126,11 @@ def test_the_tables_print_the_seed_spread_and_the_speaker_interval_of_their_per_
     portrait = [{"rows": {name: dict.fromkeys(results_portrait.EMBEDDERS, scores) for name in results_portrait.ROWS},
                  "clips": keys, "speakers": speaker_of} for _ in range(3)]
     assert cell.match(results_portrait.cell(portrait, results_portrait.ROWS[0], "dlib", "top1"))
+
+
+def test_a_clip_is_averaged_over_the_seeds_that_gave_it_a_value_and_left_out_when_none_did():
+    nan = float("nan")
+    per_seed = [{"a": 1.0, "b": nan, "c": nan}, {"a": 3.0, "b": 4.0, "c": nan}]
+    assert finite_seed_mean_by_clip(per_seed) == {"a": 2.0, "b": 4.0}
+    with pytest.raises(ValueError, match="different clips"):
+        finite_seed_mean_by_clip([{"a": 1.0}, {"b": 1.0}])
