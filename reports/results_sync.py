@@ -56,6 +56,7 @@ def test_clips(data, clips: int) -> list[dict]:
         for i in torch.nonzero(batch["valid"]).flatten().tolist():
             found.append({"key": batch["key"][i], "speaker": batch["speaker"][i], "frames": batch["frames"][i],
                           "audio": batch["audio"][i], "motion_truth": batch["motion_truth"][i],
+                          "landmarks": batch["landmarks"][i], "has_motion_truth": batch["has_motion_truth"][i],
                           "first_speaker_clip": batch["speaker"][i] not in seen})
             seen.add(batch["speaker"][i])
     found.sort(key=lambda c: not c["first_speaker_clip"])  # one clip per speaker before any second clip

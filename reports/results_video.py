@@ -22,7 +22,7 @@ from evaluation.intervals import (
 )
 from evaluation.measure import MEASUREMENT_RESIZE
 from evaluation.motion_groups import AUDIO_DRIVEN
-from reports.results_video_eval import IMAGE, LONG_SECONDS, MEASURE_SIZE, ROWS, evaluate_seed
+from reports.results_video_eval import IMAGE, LONG_SECONDS, MEASURE_SIZE, PICTURE_ROWS, ROWS, evaluate_seed
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
@@ -111,7 +111,7 @@ def long_speech_line(per_seed: list[dict]) -> str:
 
     first = per_seed[0]["long_speech"]["windowed"]
     parts = [f"{ROWS[row]}: identity {slope(row, 'identity_slope')}, colour {slope(row, 'colour_slope')}"
-             for row in ROWS]
+             for row in ROWS if row in per_seed[0]["long_speech"]]
     return (f"{LONG_SECONDS:.0f} s of a fresh clip of the first test speaker's speech (the corpus generator, a clip "
             f"it never wrote), animated from its first frame: slope per {first['segment_seconds']:.0f} s segment of "
             f"the dlib identity similarity to that frame and of the mean colour (mean of R, G, B), mean ± std over "
@@ -136,7 +136,10 @@ def video_table(per_seed: list[dict]) -> str:
              f"Motion error: RMSE of a group's measure against the real clip's, over the real series' std (a frozen "
              f"face scores 1); r: correlation with the corpus's driver of that group; temporal consistency: mean "
              f"|generated − true| frame-to-frame change outside the mouth; seam ratio: change across the window "
-             f"joins over the change within windows (every {per_seed[0]['window']} frames; truth 1.0).", "",
+             f"joins over the change within windows (every {per_seed[0]['window']} frames; truth 1.0). Two rows place "
+             f"the error: the windowed renderer given the motion encoder's latents of the real landmarks instead of "
+             f"sampled motion (the motion stage's share), and the real frames through the autoencoder (what any "
+             f"renderer of its latents can reach).", "",
              "| videos | " + " | ".join(label for _, label in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for row, name in ROWS.items():
         lines.append(f"| {name} | " + " | ".join(cell(per_seed, row, m) for m, _ in METRICS) + " |")
@@ -153,8 +156,9 @@ def video_table(per_seed: list[dict]) -> str:
               "over clips, per seed): " + "; ".join(f"{ROWS[row]} " + ", ".join(f"{v:.1f}" for v in values)
                                                     for row, values in speed.items())
               + ". Frame-UNet calls per output frame: " + ", ".join(f"{ROWS[r]} {v:.2f}" for r, v in calls.items())
-              + ".", "", f"![truth, windowed, sequential across a window join]({IMAGE})",
-              "", "Rows of the picture: truth, windowed, sequential; frames 4 each side of the first window join, "
+              + ".", "", f"![truth, reconstruction, true motion, windowed, sequential across a window join]({IMAGE})",
+              "", "Rows of the picture: " + ", ".join(ROWS[row] for row in PICTURE_ROWS) + "; frames 4 each side "
+              "of the first window join, "
               "seed 0, first test clip. The blink and gaze statistics against the corpus truth are in "
               "results/video.json; dlib follows the synthetic faces' lips well but their jaw, brows and nods "
               "weakly, so read a group's r against the truth row's r (its ceiling here), not against 1."]

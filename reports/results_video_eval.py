@@ -22,14 +22,17 @@ from evaluation.measure import to_measurement_size
 from evaluation.motion_groups import frame_landmarks, motion_group_statistics
 from evaluation.temporal import non_mouth_mask, seam_ratio, temporal_statistics
 from lightning_modules.motion_diffusion import MotionDiffusionStage
-from lightning_modules.motion_generation import render_frames, sample_motion
+from lightning_modules.motion_generation import render_frames, sample_motion, truth_gaze
 from lightning_modules.stagefile import StageFiles
 from reports.results_sync import score_rows, test_clips
 
-ROWS = {"windowed": "windowed renderer", "sequential": "sequential renderer (baseline)", "truth": "ground truth"}
+ROWS = {"windowed": "windowed renderer", "sequential": "sequential renderer (baseline)",
+        "windowed_true_motion": "windowed renderer, true motion", "reconstruction": "autoencoder reconstruction",
+        "truth": "ground truth"}
 CLIPS = 26  # one clip each of 26 test speakers, 2 s (50 frames) each
 MEASURE_SIZE = 128
 IMAGE = Path("docs/images/video_window_join.png")
+PICTURE_ROWS = ("truth", "reconstruction", "windowed_true_motion", "windowed", "sequential")
 LONG_SECONDS = 30.0
 LONG_CLIP_INDEX = 90  # a clip index the corpus never wrote (it writes 0 .. clips_per_speaker - 1)
 
@@ -48,9 +51,29 @@ def render_clip(parts_by_row: dict, clip: dict, seed: int) -> tuple[dict[str, to
     for row, parts in parts_by_row.items():
         start = time.perf_counter()
         latents = render_frames(parts, portrait, motion, features, torch.Generator().manual_seed(seed + 1))
-        videos[row] = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(16)])
+        videos[row] = decode(parts, latents)
         speed[row] = n_frames / (time.perf_counter() - start)
     return videos, speed
+
+
+def decode(parts, latents: torch.Tensor) -> torch.Tensor:
+    return torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(16)])
+
+
+@torch.no_grad()
+def ceiling_rows(parts, clip: dict, seed: int) -> dict[str, torch.Tensor]:
+    """The rows that place the renderers' error: the windowed renderer given the motion latents the motion encoder
+    makes of the clip's real landmarks (no motion sampling), and the autoencoder's reconstruction of the real
+    frames (what any renderer of these latents can reach)."""
+    frames, n_frames = clip["frames"], clip["frames"].shape[0]
+    features = parts.audio_features(clip["audio"].float()[None], n_frames)
+    gaze, mask = truth_gaze({"motion_truth": clip["motion_truth"][None],
+                             "has_motion_truth": clip["has_motion_truth"][None]}, n_frames)
+    motion = parts.motion_encoder(clip["landmarks"][None].float(), frames.shape[-1], gaze, mask)
+    portrait = parts.frozen.encode(frames[:1])
+    latents = render_frames(parts, portrait, motion, features, torch.Generator().manual_seed(seed + 1))
+    reconstruction = decode(parts, torch.cat([parts.frozen.encode(chunk) for chunk in frames.split(16)]))
+    return {"windowed_true_motion": decode(parts, latents), "reconstruction": reconstruction}
 
 
 def clip_metrics(video: torch.Tensor, real: torch.Tensor, real_landmarks: np.ndarray, truth: np.ndarray,
@@ -75,6 +98,7 @@ def evaluate_seed(stages: Path, baseline: Path, data, scorer: Path, seed: int) -
     speeds = {row: [] for row in parts}
     for index, clip in enumerate(clips):
         videos, speed = render_clip(parts, clip, 1000 * seed + index)
+        videos |= ceiling_rows(parts["windowed"], clip, 1000 * seed + index)
         videos["truth"] = clip["frames"]
         real = to_measurement_size(clip["frames"], MEASURE_SIZE)
         real_landmarks, _ = frame_landmarks(real)
@@ -105,11 +129,11 @@ def calls_per_frame(parts, n_frames: int) -> float:
 
 
 def save_join_picture(videos: dict[str, torch.Tensor], window: int) -> None:
-    """Rows truth / windowed / sequential, the 4 frames each side of the first window join, at MEASURE_SIZE."""
+    """Rows PICTURE_ROWS, the 4 frames each side of the first window join, at MEASURE_SIZE."""
     from common.media import write_png
     around = slice(window - 4, window + 4)
     rows = [np.concatenate(list(to_uint8(to_measurement_size(videos[row][around], MEASURE_SIZE))), axis=1)
-            for row in ("truth", "windowed", "sequential")]
+            for row in PICTURE_ROWS]
     write_png(IMAGE, np.concatenate(rows, axis=0))
 
 

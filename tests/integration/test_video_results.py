@@ -45,7 +45,9 @@ def test_both_renderers_draw_the_same_motion_and_every_row_is_scored_alike(chain
                         lambda parts, portrait, motion, *rest: drawn.append(motion) or original(parts, portrait,
                                                                                                motion, *rest))
     result = results_video_eval.evaluate_seed(stages, baseline, data, stages / "syncnet.safetensors", seed=0)
-    assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[2], drawn[3])
+    # per clip: the sampled motion drawn by both renderers, then the real landmarks' motion by the windowed one
+    assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[3], drawn[4])
+    assert not torch.equal(drawn[0], drawn[2]) and drawn[2].shape == drawn[0].shape
     keys = set(result["speakers"])
     assert len(keys) == 2 and all(set(result["per_clip"][row]) == keys for row in results_video_eval.ROWS)
     for values in result["per_clip"]["truth"].values():  # the truth measured against itself
@@ -59,8 +61,8 @@ def test_both_renderers_draw_the_same_motion_and_every_row_is_scored_alike(chain
     assert calls["sequential"] == steps and calls["windowed"] == pytest.approx(math.ceil(50 / 4) * steps / 50)
     assert (tmp_path / "join.png").is_file()
     long = result["long_speech"]  # 6 s of a fresh clip of the first test speaker: two 5 s segments per row
-    assert set(long) == set(results_video_eval.ROWS) and all(len(v["colour"]) == 2 for v in long.values())
-    assert len(drawn) == 4 + 2 and drawn[-1].shape[1] == 150 and torch.equal(drawn[-1], drawn[-2])
+    assert set(long) == {"windowed", "sequential", "truth"} and all(len(v["colour"]) == 2 for v in long.values())
+    assert len(drawn) == 6 + 2 and drawn[-1].shape[1] == 150 and torch.equal(drawn[-1], drawn[-2])
 
 
 def test_generation_makes_under_2_5_denoiser_calls_per_output_frame(chains):
