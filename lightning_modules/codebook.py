@@ -47,7 +47,7 @@ from lightning_modules.codebook_parts import (
     degrade_frames,
     earlier_phase_file,
 )
-from lightning_modules.motion_generation import rerender_frames, truth_gaze
+from lightning_modules.motion_rerender import MotionRerender
 from lightning_modules.nets.code_transformer import CodeTransformer
 from lightning_modules.nets.codeformer import (
     CodeFormerNet,
@@ -87,7 +87,7 @@ class CodebookStage(StageModule):
                              "ce": cfg.ce_weight, "latent": cfg.latent_weight}
         self._perceptual: FacePerceptual | None = None
         self._autoencoder: list | None = None
-        self._motion: list | None = None
+        self.motion_rerender = MotionRerender("stage.render_source=motion")
         self._candidates: torch.Tensor | None = None
         if load_earlier and cfg.pretrained_path:
             self.load_pretrained(cfg.pretrained_path)
@@ -298,24 +298,8 @@ class CodebookStage(StageModule):
         if self.cfg.render_source == "autoencoder":
             frames = self.autoencoder_round_trip(frames)
         elif self.cfg.render_source == "motion":
-            frames = self.motion_rerender(batch)
+            frames = self.motion_rerender(self.earlier, batch, self.data_cfg.resolution, self.training)
         return self.degraded(frames)
-
-    @torch.no_grad()
-    def motion_rerender(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self._motion is None:
-            from lightning_modules.motion_diffusion import MotionDiffusionStage
-            try:
-                self._motion = [MotionDiffusionStage.for_inference(self.earlier)]  # a list: outside the module tree
-            except StageFileError as exc:
-                raise StageFileError(
-                    f"stage.render_source=motion needs the exported motion_diffusion, conre and autoencoder stages: "
-                    f"{exc}. Train them first (`seespeaker train experiment=<same> stage=motion_diffusion`) or set "
-                    f"run.stages_dir") from exc
-        generator = None if self.training else torch.Generator().manual_seed(0)
-        gaze, known = truth_gaze(batch, batch["frames"].shape[1])
-        return rerender_frames(self._motion[0], batch["frames"], batch["landmarks"], batch["audio"],
-                               self.data_cfg.resolution, generator, gaze, known)
 
     @torch.no_grad()
     def autoencoder_round_trip(self, frames: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Stage 2b: region enhancement of the mouth, synchronised by the frozen sync expert.
 
-Training data: real clips whose mouths are degraded (each frame's lower face replaced by the blurred lower face of
-another frame of the clip), so the refiner must restore the right mouth shape from the speech. This stage
-therefore needs only the ``syncnet`` stage; generated frames from ``motion_diffusion`` are refined the same way at
-generation time (:func:`refine_video`). Losses, per sample:
+Training data (``input_source``): real clips whose mouths are degraded (each frame's lower face replaced by the
+blurred lower face of another frame of the clip; then only the ``syncnet`` stage is needed), or (``motion``) the
+exported motion stage's rendering of each real clip (:mod:`lightning_modules.motion_rerender`), the frames the
+enhancer refines at generation time (:func:`refine_video`); the targets are the real frames either way.
+Losses, per sample:
 
 - ``recon``: L1 inside the lower-face mask, normalised by the mask area;
 - ``feature``: distance between the frozen expert's video embeddings of the refined and the real windows
@@ -26,12 +27,15 @@ import torch.nn.functional as F
 from common.images import to_uint8
 from common.media import write_mp4
 from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.motion_rerender import MotionRerender
 from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import LipRefiner, PatchDiscriminator, degrade_mouths, lower_face_mask
 from lightning_modules.nets.motion import audio_context, check_landmarks, per_frame_audio
 from lightning_modules.nets.syncnet import WINDOW_FRAMES, SyncExpert
 from lightning_modules.stagefile import StageFiles
 from lightning_modules.syncnet import SyncNetStage, offset_sync_loss, sync_region, video_windows_at
+
+INPUT_SOURCES = ("degraded", "motion")
 
 
 @dataclass
@@ -58,6 +62,10 @@ class LipEnhancerConfig(StageConfig):
                                          "adversarial=true (the stage clips itself: set trainer.gradient_clip_val=0)"})
     discriminator_channels: list[int] = field(default_factory=lambda: [64, 128, 256],
                                               metadata={"help": "discriminator widths"})
+    input_source: str = field(default="degraded", metadata={
+        "help": "training inputs: degraded (real frames, each lower face replaced by another frame's, blurred) | "
+                "motion (the exported motion stage's rendering of each frame, its default renderer: what the "
+                "enhancer refines at generation)", "choices": INPUT_SOURCES})
     media_frames: int = field(default=50, metadata={"help": "frames of the logged validation video"})
     monitor: str = "val/sync"
 
@@ -67,6 +75,8 @@ class LipEnhancerConfig(StageConfig):
             errors.append(f"stage.channels needs at least two widths, got {self.channels}")
         if self.sync_max_offset < 1 or self.sync_windows < 1:
             errors.append("stage.sync_max_offset and stage.sync_windows must be at least 1")
+        if self.input_source not in INPUT_SOURCES:
+            errors.append(f"stage.input_source must be one of {', '.join(INPUT_SOURCES)}, got {self.input_source!r}")
         return errors
 
 
@@ -121,6 +131,7 @@ class LipEnhancerStage(StageModule):
         audio_dim = 4 * cfg.n_mels * (2 * cfg.audio_radius + 1)
         self.refiner = LipRefiner(audio_dim, list(cfg.channels), cfg.cond_dim)
         self.mel = LogMel(n_mels=cfg.n_mels)
+        self.motion_rerender = MotionRerender("stage.input_source=motion")
         self.discriminator = PatchDiscriminator(list(cfg.discriminator_channels)) if cfg.adversarial else None
         self.num_optimizers = 2 if cfg.adversarial else 1
         self.automatic_optimization = not cfg.adversarial
@@ -129,7 +140,7 @@ class LipEnhancerStage(StageModule):
 
     @classmethod
     def requires(cls, cfg: LipEnhancerConfig) -> tuple[str, ...]:
-        return ("syncnet",)
+        return ("syncnet",) + (("conre", "autoencoder", "motion_diffusion") if cfg.input_source == "motion" else ())
 
     @classmethod
     def for_inference(cls, files: StageFiles, use_ema: bool = True) -> LipRefinerParts:
@@ -149,13 +160,20 @@ class LipEnhancerStage(StageModule):
     def masks(self, landmarks: torch.Tensor) -> torch.Tensor:
         return lower_face_mask(landmarks, self.data_cfg.resolution, self.cfg.mask_feather)
 
+    def inputs(self, batch: dict[str, Any], mask: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """The frames to refine: the real ones with degraded mouths, or the motion stage's rendering of them."""
+        if self.cfg.input_source == "motion":
+            return self.motion_rerender(self.earlier, batch, self.data_cfg.resolution, self.training)
+        return degrade_mouths(batch["frames"], mask, generator)
+
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         frames, audio = batch["frames"], batch["audio"]
         batch_size, steps = frames.shape[:2]
         check_landmarks(batch["landmarks"], steps)
         mask = self.masks(batch["landmarks"])
         reference = frames[torch.arange(batch_size), torch.randint(0, steps, (batch_size,))]
-        refined = self.refine(degrade_mouths(frames, mask), mask, reference, audio)
+        refined = self.refine(self.inputs(batch, mask), mask, reference, audio)
         self._last = (refined, frames, mask)
         area = mask.sum(dim=(1, 2, 3, 4)).clamp_min(1.0) * 3
         losses = {"recon": ((refined - frames).abs() * mask).sum(dim=(1, 2, 3, 4)) / area}
@@ -195,10 +213,13 @@ class LipEnhancerStage(StageModule):
     # ---- media ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
-        """The first validation clip: degraded mouth | refined | real, with its speech."""
+        """The first validation clip: the input (degraded mouth or the motion stage's frames) | refined | real, with
+        its speech."""
         frames, audio = batch["frames"][:1, : self.cfg.media_frames], batch["audio"][:1]
-        mask = self.masks(batch["landmarks"][:1, : frames.shape[1]])
-        degraded = degrade_mouths(frames, mask, torch.Generator().manual_seed(0))
+        clip = {"frames": frames, "audio": audio, "landmarks": batch["landmarks"][:1, : frames.shape[1]],
+                **{key: batch[key][:1] for key in ("motion_truth", "has_motion_truth") if key in batch}}
+        mask = self.masks(clip["landmarks"])
+        degraded = self.inputs(clip, mask, torch.Generator().manual_seed(0))
         with self.ema_scope():
             refined = self.refine(degraded, mask, frames[:, 0], audio)
         side = torch.cat([degraded[0], refined[0], frames[0]], dim=-1)
@@ -208,7 +229,7 @@ class LipEnhancerStage(StageModule):
         path = folder / f"lips_step{self.global_step:07d}.mp4"
         write_mp4(path, to_uint8(side), audio[0, : len(side) * per_frame].float().cpu().numpy(),
                   fps=int(self.data_cfg.fps), sr=self.data_cfg.sample_rate)
-        return {"lips": Media(video_path=str(path), caption="degraded | refined | real")}
+        return {"lips": Media(video_path=str(path), caption=f"{self.cfg.input_source} | refined | real")}
 
 
 @torch.no_grad()

@@ -141,3 +141,41 @@ def test_exported_refiner_refines_like_the_stage(stages_dir, tmp_path):
 def test_missing_syncnet_stage_names_the_stage_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match="needs the exported 'syncnet' stage.*stage=syncnet"):
         tiny_stage(tmp_path)
+
+
+def test_inputs_can_be_the_motion_stages_rendering_of_each_clip(stages_dir, tmp_path):
+    import shutil
+
+    from lightning_modules.motion_diffusion import MotionDiffusionConfig, MotionDiffusionStage
+    from lightning_modules.motion_generation import rerender_frames
+    from lightning_modules.stagefile import StageFileError
+    from tests.unit.stage1_helpers import export, make_stage1_inputs
+
+    make_stage1_inputs(tmp_path, resolution=RES)
+    shutil.copy(stages_dir / "syncnet.safetensors", tmp_path)
+    stage = tiny_stage(tmp_path, input_source="motion")
+    assert LipEnhancerStage.requires(stage.cfg) == ("syncnet", "conre", "autoencoder", "motion_diffusion")
+    batch = make_batch()
+    mask = stage.masks(batch["landmarks"])
+    with pytest.raises(StageFileError, match="stage.input_source=motion needs the exported motion_diffusion"):
+        stage.inputs(batch, mask)
+    motion_cfg = MotionDiffusionConfig(
+        window_frames=4, context_frames=0, previous_frames=1, frame_window=4, temporal_heads=4, lips_dim=4,
+        jaw_dim=4, brows_dim=4, eyes_dim=2, pose_dim=2, encoder_hidden=16, transformer_width=16,
+        transformer_layers=1, transformer_heads=2, unet_channels=[8, 16], attention_levels=[False, True],
+        unet_layers=1, cross_attention_dim=16, attention_head_dim=4, frame_steps=2)
+    export(MotionDiffusionStage(motion_cfg, DataConfig(resolution=RES, clip_frames=FRAMES), str(tmp_path)),
+           tmp_path / "motion_diffusion.safetensors")
+    stage.eval()
+    inputs = stage.inputs(batch, mask)
+    expected = rerender_frames(MotionDiffusionStage.for_inference(StageFiles(tmp_path)), batch["frames"],
+                               batch["landmarks"], batch["audio"], RES, torch.Generator().manual_seed(0))
+    assert torch.allclose(inputs, expected, atol=1e-5)  # the motion stage's frames, not degraded real ones
+    assert not torch.allclose(inputs, degrade_mouths(batch["frames"], mask, torch.Generator().manual_seed(0)))
+    stage.train()
+    losses = stage.compute_losses(batch)
+    sum(losses.values()).sum().backward()
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    assert all(p.grad is not None for p in stage.refiner.parameters() if p.requires_grad)
+    assert not any("denoiser" in k or "motion_encoder" in k for k in stage.state_dict())  # never checkpointed
+    assert "stage.input_source" in "".join(LipEnhancerConfig(input_source="generated").validate())
