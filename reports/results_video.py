@@ -59,9 +59,6 @@ METRICS = (("lse_c", "LSE-C ↑"), ("lse_d", "LSE-D ↓"), *((f"{g}_error", f"{g
            *((f"{g}_r", f"{g} r") for g in AUDIO_DRIVEN), ("blink_rate_generated", "blinks/s"),
            ("temporal_consistency", "temporal cons. ↓"), ("flicker_generated", "flicker"),
            ("seam_ratio", "seam ratio (1.0)"))
-PAIRS = (("windowed", "sequential"),)
-
-
 def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
     """{clip: the metric averaged over the seeds that gave it a value}; clips without one are left out."""
     return finite_seed_mean_by_clip([{k: v[metric] for k, v in r["per_clip"][row].items()} for r in per_seed])
@@ -88,7 +85,8 @@ def cell(per_seed: list[dict], row: str, metric: str) -> str:
     values = clip_values(per_seed, row, metric)
     if not values:
         return "-"
-    seeds = [float(np.nanmean([v[metric] for v in r["per_clip"][row].values()])) for r in per_seed]
+    per_clip = [[v[metric] for v in r["per_clip"][row].values() if np.isfinite(v[metric])] for r in per_seed]
+    seeds = [float(np.mean(values)) for values in per_clip if values]
     return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
 
 
@@ -107,7 +105,10 @@ def long_speech_line(per_seed: list[dict]) -> str:
     def slope(row: str, name: str) -> str:
         values = [r["long_speech"][row][name] for r in per_seed]
         values = [float(np.mean(v)) if isinstance(v, list) else v for v in values]
-        return f"{np.nanmean(values):+.4f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.4f}"
+        values = [v for v in values if np.isfinite(v)]
+        if not values:
+            return "none (too few faces found)"
+        return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.4f} ({len(values)} seeds)"
 
     first = per_seed[0]["long_speech"]["windowed"]
     parts = [f"{ROWS[row]}: identity {slope(row, 'identity_slope')}, colour {slope(row, 'colour_slope')}"
