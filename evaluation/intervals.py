@@ -64,19 +64,23 @@ def paired_speaker_bootstrap(a: Mapping[Hashable, float], b: Mapping[Hashable, f
 
 def seed_mean_by_clip(per_seed: list[Mapping[Hashable, float]]) -> dict[Hashable, float]:
     """Each clip's value averaged over the seeds (every seed must have scored the same clips)."""
+    check_same_clips(per_seed)
+    return {clip: statistics.fmean(values[clip] for values in per_seed) for clip in per_seed[0]}
+
+
+def check_same_clips(per_seed: list[Mapping[Hashable, float]]) -> None:
+    """Raise unless there are seeds and every seed scored the same clips."""
     if not per_seed:
         raise ValueError("no seeds to average")
     clips = set(per_seed[0])
     if any(set(values) != clips for values in per_seed):
         raise ValueError("the seeds scored different clips; average only seeds evaluated on the same test clips")
-    return {clip: statistics.fmean(values[clip] for values in per_seed) for clip in per_seed[0]}
 
 
 def finite_seed_mean_by_clip(per_seed: list[Mapping[Hashable, float]]) -> dict[Hashable, float]:
     """Each clip's value averaged over the seeds that gave it a finite value (every seed must have scored the same
     clips); a clip no seed gave a finite value is left out."""
-    per_seed = [dict(values) for values in per_seed]
-    seed_mean_by_clip([{clip: 0.0 for clip in values} for values in per_seed])  # the same clips, or ValueError
+    check_same_clips(per_seed)
     finite = {clip: [values[clip] for values in per_seed if math.isfinite(values[clip])] for clip in per_seed[0]}
     return {clip: statistics.fmean(values) for clip, values in finite.items() if values}
 

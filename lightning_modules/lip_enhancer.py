@@ -219,10 +219,10 @@ class LipEnhancerStage(StageModule):
         clip = {"frames": frames, "audio": audio, "landmarks": batch["landmarks"][:1, : frames.shape[1]],
                 **{key: batch[key][:1] for key in ("motion_truth", "has_motion_truth") if key in batch}}
         mask = self.masks(clip["landmarks"])
-        degraded = self.inputs(clip, mask, torch.Generator().manual_seed(0))
+        source = self.inputs(clip, mask, torch.Generator().manual_seed(0))
         with self.ema_scope():
-            refined = self.refine(degraded, mask, frames[:, 0], audio)
-        side = torch.cat([degraded[0], refined[0], frames[0]], dim=-1)
+            refined = self.refine(source, mask, frames[:, 0], audio)
+        side = torch.cat([source[0], refined[0], frames[0]], dim=-1)
         per_frame = int(self.data_cfg.sample_rate // self.data_cfg.fps)
         root = getattr(self.trainer, "default_root_dir", None) if self._trainer is not None else None
         folder = Path(root) / "media" if root else Path(tempfile.mkdtemp(prefix="seespeaker-media-"))
