@@ -5,7 +5,8 @@
 #   ddp        trainer=ddp on one GPU                       zero2      trainer=deepspeed_zero2 on one GPU (pure overhead)
 # Run from the repository root on the GPU machine: `bash bench/gpu_train.sh`. Packages the machine lacks travel in
 # .whl/ (made here by bench/gpu_wheels.sh) and are installed first. Logs and JSON go to $OUT (else bench/out).
-# Knobs: STAGE, SCALE, PAIRS, STEPS, WARMUP, LIMIT (seconds per setting).
+# Knobs: STAGE, SCALE, PAIRS, STEPS, WARMUP, READER_S (the reader timing's budget), SETTINGS (a subset of the four),
+# SKIP_TESTS, TESTS_LIMIT, LIMIT and COMPILED_LIMIT (seconds per setting).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 SEESPEAKER_PLAIN_LOGS=1 WANDB_MODE=disabled TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
@@ -25,18 +26,24 @@ STAGE=${STAGE:-portrait_diffusion} SCALE=${SCALE:-paper}
 WORK=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUTDIR/gpu.txt"
 
-python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs=0 --workdir="$WORK" 2>&1 | tail -3  # earlier stages
-timeout 170 python3 -m pytest tests/gpu -q -p no:cacheprovider -x 2>&1 | tail -25 | tee "$OUTDIR/gpu-tests.log"
+python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs=0 --workdir="$WORK" 2>&1 | grep -v -i warn | tail -5  # earlier stages
+[ -n "${SKIP_TESTS:-}" ] || timeout "${TESTS_LIMIT:-110}" python3 -m pytest tests/gpu -q -p no:cacheprovider \
+  -p no:warnings --tb=short -rf 2>&1 | tail -60 | tee "$OUTDIR/gpu-tests.log"
 
-setting() {  # name, extra flags
-  local name=$1; shift
-  timeout "${LIMIT:-75}" python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs="${PAIRS:-3}" \
-    --steps="${STEPS:-20}" --warmup="${WARMUP:-5}" --workdir="$WORK" --set=trainer=ddp --set=trainer.devices=1 "$@" \
-    2>&1 | grep -v -i warn | tail -12 | tee "$OUTDIR/train-$name.log"
+setting() {  # name, seconds, extra flags
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs="${PAIRS:-3}" \
+    --steps="${STEPS:-20}" --warmup="${WARMUP:-5}" --reader-seconds="${READER_S:-5}" --workdir="$WORK" \
+    --set=trainer=ddp --set=trainer.devices=1 "$@" 2>&1 | grep -v -i warn | tail -16 | tee "$OUTDIR/train-$name.log"
   cp "bench/out/train-$SCALE.json" "$OUTDIR/train-$SCALE-$name.json" 2>/dev/null || true
 }
-setting eager --set=trainer.strategy=auto
-setting compiled --set=trainer.strategy=auto --set=trainer.compile=true --warmup=10
-setting ddp
-setting zero2 --set=trainer=deepspeed_zero2
+for name in ${SETTINGS:-eager compiled ddp zero2}; do
+  case $name in
+    eager) setting eager "${LIMIT:-70}" --set=trainer.strategy=auto ;;
+    compiled) setting compiled "${COMPILED_LIMIT:-140}" --set=trainer.strategy=auto --set=trainer.compile=true \
+      --warmup=10 ;;
+    ddp) setting ddp "${LIMIT:-70}" ;;
+    zero2) setting zero2 "${LIMIT:-70}" --set=trainer=deepspeed_zero2 ;;
+  esac
+done
 rm -rf "$WORK"

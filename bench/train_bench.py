@@ -56,6 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batches", type=int, default=4, help="distinct preloaded batches")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--reader-seconds", type=float, default=20.0, help="time budget of the reader's own timing")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or None)
     parser.add_argument("--clock", default="wall", choices=("wall", "process"),
                         help="process: CPU time of this process, a diagnostic for a shared machine (one thread)")
@@ -75,16 +76,25 @@ def quiet():
 def bench_stage(stage: str, args: argparse.Namespace, root: Path) -> dict:
     total = args.warmup + args.steps
     words = stage_words(stage, args.scale, root, total, args.overrides)
+    started = time.time()
+
+    def phase(name: str) -> None:
+        print(f"  {stage}: {name} at {time.time() - started:.1f} s", flush=True)
+
     with quiet():
         prepare_stages(stage, args.scale, root, log=lambda *_: None)
+    phase("earlier stages ready")
     cfg = compose(words)
     device = device_of(cfg)
     batches = preload(cfg, args.batches, device)
-    batch_s = reader_seconds_per_batch(cfg)
+    phase("batches preloaded")
+    batch_s = reader_seconds_per_batch(cfg, budget_s=args.reader_seconds)
+    phase("reader timed")
     with quiet():
         bare = bare_module(cfg, device, knobs=False)
         flops, trained = step_flops(bare, batches[0], autocast_for(cfg, device))  # eager: the counter sees each op
         apply_speed_knobs(bare, cfg.trainer)
+    phase("FLOPs counted")
     pairs, framework = [], None
     for index in range(args.pairs):
         with quiet():

@@ -8,6 +8,7 @@ Bad samples and unreadable shards are skipped and counted; the counts travel wit
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -194,6 +195,20 @@ def worker_slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info else (0, 1)
 
 
+def shuffled(samples: Iterator[dict[str, Any]], size: int, initial: int,
+             rng: random.Random) -> Iterator[dict[str, Any]]:
+    """``samples`` through a shuffle buffer that starts yielding once it holds ``initial`` samples and then grows by
+    one sample per sample yielded until it holds ``size`` (webdataset's ``shuffle(bufsize, initial)``): the first
+    batch waits for a batch of samples, not for a paper-scale buffer of thousands per worker."""
+    buffer: list[dict[str, Any]] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) < size:
+            buffer.extend(itertools.islice(samples, 1))
+        if len(buffer) >= initial:
+            yield buffer.pop(rng.randrange(len(buffer)))
+
+
 class ClipStream(IterableDataset):
     """Batches of clip windows from a list of shards, for one rank (see the module docstring)."""
 
@@ -238,16 +253,13 @@ class ClipStream(IterableDataset):
         rng = self._rng(worker)
         urls = (rng.choice(self.shards) for _ in iter(int, 1))
         total, skip = share(self.batches, worker, num_workers), share(self.skip_batches, worker, num_workers)
-        buffer: list[dict[str, Any]] = []
         batch: list[dict[str, Any] | None] = []
         produced = 0
-        for sample in self._in_part(tarfile_samples(({"url": u} for u in urls), handler=counter.handler), counter):
+        samples = self._in_part(tarfile_samples(({"url": u} for u in urls), handler=counter.handler), counter)
+        for raw in shuffled(samples, self.shuffle_buffer, min(self.shuffle_buffer, self.batch_size), rng):
             if produced >= total:
                 return
-            buffer.append(sample)
-            if len(buffer) < self.shuffle_buffer:
-                continue
-            raw, draw = buffer.pop(rng.randrange(len(buffer))), rng.random()
+            draw = rng.random()
             if produced < skip:
                 batch.append(None)
             else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.config import DataConfig
-from datamodules.pipeline import ClipStream, ClipWindow, speaker_index
+from datamodules.pipeline import ClipStream, ClipWindow, shuffled, speaker_index
 from datamodules.sample import Clip, ClipMeta, SampleError, decode_clip, make_key
 from datamodules.shards import ShardIndex, ShardSetError, ShardSetWriter
 
@@ -86,6 +87,26 @@ def test_shorter_rank_is_padded_with_masked_samples(shard_set):
     batches = list(stream)
     valid = torch.cat([b["valid"] for b in batches])
     assert (~valid).sum() >= 1 and all(b["frames"].shape[0] == 2 for b in batches)
+
+
+def test_the_shuffle_buffer_yields_after_a_batch_and_grows_to_its_size():
+    read: list[int] = []
+
+    def source():
+        for i in range(200):
+            read.append(i)
+            yield i
+
+    out = shuffled(source(), 40, 4, random.Random(0))
+    first = next(out)
+    assert len(read) == 4 and first in read  # a batch of samples read, not the whole buffer
+    held = []
+    taken = [first]
+    for sample in out:
+        taken.append(sample)
+        held.append(len(read) - len(taken) + 1)  # in the buffer at this draw
+    assert held[:3] == [5, 6, 7] and max(held) == 40  # grows by one per sample yielded, up to its size
+    assert len(set(taken)) == len(taken) and taken != sorted(taken)
 
 
 def test_training_stream_yields_exactly_the_requested_batches_of_windows(shard_set):
