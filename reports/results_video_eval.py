@@ -38,12 +38,12 @@ LONG_CLIP_INDEX = 90  # a clip index the corpus never wrote (it writes 0 .. clip
 
 
 @torch.no_grad()
-def render_clip(parts_by_row: dict, clip: dict, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def render_clip(parts_by_row: dict, clip: dict, features: torch.Tensor,
+                seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """({row: frames [T, 3, r, r]}, {row: output frames per second}) of one clip: the windowed file's motion,
-    drawn by each renderer from the clip's first frame."""
+    drawn by each renderer from the clip's first frame and the clip's audio ``features``."""
     windowed = parts_by_row["windowed"]
     audio, n_frames = clip["audio"].float(), clip["frames"].shape[0]
-    features = windowed.audio_features(audio[None], n_frames)
     motion = sample_motion(windowed, features, windowed.frozen.speaker(audio[None]), n_frames,
                            torch.Generator().manual_seed(seed))
     portrait = windowed.frozen.encode(clip["frames"][:1])
@@ -61,12 +61,11 @@ def decode(parts, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ceiling_rows(parts, clip: dict, seed: int) -> dict[str, torch.Tensor]:
+def ceiling_rows(parts, clip: dict, features: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """The rows that place the renderers' error: the windowed renderer given the motion latents the motion encoder
     makes of the clip's real landmarks (no motion sampling), and the autoencoder's reconstruction of the real
     frames (what any renderer of these latents can reach)."""
     frames, n_frames = clip["frames"], clip["frames"].shape[0]
-    features = parts.audio_features(clip["audio"].float()[None], n_frames)
     gaze, mask = truth_gaze({"motion_truth": clip["motion_truth"][None],
                              "has_motion_truth": clip["has_motion_truth"][None]}, n_frames)
     motion = parts.motion_encoder(clip["landmarks"][None].float(), frames.shape[-1], gaze, mask)
@@ -97,8 +96,9 @@ def evaluate_seed(stages: Path, baseline: Path, data, scorer: Path, seed: int) -
     sync = {row: [] for row in ROWS}
     speeds = {row: [] for row in parts}
     for index, clip in enumerate(clips):
-        videos, speed = render_clip(parts, clip, 1000 * seed + index)
-        videos |= ceiling_rows(parts["windowed"], clip, 1000 * seed + index)
+        features = parts["windowed"].audio_features(clip["audio"].float()[None], clip["frames"].shape[0])
+        videos, speed = render_clip(parts, clip, features, 1000 * seed + index)
+        videos |= ceiling_rows(parts["windowed"], clip, features, 1000 * seed + index)
         videos["truth"] = clip["frames"]
         real = to_measurement_size(clip["frames"], MEASURE_SIZE)
         real_landmarks, _ = frame_landmarks(real)
@@ -160,7 +160,9 @@ def long_speech(parts_by_row: dict, corpus: Path, speaker: str, resolution: int,
 
     clip = long_clip(corpus, speaker)
     real = to_measurement_size(clip.frames, resolution)
-    videos, _ = render_clip(parts_by_row, {"audio": torch.from_numpy(clip.audio), "frames": real}, seed)
+    audio = torch.from_numpy(clip.audio)
+    features = parts_by_row["windowed"].audio_features(audio.float()[None], real.shape[0])
+    videos, _ = render_clip(parts_by_row, {"audio": audio, "frames": real}, features, seed)
     videos["truth"] = real
     embedder = DlibFaceEmbedder(upsample=2)
     portrait = to_uint8(to_measurement_size(real[:1], MEASURE_SIZE))[0]
