@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from lightning_modules.motion_diffusion import MotionDiffusionConfig
-from lightning_modules.motion_generation import generate_motion_video, rerender_frames
+from lightning_modules.motion_generation import generate_motion_video
 from lightning_modules.stagefile import config_from_dict
-from tests.unit.test_motion_diffusion import PER_FRAME, RES, make_batch, tiny_stage
+from tests.unit.test_motion_diffusion import PER_FRAME, RES, make_batch, rerender_with_calls, tiny_stage
 
 K, T = 2, 2  # tiny_stage's previous_frames and frame_window
 
@@ -101,12 +101,7 @@ def test_training_renders_windows_from_augmented_motion_frames_or_the_portrait()
 
 def test_rerendering_by_windows_starts_each_window_from_the_real_latents_before_it():
     stage = windowed().eval()
-    batch = make_batch(batch=2, frames=5)
-    calls: list = []
-    handle = _capture(stage.frame_denoiser, calls)
-    out = rerender_frames(stage.parts(), batch["frames"], batch["landmarks"], batch["audio"][:, :5 * PER_FRAME],
-                          RES, generator=torch.Generator().manual_seed(0))
-    handle.remove()
+    batch, out, calls = rerender_with_calls(stage, 5)
     assert out.shape == batch["frames"].shape
     assert len(calls) == stage.cfg.frame_steps  # every window of both clips in one batched run
     latents = stage.frozen.encode(batch["frames"].flatten(0, 1)).view(2, 5, -1, RES // 4, RES // 4)

@@ -247,14 +247,20 @@ def test_sliding_window_length_continuity_and_no_augmentation_at_sampling():
         assert torch.equal(previous, torch.cat([latents[index - 2], latents[index - 1]], dim=0))
 
 
-def test_rerendering_denoises_every_frame_from_its_own_motion_and_the_real_frames_before_it():
-    stage = tiny_stage().eval()
-    batch = make_batch(batch=2, frames=3)
+def rerender_with_calls(stage: MotionDiffusionStage, frames: int) -> tuple[dict, torch.Tensor, list[dict]]:
+    """(batch of 2 clips, their re-rendering, the frame denoiser's keyword arguments of every call)."""
+    batch = make_batch(batch=2, frames=frames)
     calls: list = []
     handle = _capture(stage.frame_denoiser, calls)
-    out = rerender_frames(stage.parts(), batch["frames"], batch["landmarks"], batch["audio"][:, :3 * PER_FRAME],
-                          RES, generator=torch.Generator().manual_seed(0))
+    out = rerender_frames(stage.parts(), batch["frames"], batch["landmarks"],
+                          batch["audio"][:, :frames * PER_FRAME], RES, generator=torch.Generator().manual_seed(0))
     handle.remove()
+    return batch, out, calls
+
+
+def test_rerendering_denoises_every_frame_from_its_own_motion_and_the_real_frames_before_it():
+    stage = tiny_stage().eval()
+    batch, out, calls = rerender_with_calls(stage, 3)
     assert out.shape == batch["frames"].shape and out.abs().max() <= 1
     assert len(calls) == stage.cfg.frame_steps  # one batched sampler run for all frames
     kwargs = calls[-1]
