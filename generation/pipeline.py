@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -24,13 +25,13 @@ import torch.nn.functional as F
 
 from common.errors import SeespeakerError
 from common.images import to_uint8
-from common.media import write_mp4, write_png
+from common.media import BackgroundMp4Writer, write_png
 from generation.portrait import PortraitGenerator, fit_portrait, load_portrait
 from generation.speech import FPS, SAMPLE_RATE, GenerationError, load_speech, prepare_speech
 from lightning_modules.codebook import CodebookStage
 from lightning_modules.lip_enhancer import LipEnhancerStage, refine_video
 from lightning_modules.motion_diffusion import MotionDiffusionStage
-from lightning_modules.motion_generation import MotionParts, check_generation_inputs, render_frames, sample_motion
+from lightning_modules.motion_generation import MotionParts, check_generation_inputs, frame_latents, sample_motion
 from lightning_modules.registry import FACE_PRIOR, node_file, training_order
 from lightning_modules.stagefile import StageFile, StageFiles
 
@@ -197,7 +198,16 @@ class TalkingFacePipeline:
 
         ``steps``, when given, receives the low-res frames before and after lip enhancement
         (``motion_diffusion``, ``lip_enhancer``), for scoring what each stage adds."""
-        opts, device = self.options, self.device
+        chunks = list(self.video_chunks(portrait, speech, timings, advance, steps))
+        return torch.cat([low for low, _ in chunks]), torch.cat([final for _, final in chunks])
+
+    def video_chunks(self, portrait: torch.Tensor, speech: torch.Tensor, timings: dict[str, float],
+                     advance: Callable[[str], None], steps: dict[str, torch.Tensor] | None = None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`video` chunk by chunk: each chunk of frames is decoded, lip-refined and rendered as soon as its
+        windows are, so a consumer (the mp4 writer) works while the next windows render. A chunk is a whole number
+        of every step's batches, so the frames are those of a whole-clip run."""
+        device = self.device
         parts = self.motion_parts()
         n_frames = int(speech.shape[0] * FPS // SAMPLE_RATE)
         window_samples = parts.cfg.window_frames * SAMPLE_RATE // FPS
@@ -210,24 +220,48 @@ class TalkingFacePipeline:
             speaker = parts.frozen.speaker(audio[None])
             motion = sample_motion(parts, features, speaker, total, generator)
         advance("motion latents")
-        with timed(timings, "frame_latents"):
-            latents = render_frames(parts, parts.frozen.encode(portrait[None].to(device)), motion, features, generator)
-        advance("frame latents")
+        marks = parts.motion_encoder.landmarks(motion[0, :n_frames], portrait.shape[-1])
+        portrait, speech = portrait.to(device), speech.to(device)
+        latents = frame_latents(parts, parts.frozen.encode(portrait[None]), motion, features, generator)
+        seen: dict[str, list[torch.Tensor]] = {"motion_diffusion": [], "lip_enhancer": []}
+        done, pending, unit = 0, [], self.chunk_frames()
+        for latent in timed_chunks(latents, timings, "frame_latents"):
+            pending.append(latent)
+            ready = min(n_frames - done, sum(len(p) for p in pending) // unit * unit)
+            if ready > 0:
+                ready_latents, rest = torch.cat(pending).split([ready, sum(len(p) for p in pending) - ready])
+                pending = [rest]
+                yield self.finish(parts, ready_latents, done, marks, speech, portrait, timings, seen)
+                done += ready
+        if done < n_frames:
+            yield self.finish(parts, torch.cat(pending)[:n_frames - done], done, marks, speech, portrait, timings,
+                              seen)
+        for name in ("frame latents", "decoded frames", "lip enhancement", "codebook rendering"):
+            advance(name)
+        if steps is not None:
+            steps.update({name: torch.cat(frames) for name, frames in seen.items()})
+
+    def chunk_frames(self) -> int:
+        """Frames per streamed chunk: a multiple of the decoder's, the lip enhancer's and the codebook's batches."""
+        batch = self.options.batch_frames
+        codebook = 1
+        if self.codebook is not None:
+            window = self.codebook.cfg.window_frames if self.codebook.cfg.temporal else batch
+            codebook = window * max(1, batch // window)
+        return math.lcm(batch, max(batch, 8), codebook)
+
+    def finish(self, parts: MotionParts, latents: torch.Tensor, first: int, marks: torch.Tensor,
+               speech: torch.Tensor, portrait: torch.Tensor, timings: dict[str, float],
+               seen: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame latents from frame ``first`` on -> (decoded, lip-refined frames; codebook-rendered frames)."""
         with timed(timings, "decode"):
-            frames = torch.cat([parts.frozen.decode(chunk) for chunk in latents.split(opts.batch_frames)])[:n_frames]
-            frames = frames.float()
-        advance("decoded frames")
-        if steps is not None:
-            steps["motion_diffusion"] = frames
-        marks = parts.motion_encoder.landmarks(motion[0, :n_frames], frames.shape[-1])
+            frames = torch.cat([parts.frozen.decode(c) for c in latents.split(self.options.batch_frames)]).float()
+        seen["motion_diffusion"].append(frames)
         with self.step(timings, "lip_enhancement"):
-            frames = self.refine_lips(frames, marks, speech.to(device), portrait.to(device)).float()
-        advance("lip enhancement")
-        if steps is not None:
-            steps["lip_enhancer"] = frames
+            frames = self.refine_lips(frames, marks[first:first + len(frames)], speech, portrait, first).float()
+        seen["lip_enhancer"].append(frames)
         with self.step(timings, "codebook_render"):
             output = self.render(frames)
-        advance("codebook rendering")
         return frames, output
 
     def motion_parts(self) -> MotionParts:
@@ -243,13 +277,14 @@ class TalkingFacePipeline:
                                    frame_denoiser=Autocast(parts.frame_denoiser, opts.precision))
 
     @torch.no_grad()
-    def refine_lips(self, frames, landmarks, speech, portrait) -> torch.Tensor:
+    def refine_lips(self, frames, landmarks, speech, portrait, first: int = 0) -> torch.Tensor:
+        """Frames ``first`` .. of the video (their landmarks) with their stretch of ``speech`` -> refined frames."""
         per_frame = SAMPLE_RATE // FPS
         step = max(self.options.batch_frames, 8)
         out = []
         for start in range(0, len(frames), step):
             stop = min(len(frames), start + step)
-            audio = speech[start * per_frame: stop * per_frame]
+            audio = speech[(first + start) * per_frame: (first + stop) * per_frame]
             audio = F.pad(audio, (0, (stop - start) * per_frame - audio.shape[0]))
             out.append(refine_video(self.lips, frames[start:stop], landmarks[start:stop], audio, portrait))
         return torch.cat(out).clamp(-1, 1)
@@ -306,6 +341,16 @@ class Autocast(torch.nn.Module):
             return getattr(self.network, name)
 
 
+def timed_chunks(chunks: Iterator[torch.Tensor], timings: dict[str, float], name: str) -> Iterator[torch.Tensor]:
+    """``chunks`` with the time spent making each one charged to ``timings[name]``."""
+    while True:
+        with timed(timings, name):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
 @contextmanager
 def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -355,8 +400,22 @@ def generate_video(audio_path: str | Path, stages_dir: str | Path, out: str | Pa
         write_png(portrait_path, to_uint8(face))
     if portrait_only:
         return GenerationResult(None, portrait_path, 0, time.perf_counter() - start, face.shape[-1], timings)
-    _, frames = pipeline.video(face, speech, timings, advance)
-    with timed(timings, "write_mp4"):
-        write_mp4(out, to_uint8(frames), speech.numpy(), fps=FPS, sr=SAMPLE_RATE)
+    count, size = write_video(out, pipeline.video_chunks(face, speech, timings, advance), speech, timings)
     advance("mp4")
-    return GenerationResult(out, portrait_path, len(frames), time.perf_counter() - start, frames.shape[-1], timings)
+    return GenerationResult(out, portrait_path, count, time.perf_counter() - start, size, timings)
+
+
+def write_video(out: Path, chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], speech: torch.Tensor,
+                timings: dict[str, float]) -> tuple[int, int]:
+    """Stream the final frames of ``chunks`` into the mp4 ``out`` with ``speech`` muxed in, encoding in the
+    background while the next chunk renders -> (frames, frame size). ``timings["write_mp4"]``: the time the
+    pipeline waited for the writer."""
+    count = size = 0
+    with BackgroundMp4Writer(out, speech.numpy(), fps=FPS, sr=SAMPLE_RATE) as writer:
+        for _, frames in chunks:
+            with timed(timings, "write_mp4"):
+                writer.put(to_uint8(frames))
+            count, size = count + len(frames), frames.shape[-1]
+        draining = time.perf_counter()
+    timings["write_mp4"] = timings.get("write_mp4", 0.0) + time.perf_counter() - draining
+    return count, size

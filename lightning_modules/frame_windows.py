@@ -9,6 +9,7 @@ audio and landmark maps; frame positions before the video start take frame 0's, 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,10 +66,10 @@ def run_sampler(parts: MotionParts, z: torch.Tensor, motion_frames: torch.Tensor
 
 
 @torch.no_grad()
-def render_windows(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, features: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Frame latents [n, C, h, w] of one video, window after window, each continuing from the last K latents of
-    the window before it (the portrait latent before the first)."""
+def window_latents(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, features: torch.Tensor,
+                   generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """The frame latents [t, C, h, w] of one video, yielded window after window, each window continuing from the
+    last K latents of the window before it (the portrait latent before the first)."""
     cfg, device = parts.cfg, portrait_latent.device
     k, frames, n_frames = cfg.previous_frames, cfg.frame_window, motion.shape[1]
     motion, sounds, maps = window_conditioning(parts, motion, features, portrait_latent.shape[-1])
@@ -79,8 +80,8 @@ def render_windows(parts: MotionParts, portrait_latent: torch.Tensor, motion: to
         cond = (motion[at][None], sounds[at][None], None if maps is None else maps[at][None])
         motion_frames = torch.cat(produced)[-k:][None]
         z = run_sampler(parts, z, motion_frames, portrait_latent, cond)
-        produced.append(z[0, :min(frames, n_frames - start)])
-    return torch.cat(produced[1:])
+        produced = [*produced[-1:], z[0, :min(frames, n_frames - start)]]
+        yield produced[-1]
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ step is 0).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from common.errors import SeespeakerError
 from datamodules.sample import MOTION_TRUTH_COLUMNS
-from lightning_modules.frame_windows import render_windows, rerender_windows
+from lightning_modules.frame_windows import rerender_windows, window_latents
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES, SpeechEncoder
 from lightning_modules.nets.motion import audio_context, landmark_maps, per_frame_audio
 from lightning_modules.stagefile import StageFiles
@@ -176,15 +177,23 @@ def sample_motion(parts: MotionParts, audio: torch.Tensor, speaker: torch.Tensor
 def render_frames(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Frame latents [T, C, h, w] of motion [1, T, M] and audio features [1, T, D], by the stage's renderer."""
+    return torch.cat(list(frame_latents(parts, portrait_latent, motion, audio, generator)))
+
+
+def frame_latents(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
+                  generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """:func:`render_frames`' latents as the renderer makes them: a window [t, C, h, w] at a time (one frame at a
+    time from the sequential renderer), for work that goes on while the next ones render."""
     if parts.cfg.windowed:
-        return render_windows(parts, portrait_latent, motion, audio, generator)
-    return render_sequential(parts, portrait_latent, motion, audio, generator)
+        return window_latents(parts, portrait_latent, motion, audio, generator)
+    return sequential_latents(parts, portrait_latent, motion, audio, generator)
 
 
 @torch.no_grad()
-def render_sequential(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Frame latents [T, C, h, w], each denoised from the portrait, the latents just before it, its motion and audio."""
+def sequential_latents(parts: MotionParts, portrait_latent: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
+                       generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Frame latents [1, C, h, w], one frame after the other, each denoised from the portrait, the latents just
+    before it, its motion and audio."""
     cfg, device = parts.cfg, portrait_latent.device
     sounds = audio_context(audio, cfg.audio_radius)
     history = [portrait_latent] * cfg.previous_frames
@@ -199,8 +208,8 @@ def render_sequential(parts: MotionParts, portrait_latent: torch.Tensor, motion:
                                         prev_noise_step=no_augmentation, motion=motion[:, index],
                                         audio=sounds[:, index], maps=None if maps is None else maps[index:index + 1])
             z = sampler.step(pred, t, z).prev_sample
-        history.append(z)
-    return torch.cat(history[cfg.previous_frames:], dim=0)
+        history = [*history[1:], z]
+        yield z
 
 
 @torch.no_grad()

@@ -101,14 +101,14 @@ def test_bad_inputs_fail_with_messages_naming_the_file(stages, tmp_path, capsys)
 
 
 def test_a_failed_write_leaves_no_partial_mp4(stages, tmp_path, monkeypatch, capsys):
-    import common.media as video_io
-    real_mux = video_io._mux
+    from common.media import Mp4Writer
+    real_write = Mp4Writer.write
 
-    def mux_then_fail(container, frames, audio, fps, sr):
-        real_mux(container, frames[:2], None, fps, sr)  # some packets are on disk already
+    def write_then_fail(self, frames):
+        real_write(self, frames[:2])  # some packets are on disk already
         raise OSError("disk full")
 
-    monkeypatch.setattr(video_io, "_mux", mux_then_fail)
+    monkeypatch.setattr(Mp4Writer, "write", write_then_fail)
     out = tmp_path / "video" / "talk.mp4"
     with pytest.raises(OSError, match="disk full"):
         main(["generate", "--audio", str(speech(tmp_path / "speech.wav", 0.7)), "--stages", str(stages),
@@ -233,3 +233,51 @@ def test_with_the_shipped_stages_the_video_starts_from_the_given_portrait(tmp_pa
     to_given = np.abs(frame - pil_resize(given, size)).mean()
     to_other = np.abs(frame - pil_resize(other, size)).mean()
     assert to_given < 0.5 * to_other, (to_given, to_other)
+
+
+def test_streamed_chunks_are_the_whole_clip_and_leave_before_the_last_window(stages, tmp_path, monkeypatch):
+    import torch
+
+    import generation.pipeline as pipeline_module
+    from generation.pipeline import GenerationOptions, TalkingFacePipeline
+    from generation.speech import load_speech
+    from lightning_modules.motion_generation import render_frames, sample_motion
+
+    events: list[str] = []
+    made = pipeline_module.frame_latents
+
+    def recorded(*args):
+        for window in made(*args):
+            events.append("window")
+            yield window
+
+    heard: list[torch.Tensor] = []
+    refine = pipeline_module.refine_video
+
+    def listened(stage, frames, landmarks, audio, reference=None):
+        heard.append(audio.cpu())
+        return refine(stage, frames, landmarks, audio, reference)
+
+    monkeypatch.setattr(pipeline_module, "frame_latents", recorded)
+    monkeypatch.setattr(pipeline_module, "refine_video", listened)
+    voice = torch.from_numpy(load_speech(speech(tmp_path / "speech.wav", 1.5)))
+    pipeline = TalkingFacePipeline(stages, GenerationOptions(steps=2, motion_steps=1, frame_steps=1, batch_frames=4))
+    face = pipeline.portrait(voice, {})
+    chunks = []
+    for chunk in pipeline.video_chunks(face, voice, {}, lambda name: None):
+        events.append("chunk")
+        chunks.append(chunk)
+    assert len(chunks) > 1 and events.index("chunk") < len(events) - 1 - events[::-1].index("window")
+    n_samples = int(1.5 * 25) * 640  # each chunk's lips heard their own stretch of the speech
+    assert torch.equal(torch.cat(heard)[:n_samples], voice[:n_samples])
+
+    parts, n_frames = pipeline.motion_parts(), int(1.5 * 25)  # the whole clip, one stage after the other
+    generator = torch.Generator().manual_seed(0)
+    features = parts.audio_features(voice[None], n_frames)
+    motion = sample_motion(parts, features, parts.frozen.speaker(voice[None]), n_frames, generator)
+    latents = render_frames(parts, parts.frozen.encode(face[None]), motion, features, generator)
+    low = torch.cat([parts.frozen.decode(c) for c in latents.split(4)])
+    marks = parts.motion_encoder.landmarks(motion[0], face.shape[-1])
+    low = pipeline.refine_lips(low, marks, voice, face)
+    assert torch.allclose(torch.cat([c[0] for c in chunks]), low, atol=1e-5)
+    assert torch.allclose(torch.cat([c[1] for c in chunks]), pipeline.render(low), atol=1e-5)

@@ -1,11 +1,14 @@
-"""write_mp4: frames and speech go in, PyAV reads back the same frame count, rate, picture and sound."""
+"""write_mp4 and the streaming writers: frames and speech go in, PyAV reads back the same frame count, rate, picture
+and sound; a failure leaves no file."""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
 from common.images import to_uint8
-from common.media import VideoWriteError, read_mp4, write_mp4
+from common.media import BackgroundMp4Writer, Mp4Writer, VideoWriteError, read_mp4, write_mp4
 
 AAC_FRAME = 1024  # samples per AAC frame: the container may round the audio up to whole frames
 
@@ -72,3 +75,47 @@ def test_to_uint8_maps_minus_one_one_to_bytes():
     out = to_uint8(frames)
     assert out.shape == (2, 2, 2, 3) and out.dtype == np.uint8
     assert out[0, 0, 0].tolist() == [0, 128, 255]
+
+
+def test_chunks_written_in_the_background_decode_as_the_whole_clip_written_at_once(tmp_path):
+    frames, audio = _clip(13)
+    whole, _, _, _ = read_mp4(write_mp4(tmp_path / "whole.mp4", frames, audio))
+    with BackgroundMp4Writer(tmp_path / "chunks.mp4", audio, queued=1) as writer:
+        for chunk in np.array_split(frames, [4, 5, 11]):
+            writer.put(chunk)
+    decoded, sound, fps, sr = read_mp4(tmp_path / "chunks.mp4")
+    assert np.array_equal(decoded, whole) and fps == 25.0 and sr == 16000
+    assert abs(len(sound) - len(audio)) <= 2 * AAC_FRAME
+
+
+def test_a_failure_while_streaming_leaves_no_file(tmp_path):
+    frames, audio = _clip(6)
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        with BackgroundMp4Writer(tmp_path / "broken.mp4", audio) as writer:
+            writer.put(frames[:3])
+            raise RuntimeError("renderer failed")
+    with pytest.raises(VideoWriteError, match="every chunk needs one size"):
+        with BackgroundMp4Writer(tmp_path / "sizes.mp4", audio) as writer:
+            writer.put(frames[:3])
+            writer.put(np.zeros((2, 32, 32, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_encodes_while_the_caller_goes_on(tmp_path):
+    frames, _ = _clip(8)
+    encoding, released = threading.Event(), threading.Event()
+
+    class Slow(Mp4Writer):
+        def write(self, chunk):
+            encoding.set()
+            assert released.wait(10), "the caller never went on while this chunk was encoding"
+            super().write(chunk)
+
+    writer = BackgroundMp4Writer(tmp_path / "slow.mp4")
+    writer.writer = Slow(tmp_path / "slow.mp4")
+    with writer:
+        writer.put(frames[:4])
+        assert encoding.wait(10)
+        writer.put(frames[4:])  # queued while the first chunk is still encoding
+        released.set()
+    assert read_mp4(tmp_path / "slow.mp4")[0].shape == frames.shape
