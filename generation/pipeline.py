@@ -224,18 +224,16 @@ class TalkingFacePipeline:
         portrait, speech = portrait.to(device), speech.to(device)
         latents = frame_latents(parts, parts.frozen.encode(portrait[None]), motion, features, generator)
         seen: dict[str, list[torch.Tensor]] = {"motion_diffusion": [], "lip_enhancer": []}
-        done, pending, unit = 0, [], self.chunk_frames()
-        for latent in timed_chunks(latents, timings, "frame_latents"):
-            pending.append(latent)
-            ready = min(n_frames - done, sum(len(p) for p in pending) // unit * unit)
+        done, unit = 0, self.chunk_frames()
+        pending: torch.Tensor | None = None
+        for made in timed_chunks(latents, timings, "frame_latents"):
+            pending = made if pending is None else torch.cat([pending, made])
+            ready = min(n_frames - done, len(pending) // unit * unit)
             if ready > 0:
-                ready_latents, rest = torch.cat(pending).split([ready, sum(len(p) for p in pending) - ready])
-                pending = [rest]
-                yield self.finish(parts, ready_latents, done, marks, speech, portrait, timings, seen)
-                done += ready
+                yield self.finish(parts, pending[:ready], done, marks, speech, portrait, timings, seen)
+                pending, done = pending[ready:], done + ready
         if done < n_frames:
-            yield self.finish(parts, torch.cat(pending)[:n_frames - done], done, marks, speech, portrait, timings,
-                              seen)
+            yield self.finish(parts, pending[:n_frames - done], done, marks, speech, portrait, timings, seen)
         for name in ("frame latents", "decoded frames", "lip enhancement", "codebook rendering"):
             advance(name)
         if steps is not None:
