@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.precision import DeepSpeedPrecision
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -108,9 +109,24 @@ def deepspeed_config(trainer_cfg: TrainerConfig, data_batch_size: int) -> dict[s
         "wall_clock_breakdown": False,
         **offload_extra,
     }
-    if resolve_precision(trainer_cfg).startswith("bf16"):
+    precision = resolve_precision(trainer_cfg)
+    if precision == "bf16-mixed":  # fp32 weights, bf16 autocast in the forward: the same numerics as without DeepSpeed
+        config["bf16"] = {"enabled": False}
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    elif precision == "bf16-true":
         config["bf16"] = {"enabled": True}
     return config
+
+
+class AutocastDeepSpeedPrecision(DeepSpeedPrecision):
+    """``bf16-mixed`` under DeepSpeed's ``torch_autocast``: the batch keeps its dtypes (Lightning's plugin would cast
+    every float of it, the 16 kHz speech included, to bf16) and autocast chooses each operation's precision."""
+
+    def __init__(self) -> None:
+        super().__init__("bf16-mixed")
+
+    def convert_input(self, data: Any) -> Any:
+        return data
 
 
 class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
@@ -258,6 +274,7 @@ def build_strategy(trainer_cfg: TrainerConfig, stage_module) -> tuple[Any, dict[
             process_group_backend="nccl" if on_gpu else "gloo",
             timeout=timeout,
             logging_level=40,
+            precision_plugin=AutocastDeepSpeedPrecision() if "torch_autocast" in config else None,
         )
-        return strategy, extra
+        return strategy, {} if "torch_autocast" in config else extra
     return "auto", extra

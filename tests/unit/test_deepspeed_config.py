@@ -62,7 +62,7 @@ def test_zero3_offload_on_gpu_offloads_optimizer_and_parameters_in_bf16():
     assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
     assert zero["offload_param"] == {"device": "cpu", "pin_memory": True}
     assert zero["stage3_prefetch_bucket_size"] > 0 and "allgather_bucket_size" not in zero
-    assert config["bf16"] == {"enabled": True}
+    assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and config["bf16"] == {"enabled": False}
     assert config["gradient_clipping"] == 0.0
     assert "zero_force_ds_cpu_optimizer" not in config  # GPUs run offloaded states on DeepSpeedCPUAdam
 
@@ -80,6 +80,18 @@ def test_bf16_requested_on_cpu_trains_in_fp32():
     assert "bf16" not in strategy.config
 
 
+def test_bf16_mixed_under_deepspeed_keeps_fp32_weights_and_batch():
+    """DeepSpeed's own bf16 casts the weights, and Lightning's plugin the batch, to bf16: a float32 made inside the
+    forward (the log-mel of the speech) then meets bf16 weights. Mixed precision is torch autocast instead."""
+    cfg = TrainerConfig(accelerator="gpu", strategy="deepspeed", precision="bf16-mixed", ema_decay=0.0)
+    strategy, extra = build_strategy(cfg, stage())
+    assert "precision" not in extra and strategy.precision_plugin.precision == "bf16-mixed"
+    batch = {"audio": torch.randn(2, 8), "speaker_index": torch.arange(2)}
+    assert strategy.precision_plugin.convert_input(batch)["audio"].dtype == torch.float32
+    true_bf16 = deepspeed_config(TrainerConfig(accelerator="gpu", strategy="deepspeed", precision="bf16-true"), 4)
+    assert true_bf16["bf16"] == {"enabled": True} and "torch_autocast" not in true_bf16
+
+
 @pytest.mark.parametrize("preset", ["cpu", "ddp", "deepspeed_zero2", "deepspeed_zero3_offload"])
 def test_presets_are_valid_trainer_configs(preset):
     cfg = load_group_file("trainer", preset, TrainerConfig)
@@ -89,7 +101,7 @@ def test_presets_are_valid_trainer_configs(preset):
     assert cfg.accelerator == ("cpu" if preset == "cpu" else "gpu")
     if cfg.strategy == "deepspeed":
         config = deepspeed_config(cfg, 8)
-        assert config["bf16"] == {"enabled": True}
+        assert config["torch_autocast"]["enabled"] and not config["bf16"]["enabled"]
         offloaded = preset == "deepspeed_zero3_offload"
         assert config["zero_optimization"]["stage"] == (3 if offloaded else 2)
         assert ("offload_param" in config["zero_optimization"]) == offloaded
