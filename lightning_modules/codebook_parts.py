@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from common.devices import upload
 from lightning_modules.base import StageConfig
 from lightning_modules.face_perceptual import FacePerceptual  # noqa: F401  (the codebook's import of it)
 from lightning_modules.nets.codeformer import CodeFormerSizes, CodeFormerWeightsError
@@ -235,14 +236,14 @@ def degrade_frames(frames: torch.Tensor, strength: float, generator: torch.Gener
     if strength <= 0:
         return frames
     n, device = frames.shape[0], frames.device
-    draw = lambda: torch.rand(n, 1, 1, 1, generator=generator).to(device)  # noqa: E731
+    draw = lambda: upload(torch.rand(n, 1, 1, 1, generator=generator), device)  # noqa: E731
     blurred = F.avg_pool2d(frames, 3, stride=1, padding=1, count_include_pad=False)
     out = torch.lerp(frames, blurred, strength * draw())
     size = frames.shape[-1]
     resized = F.interpolate(F.interpolate(out, scale_factor=0.5, mode="bilinear", antialias=True), size=size,
                             mode="bilinear")
     out = torch.where(draw() < 0.5 * strength, resized, out)
-    noise = torch.randn(frames.shape, generator=generator).to(device)
+    noise = upload(torch.randn(frames.shape, generator=generator), device)
     return (out + 0.05 * strength * draw() * noise).clamp(-1, 1)
 
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.devices import upload
+
 NOSE_TIP = 33
 JAW_LEFT, JAW_RIGHT = 3, 13
 LOWER_FACE_POINTS = tuple(range(3, 14)) + tuple(range(48, 68)) + (NOSE_TIP,)
@@ -33,7 +35,7 @@ def degrade_mouths(frames: torch.Tensor, mask: torch.Tensor, generator: torch.Ge
     """Real frames [B, T, 3, H, W] with a wrong mouth: inside the mask, each frame gets the blurred lower face of
     another frame of its clip (so only the speech tells the refiner which mouth shape is right)."""
     batch, steps = frames.shape[:2]
-    shift = torch.randint(1, max(steps, 2), (batch, steps), generator=generator).to(frames.device)
+    shift = upload(torch.randint(1, max(steps, 2), (batch, steps), generator=generator), frames.device)
     source = (torch.arange(steps, device=frames.device)[None] + shift) % steps
     donor = frames[torch.arange(batch, device=frames.device)[:, None], source]
     blurred = F.avg_pool2d(donor.flatten(0, 1), 3, stride=1, padding=1, count_include_pad=False).view_as(frames)

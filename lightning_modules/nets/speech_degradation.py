@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from common.devices import upload
 from lightning_modules.nets.encoders import MIN_SPEECH_SAMPLES
 
 NOISE_TYPES = ("white", "speech_shaped")
@@ -80,21 +81,21 @@ def degrade_speech(audio: torch.Tensor, seconds: list[float], snr_db: list[float
     kept = kept.clamp(min=min(length, MIN_SPEECH_SAMPLES * sample_rate // SAMPLE_RATE), max=length)
     choice = torch.randint(len(snr_db), (batch,), generator=generator)
     snr = torch.tensor([math.nan if v is None else float(v) for v in snr_db])[choice]
-    mask = (torch.arange(length)[None] < kept[:, None]).to(audio.device)
+    mask = upload(torch.arange(length)[None] < kept[:, None], audio.device)
     clean = audio * mask
-    power = clean.float().square().sum(1) / kept.to(audio.device)
+    power = clean.float().square().sum(1) / upload(kept, audio.device)
     unit = unit_noise(clean, mask, noise, generator)
     scale = torch.where(torch.isnan(snr), torch.zeros_like(snr), 10.0 ** (-snr.nan_to_num(0.0) / 20.0))
-    noisy = clean + (scale.to(audio.device) * power.sqrt())[:, None] * unit.to(audio.dtype)
+    noisy = clean + (upload(scale, audio.device) * power.sqrt())[:, None] * unit.to(audio.dtype)
     return DegradedSpeech(noisy, kept, snr)
 
 
 def unit_noise(clean: torch.Tensor, mask: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
     """Noise [B, N] of mean power 1 over the kept samples (``mask``), zero elsewhere."""
-    gaussian = torch.randn(clean.shape, generator=generator).to(clean.device)
+    gaussian = upload(torch.randn(clean.shape, generator=generator), clean.device)
     if kind == "speech_shaped":
         spectrum = torch.fft.rfft(clean.float(), dim=-1).abs()
-        phase = torch.rand(spectrum.shape, generator=generator).to(clean.device) * (2 * math.pi)
+        phase = upload(torch.rand(spectrum.shape, generator=generator), clean.device) * (2 * math.pi)
         gaussian = torch.fft.irfft(spectrum * torch.exp(1j * phase), n=clean.shape[-1], dim=-1)
     elif kind != "white":
         raise ValueError(f"speech noise {kind!r} is not one of {NOISE_TYPES}")
