@@ -244,6 +244,7 @@ RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
     "sync": (SMALL, from_module("results_sync", "sync_results")),
     "codebook": (SMALL, from_module("results_codebook", "codebook_results")),
     "video": (SMALL, from_module("results_video", "video_results")),
+    "autoencoder": (SMALL, from_module("results_autoencoder", "autoencoder_results")),
 }
 
 

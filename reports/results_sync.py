@@ -46,13 +46,14 @@ PAIRS = (("lip_enhancer", "motion_diffusion", "what the lip enhancer adds"),
          ("lip_enhancer", "mismatched", "sync above the floor of another clip's audio"))
 
 
-def test_clips(data, clips: int) -> list[dict]:
-    """The first ``CLIP_FRAMES`` frames and their speech of the first ``clips`` test clips, one per speaker first."""
+def test_clips(data, clips: int, split: str = "test") -> list[dict]:
+    """The first ``CLIP_FRAMES`` frames and their speech of the first ``clips`` clips of ``split``, one per speaker
+    first."""
     dm = ShardDataModule(replace(data, num_workers=0, clip_frames=CLIP_FRAMES, audio_seconds=CLIP_FRAMES / 25,
                                  hr_resolution=0, batch_size=8))
     dm.setup()
     found, seen = [], set()
-    for batch in dm.eval_dataloader("test"):
+    for batch in dm.eval_dataloader(split):
         for i in torch.nonzero(batch["valid"]).flatten().tolist():
             found.append({"key": batch["key"][i], "speaker": batch["speaker"][i], "frames": batch["frames"][i],
                           "audio": batch["audio"][i], "motion_truth": batch["motion_truth"][i],
