@@ -222,7 +222,12 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
               "not yet re-chosen on val")],
     "video": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
                "LSE-C of the sequential renderer's frames", "6 held-out clips of a split that was not recorded: not "
-               "yet re-chosen on val; both renderers train with it")],
+               "yet re-chosen on val; both renderers train with it"),
+              ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
+               "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
+               "val")],
+    "autoencoder": [("the small config's autoencoder variant (configs/experiment/small.yaml): the highest face rate, "
+                     "the mouth landmark error deciding between variants whose face-rate intervals overlap", "val")],
     **{name: [("the *best constant a* and *best guidance* rows' a and guidance scale, by the mean latent error to "
                "the true face (never by a judge)", "val")] for name in ("portrait", "portrait_voice09")},
 }
