@@ -28,7 +28,9 @@ MOUTH = slice(48, 68)  # dlib's 68-point mouth
 # variant -> (what it changes, the `seespeaker train` words on top of the small config)
 VARIANTS = {
     "current": ("the small config (1500 steps)", ()),
-    "adversarial": ("hinge patch GAN, weight 0.1", ("stage.adversarial=true",)),
+    # Lightning's step counts both optimizers' steps: 3000 of them are the same 1500 batches as the other rows
+    "adversarial": ("hinge patch GAN, weight 0.1", ("stage.adversarial=true", "trainer.max_steps=3000",
+                                                    "trainer.val_check_interval=1000")),
     "perceptual": ("ConRe face-feature distance, weight 0.1", ("stage.perceptual_weight=0.1",)),
 }
 IMAGE = Path("docs/images/autoencoder_variants.png")
