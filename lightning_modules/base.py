@@ -277,8 +277,10 @@ class StageModule(StepGuard, pl.LightningModule):
         return float(self.lr_factor_tensor(torch.tensor(float(step), dtype=torch.float64)))
 
     def lr_factor_tensor(self, step: torch.Tensor) -> torch.Tensor:
-        """The schedule at ``step`` (float64 tensor, on any device): linear warm-up, then constant or cosine."""
-        return schedule_factor(step, self.cfg.warmup_steps, self.max_steps, self.cfg.schedule)
+        """The schedule at ``step`` (float64 tensor, on any device): linear warm-up, then constant or cosine. It runs
+        over the batches the schedulers step on: with a GAN's two optimizers ``trainer.max_steps`` counts both
+        optimizers' steps, so the cosine ends at the last batch rather than half way."""
+        return schedule_factor(step, self.cfg.warmup_steps, self.max_steps // self.num_optimizers, self.cfg.schedule)
 
     # ---- EMA ------------------------------------------------------------------------------------------
     @contextlib.contextmanager

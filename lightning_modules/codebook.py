@@ -57,7 +57,6 @@ from lightning_modules.nets.codeformer import (
 )
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
-from lightning_modules.optim import schedule_factor
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
@@ -284,11 +283,6 @@ class CodebookStage(StageModule):
     def generator_step(self) -> int:
         """Generator steps so far: with the GAN on, Lightning's global step counts both optimizers' steps."""
         return self.global_step // self.num_optimizers
-
-    def lr_factor_tensor(self, step: torch.Tensor) -> torch.Tensor:
-        """The schedule over the batches the schedulers step on (``trainer.max_steps`` counts both optimizers'
-        steps with the GAN on, so the cosine ends at the last batch rather than half way)."""
-        return schedule_factor(step, self.cfg.warmup_steps, self.max_steps // self.num_optimizers, self.cfg.schedule)
 
     def render_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
         """The render phase's low-res inputs [B, T, 3, r, r]: the batch's frames, degraded; first through the

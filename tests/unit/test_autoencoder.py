@@ -97,3 +97,13 @@ def test_optional_perceptual_and_adversarial_terms(tmp_path):
     assert not torch.equal(module.discriminator.net[0].weight, discriminator)
     assert not torch.equal(module.vae.decoder.conv_out.weight, decoder)
     assert "train/discriminator" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_the_schedule_ends_at_the_last_batch_with_one_or_two_optimizers(adversarial):
+    cfg = tiny_autoencoder()
+    cfg.schedule, cfg.warmup_steps, cfg.adversarial, cfg.discriminator_channels = "cosine", 0, adversarial, [8, 16]
+    module = AutoencoderStage(cfg, tiny_data(), max_steps=12)  # 12 optimizer steps: 6 batches with the GAN on
+    batches = 6 if adversarial else 12
+    assert module.lr_factor(batches) == pytest.approx(module.lr_factor(10**6))  # the cosine's floor
+    assert module.lr_factor(batches // 2) > module.lr_factor(batches)
