@@ -34,7 +34,8 @@ setting() {  # name, seconds, extra flags
   local name=$1 limit=$2; shift 2
   timeout "$limit" python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs="${PAIRS:-3}" \
     --steps="${STEPS:-20}" --warmup="${WARMUP:-5}" --reader-seconds="${READER_S:-5}" --workdir="$WORK" \
-    --set=trainer=ddp --set=trainer.devices=1 "$@" 2>&1 | grep -v -i warn | tail -16 | tee "$OUTDIR/train-$name.log"
+    --set=trainer=ddp --set=trainer.devices=1 "$@" 2>&1 | grep --line-buffered -v -i warn | tee "$OUTDIR/train-$name.log" \
+    | tail -16  # the log is written line by line, so a run stopped by an outer limit keeps what it printed
   cp "bench/out/train-$SCALE.json" "$OUTDIR/train-$SCALE-$name.json" 2>/dev/null || true
 }
 for name in ${SETTINGS:-eager compiled ddp zero2}; do

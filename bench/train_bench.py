@@ -32,12 +32,12 @@ from bench.common import write_report
 from bench.train_loops import autocast_for, bare_module, bare_window, framework_window, use_clock
 from bench.train_setup import (
     STAGES,
+    counted_flops,
     device_of,
     preload,
     prepare_stages,
     reader_seconds_per_batch,
     stage_words,
-    step_flops,
 )
 from bench.train_stats import data_wait_s, meets, mfu, summarize
 from trainer.config import compose
@@ -92,13 +92,16 @@ def bench_stage(stage: str, args: argparse.Namespace, root: Path) -> dict:
     phase("reader timed")
     with quiet():
         bare = bare_module(cfg, device, knobs=False)
-        flops, trained = step_flops(bare, batches[0], autocast_for(cfg, device))  # eager: the counter sees each op
+        flops, trained = counted_flops(bare, batches[0], autocast_for(cfg, device), root / f"flops-{stage}.json")
         apply_speed_knobs(bare, cfg.trainer)
     phase("FLOPs counted")
     pairs, framework = [], None
     for index in range(args.pairs):
         with quiet():
             bare_side, bare = bare_window(words, batches, args.warmup, args.steps, device, bare)
+        if index == 0:
+            phase("first bare window done")  # with trainer.compile, most of it is the compilation
+        with quiet():
             framework_side, framework = framework_window(words, batches, args.warmup, args.steps, device, framework)
         pair = (bare_side, framework_side)
         pairs.append(pair)

@@ -1,8 +1,13 @@
 """The training benchmark's arithmetic: per-pair ratios, the median's bootstrap interval, MFU, the data wait."""
 from __future__ import annotations
 
-import pytest
+import contextlib
+import json
 
+import pytest
+import torch
+
+from bench.train_setup import counted_flops
 from bench.train_stats import Window, bootstrap_interval, data_wait_s, meets, mfu, pair_ratios, summarize
 
 
@@ -40,3 +45,30 @@ def test_mfu_and_data_wait():
     assert data_wait_s(0.3, 0.1, workers=0) == 0.3  # no workers: the step loads its own batch
     assert data_wait_s(0.3, 0.1, workers=4) == pytest.approx(0.2)  # workers hide what the step's time covers
     assert data_wait_s(0.05, 0.1, workers=4) == 0.0
+
+
+class TwoLayers(torch.nn.Module):
+    """The two hooks ``step_flops`` calls, over one frozen and one trained layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+        self.trained = torch.nn.Linear(4, 2)
+
+    def compute_losses(self, batch):
+        return self.trained(self.frozen(batch["x"])).pow(2).mean(1)
+
+    def reduce_losses(self, losses, valid):
+        return losses.mean()
+
+
+def test_flop_count_is_kept_per_batch_shape(tmp_path):
+    cache = tmp_path / "flops.json"
+    module, batch = TwoLayers(), {"x": torch.randn(8, 4)}
+    total, trained = counted_flops(module, batch, contextlib.nullcontext, cache)
+    assert total > trained > 0  # the frozen layer's forward is counted in the total only
+    kept = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**kept, "total": 1.0, "trained": 0.5}))
+    assert counted_flops(module, batch, contextlib.nullcontext, cache) == (1.0, 0.5)  # same shapes: reused
+    wider = counted_flops(module, {"x": torch.randn(16, 4)}, contextlib.nullcontext, cache)
+    assert wider[0] == pytest.approx(2 * total)  # a new shape is counted again
