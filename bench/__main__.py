@@ -9,10 +9,10 @@ import importlib
 import sys
 
 BENCHES = {"reader": "reader_bench", "prepare": "prepare_bench", "eval": "eval_bench", "generate": "generate_bench",
-           "generate_paper": "generate_paper_bench", "train": "train_bench"}
+           "generate_paper": "generate_paper_bench", "train": "train_bench", "data_path": "data_path_bench"}
 
 
-NAMED_ONLY = ("train",)  # long (every stage, 5 x 2 runs): only when named
+NAMED_ONLY = ("train", "data_path")  # long (every stage, paper configs): only when named
 
 
 def main(argv: list[str]) -> int:

@@ -11,12 +11,12 @@ from trainer.provenance import git_commit, machine
 OUT = Path("bench/out")
 
 
-def bench_corpus(path: Path = Path("data/synthetic")) -> Path:
-    """The demo's synthetic corpus, written first if it is missing."""
+def bench_corpus(path: Path = Path("data/synthetic"), config=None) -> Path:
+    """A synthetic corpus (by default the demo's), written first if it is missing."""
     if not (path / "index.json").is_file():
         from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
 
-        write_synthetic_corpus(path, SyntheticConfig())
+        write_synthetic_corpus(path, config or SyntheticConfig())
     return path
 
 
