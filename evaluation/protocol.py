@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-METRICS = ("lse", "fid", "csim", "psnr", "ssim")
+DEFAULT_METRICS = ("lse", "fid", "csim", "psnr", "ssim")
+METRICS = (*DEFAULT_METRICS, "mouth_sync")  # mouth_sync: expert-free (evaluation.mouth_sync), asked for by name
 CROP_MODES = ("none", "reference")
 RESIZE_MODES = ("tf1_bilinear", "torch_bilinear", "torch_bilinear_antialias")
 SYNC_EXPERTS = ("official", "project", "auto")
@@ -23,8 +24,9 @@ class EvalProtocol:
     """How a set of videos is scored; recorded in full with every result."""
 
     name: str = field(default="default", metadata={"help": "protocol name, shown in results and comparisons"})
-    metrics: list[str] = field(default_factory=lambda: list(METRICS),
-                               metadata={"help": "metrics to compute: lse, fid, csim, psnr, ssim"})
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS),
+                               metadata={"help": "metrics to compute: lse, fid, csim, psnr, ssim, and mouth_sync (the "
+                                                 "expert-free one: dlib's mouth opening against the speech loudness)"})
     sync_expert: str = field(default="official", metadata={
         "help": "which expert scores LSE: official: syncnet_v2.model from syncnet_weights (published LSE); project: "
                 "the trained syncnet stage, project_expert (labelled, not comparable with papers); auto: official "

@@ -16,9 +16,12 @@ from common.errors import SeespeakerError
 from common.files import atomic_write_text
 
 RESULTS_FORMAT = 1
-METRIC_ORDER = ("lse_c", "lse_d", "fid", "csim", "psnr", "ssim")
+METRIC_ORDER = ("lse_c", "lse_d", "fid", "csim", "psnr", "ssim", "mouth_sync_face_rate", "mouth_sync_r",
+                "mouth_sync_null", "mouth_sync_margin", "mouth_sync_truth_r")
 METRIC_LABELS = {"lse_c": "LSE-C ↑", "lse_d": "LSE-D ↓", "fid": "FID ↓", "csim": "CSIM ↑", "psnr": "PSNR ↑",
-                 "ssim": "SSIM ↑"}
+                 "ssim": "SSIM ↑", "mouth_sync_face_rate": "face rate ↑", "mouth_sync_r": "mouth-loudness r ↑",
+                 "mouth_sync_null": "r, shifted speech", "mouth_sync_margin": "r − shifted ↑",
+                 "mouth_sync_truth_r": "mouth r vs real ↑"}
 PROTOCOL_KEYS = ("protocol.name", "sync_expert.sha256", "crop_mode", "resize_mode", "inception_sha256",
                  "face_model", "fps", "sample_rate", "seed", "max_clips")
 

@@ -5,7 +5,9 @@
 - FID over all frames pooled (``evaluation.fid``) against statistics of the real test clips, cached with their
   provenance (extractor hash, resize mode, the index file and the chosen clips);
 - CSIM (``evaluation.identity``) of every frame against the speaker's reference face;
-- PSNR / SSIM (torchmetrics) where a ground-truth clip exists.
+- PSNR / SSIM (torchmetrics) where a ground-truth clip exists;
+- mouth_sync (``evaluation.mouth_sync``, when asked for): the expert-free sync measure, dlib's mouth opening against
+  the speech loudness, with its shifted-speech null.
 """
 from __future__ import annotations
 
@@ -224,7 +226,36 @@ def evaluate(videos: VideoSet, protocol: EvalProtocol, test: TestSet, stages_dir
         summary, rows, details["psnr_ssim"] = score_psnr_ssim(videos.videos, protocol.metrics)
         metrics.update(summary), merge(rows)
         timing["psnr_ssim"] = time.perf_counter() - start
+    if "mouth_sync" in protocol.metrics:
+        start = time.perf_counter()
+        summary, rows, details["mouth_sync"] = score_mouth_sync(videos.videos, protocol)
+        metrics.update(summary), merge(rows)
+        timing["mouth_sync"] = time.perf_counter() - start
     return {"metrics": metrics, "per_video": per_video, "details": details, "timing_s": timing}
+
+
+def score_mouth_sync(videos: list[EvalVideo], protocol: EvalProtocol) -> tuple[dict, dict, dict]:
+    """(summary, per-video, details) of the expert-free sync measure: means over videos of the face rate, r, the
+    shifted-speech null and their margin, and r against the real clip's mouth opening where the corpus stores it."""
+    from datamodules.sample import MOTION_TRUTH_COLUMNS
+    from evaluation.mouth_sync import MAX_LAG, MIN_SHIFT_SECONDS, video_mouth_sync
+
+    per_video = {}
+    for video in videos:
+        truth = video.truth.motion_truth if video.truth is not None else None
+        mouth = truth[:, MOTION_TRUTH_COLUMNS.index("mouth")] if truth is not None else None
+        result = video_mouth_sync(video.frames, video.audio, protocol.sample_rate, protocol.fps, mouth_truth=mouth)
+        per_video[video.key] = {f"mouth_sync_{k}": v for k, v in result.items() if k != "frames"}
+    summary = {}
+    for name in ("face_rate", "r", "null", "margin", "truth_r"):
+        values = [row[f"mouth_sync_{name}"] for row in per_video.values()]
+        finite = [v for v in values if np.isfinite(v)]
+        summary[f"mouth_sync_{name}"] = float(np.mean(finite)) if finite else float("nan")
+    details = {"max_lag_frames": MAX_LAG, "min_shift_seconds": MIN_SHIFT_SECONDS,
+               "videos_without_value": [k for k, row in per_video.items() if not np.isfinite(row["mouth_sync_r"])],
+               "note": "dlib 68-point inner-lip gap over the inter-ocular distance against the RMS amplitude of each "
+                       "frame's speech; best lag within the max lag; null: circular shifts of at least the min shift"}
+    return summary, per_video, details
 
 
 def default_cache_dir(test: TestSet) -> Path:

@@ -285,3 +285,21 @@ def test_a_stages_folder_without_the_generation_stages_is_a_clear_error(world, c
                  "--out", str(world["root"] / "none")]) == 2
     err = capsys.readouterr().err
     assert "missing stage file(s)" in err and "conre.safetensors" in err
+
+
+def test_the_expert_free_sync_measure_ranks_real_speech_above_swapped_speech(world):
+    """``--metrics mouth_sync`` needs no expert: the mouth dlib finds opens with its own speech's loudness, not with
+    another clip's; the per-video rows hold each clip's values and the summary is their mean."""
+    root = world["root"]
+    runs = {name: evaluate(world, root / f"m_{name}", "--videos", str(world[name]), "--metrics", "mouth_sync")
+            for name in ("in_sync", "swapped")}
+    own, other = runs["in_sync"], runs["swapped"]
+    assert set(own["metrics"]) == {"mouth_sync_face_rate", "mouth_sync_r", "mouth_sync_null", "mouth_sync_margin",
+                                   "mouth_sync_truth_r"}
+    assert own["metrics"]["mouth_sync_face_rate"] >= 0.9
+    assert own["metrics"]["mouth_sync_r"] > other["metrics"]["mouth_sync_r"] + 0.3
+    assert own["metrics"]["mouth_sync_truth_r"] > 0.7  # the corpus's stored opening of the same clip
+    rows = [row["mouth_sync_r"] for row in own["per_video"].values()]
+    assert own["metrics"]["mouth_sync_r"] == pytest.approx(np.mean(rows))
+    assert own["metrics"]["mouth_sync_null"] is None  # 1.2 s clips: no one-second shift leaves a second (JSON null)
+    assert "mouth-loudness r" in (root / "m_in_sync" / "results.md").read_text()
