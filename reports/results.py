@@ -250,6 +250,7 @@ RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
     "codebook": (SMALL, from_module("results_codebook", "codebook_results")),
     "video": (SMALL, from_module("results_video", "video_results")),
     "autoencoder": (SMALL, from_module("results_autoencoder", "autoencoder_results")),
+    "e2e": (SMALL, from_module("results_e2e", "e2e_results")),
 }
 
 

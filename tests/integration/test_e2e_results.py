@@ -102,3 +102,14 @@ def test_portrait_rows_animate_the_faces_they_name(evaluated):
     test_speakers = {c["speaker"] for c in clips}
     assert not test_speakers & set(first_frames(data, "train")["speaker_id"])
     assert not torch.equal(portraits["full"], portraits["no_saw"])  # SAW's weight against the constant one
+
+
+def test_the_table_is_made_from_the_result(evaluated):
+    from reports.results_e2e import ABLATIONS, METRICS, e2e_table
+
+    result, *_ = evaluated
+    table = e2e_table([{"seed": 0, **result}, {"seed": 1, **result}])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| videos")]
+    assert [line.split(" | ")[0][2:] for line in rows] == list(ev.ROWS.values())
+    assert all(line.count(" | ") == len(METRICS) + 2 for line in rows)
+    assert table.count("- full − ") == len(ABLATIONS) and "± 0.000 [" in table  # two equal seeds: no spread
