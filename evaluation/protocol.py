@@ -16,6 +16,7 @@ SYNC_EXPERTS = ("official", "project", "auto")
 FPS_MISMATCH = ("resample", "refuse")
 MISSING_AUDIO = ("error", "skip")
 CSIM_LANDMARKS = ("detect", "reference_clip")
+LSE_FRAMES = ("decoded", "jpeg")
 LSE_CROP_NAMES = {"none": "whole_frame", "reference": "reference_face_track"}
 
 
@@ -39,6 +40,10 @@ class EvalProtocol:
     crop_mode: str = field(default="none", metadata={
         "help": "none: the videos are face-centred crops, resized whole (Wav2Lip's LRS scoring); reference: the "
                 "SyncNet pipeline's crop (face track, median-filtered box, crop scale 0.4)", "choices": CROP_MODES})
+    lse_frames: str = field(default="decoded", metadata={
+        "help": "frames the sync expert scores: decoded (as the video holds them) or jpeg (written as JPEG at "
+                "ffmpeg's defaults and read back, as syncnet_python's run_syncnet.py extracts them)",
+        "choices": LSE_FRAMES})
     crop_scale: float = field(default=0.4, metadata={"help": "reference crop: margin around the face box"})
     resize_mode: str = field(default="tf1_bilinear", metadata={
         "help": "resize to Inception's 299 px: tf1_bilinear (torch-fidelity / TF FID) or torch bilinear",

@@ -56,6 +56,7 @@ def sync_expert(protocol: EvalProtocol, stages_dir: str | Path | None, device: s
 def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dict, device: str = "cpu"):
     """(summary, per-video scores, details) of LSE-C / LSE-D / offset."""
     from evaluation.facecrop import reference_crops
+    from evaluation.jpeg import jpeg_roundtrip
 
     clips = []
     for video in videos:
@@ -65,6 +66,8 @@ def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dic
                 frames = reference_crops(video.frames, protocol.crop_scale)
             except ValueError as exc:
                 raise EvalInputError(f"{video.source}: {exc}") from None
+        if protocol.lse_frames == "jpeg":
+            frames = jpeg_roundtrip(frames, protocol.fps)
         if info["region"] == "lower_face":
             frames = np.ascontiguousarray(frames[:, frames.shape[1] // 2:])
         clips.append(SyncClip(video.key, frames, video.audio, fps=protocol.fps, sample_rate=protocol.sample_rate))
@@ -73,7 +76,7 @@ def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dic
     per_video = {s.key: {"lse_c": s.lse_c, "lse_d": s.lse_d, "av_offset": s.offset, "sync_windows": s.n_windows}
                  for s in result.clips}
     details = {**result.protocol, "expert_weights_sha256": info["sha256"], "expert_path": info["path"],
-               "expert_region": info["region"]}
+               "expert_region": info["region"], "frames": protocol.lse_frames}
     if protocol.crop_mode == "reference":
         from evaluation.facecrop import DETECTOR
 

@@ -303,3 +303,36 @@ def test_the_expert_free_sync_measure_ranks_real_speech_above_swapped_speech(wor
     assert own["metrics"]["mouth_sync_r"] == pytest.approx(np.mean(rows))
     assert own["metrics"]["mouth_sync_null"] is None  # 1.2 s clips: no one-second shift leaves a second (JSON null)
     assert "mouth-loudness r" in (root / "m_in_sync" / "results.md").read_text()
+
+
+def test_videos_are_scored_without_shards_when_no_metric_needs_the_truth(world, tmp_path, capsys):
+    expert = str(world["stages"] / "syncnet.safetensors")
+    common = ["evaluate", "--videos", str(world["in_sync"]), "--protocol", "synthetic", "--sync-expert", expert]
+    assert main([*common, "--metrics", "lse", "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    with_truth = evaluate(world, tmp_path / "with_data", "--videos", str(world["in_sync"]), "--protocol", "synthetic",
+                          "--sync-expert", expert, "--metrics", "lse")
+    assert plain["metrics"] == pytest.approx(with_truth["metrics"])  # the shards change nothing LSE reads
+    assert plain["counts"]["videos_scored"] == 4 and plain["details"]["lse"]["frames"] == "decoded"
+    assert main([*common, "--metrics", "lse,fid", "--out", str(tmp_path / "fid")]) == 2
+    err = capsys.readouterr().err
+    assert "--data <test shards root> is required" in err and "fid" in err and "lse,mouth_sync" in err
+
+
+def test_jpeg_extraction_scores_the_frames_the_reference_pipeline_reads(world, tmp_path):
+    """--lse-frames jpeg runs the frames through ffmpeg's default JPEG extraction before the expert: the scores
+    move, by what the direct computation on round-tripped frames gives."""
+    from evaluation.jpeg import jpeg_roundtrip
+
+    expert = str(world["stages"] / "syncnet.safetensors")
+    base = ["evaluate", "--videos", str(world["in_sync"]), "--protocol", "synthetic", "--sync-expert", expert,
+            "--metrics", "lse"]
+    assert main([*base, "--lse-frames", "jpeg", "--out", str(tmp_path / "jpeg")]) == 0
+    results = json.loads((tmp_path / "jpeg" / "results.json").read_text())
+    assert results["details"]["lse"]["frames"] == "jpeg"
+    model, _ = SyncNetStage.for_inference(StageFiles(world["stages"]))
+    decoded = [(p.stem, *read_mp4(p)[:2]) for p in sorted(world["in_sync"].glob("*.mp4"))]
+    direct = lse_scores(model, [SyncClip(k, jpeg_roundtrip(f), a) for k, f, a in decoded])
+    plain = lse_scores(model, [SyncClip(k, f, a) for k, f, a in decoded])
+    assert results["metrics"]["lse_d"] == pytest.approx(direct.lse_d, rel=1e-5)
+    assert direct.lse_d != pytest.approx(plain.lse_d, rel=1e-6)

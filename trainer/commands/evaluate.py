@@ -8,6 +8,8 @@ from pathlib import Path
 from common.errors import SeespeakerError, UserError
 from trainer.cli import add_command
 
+TRUTH_METRICS = ("fid", "csim", "psnr", "ssim")  # the metrics that read the real test clips (--data)
+
 
 def load_protocol(args: argparse.Namespace):
     """The protocol file named by --protocol, with the command-line choices applied."""
@@ -21,7 +23,8 @@ def load_protocol(args: argparse.Namespace):
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     overrides = {"metrics": metrics, "syncnet_weights": args.syncnet_weights, "project_expert": args.project_expert,
                  "arcface_weights": args.arcface, "inception_weights": args.inception, "max_clips": args.max_clips,
-                 "fid_frame_stride": args.frame_stride, "csim_frame_stride": args.frame_stride}
+                 "fid_frame_stride": args.frame_stride, "csim_frame_stride": args.frame_stride,
+                 "lse_frames": args.lse_frames}
     try:
         return with_overrides(protocol, overrides)
     except ValueError as exc:
@@ -74,6 +77,9 @@ def evaluate(args: argparse.Namespace) -> int:
           --project-expert stages/syncnet.safetensors --out eval/gt
       seespeaker evaluate --videos generated/ --data data/hdtf --protocol default \\
           --syncnet-weights syncnet_v2.model --out eval/ours
+      seespeaker evaluate --videos generated/ --metrics lse --syncnet-weights syncnet_v2.model --out eval/lse
+          (no shards: LSE and mouth_sync need only the files; --lse-frames jpeg scores the frames as
+          syncnet_python's run_syncnet.py extracts them)
       seespeaker evaluate --compare eval/gt eval/ours
     """
     from evaluation.report import ResultsReadError, compare
@@ -84,8 +90,8 @@ def evaluate(args: argparse.Namespace) -> int:
         except ResultsReadError as exc:
             raise UserError(str(exc)) from None
         return 0
-    if not args.data or not args.out:
-        raise UserError("--data <test shards root> and --out DIR are required (or use --compare A B ...)")
+    if not args.out:
+        raise UserError("--out DIR is required: the folder results.json and results.md go to (or use --compare A B)")
     if args.videos and args.ground_truth:
         raise UserError("give either --videos DIR or --ground-truth, not both")
     return run_evaluation(args)
@@ -99,8 +105,14 @@ def run_evaluation(args: argparse.Namespace) -> int:
 
     protocol = load_protocol(args)
     stages = stages_dir_of(args.source)
+    truth_metrics = [m for m in protocol.metrics if m in TRUTH_METRICS]
+    if not args.data and (not args.videos or truth_metrics):
+        need = (f"the metrics {', '.join(truth_metrics)} compare with the real test clips" if args.videos else
+                "the test clips' speech and ground truth come from it")
+        raise UserError(f"--data <test shards root> is required here: {need}; with --videos, --metrics "
+                        f"lse,mouth_sync scores the files without shards")
     try:
-        test = TestSet(args.data, args.split, protocol.resolution)
+        test = TestSet(args.data, args.split, protocol.resolution) if args.data else None
         videos, source = collect(args, protocol, test, stages)
         source.update({"data": str(args.data), "split": args.split, "label": args.label or source["kind"]})
         scores = score(videos, protocol, test, stages, args.fid_cache, args.device)
@@ -131,7 +143,10 @@ def register(subparsers) -> None:
     parser.add_argument("--data", help="root of the prepared test shards (index.json)")
     parser.add_argument("--split", default="test", help="split of --data to score (default: test)")
     parser.add_argument("--protocol", default="default", help="configs/eval/NAME or a YAML path (default: default)")
-    parser.add_argument("--metrics", help="comma list overriding the protocol: lse,fid,csim,psnr,ssim")
+    parser.add_argument("--metrics", help="comma list overriding the protocol: lse,fid,csim,psnr,ssim,mouth_sync")
+    parser.add_argument("--lse-frames", choices=("decoded", "jpeg"), default=None,
+                        help="frames SyncNet scores: decoded as they are, or jpeg: through ffmpeg's default JPEG "
+                             "extraction first, as syncnet_python's run_syncnet.py reads them")
     parser.add_argument("--syncnet-weights", help="official syncnet_v2.model")
     parser.add_argument("--project-expert", "--sync-expert", dest="project_expert", metavar="PATH",
                         help="the project's exported syncnet.safetensors (protocol.project_expert; the protocol's "
