@@ -40,7 +40,7 @@ def corpus_for(resolution: int) -> Path:
 
 
 def window_words(data) -> str:
-    size = f"{data.resolution}" + (f" + {data.hr_resolution}" if getattr(data, "hr_resolution", 0) else "")
+    size = f"{data.resolution}" + (f" + {data.hr_resolution}" if data.hr_resolution else "")
     return f"{data.clip_frames} frame{'s' if data.clip_frames > 1 else ''} at {size} px, {data.audio_seconds:g} s audio"
 
 
@@ -68,8 +68,7 @@ def gpu_consumption(stage: str) -> tuple[float, str]:
 
 def measure(stage: str, root: Path, seconds: float) -> dict:
     probe = compose(stage_words(stage, "paper", root, 1, []))
-    hr = getattr(probe.data, "hr_resolution", 0) or 0
-    corpus = corpus_for(max(probe.data.resolution, hr))
+    corpus = corpus_for(max(probe.data.resolution, probe.data.hr_resolution))
     cfg = compose(stage_words(stage, "paper", root, 1, [f"data.root={corpus}", "data.num_workers=0"]))
     rate = samples_per_cpu_second(cfg.data, cfg.experiment.seed, seconds)
     consumed, gpu = gpu_consumption(stage)

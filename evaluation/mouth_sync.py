@@ -73,18 +73,29 @@ def mouth_sync(opening: np.ndarray, loudness: np.ndarray, fps: float = 25.0, max
     return {"r": r, "lag": lag, "null": null, "margin": r - null}
 
 
-def video_mouth_sync(frames, audio: np.ndarray, sample_rate: int = 16000, fps: float = 25.0,
-                     mouth_truth: np.ndarray | None = None, landmarker=None) -> dict:
-    """The measure of one video (uint8 [T, H, W, 3] or float [T, 3, H, W] in [-1, 1], at the size it is judged
-    at) with its speech: ``face_rate`` (share of frames where dlib finds a face), ``r``, ``lag``, ``null``,
-    ``margin``, and ``truth_r`` (correlation with the real clip's mouth opening, where ``mouth_truth`` is given)."""
-    landmarks, missing = frame_landmarks(frames, landmarker)
-    count = len(landmarks)
-    opening = motion_measures(landmarks)["lips"]
-    result = {"face_rate": 1.0 - missing / count if count else 0.0, "frames": count}
-    if count - missing < MIN_FRAMES:
+def mouth_openings(frames, landmarker=None) -> np.ndarray:
+    """[T] the mouth opening dlib finds in each frame (uint8 [T, H, W, 3] or float [T, 3, H, W] in [-1, 1], at the
+    size it is judged at); NaN where it finds no face."""
+    return motion_measures(frame_landmarks(frames, landmarker)[0])["lips"]
+
+
+def opening_sync(opening: np.ndarray, audio: np.ndarray, sample_rate: int = 16000, fps: float = 25.0,
+                 mouth_truth: np.ndarray | None = None) -> dict:
+    """The measure of mouth openings [T] (:func:`mouth_openings`) with a speech: ``face_rate`` (share of frames
+    with a face), ``r``, ``lag``, ``null``, ``margin``, and ``truth_r`` (correlation with the real clip's mouth
+    opening, where ``mouth_truth`` is given). One video's openings can be scored against several speeches."""
+    count = len(opening)
+    found = int(np.isfinite(opening).sum())
+    result = {"face_rate": found / count if count else 0.0, "frames": count}
+    if found < MIN_FRAMES:
         return {**result, "r": math.nan, "lag": 0, "null": math.nan, "margin": math.nan, "truth_r": math.nan}
     result.update(mouth_sync(opening, frame_loudness(audio, count, sample_rate, fps), fps))
     truth = np.asarray(mouth_truth, float)[:count] if mouth_truth is not None else None
     result["truth_r"] = correlation(opening[:len(truth)], truth) if truth is not None else math.nan
     return result
+
+
+def video_mouth_sync(frames, audio: np.ndarray, sample_rate: int = 16000, fps: float = 25.0,
+                     mouth_truth: np.ndarray | None = None, landmarker=None) -> dict:
+    """:func:`opening_sync` of a video's frames with its speech."""
+    return opening_sync(mouth_openings(frames, landmarker), audio, sample_rate, fps, mouth_truth)

@@ -107,13 +107,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finite(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth of dicts and lists) as None: strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return value
 
 
@@ -122,7 +123,7 @@ def write_results(results: dict, out: str | Path) -> tuple[Path, Path]:
     atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(results), indent=2, sort_keys=True, default=str, allow_nan=False)
+    text = json.dumps(nan_to_none(results), indent=2, sort_keys=True, default=str, allow_nan=False)
     atomic_write_text(out / "results.json", text)
     atomic_write_text(out / "results.md", markdown(results))
     return out / "results.json", out / "results.md"

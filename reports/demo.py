@@ -148,18 +148,16 @@ def measure_demo(video: Path, clip, out: Path) -> str:
     from common.files import atomic_write_text
     from common.media import read_mp4
     from evaluation.mouth_sync import video_mouth_sync
+    from evaluation.report import nan_to_none
 
     frames, audio = read_mp4(video)[0], clip.audio
     generated = video_mouth_sync(frames, audio)
     real = video_mouth_sync(clip.frames, audio)
     passed = (generated["face_rate"] >= FACE_RATE_GATE and generated["r"] >= SYNC_R_GATE
               and generated["margin"] >= SYNC_MARGIN_GATE)
-    def strict(values: dict) -> dict:  # JSON without NaN: a measure without a value is null
-        return {k: None if isinstance(v, float) and v != v else v for k, v in values.items()}
-
-    atomic_write_text(out, json.dumps({"generated": strict(generated), "real": strict(real), "passed": passed,
-                                       "gates": {"face_rate": FACE_RATE_GATE, "r": SYNC_R_GATE,
-                                                 "margin": SYNC_MARGIN_GATE}}, indent=2, allow_nan=False))
+    measures = {"generated": generated, "real": real, "passed": passed,
+                "gates": {"face_rate": FACE_RATE_GATE, "r": SYNC_R_GATE, "margin": SYNC_MARGIN_GATE}}
+    atomic_write_text(out, json.dumps(nan_to_none(measures), indent=2, allow_nan=False))
     verdict = "a talking face" if passed else (f"below the gates (face >= {FACE_RATE_GATE:.0%}, r >= {SYNC_R_GATE}, "
                                                f"margin >= {SYNC_MARGIN_GATE})")
     return (f"dlib finds a face in {generated['face_rate']:.0%} of the frames; mouth opening vs speech loudness "

@@ -19,6 +19,7 @@ frame of the PRIMARY rows, >= 2048 frames) and KID (every STRIDE-th frame of eve
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,12 +29,12 @@ import torch.nn.functional as F
 
 from common.images import image_grid, to_uint8, to_unit
 from datamodules.sample import MOTION_TRUTH_COLUMNS
-from evaluation.fid import InceptionFeatures
+from evaluation.fid import InceptionFeatures, fid_from_stats
 from evaluation.identity import DlibFaceEmbedder, FaceNotFoundError
 from evaluation.kid import kid
 from evaluation.lse import SyncClip, lse_scores
 from evaluation.measure import scale_landmarks, to_measurement_size
-from evaluation.mouth_sync import video_mouth_sync
+from evaluation.mouth_sync import mouth_openings, opening_sync
 from evaluation.temporal import non_mouth_mask, temporal_statistics
 from generation.pipeline import GenerationOptions, TalkingFacePipeline
 from generation.portrait import PortraitGenerator, fit_portrait
@@ -88,17 +89,23 @@ class Judges:
         return {"dlib": F.normalize(torch.stack(rows), dim=-1), "conre": F.normalize(conre, dim=-1)}
 
 
-def clip_scores(key: str, video: torch.Tensor, audio: torch.Tensor, real: dict, judges: Judges,
-                truth_mouth: np.ndarray | None) -> dict:
-    """One row's video of one clip [T, 3, S, S] in [-1, 1] -> its per-clip measures."""
-    frames = to_measurement_size(video, MEASURE_SIZE)
-    sync = video_mouth_sync(to_uint8(frames), audio.numpy(), mouth_truth=truth_mouth)
+def clip_scores(key: str, frames: torch.Tensor, audio: torch.Tensor, real: dict, judges: Judges,
+                truth_mouth: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """One row's video of one clip, already at MEASURE_SIZE -> (its per-clip measures, its mouth openings)."""
+    opening = mouth_openings(to_uint8(frames))
     ids = judges.identity(frames[::STRIDE])
     similarity = {name: (ids[name] * real["ids"][name]).sum(-1) for name in ("dlib", "conre")}
-    return {**judges.lse(key, frames, audio), **{f"mouth_{k}": v for k, v in sync.items() if k != "frames"},
+    return {**sync_scores(key, frames, opening, audio, judges, truth_mouth),
             "identity_dlib": float(np.nanmean(similarity["dlib"].numpy())) if similarity["dlib"].isfinite().any()
             else math.nan, "identity_conre": float(similarity["conre"].mean()),
-            **temporal_statistics(frames, real["frames"], real["mask"])}
+            **temporal_statistics(frames, real["frames"], real["mask"])}, opening
+
+
+def sync_scores(key: str, frames: torch.Tensor, opening: np.ndarray, audio: torch.Tensor, judges: Judges,
+                truth_mouth: np.ndarray | None) -> dict:
+    """The measures that hear the speech: LSE by the scorer and the mouth openings against the loudness."""
+    sync = opening_sync(opening, audio.numpy(), mouth_truth=truth_mouth)
+    return {**judges.lse(key, frames, audio), **{f"mouth_{k}": v for k, v in sync.items() if k != "frames"}}
 
 
 def real_clip(clip: dict, judges: Judges, resolution: int) -> dict:
@@ -168,11 +175,14 @@ def evaluate_e2e(stages: Path, no_prior: Path, scorer: Path, judge: Path, data, 
         videos = {"truth": clip["frames"], **clip_videos(pipeline, faces, index, clip["audio"])}
         truth_mouth = clip["motion_truth"][:, MOUTH].numpy() if bool(clip["has_motion_truth"]) else None
         for row, video in videos.items():
-            per_clip[row][clip["key"]] = clip_scores(clip["key"], video, clip["audio"], real, judges, truth_mouth)
             frames = to_measurement_size(video, MEASURE_SIZE)
+            per_clip[row][clip["key"]], opening = clip_scores(clip["key"], frames, clip["audio"], real, judges,
+                                                              truth_mouth)
             inception_rows[row].append(features(frames if row in PRIMARY else frames[::STRIDE]))
-        other = clips[(index + 1) % len(clips)]["audio"]
-        per_clip["mismatched"][clip["key"]] = clip_scores(clip["key"], videos["full"], other, real, judges, None)
+            if row == "full":  # the same frames and openings heard with the next clip's speech
+                other = clips[(index + 1) % len(clips)]["audio"]
+                per_clip["mismatched"][clip["key"]] = {
+                    **per_clip["full"][clip["key"]], **sync_scores(clip["key"], frames, opening, other, judges, None)}
         if index < PICTURE_SPEAKERS:
             pictures.append((real["frames"][0], faces["full"][index], videos["full"]))
     if seed == 0:
@@ -186,8 +196,6 @@ def evaluate_e2e(stages: Path, no_prior: Path, scorer: Path, judge: Path, data, 
 def distances(inception_rows: dict[str, list[np.ndarray]]) -> dict[str, dict]:
     """KID of every generated row (every STRIDE-th frame) and FID of the PRIMARY ones (every frame) against the
     real frames."""
-    import warnings
-
     real = np.concatenate(inception_rows["truth"])
     out = {}
     for row, parts in inception_rows.items():
@@ -200,14 +208,9 @@ def distances(inception_rows: dict[str, list[np.ndarray]]) -> dict[str, dict]:
         if row in PRIMARY:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # N < 2048 only in the tests' tiny runs
-                out[row]["fid"] = stats_fid(real, every)
+                out[row]["fid"] = fid_from_stats(stats(real), stats(every)).fid
             out[row]["fid_frames"] = len(every)
     return out
-
-
-def stats_fid(real: np.ndarray, generated: np.ndarray) -> float:
-    from evaluation.fid import fid_from_stats
-    return fid_from_stats(stats(real), stats(generated)).fid
 
 
 def save_picture(pictures: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], frames: int = 6) -> None:
