@@ -41,6 +41,7 @@ def run(scale: str, stages_root: Path, settings: list[tuple[int, int, int]], sec
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
     notes = (f"GPU: {gpu}; {scale} scale, untrained stages built from the {scale} configs; {seconds:g} s of speech "
              f"at 25 fps; steps = portrait/motion/frame sampler steps; seconds exclude loading the stages; "
+             f"s_first_frame = seconds until the first frames reach the mp4 writer; "
              f"video_fps = output frames per second of generation. Codebook renderer alone "
              f"({renderer[0]['size']} px): " + ", ".join(f"batch {r['batch_frames']}: {r['frames_s']} frames/s"
                                                           for r in renderer))

@@ -6,7 +6,8 @@
 # Run from the repository root on the GPU machine: `bash bench/gpu_train.sh`. Packages the machine lacks travel in
 # .whl/ (made here by bench/gpu_wheels.sh) and are installed first. Logs and JSON go to $OUT (else bench/out).
 # Knobs: STAGE, SCALE, PAIRS, STEPS, WARMUP, READER_S (the reader timing's budget), SETTINGS (a subset of the four),
-# SKIP_TESTS, TESTS_LIMIT, LIMIT and COMPILED_LIMIT (seconds per setting).
+# SKIP_TESTS, TESTS_LIMIT, LIMIT and COMPILED_LIMIT (seconds per setting); GENERATE_LIMIT (seconds) runs
+# `python -m bench generate_paper` on GENERATE_SECONDS of speech first, in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 SEESPEAKER_PLAIN_LOGS=1 WANDB_MODE=disabled TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
@@ -26,6 +27,11 @@ STAGE=${STAGE:-portrait_diffusion} SCALE=${SCALE:-paper}
 WORK=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUTDIR/gpu.txt"
 
+if [ -n "${GENERATE_LIMIT:-}" ]; then  # each row is written as it is measured: a stopped run keeps the rows before
+  timeout "$GENERATE_LIMIT" python3 -m bench generate_paper --seconds="${GENERATE_SECONDS:-30}" 2>&1 \
+    | grep --line-buffered -v -i warn | tee "$OUTDIR/generate-paper.log" | tail -8
+  cp bench/out/generate-paper.json "$OUTDIR/" 2>/dev/null || true
+fi
 python3 -m bench train --stage="$STAGE" --scale="$SCALE" --pairs=0 --workdir="$WORK" 2>&1 | grep -v -i warn | tail -5  # earlier stages
 [ -n "${SKIP_TESTS:-}" ] || timeout "${TESTS_LIMIT:-110}" python3 -m pytest tests/gpu -q -p no:cacheprovider \
   -p no:warnings --tb=short -rf 2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -60
