@@ -6,7 +6,7 @@
 # Run from the repository root on the GPU machine: `bash bench/gpu_train.sh`. Packages the machine lacks travel in
 # .whl/ (made here by bench/gpu_wheels.sh) and are installed first. Logs and JSON go to $OUT (else bench/out).
 # Knobs: STAGE, SCALE, PAIRS, STEPS, WARMUP, READER_S (the reader timing's budget), SETTINGS (a subset of the four),
-# SKIP_TESTS, TESTS_LIMIT, LIMIT and COMPILED_LIMIT (seconds per setting); GENERATE_LIMIT (seconds) runs
+# SKIP_TESTS, TESTS_LIMIT, LIMIT and COMPILED_LIMIT (seconds per setting), COMPILED_WARMUP; GENERATE_LIMIT (seconds) runs
 # `python -m bench generate_paper` on GENERATE_SECONDS of speech first, in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ for name in ${SETTINGS:-eager compiled ddp zero2}; do
   case $name in
     eager) setting eager "${LIMIT:-100}" --set=trainer.strategy=auto ;;
     compiled) setting compiled "${COMPILED_LIMIT:-160}" --set=trainer.strategy=auto --set=trainer.compile=true \
-      --warmup=10 ;;
+      --warmup="${COMPILED_WARMUP:-30}" ;;  # 10 warm-up steps left a recompilation in the first timed window
     ddp) setting ddp "${LIMIT:-100}" ;;
     zero2) setting zero2 "${LIMIT:-100}" --set=trainer=deepspeed_zero2 ;;
   esac

@@ -26,3 +26,18 @@ def test_untrained_stages_follow_their_configs_and_cover_generation(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     build_untrained_stages(folder, TINY, log=lambda line: None)  # a second call keeps what is there
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_generation_row_times_the_first_frame_before_the_whole_video(tmp_path):
+    """The pipeline streams chunks of frames to the mp4 writer: the first frames arrive while later ones render."""
+    from bench.generate_bench import pipeline_row
+    from common.media import read_mp4
+    from generation.pipeline import GenerationOptions
+
+    folder = build_untrained_stages(tmp_path / "stages", TINY, log=lambda line: None)
+    options = GenerationOptions(steps=2, motion_steps=2, frame_steps=1, seed=0, device="cpu", batch_frames=8)
+    row = pipeline_row(folder, tmp_path, options, seconds=2.6)
+    assert row["frames"] == 65 and len(read_mp4(tmp_path / "bench.mp4")[0]) == 65
+    assert 0 < row["s_first_frame"] < 0.5 * row["seconds"]  # 9 chunks of 8 frames: the first is early
+    steps = sum(v for k, v in row.items() if k.startswith("s_") and k not in ("s_first_frame", "s_load_stages"))
+    assert steps <= row["seconds"] * 1.05  # the step timings partition the generation, loading apart
