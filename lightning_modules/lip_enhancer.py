@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from common.images import to_uint8
 from common.media import write_mp4
 from lightning_modules.base import Media, StageConfig, StageModule
+from lightning_modules.media_strip import frame_strip
 from lightning_modules.motion_rerender import MotionRerender
 from lightning_modules.nets.audio_features import LogMel
 from lightning_modules.nets.lip import LipRefiner, PatchDiscriminator, degrade_mouths, lower_face_mask
@@ -214,7 +215,7 @@ class LipEnhancerStage(StageModule):
     @torch.no_grad()
     def log_media(self, batch: dict[str, Any]) -> dict[str, Media]:
         """The first validation clip: the input (degraded mouth or the motion stage's frames) | refined | real, with
-        its speech."""
+        its speech, and the same as a picture of 6 frames per row."""
         frames, audio = batch["frames"][:1, : self.cfg.media_frames], batch["audio"][:1]
         clip = {"frames": frames, "audio": audio, "landmarks": batch["landmarks"][:1, : frames.shape[1]],
                 **{key: batch[key][:1] for key in ("motion_truth", "has_motion_truth") if key in batch}}
@@ -229,7 +230,9 @@ class LipEnhancerStage(StageModule):
         path = folder / f"lips_step{self.global_step:07d}.mp4"
         write_mp4(path, to_uint8(side), audio[0, : len(side) * per_frame].float().cpu().numpy(),
                   fps=int(self.data_cfg.fps), sr=self.data_cfg.sample_rate)
-        return {"lips": Media(video_path=str(path), caption=f"{self.cfg.input_source} | refined | real")}
+        strip = frame_strip([source[0], refined[0], frames[0]])
+        return {"lips": Media(video_path=str(path), caption=f"{self.cfg.input_source} | refined | real"),
+                "lips_frames": Media(image=strip, caption=f"rows: {self.cfg.input_source}, refined, real")}
 
 
 @torch.no_grad()

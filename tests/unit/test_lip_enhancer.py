@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -179,3 +181,18 @@ def test_inputs_can_be_the_motion_stages_rendering_of_each_clip(stages_dir, tmp_
     assert all(p.grad is not None for p in stage.refiner.parameters() if p.requires_grad)
     assert not any("denoiser" in k or "motion_encoder" in k for k in stage.state_dict())  # never checkpointed
     assert "stage.input_source" in "".join(LipEnhancerConfig(input_source="generated").validate())
+
+
+def test_media_are_the_video_and_a_picture_of_its_frames(stages_dir):
+    from common.images import to_uint8
+
+    batch = make_batch()
+    media = tiny_stage(stages_dir).log_media(batch)
+    assert Path(media["lips"].video_path).is_file()
+    strip = media["lips_frames"].image
+    tiles = min(6, FRAMES)
+    assert strip.shape == (3 * RES, tiles * RES, 3) and strip.dtype == np.uint8
+    real = batch["frames"][0]
+    assert np.array_equal(strip[2 * RES:, :RES], to_uint8(real[0]))  # the real row, first frame
+    assert np.array_equal(strip[2 * RES:, -RES:], to_uint8(real[FRAMES - 1]))  # ... and last frame
+    assert not np.array_equal(strip[RES:2 * RES], strip[2 * RES:])  # the refined row is not the real one
