@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path("data/synthetic_small")
 OUTPUT_ROOT = Path("outputs/results")
 SEEDS = (0, 1, 2)
+VQ_STAGES = OUTPUT_ROOT / "small" / "vq-stages"  # the codebook's VQ phase, shared (:func:`shared_vq_words`)
 
 
 def run(*words: str) -> None:
@@ -146,15 +147,25 @@ def train(stage: str, seed: int, stages: Path, *words: str, name: str = "", forc
     return True
 
 
+def shared_vq_words(phase_words: dict[str, tuple[str, ...]]) -> list[str]:
+    """The run of the codebook's VQ phase that every seed and both renderer variants start from: seed 0 on the small
+    corpus, trained once (as CodeFormer trains its codebook once and then its transformer and decoder on top); the
+    seeds and the variants differ in the transformer and render phases."""
+    return plan.run_words("codebook", 0, VQ_STAGES,
+                          ("stage.phase=vqgan", *phase_words.get("vqgan", ())), "vq", SMALL)
+
+
 def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ...]], corpus: Corpus = SMALL) -> bool:
-    """The codebook's three phases in turn into ``stages``, unless the file's key chain holds (each phase's key
-    records the key of the phase file it started from, so the render file's key covers all three). True when
+    """The codebook into ``stages``: the shared VQ phase (:func:`shared_vq_words`, trained when its key does not
+    hold), copied in, then the transformer and render phases in turn; unless the file's key chain holds (each phase's
+    key records the key of the phase file it started from, so the render file's key covers all three). True when
     they train."""
     from lightning_modules.codebook_parts import PHASES
 
     path = stages / "codebook.safetensors"
-    runs = [plan.run_words("codebook", seed, stages, (f"stage.phase={phase}", *phase_words.get(phase, ())),
-                           f"seed{seed}-{phase}", corpus) for phase in PHASES]
+    vq = shared_vq_words(phase_words)
+    runs = [vq, *(plan.run_words("codebook", seed, stages, (f"stage.phase={phase}", *phase_words.get(phase, ())),
+                                 f"seed{seed}-{phase}", corpus) for phase in PHASES[1:])]
     reasons = plan.retrain_reasons(path, plan.phase_chain_key(runs))
     if not reasons:
         print(f"= {path}: reused (the key chain of its three phases matches)", flush=True)
@@ -165,8 +176,12 @@ def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ..
     if plan.LEDGER.dry_run:
         plan.LEDGER.planned.add(str(path))
         return True
-    expected = None
-    for words in runs:
+    expected = plan.expected_key(vq)
+    if plan.retrain_reasons(VQ_STAGES / "codebook.safetensors", expected):
+        plan.set_aside_stale_run(vq, expected)
+        run("train", *vq)
+    mirror_stage_files(VQ_STAGES, stages, ("codebook",))
+    for words in runs[1:]:
         expected = plan.expected_key(words, earlier_phase=expected)
         plan.set_aside_stale_run(words, expected)
         run("train", *words)

@@ -1,9 +1,11 @@
 """``make results NAMES=codebook``: the codebook renderer against bicubic on frames it has not seen.
 
-Per seed: the seed's chain up to its motion stage (the files the video table trains too), the three codebook phases
-(with the discriminator's feature matching as the perceptual term and the hinge GAN, as configs/experiment/small.yaml
-says), and the temporal variant: the same three phases with ``stage.temporal=true`` on clips of its window, trained
-into its own folder (:func:`temporal_corpus`). One identity judge serves every seed: the portrait table's ConRe,
+The VQ phase trains once, with seed 0 (:func:`reports.results.shared_vq_words`), and every seed and both variants
+start from it, as CodeFormer's transformer and decoder start from a codebook trained once. Per seed: the seed's chain
+up to its motion stage (the files the video table trains too), the transformer and render phases (with the
+discriminator's feature matching as the perceptual term and the hinge GAN, as configs/experiment/small.yaml says),
+and the temporal variant: the same two phases with ``stage.temporal=true`` on clips of its window, trained into its
+own folder (:func:`temporal_corpus`). One identity judge serves every seed: the portrait table's ConRe,
 trained with seed 100 on ``data.speaker_part=1/2`` and used for nothing but scoring. The evaluation
 (:mod:`reports.results_codebook_eval`) is cached per seed.
 """
@@ -199,10 +201,11 @@ def codebook_results() -> tuple[dict, str]:
              f"the real frame's corpus landmarks) and by the independent ConRe judge (seed 100, the other half of "
              f"the training speakers, at {first['judge_size']} px). Temporal consistency and flicker outside the "
              f"mouth (evaluation/temporal.py); gate: the detail gate's mean opening.",
-             "", f"Training: perceptual network {training['perceptual_network']} (the discriminator's features; no "
-             f"judge of this table) at weight {training['perceptual_weight']:g}, hinge GAN "
-             f"{training['adversarial_weight']:g} (warm-up {training['adversarial_warmup']} generator steps), "
-             f"inputs degraded real frames (degrade {training['degrade']:g}), back-projection operator "
+             "", f"Training: the VQ phase once (seed 0), shared by every seed and both renderers; the seeds vary the "
+             f"transformer and render phases. Perceptual network {training['perceptual_network']} (the "
+             f"discriminator's features; no judge of this table) at weight {training['perceptual_weight']:g}, "
+             f"hinge GAN {training['adversarial_weight']:g} (warm-up {training['adversarial_warmup']} generator "
+             f"steps), inputs degraded real frames (degrade {training['degrade']:g}), back-projection operator "
              f"{training['back_projection_operator']}. The degraded set: seed {degraded['seed']}, per frame a blur "
              f"(Gaussian or motion), a two-step resize chain, noise and JPEG (evaluation/degraded.py); beyond the "
              f"training range in blur {beyond['blur']}, resize {beyond['resize']}, noise {beyond['noise']}, JPEG "

@@ -55,3 +55,35 @@ def test_a_corpus_trains_its_stages_on_itself_with_its_own_overrides(tmp_path, m
     stages.mkdir(parents=True)
     (stages / "conre.safetensors").write_bytes(b"not a stage file")  # a file is reused only when its key matches
     assert results.train("conre", 2, stages, corpus=corpus) and len(commands) == 3
+
+
+def test_every_seed_and_variant_starts_its_codebook_from_one_shared_vq_phase(tmp_path, monkeypatch):
+    import torch
+
+    from lightning_modules.stagefile import StageFile, save_stage_file
+    from reports import plan
+
+    vq_stages, commands = tmp_path / "vq-stages", []
+    monkeypatch.setattr(results, "VQ_STAGES", vq_stages)
+
+    def run(*words):  # the VQ run leaves a stage file that records the key it ran under, as a real run does
+        commands.append(words)
+        if "stage.phase=vqgan" in words:
+            key = plan.expected_key(list(words[1:]))
+            save_stage_file(vq_stages / "codebook.safetensors", StageFile(
+                stage="codebook", state={"w": torch.zeros(1)}, phase="vqgan", provenance={"training_key": key}))
+
+    monkeypatch.setattr(results, "run", run)
+    phase_words = {"vqgan": ("trainer.max_steps=5",), "render": ("trainer.max_steps=7",)}
+    temporal = results.Corpus(tmp_path / "corpus", OPTIONS, tmp_path / "temporal",
+                              {"codebook": ("stage.temporal=true",)})
+    assert results.train_codebook(1, tmp_path / "seed1", phase_words)
+    assert results.train_codebook(1, tmp_path / "temporal1", phase_words, temporal)
+    phases = [next(w for w in c if w.startswith("stage.phase=")).split("=")[1] for c in commands]
+    assert phases == ["vqgan", "transformer", "render", "transformer", "render"]  # the VQ phase trained once
+    vq = commands[0]
+    assert "seed=0" in vq and f"run.stages_dir={vq_stages}" in vq and "trainer.max_steps=5" in vq
+    assert "stage.temporal=true" not in vq and "stage.temporal=true" in commands[3]
+    assert "seed=1" in commands[1] and "trainer.max_steps=7" in commands[2]
+    shared = (vq_stages / "codebook.safetensors").read_bytes()
+    assert all((tmp_path / f / "codebook.safetensors").read_bytes() == shared for f in ("seed1", "temporal1"))
