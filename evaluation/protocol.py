@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 DEFAULT_METRICS = ("lse", "fid", "csim", "psnr", "ssim")
 METRICS = (*DEFAULT_METRICS, "mouth_sync")  # mouth_sync: expert-free (evaluation.mouth_sync), asked for by name
+TRUTH_METRICS = ("fid", "csim", "psnr", "ssim")  # the metrics that compare with the real test clips (shards)
 CROP_MODES = ("none", "reference")
 RESIZE_MODES = ("tf1_bilinear", "torch_bilinear", "torch_bilinear_antialias")
 SYNC_EXPERTS = ("official", "project", "auto")

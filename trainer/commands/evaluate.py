@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 from common.errors import SeespeakerError, UserError
+from evaluation.protocol import LSE_FRAMES, TRUTH_METRICS
 from trainer.cli import add_command
-
-TRUTH_METRICS = ("fid", "csim", "psnr", "ssim")  # the metrics that read the real test clips (--data)
 
 
 def load_protocol(args: argparse.Namespace):
@@ -144,7 +143,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="test", help="split of --data to score (default: test)")
     parser.add_argument("--protocol", default="default", help="configs/eval/NAME or a YAML path (default: default)")
     parser.add_argument("--metrics", help="comma list overriding the protocol: lse,fid,csim,psnr,ssim,mouth_sync")
-    parser.add_argument("--lse-frames", choices=("decoded", "jpeg"), default=None,
+    parser.add_argument("--lse-frames", choices=LSE_FRAMES, default=None,
                         help="frames SyncNet scores: decoded as they are, or jpeg: through ffmpeg's default JPEG "
                              "extraction first, as syncnet_python's run_syncnet.py reads them")
     parser.add_argument("--syncnet-weights", help="official syncnet_v2.model")
