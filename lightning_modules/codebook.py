@@ -56,7 +56,8 @@ from lightning_modules.nets.codeformer import (
     read_codeformer_weights,
 )
 from lightning_modules.nets.renderer import DetailGate, FidelityFusion
-from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer, VQDecoder, VQEncoder
+from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer
+from lightning_modules.nets.vq_shortcut import vq_networks
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
@@ -91,7 +92,7 @@ class CodebookStage(StageModule):
         if load_earlier and cfg.pretrained_path:
             self.load_pretrained(cfg.pretrained_path)
         elif load_earlier and cfg.phase != "vqgan":
-            self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase))
+            self.load_phase_file(earlier_phase_file(stages_dir, cfg.phase), fresh=self.trained_parts(cfg.phase))
         self.set_phase(cfg.phase)
 
     def build_compact(self, cfg: CodebookConfig, data) -> None:
@@ -100,11 +101,12 @@ class CodebookStage(StageModule):
         if cfg.temporal and data.clip_frames > cfg.window_frames:
             raise ValueError(f"data.clip_frames={data.clip_frames} exceeds stage.window_frames={cfg.window_frames} "
                              f"of the temporal transformer; raise window_frames or shorten the clips")
-        self.encoder = VQEncoder(cfg.base_channels, list(cfg.channel_multipliers), cfg.blocks_per_level, cfg.code_dim)
+        encoder, decoder = vq_networks(cfg.shortcut)
+        levels, blocks = list(cfg.channel_multipliers), cfg.blocks_per_level
+        self.encoder = encoder(cfg.base_channels, levels, blocks, cfg.code_dim)
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.usage_decay)
-        self.decoder = VQDecoder(cfg.base_channels, list(cfg.channel_multipliers), cfg.blocks_per_level, cfg.code_dim)
-        self.lr_encoder = VQEncoder(cfg.lr_base_channels, list(cfg.lr_channel_multipliers), cfg.blocks_per_level,
-                                    cfg.code_dim)
+        self.decoder = decoder(cfg.base_channels, levels, blocks, cfg.code_dim)
+        self.lr_encoder = encoder(cfg.lr_base_channels, list(cfg.lr_channel_multipliers), blocks, cfg.code_dim)
         self.transformer = CodeTransformer(cfg.code_dim, cfg.codebook_size, grid * grid, cfg.transformer_width,
                                            cfg.transformer_layers, cfg.transformer_heads, cfg.temporal,
                                            max_frames=cfg.window_frames)
@@ -138,10 +140,13 @@ class CodebookStage(StageModule):
         return module.eval()
 
     # ---- phases ---------------------------------------------------------------------------------------
+    def trained_parts(self, phase: str) -> tuple[str, ...]:
+        """The children a phase trains (the discriminator besides them)."""
+        return tuple(self.cfg.render_trains) + ("detail_gate",) if phase == "render" else TRAINS[phase]
+
     def set_phase(self, phase: str) -> None:
         """Freeze everything but the networks this phase trains (and the discriminator)."""
-        trained = (tuple(self.cfg.render_trains) + ("detail_gate",) if phase == "render" else TRAINS[phase])
-        trained += ("discriminator",)
+        trained = self.trained_parts(phase) + ("discriminator",)
         for name, child in self.named_children():
             child.requires_grad_(name in trained)
         if self.cfg.layout == "codeformer":
@@ -152,14 +157,16 @@ class CodebookStage(StageModule):
     def export_phase(self) -> str:
         return self.cfg.phase
 
-    def load_phase_file(self, stage: StageFile, use_ema: bool = True) -> None:
+    def load_phase_file(self, stage: StageFile, use_ema: bool = True, fresh: tuple[str, ...] = ()) -> None:
+        """The file's weights; every tensor must be in it but those of the children ``fresh`` names (the ones the
+        phase being started trains) and the discriminator's."""
         layout = stage.config.get("layout", "compact")
         if layout != self.cfg.layout:
             raise StageFileError(f"{stage.path} holds a codebook stage of layout {layout!r}, this config builds "
                                  f"stage.layout={self.cfg.layout}; set stage.layout={layout} or give a "
                                  f"{self.cfg.layout}-layout file")
         weights = stage.weights(use_ema)
-        check_shapes(stage, self.state_dict())
+        check_shapes(stage, self.state_dict(), fresh + ("discriminator",))
         self.load_state_dict(weights, strict=False)
         print(f"[codebook] phase {self.cfg.phase} starts from {stage.path} (phase {stage.phase})")
 
@@ -200,7 +207,10 @@ class CodebookStage(StageModule):
             return self.codeformer_render(lr.flatten(0, 1), fidelity)
         logits, z, features = self.predict_codes(lr)
         indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
-        output = self.decoder(self.quantizer.lookup(indices), fuse=self.fusion.hook(features, fidelity))
+        codes = self.quantizer.lookup(indices)
+        fuse = self.fusion.hook(features, fidelity)
+        output = (self.decoder(codes, fuse=fuse, shortcut_latent=self.fusion.blend(codes, z, fidelity))
+                  if self.cfg.shortcut else self.decoder(codes, fuse=fuse))
         low = lr.flatten(0, 1)
         if self.detail_gate is not None:
             output = self.detail_gate(output, low, fidelity)

@@ -52,6 +52,9 @@ class CodebookConfig(StageConfig):
                                            metadata={"help": "VQ autoencoder widths per level (high-res size / "
                                            "2^(levels-1) = token grid)"})
     blocks_per_level: int = field(default=2, metadata={"help": "residual blocks per VQ autoencoder level"})
+    shortcut: bool = field(default=True, metadata={"help": "a linear path beside the convolutions of the VQ "
+                           "encoder, decoder and low-resolution encoder (the image's average on the token grid in, "
+                           "the latent bicubic-upsampled out): the convolutions learn the detail"})
     lr_base_channels: int = field(default=64, metadata={"help": "width of the low-resolution encoder's first level"})
     lr_channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 8],
                                               metadata={"help": "low-resolution encoder widths per level (its grid "
@@ -285,8 +288,15 @@ def earlier_phase_file(stages_dir: str | Path, phase: str) -> StageFile:
     return stage
 
 
-def check_shapes(stage: StageFile, own: dict[str, torch.Tensor]) -> None:
-    """A file trained with other network sizes is an error naming a differing tensor."""
+def check_shapes(stage: StageFile, own: dict[str, torch.Tensor], fresh: tuple[str, ...] = ("discriminator",)) -> None:
+    """A file trained with other network sizes, or without a tensor this config builds outside the children
+    ``fresh`` names (those that start untrained), is an error naming the tensor."""
+    missing = [key for key in own if key not in stage.state and key.split(".")[0] not in fresh]
+    if missing:
+        raise StageFileError(
+            f"{stage.path} has no tensor {missing[0]} (and {len(missing) - 1} more) that this config builds; it was "
+            f"trained with other network settings (e.g. stage.shortcut): use the file's settings or retrain the "
+            f"codebook from its vqgan phase")
     for key, value in stage.state.items():
         if key in own and own[key].shape != value.shape:
             raise StageFileError(

@@ -61,6 +61,13 @@ class FidelityFusion(nn.Module):
             return (1 - weight) * h + weight * self.projections[key](features[size])
         return fuse
 
+    @staticmethod
+    def blend(codes: torch.Tensor, latent: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+        """The decoder's linear shortcut input at fidelity w: the looked-up codes at w = 0, the low-resolution
+        encoder's latent at w = 1 (as the fused features go from the code path to the encoder path)."""
+        weight = fidelity_like(w, codes)
+        return (1 - weight) * codes + weight * latent
+
 
 class DetailGate(nn.Module):
     """A per-pixel gate g in (0, 1) from the decoder's output and the bicubic upsampling of the input; at fidelity w
