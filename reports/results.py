@@ -239,8 +239,9 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
               ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
                "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
                "val")],
-    "codebook": [("the shared VQ phase's 3000 batches (reports/results_codebook.py `PHASE_WORDS`), by its val L1 "
-                  "at 300 batches against bicubic's from 8 px and the stage-1 autoencoder's val curve", "val")],
+    "codebook": [("the VQ autoencoder's linear shortcut (`stage.shortcut`) and the shared VQ phase's 1000 batches "
+                  "(reports/results_codebook.py `PHASE_WORDS`), by the val L1 of L1-only VQ runs of 100-500 batches "
+                  "with and without the shortcut against bicubic's from 8 px", "val")],
     "autoencoder": [("the small config's autoencoder variant (configs/experiment/small.yaml): the highest face rate, "
                      "the mouth landmark error deciding between variants whose face-rate intervals overlap", "val")],
     **{name: [("the *best constant a* and *best guidance* rows' a and guidance scale, by the mean latent error to "

@@ -33,11 +33,12 @@ from reports.results_codebook_eval import (  # noqa: F401  (the table's measurem
     unit,
 )
 
-# Lightning counts both optimizers' steps with the GAN on. The shared VQ phase trains 3000 batches (6000 steps): at
-# the small config's 300 its val L1 stopped at 0.199, worse than bicubic from 8 px (0.102), with a washed-out
-# decoder; the stage-1 autoencoder needed 1000-3000 steps to reconstruct. The render phase (fusion, decoder and
-# detail gate) trains 600 batches (1200 steps), the transformer phase (no GAN) 300.
-PHASE_WORDS = {"vqgan": ("trainer.max_steps=6000",), "transformer": ("trainer.max_steps=300",),
+# Lightning counts both optimizers' steps with the GAN on. The shared VQ phase trains 1000 batches (2000 steps): with
+# the linear shortcut (stage.shortcut, lightning_modules/nets/vq_shortcut.py) an L1-only VQ of the small config's
+# widths passed bicubic from 8 px on the val frames (0.102) by 300-400 batches, where the one without it stayed at
+# 0.198 after 500 batches of the full recipe. The render phase (fusion, decoder and detail gate) trains 600 batches
+# (1200 steps), the transformer phase (no GAN) 300.
+PHASE_WORDS = {"vqgan": ("trainer.max_steps=2000",), "transformer": ("trainer.max_steps=300",),
                "render": ("trainer.max_steps=1200",)}
 # the temporal variant: windows of the small config's stage.window_frames (4) frames, as many frames per batch (8)
 TEMPORAL_WORDS = ("stage.temporal=true", "data.clip_frames=4", "data.batch_size=2")
