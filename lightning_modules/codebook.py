@@ -14,6 +14,9 @@
   ``back_projection_operator``): at w = 1 its low frequencies come from the input, its detail from the decoder.
   ``detail_gate`` adds a learned gate that first pulls the decoded image towards bicubic upsampling of the input
   (:class:`DetailGate`), trained with the render phase.
+  ``residual_head`` instead makes the output at fidelity w ``(1 - w) * decoded + w * (bicubic + detail)``, the
+  detail from a zero-initialised head on the decoder's last features (:class:`ResidualHead`): the render phase
+  starts from bicubic at w = 1 and learns only what improves on it.
 
 Every phase builds all networks; a later phase starts from the exported file of the phase before it
 (``<stages_dir>/codebook.safetensors``) and trains only its own part. The export records the phase.
@@ -55,13 +58,14 @@ from lightning_modules.nets.codeformer import (
     load_weights_into,
     read_codeformer_weights,
 )
-from lightning_modules.nets.renderer import DetailGate, FidelityFusion
+from lightning_modules.nets.renderer import DetailGate, FidelityFusion, ResidualHead
 from lightning_modules.nets.vq import PatchDiscriminator, VectorQuantizer
 from lightning_modules.nets.vq_shortcut import vq_networks
 from lightning_modules.stagefile import StageFile, StageFileError, StageFiles
 
 TRAINS = {"vqgan": ("encoder", "quantizer", "decoder"), "transformer": ("lr_encoder", "transformer"),
           "render": ("fusion",)}
+RENDER_HEADS = ("detail_gate", "residual_head")  # built by options, trained with the render phase
 CODEFORMER_PARTS = {"fusion": "fuse_convs_dict", "decoder": "generator", "lr_encoder": "encoder"}  # render_trains
 REINIT_CANDIDATES = 1024  # encoder output vectors kept per step for dead-code re-initialisation
 
@@ -75,7 +79,7 @@ class CodebookStage(StageModule):
         cfg.hr_resolution, cfg.lr_resolution = data.hr_resolution, data.resolution
         if cfg.layout == "codeformer":
             self.codeformer = CodeFormerNet(codeformer_sizes(cfg))
-            self.detail_gate = None
+            self.detail_gate = self.residual_head = None
         else:
             self.build_compact(cfg, data)
         gan = cfg.adversarial and cfg.phase != "transformer"
@@ -113,6 +117,7 @@ class CodebookStage(StageModule):
         lr_widths = {data.resolution // 2 ** i: w for i, w in enumerate(self.lr_encoder.widths)}
         self.fusion = FidelityFusion(lr_widths, self.decoder.level_widths(grid))
         self.detail_gate = DetailGate() if cfg.detail_gate else None
+        self.residual_head = ResidualHead(self.decoder.widths[-1]) if cfg.residual_head else None
 
     @classmethod
     def requires(cls, cfg: CodebookConfig) -> tuple[str, ...]:
@@ -142,7 +147,7 @@ class CodebookStage(StageModule):
     # ---- phases ---------------------------------------------------------------------------------------
     def trained_parts(self, phase: str) -> tuple[str, ...]:
         """The children a phase trains (the discriminator besides them)."""
-        return tuple(self.cfg.render_trains) + ("detail_gate",) if phase == "render" else TRAINS[phase]
+        return tuple(self.cfg.render_trains) + RENDER_HEADS if phase == "render" else TRAINS[phase]
 
     def set_phase(self, phase: str) -> None:
         """Freeze everything but the networks this phase trains (and the discriminator)."""
@@ -207,16 +212,26 @@ class CodebookStage(StageModule):
             return self.codeformer_render(lr.flatten(0, 1), fidelity)
         logits, z, features = self.predict_codes(lr)
         indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
-        codes = self.quantizer.lookup(indices)
-        fuse = self.fusion.hook(features, fidelity)
-        output = (self.decoder(codes, fuse=fuse, shortcut_latent=self.fusion.blend(codes, z, fidelity))
-                  if self.cfg.shortcut else self.decoder(codes, fuse=fuse))
         low = lr.flatten(0, 1)
+        output = self.decode(self.quantizer.lookup(indices), z, features, low, fidelity)
         if self.detail_gate is not None:
             output = self.detail_gate(output, low, fidelity)
         if not self.cfg.consistency:
             return output
         return back_project(output, low, fidelity, self.cfg.back_projection_operator)
+
+    def decode(self, codes: torch.Tensor, z: torch.Tensor, features: dict[int, torch.Tensor], low: torch.Tensor,
+               fidelity: float | torch.Tensor) -> torch.Tensor:
+        """The decoder on looked-up codes with the low-res encoder's features fused at fidelity w; its linear
+        shortcut on the blend of codes and latent z; with the residual head, detail on bicubic at weight w."""
+        fuse = self.fusion.hook(features, fidelity)
+        if not self.cfg.shortcut:
+            return self.decoder(codes, fuse=fuse)
+        blend = self.fusion.blend(codes, z, fidelity)
+        if self.residual_head is None:
+            return self.decoder(codes, fuse=fuse, shortcut_latent=blend)
+        output, hidden = self.decoder(codes, fuse=fuse, shortcut_latent=blend, with_hidden=True)
+        return self.residual_head(output, hidden, low, fidelity)
 
     def codeformer_render(self, low: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
         """The codeformer layout: low-res frames [N, 3, r, r] bicubic-upsampled to ``codeformer_size``, CodeFormer,

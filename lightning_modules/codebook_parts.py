@@ -92,6 +92,10 @@ class CodebookConfig(StageConfig):
                               "towards bicubic upsampling of the input by w * (1 - g) before back-projection, so that "
                               "at w = 1 the decoder adds only the detail the gate lets through (trains in the render "
                               "phase)"})
+    residual_head: bool = field(default=False, metadata={"help": "compact layout: a zero-initialised head on the "
+                                "decoder's last features adds detail to bicubic upsampling of the input; at fidelity w "
+                                "the output is (1 - w) * decoded + w * (bicubic + detail), so the render phase starts "
+                                "from bicubic at w = 1 (needs stage.shortcut; trains in the render phase)"})
     consistency: bool = field(default=True, metadata={"help": "compact layout: back-project at fidelity w: "
                               "add w * bicubic-up(input - down(output)), so that at w = 1 the output's low "
                               "frequencies follow the low-res input and the decoder supplies the detail"})
@@ -158,6 +162,9 @@ class CodebookConfig(StageConfig):
         elif self.pretrained_path:
             errors.append("stage.pretrained_path loads CodeFormer's weights, which only the codeformer layout has: "
                           "set stage.layout=codeformer or drop stage.pretrained_path")
+        if self.residual_head and not self.shortcut:
+            errors.append("stage.residual_head reads the decoder's last features, which the shortcut decoder gives: "
+                          "set stage.shortcut=true or stage.residual_head=false")
         return errors
 
     def loss_errors(self) -> list[str]:
@@ -185,7 +192,7 @@ class CodebookConfig(StageConfig):
             errors.append(f"stage.layout=codeformer trains the render phase only (from stage.pretrained_path="
                           f"codeformer.pth or an exported codeformer-layout codebook file), got stage.phase="
                           f"{self.phase}; set stage.phase=render")
-        for name in ("temporal", "detail_gate"):
+        for name in ("temporal", "detail_gate", "residual_head"):
             if getattr(self, name):
                 errors.append(f"stage.{name} is a compact-layout option; the codeformer layout is CodeFormer's "
                               f"network: set stage.{name}=false")

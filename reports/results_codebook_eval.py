@@ -123,7 +123,8 @@ class Renderers:
         cfg = self.codebook.cfg
         return {name: getattr(cfg, name) for name in (
             "perceptual_network", "perceptual_weight", "adversarial", "adversarial_weight", "adversarial_warmup",
-            "back_projection_operator", "fidelity_weight", "detail_gate", "degrade", "render_source")} | {
+            "back_projection_operator", "fidelity_weight", "shortcut", "detail_gate", "residual_head", "degrade",
+            "render_source")} | {
             "temporal_window": self.temporal.cfg.window_frames, "temporal": self.temporal.cfg.temporal}
 
 

@@ -69,6 +69,28 @@ class FidelityFusion(nn.Module):
         return (1 - weight) * codes + weight * latent
 
 
+class ResidualHead(nn.Module):
+    """Detail on top of bicubic upsampling: norm-SiLU-conv of the decoder's last features to an image residual, its
+    conv zero-initialised, so that a renderer starts from bicubic at fidelity 1. At fidelity w the output is
+    ``(1 - w) * decoded + w * (bicubic + detail)``."""
+
+    def __init__(self, channels: int, groups: int = 32):
+        super().__init__()
+        g = min(groups, channels)
+        while channels % g:
+            g -= 1
+        self.net = nn.Sequential(nn.GroupNorm(g, channels, eps=1e-6), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, decoded: torch.Tensor, hidden: torch.Tensor, low: torch.Tensor,
+                w: float | torch.Tensor) -> torch.Tensor:
+        """decoded [N, 3, H, H], the decoder's last features [N, C, H, H], low-res input [N, 3, r, r], w -> output."""
+        bicubic = F.interpolate(low, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
+        weight = fidelity_like(w, decoded)
+        return (1 - weight) * decoded + weight * (bicubic + self.net(hidden))
+
+
 class DetailGate(nn.Module):
     """A per-pixel gate g in (0, 1) from the decoder's output and the bicubic upsampling of the input; at fidelity w
     the output becomes ``decoded + w * (1 - g) * (bicubic - decoded)``. Starts at g = ``initial`` everywhere.

@@ -38,12 +38,18 @@ class ShortcutVQDecoder(VQDecoder):
         self.shortcut = nn.Conv2d(latent_dim, out_channels, 1)
 
     def forward(self, z: torch.Tensor, fuse: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                shortcut_latent: torch.Tensor | None = None) -> torch.Tensor:
+                shortcut_latent: torch.Tensor | None = None, with_hidden: bool = False):
         """The image of latent z; the linear path reads ``shortcut_latent`` instead of z when given (the renderer's
-        fidelity blend, :meth:`lightning_modules.nets.renderer.FidelityFusion.blend`)."""
+        fidelity blend, :meth:`lightning_modules.nets.renderer.FidelityFusion.blend`). With ``with_hidden`` also the
+        last level's features before the output layers (the renderer's residual head reads them)."""
+        hidden = []
+        handle = self.out.register_forward_pre_hook(lambda _, args: hidden.append(args[0])) if with_hidden else None
         image = super().forward(z, fuse)
+        if handle is not None:
+            handle.remove()
         linear = self.shortcut(z if shortcut_latent is None else shortcut_latent)
-        return image + F.interpolate(linear, size=image.shape[-2:], mode="bicubic", align_corners=False)
+        image = image + F.interpolate(linear, size=image.shape[-2:], mode="bicubic", align_corners=False)
+        return (image, hidden[0]) if with_hidden else image
 
 
 def vq_networks(shortcut: bool) -> tuple[type[VQEncoder], type[VQDecoder]]:

@@ -122,6 +122,29 @@ def test_fidelity_weight_switches_between_the_code_path_and_the_encoder_path():
         assert torch.allclose(per_sample[0], w0[0], atol=1e-6) and torch.allclose(per_sample[1], w1[1], atol=1e-6)
 
 
+def test_residual_head_starts_the_render_phase_from_bicubic_and_learns_detail_on_it():
+    module = tiny_stage("render", residual_head=True, consistency=False)
+    batch = make_batch(2)
+    lr = batch["frames"]
+    bicubic = F.interpolate(lr.flatten(0, 1), size=HR, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(module.render(lr, 1.0), bicubic, atol=1e-6)  # the zero-initialised head adds nothing
+        logits, z, _ = module.predict_codes(lr)
+        codes = module.quantizer.lookup(logits.argmax(-1).view(2, 8, 8))
+        assert torch.allclose(module.render(lr, 0.0), module.decoder(codes), atol=1e-6)  # w = 0: the codebook's face
+    assert "residual_head" in module.trained_parts("render")
+    optimizer = torch.optim.Adam(module.trainable_parameters(), lr=3e-3)
+    for _ in range(5):
+        loss = module.compute_losses(batch)["l1"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert (module.render(lr, 1.0) - bicubic).abs().mean() > 1e-4  # the head has learned some detail
+    errors = tiny_cfg(residual_head=True, shortcut=False).validate()
+    assert any("stage.residual_head" in e and "stage.shortcut=true" in e for e in errors)
+
+
 def test_detail_gate_pulls_the_decoded_image_towards_bicubic_by_fidelity_and_gate():
     plain = tiny_stage("render").eval()
     module = tiny_stage("render", detail_gate=True).eval()
