@@ -36,7 +36,7 @@ from reports.results_codebook_eval import (  # noqa: F401  (the table's measurem
 # Lightning counts both optimizers' steps with the GAN on. The shared VQ phase trains 1000 batches (2000 steps): with
 # the linear shortcut (stage.shortcut, lightning_modules/nets/vq_shortcut.py) an L1-only VQ of the small config's
 # widths passed bicubic from 8 px on the val frames (0.102) by 300-400 batches, where the one without it stayed at
-# 0.198 after 500 batches of the full recipe. The render phase (fusion, decoder and detail gate) trains 600 batches
+# 0.198 after 500 batches of the full recipe. The render phase (fusion, decoder and residual head) trains 600 batches
 # (1200 steps), the transformer phase (no GAN) 300.
 PHASE_WORDS = {"vqgan": ("trainer.max_steps=2000",), "transformer": ("trainer.max_steps=300",),
                "render": ("trainer.max_steps=1200",)}
