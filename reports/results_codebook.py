@@ -46,7 +46,8 @@ SETS = {"stage2": "held-out stage-2 frames (the seed's windowed motion stage re-
         "degraded": "the degraded real set (fixed seed, a recorded recipe per frame)"}
 METRICS = (("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("kid", "KID×10³ ↓"), ("fid", "FID ↓"),
            ("temporal_consistency", "temporal cons. ↓"), ("flicker_generated", "flicker"),
-           ("identity_dlib", "identity dlib ↑"), ("identity_conre", "identity judge ↑"), ("gate_opening", "gate"))
+           ("identity_dlib", "identity dlib ↑"), ("identity_conre", "identity judge ↑"), ("gate_opening", "gate"),
+           ("detail", "|detail|"))
 PER_CLIP = ("psnr", "ssim", "temporal_consistency", "flicker_generated", "identity_dlib", "identity_conre")
 PAIRED = {"psnr": "PSNR", "ssim": "SSIM", "kid": "KID×10³", "identity_dlib": "identity dlib",
           "identity_conre": "identity judge", "temporal_consistency": "temporal cons."}
@@ -203,7 +204,8 @@ def codebook_results() -> tuple[dict, str]:
              f"row, identity likewise: the cosine to the real frame's embedding by dlib's ResNet (both aligned by "
              f"the real frame's corpus landmarks) and by the independent ConRe judge (seed 100, the other half of "
              f"the training speakers, at {first['judge_size']} px). Temporal consistency and flicker outside the "
-             f"mouth (evaluation/temporal.py); gate: the detail gate's mean opening.",
+             f"mouth (evaluation/temporal.py); gate: the detail gate's mean opening; |detail|: the residual head's "
+             f"mean absolute output (on the [-1, 1] scale, before the fidelity weight), where the renderer has it.",
              "", f"Training: the VQ phase once (seed 0), shared by every seed and both renderers; the seeds vary the "
              f"transformer and render phases. Perceptual network {training['perceptual_network']} (the "
              f"discriminator's features; no judge of this table) at weight {training['perceptual_weight']:g}, "

@@ -17,7 +17,8 @@ every scorer through :func:`evaluation.measure.to_measurement_size` at MEASURE_S
 at its training size, through the same function): PSNR / SSIM per frame; temporal consistency and flicker per clip
 outside the mouth (:mod:`evaluation.temporal`); Inception features for FID (every frame, PRIMARY rows) and KID
 (every STRIDE-th frame, every row); identity to the real frame on every STRIDE-th frame by dlib (aligned by the
-corpus landmarks of the real frame, for both) and by the independent ConRe judge; the detail gate's mean opening.
+corpus landmarks of the real frame, for both) and by the independent ConRe judge; the detail gate's mean
+opening or the residual head's mean |detail|.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ DEGRADED_SEED = 2026
 FIDELITIES = (0.0, 0.5, 1.0)
 TEST_SETS = ("stage2", "degraded")
 BASE_ROWS = ("bicubic", "back_projected", "back_projected_area")
+# what the renderer does inside, per row: the detail gate's mean opening, or the residual head's mean |detail| (on
+# the [-1, 1] scale, before the fidelity weight)
+INNER = ("gate_opening", "detail")
 IMAGE = Path("docs/images/codebook_strip.png")
 
 
@@ -93,27 +97,32 @@ class Renderers:
         self.fidelities = sorted({*FIDELITIES, self.default})
         self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), "temporal"]
         self.primary = ("bicubic", fidelity_row(self.default))
-        self._openings: list[torch.Tensor] = []
+        self._inner: dict[str, list[torch.Tensor]] = {name: [] for name in INNER}
         for stage in (self.codebook, self.temporal):
             if stage.detail_gate is not None:
-                stage.detail_gate.register_forward_hook(lambda module, *_: self._openings.append(module.last_opening))
+                stage.detail_gate.register_forward_hook(
+                    lambda module, *_: self._inner["gate_opening"].append(module.last_opening))
+            if stage.residual_head is not None:
+                stage.residual_head.net.register_forward_hook(
+                    lambda module, args, out: self._inner["detail"].append(out.abs().mean(dim=(1, 2, 3))))
 
     @torch.no_grad()
-    def render(self, stage: CodebookStage, low: torch.Tensor, w: float) -> tuple[torch.Tensor, float | None]:
-        """Clips [B, T, 3, r, r] -> (frames [B*T, 3, S, S], the gate's mean opening or None): clip by clip, so the
-        temporal variant's windows never span two clips."""
-        self._openings.clear()
+    def render(self, stage: CodebookStage, low: torch.Tensor, w: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Clips [B, T, 3, r, r] -> (frames [B*T, 3, S, S], INNER's means where the stage has them): clip by clip, so
+        the temporal variant's windows never span two clips."""
+        for values in self._inner.values():
+            values.clear()
         frames = torch.cat([stage.upscale(clip, w) for clip in low])
-        opening = float(torch.cat(self._openings).mean()) if self._openings else None
-        return to_measurement_size(frames, MEASURE_SIZE), opening
+        inner = {name: float(torch.cat(values).mean()) for name, values in self._inner.items() if values}
+        return to_measurement_size(frames, MEASURE_SIZE), inner
 
-    def outputs(self, low: torch.Tensor) -> Iterator[tuple[str, torch.Tensor, float | None]]:
-        """(row, frames [B*T, 3, S, S] in [-1, 1], gate opening) of every row for clips [B, T, 3, r, r]."""
+    def outputs(self, low: torch.Tensor) -> Iterator[tuple[str, torch.Tensor, dict[str, float]]]:
+        """(row, frames [B*T, 3, S, S] in [-1, 1], INNER's means) of every row for clips [B, T, 3, r, r]."""
         flat = low.flatten(0, 1)
         bicubic = to_measurement_size(flat, MEASURE_SIZE)
-        yield "bicubic", bicubic, None
-        yield "back_projected", back_project(bicubic, flat, 1.0, "bicubic").clamp(-1, 1), None
-        yield "back_projected_area", back_project(bicubic, flat, 1.0, "area").clamp(-1, 1), None
+        yield "bicubic", bicubic, {}
+        yield "back_projected", back_project(bicubic, flat, 1.0, "bicubic").clamp(-1, 1), {}
+        yield "back_projected_area", back_project(bicubic, flat, 1.0, "area").clamp(-1, 1), {}
         for w in self.fidelities:
             yield fidelity_row(w), *self.render(self.codebook, low, w)
         yield "temporal", *self.render(self.temporal, low, self.temporal.cfg.fidelity_weight)
@@ -173,9 +182,9 @@ class SetScores:
         self.rows, self.primary, self.judges = rows, primary, judges
         self.per_clip: dict[str, dict[str, dict]] = {row: {} for row in rows}
         self.features: dict[str, list[np.ndarray]] = {row: [] for row in rows}
-        self.openings: dict[str, list[tuple[float, int]]] = {row: [] for row in rows}
+        self.inner: dict[str, dict[str, list[tuple[float, int]]]] = {row: {n: [] for n in INNER} for row in rows}
 
-    def add(self, row: str, frames: torch.Tensor, real: dict, features, opening: float | None) -> None:
+    def add(self, row: str, frames: torch.Tensor, real: dict, features, inner: dict[str, float]) -> None:
         psnr, ssim = frame_scores(frames, real["target"])
         ids = self.judges.embed(frames[::STRIDE], real["marks"][::STRIDE])
         dlib, conre = ((ids[name] * real["ids"][name]).sum(-1) for name in ("dlib", "conre"))
@@ -188,8 +197,8 @@ class SetScores:
                 "identity_conre": float(conre[c * per:(c + 1) * per].mean()),
                 **temporal_statistics(frames[clip], real["frames"][clip], real["masks"][clip])}
         self.features[row].append(features(frames if row in self.primary else frames[::STRIDE]))
-        if opening is not None:
-            self.openings[row].append((opening, len(frames)))
+        for name, value in inner.items():
+            self.inner[row][name].append((value, len(frames)))
 
     def finish(self, real_all: np.ndarray, speakers: list[str]) -> dict:
         """Each row's means, KID (every row), FID (PRIMARY rows) and the KID bootstrap draws against bicubic."""
@@ -201,7 +210,8 @@ class SetScores:
             values = list(self.per_clip[row].values())
             rows[row] = {name: float(np.nanmean([v[name] for v in values])) for name in values[0]}
             rows[row].update(per_clip=self.per_clip[row], kid=kid(real_kid, kid_features[row], subset_size=KID_SUBSET),
-                             kid_frames=len(kid_features[row]), gate_opening=weighted(self.openings[row]))
+                             kid_frames=len(kid_features[row]),
+                             **{name: weighted(values) for name, values in self.inner[row].items()})
             if row in self.primary:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # N < 2048 only in the tests' tiny runs
@@ -265,8 +275,8 @@ def evaluate_codebook(stages: Path, temporal: Path, judge: Path, data, seed: int
                                             data.resolution, generator, clips["gaze"], clips["known"]),
                   "degraded": degraded.frames.view_as(clips["frames"])}
         for name, low in inputs.items():
-            for row, frames, opening in renderers.outputs(low):
-                scores[name].add(row, frames, real, features, opening)
+            for row, frames, inner in renderers.outputs(low):
+                scores[name].add(row, frames, real, features, inner)
                 if (name, row, seed, index) == ("stage2", renderers.primary[1], 0, 0):
                     save_strip(low, frames, real["frames"])
     real_all = np.concatenate(real_features)

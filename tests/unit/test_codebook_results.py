@@ -1,6 +1,7 @@
 """The codebook table's evaluation on untrained tiny stages: the bicubic row scores what a direct computation gives,
 identical rows score identically (the temporal slot given the renderer's own file), the degraded set's recipes are
-recorded, the gate's opening is measured, and the table text is made from the result."""
+recorded, the gate's opening and the residual head's detail are measured, and the table text is made from the
+result."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -98,6 +99,7 @@ def test_identical_rows_score_identically_and_every_row_has_its_metrics(evaluate
             assert np.isfinite([values[m] for m in ("psnr", "ssim", "identity_dlib", "identity_conre")]).all()
             opening = values["gate_opening"]
             assert opening is None if row in ev.BASE_ROWS else opening == pytest.approx(0.25)  # untrained gate
+            assert values["detail"] is None  # no residual head
     degraded = result["sets"]["degraded"]["rows"]  # the real faces, degraded: the untrained codes alone lose them
     assert degraded["bicubic"]["psnr"] > degraded["renderer_w0"]["psnr"] + 3
 
@@ -115,3 +117,25 @@ def test_the_degraded_set_is_recorded_and_the_picture_and_table_are_made(evaluat
     table = "\n".join(results_codebook.set_table(per_seed, "stage2") + results_codebook.target_lines(per_seed))
     for label in ("bicubic", "renderer, w = 0.5 (default)", "temporal variant", "area operator", "KID×10³"):
         assert label in table, label
+
+
+def test_the_residual_heads_detail_is_measured_where_the_gate_is_absent(tmp_path):
+    torch.manual_seed(0)
+    paths = {}
+    for name, head in (("gate", {"detail_gate": True}), ("residual", {"residual_head": True})):
+        cfg = CodebookConfig(base_channels=4, channel_multipliers=[1, 2, 2], blocks_per_level=1, lr_base_channels=8,
+                             lr_channel_multipliers=[1, 2], codebook_size=16, code_dim=8, transformer_layers=1,
+                             transformer_width=32, transformer_heads=4, phase="render", **head)
+        module = CodebookStage(cfg, DataConfig(resolution=16, hr_resolution=32), load_earlier=False)
+        if module.residual_head is not None:
+            torch.nn.init.constant_(module.residual_head.net[-1].bias, 0.1)  # |detail| = 0.1 at every pixel
+        paths[name] = tmp_path / name / "codebook.safetensors"
+        paths[name].parent.mkdir()
+        save_stage_file(paths[name], StageFile(stage="codebook", state=module.state_dict(), config=asdict(module.cfg),
+                                               phase="render"))
+    renderers = ev.Renderers(paths["gate"], paths["residual"])
+    low = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    _, gated = renderers.render(renderers.codebook, low, 0.5)
+    _, residual = renderers.render(renderers.temporal, low, 0.5)
+    assert set(gated) == {"gate_opening"} and gated["gate_opening"] == pytest.approx(0.25)
+    assert set(residual) == {"detail"} and residual["detail"] == pytest.approx(0.1)
