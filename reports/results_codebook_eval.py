@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,18 +63,42 @@ INNER = ("gate_opening", "detail")
 IMAGE = Path("docs/images/codebook_strip.png")
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What one evaluation reads: the table's (every test clip, FID for the primary rows, a temporal variant) or the
+    val reading that chooses the render recipe and the default fidelity (reports/codebook_val.py: val clips, FID for
+    every row, no temporal variant)."""
+    split: str = "test"
+    max_clips: int | None = None
+    fidelities: tuple[float, ...] = FIDELITIES
+    fid_every_row: bool = False
+    kid_subset: int | None = None  # None: KID_SUBSET
+
+    def __post_init__(self):
+        if self.split not in ("val", "test"):
+            raise ValueError(f"the codebook evaluation reads the val or test split, got {self.split!r}")
+
+
+def table_reading() -> Reading:
+    """The table's reading, with MAX_CLIPS as the module holds it now (the tests lower it)."""
+    return Reading(max_clips=MAX_CLIPS)
+
+
 def fidelity_row(w: float) -> str:
     return f"renderer_w{w:g}"
 
 
-def test_chunks(data) -> Iterator[dict]:
-    """Chunks of CLIPS_PER_CHUNK test clips (FRAMES_PER_CLIP frames, their speech, landmarks and gaze truth)."""
+def test_chunks(data, reading: Reading | None = None) -> Iterator[dict]:
+    """Chunks of CLIPS_PER_CHUNK clips of the reading's split (FRAMES_PER_CLIP frames, their speech, landmarks and
+    gaze truth)."""
+    reading = reading or table_reading()
+    limit = reading.max_clips
     dm = ShardDataModule(replace(data, num_workers=0, clip_frames=FRAMES_PER_CLIP, batch_size=CLIPS_PER_CHUNK,
                                  audio_seconds=FRAMES_PER_CLIP / data.fps))
     dm.setup()
     seen = 0
-    for batch in dm.eval_dataloader("test"):
-        valid = torch.nonzero(batch["valid"]).flatten()[:None if MAX_CLIPS is None else MAX_CLIPS - seen]
+    for batch in dm.eval_dataloader(reading.split):
+        valid = torch.nonzero(batch["valid"]).flatten()[:None if limit is None else limit - seen]
         if len(valid) == 0:
             continue
         gaze, known = truth_gaze(batch, FRAMES_PER_CLIP)
@@ -83,22 +107,24 @@ def test_chunks(data) -> Iterator[dict]:
                **{name: batch[name][valid] for name in ("frames", "hr_frames", "landmarks", "audio")},
                "gaze": None if gaze is None else gaze[valid], "known": None if known is None else known[valid]}
         seen += len(valid)
-        if MAX_CLIPS is not None and seen >= MAX_CLIPS:
+        if limit is not None and seen >= limit:
             return
 
 
 class Renderers:
-    """The seed's renderer and its temporal variant, with each row's frames at MEASURE_SIZE and the gate opening."""
+    """The seed's renderer and its temporal variant (when given), with each row's frames at MEASURE_SIZE and what
+    the renderer does inside (INNER)."""
 
-    def __init__(self, codebook: Path, temporal: Path):
+    def __init__(self, codebook: Path, temporal: Path | None, reading: Reading | None = None):
+        reading = reading or table_reading()
         self.codebook = CodebookStage.for_inference(StageFiles.of(codebook, "codebook"))
-        self.temporal = CodebookStage.for_inference(StageFiles.of(temporal, "codebook"))
+        self.temporal = None if temporal is None else CodebookStage.for_inference(StageFiles.of(temporal, "codebook"))
         self.default = self.codebook.cfg.fidelity_weight
-        self.fidelities = sorted({*FIDELITIES, self.default})
-        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), "temporal"]
-        self.primary = ("bicubic", fidelity_row(self.default))
+        self.fidelities = sorted({*reading.fidelities, self.default})
+        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), *(["temporal"] if self.temporal else [])]
+        self.primary = tuple(self.rows) if reading.fid_every_row else ("bicubic", fidelity_row(self.default))
         self._inner: dict[str, list[torch.Tensor]] = {name: [] for name in INNER}
-        for stage in (self.codebook, self.temporal):
+        for stage in filter(None, (self.codebook, self.temporal)):
             if stage.detail_gate is not None:
                 stage.detail_gate.register_forward_hook(
                     lambda module, *_: self._inner["gate_opening"].append(module.last_opening))
@@ -125,7 +151,8 @@ class Renderers:
         yield "back_projected_area", back_project(bicubic, flat, 1.0, "area").clamp(-1, 1), {}
         for w in self.fidelities:
             yield fidelity_row(w), *self.render(self.codebook, low, w)
-        yield "temporal", *self.render(self.temporal, low, self.temporal.cfg.fidelity_weight)
+        if self.temporal is not None:
+            yield "temporal", *self.render(self.temporal, low, self.temporal.cfg.fidelity_weight)
 
     def training(self) -> dict:
         """What the renderer trained with, for the table (the perceptual network is named there)."""
@@ -133,8 +160,8 @@ class Renderers:
         return {name: getattr(cfg, name) for name in (
             "perceptual_network", "perceptual_weight", "adversarial", "adversarial_weight", "adversarial_warmup",
             "back_projection_operator", "fidelity_weight", "shortcut", "detail_gate", "residual_head", "degrade",
-            "render_source")} | {
-            "temporal_window": self.temporal.cfg.window_frames, "temporal": self.temporal.cfg.temporal}
+            "render_source")} | ({} if self.temporal is None else {
+            "temporal_window": self.temporal.cfg.window_frames, "temporal": self.temporal.cfg.temporal})
 
 
 class IdentityJudges:
@@ -178,8 +205,8 @@ def frame_scores(frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
 class SetScores:
     """One test set's per-clip metrics, Inception features and gate openings, chunk by chunk."""
 
-    def __init__(self, rows: list[str], primary: tuple[str, ...], judges: IdentityJudges):
-        self.rows, self.primary, self.judges = rows, primary, judges
+    def __init__(self, rows: list[str], primary: tuple[str, ...], judges: IdentityJudges, kid_subset: int):
+        self.rows, self.primary, self.judges, self.kid_subset = rows, primary, judges, kid_subset
         self.per_clip: dict[str, dict[str, dict]] = {row: {} for row in rows}
         self.features: dict[str, list[np.ndarray]] = {row: [] for row in rows}
         self.inner: dict[str, dict[str, list[tuple[float, int]]]] = {row: {n: [] for n in INNER} for row in rows}
@@ -209,8 +236,8 @@ class SetScores:
         for row in self.rows:
             values = list(self.per_clip[row].values())
             rows[row] = {name: float(np.nanmean([v[name] for v in values])) for name in values[0]}
-            rows[row].update(per_clip=self.per_clip[row], kid=kid(real_kid, kid_features[row], subset_size=KID_SUBSET),
-                             kid_frames=len(kid_features[row]),
+            rows[row].update(per_clip=self.per_clip[row], kid_frames=len(kid_features[row]),
+                             kid=kid(real_kid, kid_features[row], subset_size=self.kid_subset),
                              **{name: weighted(values) for name, values in self.inner[row].items()})
             if row in self.primary:
                 with warnings.catch_warnings():
@@ -247,22 +274,25 @@ def real_frames(clips: dict, judges: IdentityJudges, resolution: int) -> dict:
             "keys": clips["key"], "ids": judges.embed(frames[::STRIDE], marks[::STRIDE])}
 
 
-def evaluate_codebook(stages: Path, temporal: Path, judge: Path, data, seed: int, extractor=None,
-                      feature_cache: Path | None = None) -> dict:
-    """Both test sets' rows for one seed: the renderer in ``stages`` (with its motion stage), the temporal variant in
-    ``temporal``, identity by the ConRe ``judge``; ``extractor`` replaces the packaged Inception (tests)."""
+def evaluate_codebook(stages: Path, temporal: Path | None, judge: Path, data, seed: int, extractor=None,
+                      feature_cache: Path | None = None, reading: Reading | None = None) -> dict:
+    """Both test sets' rows for one seed (the val split's with a val ``reading``): the renderer in ``stages`` (with
+    its motion stage), the temporal variant in ``temporal`` (None: no such row), identity by the ConRe ``judge``;
+    ``extractor`` replaces the packaged Inception (tests)."""
     from reports.results import OUTPUT_ROOT
+    reading = reading or table_reading()
     if FRAMES_PER_CLIP % STRIDE:
         raise ValueError(f"FRAMES_PER_CLIP={FRAMES_PER_CLIP} must be a multiple of STRIDE={STRIDE}: the strided "
                          f"frames of every row must be the same frames")
-    renderers, judges = Renderers(stages / "codebook.safetensors", temporal / "codebook.safetensors"), \
-        IdentityJudges(judge)
+    renderers = Renderers(stages / "codebook.safetensors", temporal and temporal / "codebook.safetensors", reading)
+    judges = IdentityJudges(judge)
     motion = MotionDiffusionStage.for_inference(StageFiles(stages))
     features = inception(extractor or InceptionFeatures(), feature_cache or OUTPUT_ROOT / "inception-features")
-    scores = {name: SetScores(renderers.rows, renderers.primary, judges) for name in TEST_SETS}
+    scores = {name: SetScores(renderers.rows, renderers.primary, judges, reading.kid_subset or KID_SUBSET)
+              for name in TEST_SETS}
     generator = torch.Generator().manual_seed(1000 + seed)
     real_features, speakers, recipes, clip_speakers, digests = [], [], [], {}, []
-    for index, clips in enumerate(test_chunks(data)):
+    for index, clips in enumerate(test_chunks(data, reading)):
         real = real_frames(clips, judges, data.resolution)
         real_features.append(features(real["frames"]))
         speakers += [s for s in clips["speaker"] for _ in range(FRAMES_PER_CLIP)]
@@ -277,8 +307,8 @@ def evaluate_codebook(stages: Path, temporal: Path, judge: Path, data, seed: int
         for name, low in inputs.items():
             for row, frames, inner in renderers.outputs(low):
                 scores[name].add(row, frames, real, features, inner)
-                if (name, row, seed, index) == ("stage2", renderers.primary[1], 0, 0):
-                    save_strip(low, frames, real["frames"])
+                if (reading.split, name, row, seed, index) == ("test", "stage2", fidelity_row(renderers.default), 0, 0):
+                    save_strip(low, frames, real["frames"])  # the README's picture: the table's reading only
     real_all = np.concatenate(real_features)
     return {"sets": {name: s.finish(real_all, speakers) for name, s in scores.items()},
             "speakers": clip_speakers, "frames": len(real_all), "rows": renderers.rows,

@@ -18,7 +18,7 @@ from lightning_modules.codebook import CodebookStage
 from lightning_modules.codebook_parts import CodebookConfig
 from lightning_modules.motion_diffusion import MotionDiffusionStage
 from lightning_modules.stagefile import StageFile, save_stage_file
-from reports import results_codebook
+from reports import codebook_val, results_codebook
 from reports import results_codebook_eval as ev
 from tests.integration.tiny_stages import tiny_motion
 from tests.unit.stage1_helpers import export, make_stage1_inputs
@@ -139,3 +139,26 @@ def test_the_residual_heads_detail_is_measured_where_the_gate_is_absent(tmp_path
     _, residual = renderers.render(renderers.temporal, low, 0.5)
     assert set(gated) == {"gate_opening"} and gated["gate_opening"] == pytest.approx(0.25)
     assert set(residual) == {"detail"} and residual["detail"] == pytest.approx(0.1)
+
+
+def test_the_val_reading_reads_val_clips_with_fid_on_every_row_and_leaves_the_picture(evaluated):
+    _, data, root = evaluated
+    picture = (root / "strip.png").stat().st_mtime_ns
+    reading = codebook_val.reading(CLIPS, (0.0, 1.0))
+    result = ev.evaluate_codebook(root / "stages", None, root / "judge" / "conre.safetensors", data, seed=0,
+                                  extractor=PixelFeatures(), feature_cache=root / "features", reading=reading)
+    val_keys = [k for chunk in ev.test_chunks(data, reading) for k in chunk["key"]]
+    test_keys = [k for chunk in ev.test_chunks(data) for k in chunk["key"]]
+    assert sorted(result["speakers"]) == sorted(val_keys) and not set(val_keys) & set(test_keys)
+    for scores in result["sets"].values():
+        rows = scores["rows"]
+        assert list(rows) == ["bicubic", "back_projected", "back_projected_area", "renderer_w0", "renderer_w0.5",
+                              "renderer_w1"]  # the default (0.5) added, no temporal row
+        assert all(values["fid_frames"] == CLIPS * FRAMES for values in rows.values())
+    assert (root / "strip.png").stat().st_mtime_ns == picture  # the README's picture is the table's alone
+    readings = codebook_val.summary(result)
+    lines = codebook_val.table("stage2", readings["stage2"])
+    assert len(lines) == 2 + 6 and lines[2].startswith("| bicubic |")
+    assert readings["degraded"]["bicubic"]["psnr"] == result["sets"]["degraded"]["rows"]["bicubic"]["psnr"]
+    with pytest.raises(ValueError, match="val or test"):
+        ev.Reading(split="train")
