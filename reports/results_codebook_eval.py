@@ -121,10 +121,11 @@ class Renderers:
         self.temporal = None if temporal is None else CodebookStage.for_inference(StageFiles.of(temporal, "codebook"))
         self.default = self.codebook.cfg.fidelity_weight
         self.fidelities = sorted({*reading.fidelities, self.default})
-        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), *(["temporal"] if self.temporal else [])]
+        stages = [self.codebook] + ([] if self.temporal is None else [self.temporal])
+        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), *(["temporal"] if len(stages) == 2 else [])]
         self.primary = tuple(self.rows) if reading.fid_every_row else ("bicubic", fidelity_row(self.default))
         self._inner: dict[str, list[torch.Tensor]] = {name: [] for name in INNER}
-        for stage in filter(None, (self.codebook, self.temporal)):
+        for stage in stages:
             if stage.detail_gate is not None:
                 stage.detail_gate.register_forward_hook(
                     lambda module, *_: self._inner["gate_opening"].append(module.last_opening))
