@@ -38,11 +38,8 @@ from reports.results_codebook_eval import (  # noqa: F401  (the table's measurem
 # widths passed bicubic from 8 px on the val frames (0.102) by 300-400 batches, where the one without it stayed at
 # 0.198 after 500 batches of the full recipe. The render phase (fusion, decoder and residual head) trains 600 batches
 # (1200 steps), the transformer phase (no GAN) 300.
-# The render phase's default fidelity (validation, export, generation) is 1, chosen on val through this table's own
-# path (seed 0, 32 val clips, 512 frames of each of the stage-2 and degraded val sets; bicubic 25.81 / 25.43 dB,
-# KID x 1e3 221 / 317): at w = 1 the renderer scored 25.08 / 24.66 dB and KID 202 / 242, below bicubic in KID and FID
-# on both sets; at w = 0.5 and 0.75 it was worse than bicubic in every metric (0.5: 23.86 / 23.40 dB, KID 332 / 375).
-# The perceptual and GAN weights halved (0.5, 0.05) scored worse at w = 1 (23.83 / 23.68 dB, KID 235 / 301).
+# The render phase's default fidelity (validation, export, generation) is 1, chosen on val by reports/codebook_val.py
+# (the figures: the README's codebook section); the perceptual and GAN weights halved scored worse there.
 PHASE_WORDS = {"vqgan": ("trainer.max_steps=2000",), "transformer": ("trainer.max_steps=300",),
                "render": ("trainer.max_steps=1200", "stage.fidelity_weight=1.0")}
 # the temporal variant: windows of the small config's stage.window_frames (4) frames, as many frames per batch (8)

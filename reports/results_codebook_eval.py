@@ -72,7 +72,7 @@ class Reading:
     max_clips: int | None = None
     fidelities: tuple[float, ...] = FIDELITIES
     fid_every_row: bool = False
-    kid_subset: int | None = None  # None: KID_SUBSET
+    kid_subset: int = KID_SUBSET
 
     def __post_init__(self):
         if self.split not in ("val", "test"):
@@ -80,8 +80,8 @@ class Reading:
 
 
 def table_reading() -> Reading:
-    """The table's reading, with MAX_CLIPS as the module holds it now (the tests lower it)."""
-    return Reading(max_clips=MAX_CLIPS)
+    """The table's reading, with MAX_CLIPS and KID_SUBSET as the module holds them now (the tests lower them)."""
+    return Reading(max_clips=MAX_CLIPS, kid_subset=KID_SUBSET)
 
 
 def fidelity_row(w: float) -> str:
@@ -285,12 +285,12 @@ def evaluate_codebook(stages: Path, temporal: Path | None, judge: Path, data, se
     if FRAMES_PER_CLIP % STRIDE:
         raise ValueError(f"FRAMES_PER_CLIP={FRAMES_PER_CLIP} must be a multiple of STRIDE={STRIDE}: the strided "
                          f"frames of every row must be the same frames")
-    renderers = Renderers(stages / "codebook.safetensors", temporal and temporal / "codebook.safetensors", reading)
+    renderers = Renderers(stages / "codebook.safetensors",
+                          None if temporal is None else temporal / "codebook.safetensors", reading)
     judges = IdentityJudges(judge)
     motion = MotionDiffusionStage.for_inference(StageFiles(stages))
     features = inception(extractor or InceptionFeatures(), feature_cache or OUTPUT_ROOT / "inception-features")
-    scores = {name: SetScores(renderers.rows, renderers.primary, judges, reading.kid_subset or KID_SUBSET)
-              for name in TEST_SETS}
+    scores = {name: SetScores(renderers.rows, renderers.primary, judges, reading.kid_subset) for name in TEST_SETS}
     generator = torch.Generator().manual_seed(1000 + seed)
     real_features, speakers, recipes, clip_speakers, digests = [], [], [], {}, []
     for index, clips in enumerate(test_chunks(data, reading)):
