@@ -8,6 +8,7 @@ is trained or evaluated: each step says what it would do and why.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,14 @@ class DryRunStop(Exception):
 @dataclass
 class Ledger:
     """What the table being made used: stage files (path -> key and training commit) and evaluations (cache ->
-    key); in a dry run, the stage files that would be retrained."""
+    key); in a dry run, the stage files that would be retrained (``planned``) and those that would only be copied
+    in from a folder whose file is reused (``copied``)."""
 
     dry_run: bool = False
     stages: dict[str, dict] = field(default_factory=dict)
     evaluations: dict[str, dict] = field(default_factory=dict)
     planned: set[str] = field(default_factory=set)
+    copied: set[str] = field(default_factory=set)
 
     def start_table(self) -> None:
         self.stages.clear()
@@ -146,6 +149,27 @@ def plan_chain(stages: list[str], reasons_of: Callable[[str], list[str]],
     return plan
 
 
+def mirror_stage_files(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
+    """Copy these stage files from ``source`` into ``target`` where the copy differs; returns ``target``. In a dry
+    run nothing is copied: a copy counts as planned when its source would retrain (or is missing), and as copied when
+    only the copy would change."""
+    from trainer.keys import file_digest
+
+    for name in (f"{stage}.safetensors" for stage in stages):
+        copy, original = target / name, source / name
+        stale = not copy.is_file() or not original.is_file() or file_digest(copy) != file_digest(original)
+        if LEDGER.dry_run:
+            if str(original) in LEDGER.planned or not original.is_file():
+                LEDGER.planned.add(str(copy))
+            elif stale:
+                LEDGER.copied.add(str(copy))
+            continue
+        if stale:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(original, copy)
+    return target
+
+
 def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
     """Stop with the missing nodes of the stage graph (in training order) before a stage that would need them."""
     from lightning_modules.registry import node_file, requires, training_order
@@ -153,11 +177,25 @@ def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
 
     cfg = compose(["experiment=small", f"stage={stage}", *(w for w in words if not w.startswith("data.root="))]).stage
     missing = [node for node in requires(stage, cfg) if not (stages / node_file(node)).is_file()
-               and str(stages / node_file(node)) not in LEDGER.planned]
+               and str(stages / node_file(node)) not in LEDGER.planned | LEDGER.copied]
     if missing:
         order = [node for node in training_order(missing) if not (stages / node_file(node)).is_file()]
         raise SystemExit(f"{stage} needs {', '.join(missing)} in {stages}; make them first, in order: "
                          f"{' -> '.join(order)}")
+
+
+def every_seed(one_seed: Callable[[int], Any], seeds: tuple[int, ...]) -> list:
+    """``one_seed(seed)`` for each seed in turn. A dry run goes on to the next seeds after one stops at an evaluation
+    it would run, to list every training and evaluation, and stops the table after the last."""
+    results, waiting = [], []
+    for seed in seeds:
+        try:
+            results.append(one_seed(seed))
+        except DryRunStop as stop:
+            waiting.append(str(stop))
+    if waiting:
+        raise DryRunStop(f"{waiting[0]} (seeds {len(seeds) - len(results)} of {len(seeds)})")
+    return results
 
 
 def evaluation_key(evaluate: Callable[[], dict], inputs: list[Path]) -> dict:
@@ -170,8 +208,10 @@ def evaluation_key(evaluate: Callable[[], dict], inputs: list[Path]) -> dict:
 
 
 def module_name(function: Callable) -> str:
-    """The importable name of the module ``function`` is defined in (``python -m`` runs it as ``__main__``)."""
-    module = function.__module__
+    """The importable name of the module ``function`` is defined in (``python -m`` runs it as ``__main__``); of a
+    ``functools.partial``, its function's: a table passes its evaluation as a partial of the evaluation module's
+    function, so that the key covers that module's code, not the table's wording."""
+    module = getattr(function, "func", function).__module__
     if module == "__main__":
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         return spec.name if spec is not None else module
@@ -192,10 +232,12 @@ def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict
     LEDGER.evaluations[str(cache)] = key
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     planned = [str(p) for p in inputs if str(p) in LEDGER.planned]
-    if saved.get("key") == key and not planned:
+    copied = [str(p) for p in inputs if str(p) in LEDGER.copied]
+    if saved.get("key") == key and not planned and not copied:
         print(f"= {cache}: the {name} evaluation is reused (same code and inputs)", flush=True)
         return saved["result"]
     why = (f"inputs retrain first: {', '.join(planned)}" if planned else
+           f"inputs are copied in first: {', '.join(copied)}" if copied else
            evaluation_change(saved.get("key") or {}, key) if saved else "not evaluated yet")
     print(f"~ {cache}: the {name} evaluation {'would be' if LEDGER.dry_run else 'is'} done ({why})", flush=True)
     if LEDGER.dry_run:

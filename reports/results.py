@@ -9,7 +9,6 @@ import argparse
 import importlib
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -180,7 +179,7 @@ def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ..
     if plan.retrain_reasons(VQ_STAGES / "codebook.safetensors", expected):
         plan.set_aside_stale_run(vq, expected)
         run("train", *vq)
-    mirror_stage_files(VQ_STAGES, stages, ("codebook",))
+    plan.mirror_stage_files(VQ_STAGES, stages, ("codebook",))
     for words in runs[1:]:
         expected = plan.expected_key(words, earlier_phase=expected)
         plan.set_aside_stale_run(words, expected)
@@ -196,25 +195,7 @@ def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
     prior = first / "face_prior.safetensors"
     if train("autoencoder", 0, first, corpus=corpus) or not prior.is_file():
         run("prior", "--data", str(corpus.root), "--stages", str(first), "--out", str(prior))
-    return mirror_stage_files(first, stages, ("autoencoder", "face_prior"))
-
-
-def mirror_stage_files(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
-    """Copy these stage files from ``source`` into ``target`` where the copy differs (in a dry run: count them as
-    planned when their source is); returns ``target``."""
-    from trainer.keys import file_digest
-
-    names = [f"{stage}.safetensors" for stage in stages]
-    if plan.LEDGER.dry_run:
-        plan.LEDGER.planned.update(str(target / name) for name in names
-                                   if str(source / name) in plan.LEDGER.planned or not (source / name).is_file())
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        copy = target / name
-        if not copy.is_file() or file_digest(copy) != file_digest(source / name):
-            shutil.copy2(source / name, copy)
-    return target
+    return plan.mirror_stage_files(first, stages, ("autoencoder", "face_prior"))
 
 
 def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]:

@@ -21,6 +21,7 @@ from evaluation.measure import to_measurement_size
 from evaluation.motion_groups import frame_landmarks
 from lightning_modules.autoencoder import AutoencoderStage
 from lightning_modules.stagefile import StageFiles
+from reports import plan
 from reports.results_sync import test_clips
 
 MEASURE_SIZE = 128
@@ -39,12 +40,12 @@ IMAGE = Path("docs/images/autoencoder_variants.png")
 def variant_stages(variant: str) -> Path:
     """The folder a variant trains into: the shared seed-0 folder for the current config, else one of its own
     holding a copy of seed 0's ConRe (the perceptual variant's feature network)."""
-    from reports.results import OUTPUT_ROOT, SMALL, mirror_stage_files, shared_autoencoder, train
+    from reports.results import OUTPUT_ROOT, SMALL, shared_autoencoder, train
 
     if variant == "current":
         return shared_autoencoder(0)
     train("conre", 0, SMALL.stages(0))
-    folder = mirror_stage_files(SMALL.stages(0), OUTPUT_ROOT / "small" / f"autoencoder-{variant}", ("conre",))
+    folder = plan.mirror_stage_files(SMALL.stages(0), OUTPUT_ROOT / "small" / f"autoencoder-{variant}", ("conre",))
     train("autoencoder", 0, folder, *VARIANTS[variant][1], name=f"seed0-autoencoder-{variant}")
     return folder
 

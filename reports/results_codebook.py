@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from functools import partial
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from evaluation.intervals import (
 )
 from evaluation.kid import interval_of_draws
 from evaluation.measure import MEASUREMENT_RESIZE
+from reports import plan
 from reports import results_codebook_eval as ev
 from reports.results_codebook_eval import (  # noqa: F401  (the table's measurement, tested by these names)
     MEASURE_SIZE,
@@ -79,8 +81,8 @@ def codebook_seed(seed: int) -> dict:
     data = compose(["experiment=small", "stage=codebook", f"data.root={CORPUS}"]).data
     inputs = [stages / "codebook.safetensors", temporal.stages(seed) / "codebook.safetensors", judge,
               *(stages / f"{name}.safetensors" for name in ("conre", "autoencoder", "motion_diffusion"))]
-    result = cached_evaluation(f"codebook-{ev.MEASURE_SIZE}px", seed, inputs, lambda: ev.evaluate_codebook(
-        stages, temporal.stages(seed), judge, data, seed))
+    result = cached_evaluation(f"codebook-{ev.MEASURE_SIZE}px", seed, inputs,
+                               partial(ev.evaluate_codebook, stages, temporal.stages(seed), judge, data, seed))
     return {"seed": seed, **result}
 
 
@@ -193,7 +195,7 @@ def codebook_results() -> tuple[dict, str]:
     """Train (or reuse) every seed's renderer, temporal variant and motion stage; tabulate both test sets."""
     from reports.results import SEEDS
 
-    per_seed = [codebook_seed(seed) for seed in SEEDS]
+    per_seed = plan.every_seed(codebook_seed, SEEDS)
     first, training = per_seed[0], per_seed[0]["training"]
     degraded = first["degraded"]
     beyond = degraded["beyond_training"]

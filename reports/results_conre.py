@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from reports import plan
+
 
 def conre_seed(seed: int) -> dict:
     """One seed's ConRe, trained (or reused), and its retrieval on the test and training speakers (cached)."""
@@ -31,7 +33,7 @@ def conre_results() -> tuple[dict, str]:
     from evaluation.intervals import format_seeds_and_interval, seed_mean_by_clip, speaker_bootstrap
     from reports.results import SEEDS, SMALL, mean_spread
 
-    per_seed = [conre_seed(seed) for seed in SEEDS]
+    per_seed = plan.every_seed(conre_seed, SEEDS)
     test = [r["test"] for r in per_seed]
     speaker_of = {key: clip["speaker"] for key, clip in test[0]["per_clip"].items()}
 

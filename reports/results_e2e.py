@@ -10,6 +10,8 @@ seed 100) and the portrait table's ConRe judge. The evaluation (:mod:`reports.re
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from evaluation.intervals import (
@@ -20,6 +22,7 @@ from evaluation.intervals import (
     speaker_bootstrap,
 )
 from evaluation.measure import MEASUREMENT_RESIZE
+from reports import plan
 from reports.results_e2e_eval import CLIPS, IMAGE, MEASURE_SIZE, PICTURE_SPEAKERS, ROWS, STRIDE, evaluate_e2e
 
 CHAIN = ("conre", "autoencoder", "face_prior", "portrait_diffusion", "saw", "motion_diffusion", "lip_enhancer",
@@ -38,7 +41,7 @@ def e2e_seed(seed: int) -> dict:
     """One seed's chain trained (or reused) and scored (or reused)."""
     from reports.results import CORPUS, OUTPUT_ROOT, SMALL, cached_evaluation, shared_autoencoder, train, train_codebook
     from reports.results_codebook import PHASE_WORDS
-    from reports.results_portrait_table import JUDGE_SEED, copy_stage_files, judge_file, no_prior_folder
+    from reports.results_portrait_table import JUDGE_SEED, judge_file, no_prior_folder
     from trainer.config import compose
 
     scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
@@ -53,13 +56,12 @@ def e2e_seed(seed: int) -> dict:
         train(stage, seed, stages)
     train_codebook(seed, stages, PHASE_WORDS)
     no_prior = no_prior_folder(SMALL, seed)
-    copy_stage_files(stages, no_prior, ("conre.safetensors", "autoencoder.safetensors"))
+    plan.mirror_stage_files(stages, no_prior, ("conre", "autoencoder"))
     train("portrait_diffusion", seed, no_prior, "stage.prior=none", name=f"seed{seed}-noprior")
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     inputs = [scorer, judge, no_prior / "portrait_diffusion.safetensors",
               *(stages / f"{name}.safetensors" for name in CHAIN)]
-    result = cached_evaluation("e2e", seed, inputs,
-                               lambda: evaluate_e2e(stages, no_prior, scorer, judge, data, seed))
+    result = cached_evaluation("e2e", seed, inputs, partial(evaluate_e2e, stages, no_prior, scorer, judge, data, seed))
     return {"seed": seed, **result}
 
 
@@ -102,7 +104,7 @@ def e2e_results() -> tuple[dict, str]:
     """Train (or reuse) the chain over the seeds and tabulate it."""
     from reports.results import SEEDS
 
-    per_seed = [e2e_seed(seed) for seed in SEEDS]
+    per_seed = plan.every_seed(e2e_seed, SEEDS)
     return {"per_seed": per_seed}, e2e_table(per_seed)
 
 

@@ -9,9 +9,12 @@ units (the eye line spans 1) and as the fraction of each group's variance over t
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import numpy as np
 import torch
+
+from reports import plan
 
 FIT_STEPS = 3000
 BATCH_FRAMES = 512
@@ -161,8 +164,8 @@ def motion_encoder_results() -> tuple[dict, str]:
     from reports.results import CORPUS, SEEDS, cached_evaluation
 
     index = CORPUS / "index.json"
-    per_seed = [cached_evaluation("motion_encoder", seed, [index], lambda seed=seed: evaluate_seed(seed))
-                for seed in SEEDS]
+    per_seed = plan.every_seed(lambda seed: cached_evaluation("motion_encoder", seed, [index],
+                                                                 partial(evaluate_seed, seed)), SEEDS)
     variants = list(per_seed[0]["variants"])
     rows = []
     for part in PARTS:

@@ -40,6 +40,7 @@ from generation.portrait import PortraitGenerator
 from lightning_modules.conre import ConReStage
 from lightning_modules.retrieval import retrieval_accuracy, speaker_gallery
 from lightning_modules.stagefile import StageFiles
+from reports import plan
 from reports.results import Corpus
 
 ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker",
@@ -262,7 +263,7 @@ def portrait_results(corpus: Corpus) -> tuple[dict, str]:
     """Train (or reuse) the small Stage-1 chain on ``corpus`` for every seed; tabulate its portraits' identity."""
     from reports.results import SEEDS, mean_spread
 
-    per_seed = [portrait_seed(seed, corpus) for seed in SEEDS]
+    per_seed = plan.every_seed(lambda seed: portrait_seed(seed, corpus), SEEDS)
     first = per_seed[0]["rows"][ROWS[0]]["conre"]
     lines = [f"Identity of portraits generated from held-out speakers' speech (corpus `{corpus.root}`, voice share "
              f"{corpus.voice_share():g}; {len(SEEDS)} seeds, mean ± std over seeds [95% interval over test "

@@ -158,14 +158,6 @@ def grid_png(columns: list[torch.Tensor]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def ablation_evaluation(stages: Path, no_prior_stages: Path, judge: Path, data, seed: int, corpus):
-    """The evaluation to cache: defined here, so that its key covers this module's code (and what it imports), not
-    the table's wording."""
-    def evaluate() -> dict:
-        return evaluate_ablation(stages, no_prior_stages, judge, data, seed, corpus)
-    return evaluate
-
-
 @torch.no_grad()
 def evaluate_ablation(stages: Path, no_prior_stages: Path, judge: Path, data, seed: int, corpus) -> dict:
     """One seed's ablation: {"choices", "rows": {condition: {row: {metric: [per clip]}}}, "prior_weights":

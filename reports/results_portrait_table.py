@@ -8,8 +8,8 @@ and one judge for every seed: a ConRe trained with seed 100 on ``data.speaker_pa
 from __future__ import annotations
 
 import base64
-import shutil
 import statistics
+from functools import partial
 from pathlib import Path
 
 from evaluation.intervals import (
@@ -33,7 +33,7 @@ from reports.results_portrait_ablation import (
     ROWS,
     SAMPLE_STEPS,
     SAMPLES,
-    ablation_evaluation,
+    evaluate_ablation,
 )
 from reports.results_portrait_stats import CONDITIONS, spearman_interval
 
@@ -58,22 +58,6 @@ def no_prior_folder(corpus: Corpus, seed: int) -> Path:
     return corpus.output_root / "small" / f"stages-seed{seed}-noprior"
 
 
-def copy_stage_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
-    """Copy stage files a second stage folder needs (in a dry run: mark them planned when they would change)."""
-    from trainer.keys import file_digest
-
-    for name in names:
-        copy, original = target / name, source / name
-        if plan.LEDGER.dry_run:
-            if str(original) in plan.LEDGER.planned or not copy.is_file() or not original.is_file() or \
-                    file_digest(copy) != file_digest(original):
-                plan.LEDGER.planned.add(str(copy))
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        if not copy.is_file() or file_digest(copy) != file_digest(original):
-            shutil.copy2(original, copy)
-
-
 def ablation_seed(seed: int, corpus: Corpus) -> dict:
     """One seed's stage files trained (or reused) and its ablation evaluated (or reused)."""
     from reports.results import cached_evaluation, shared_autoencoder, train
@@ -84,13 +68,13 @@ def ablation_seed(seed: int, corpus: Corpus) -> dict:
     for stage in ("conre", "portrait_diffusion", "saw"):
         train(stage, seed, stages, corpus=corpus)
     no_prior = no_prior_folder(corpus, seed)
-    copy_stage_files(stages, no_prior, ("conre.safetensors", "autoencoder.safetensors"))
+    plan.mirror_stage_files(stages, no_prior, ("conre", "autoencoder"))
     train("portrait_diffusion", seed, no_prior, "stage.prior=none", name=f"seed{seed}-noprior", corpus=corpus)
     data = compose(["experiment=small", "stage=portrait_diffusion", f"data.root={corpus.root}"]).data
     inputs = [judge, no_prior / "portrait_diffusion.safetensors",
               *(stages / f"{name}.safetensors" for name in STAGE1)]
     result = cached_evaluation("portrait-ablation", seed, inputs,
-                               ablation_evaluation(stages, no_prior, judge, data, seed, corpus), corpus)
+                               partial(evaluate_ablation, stages, no_prior, judge, data, seed, corpus), corpus)
     return {"seed": seed, **result}
 
 
@@ -176,14 +160,7 @@ def portrait_results(corpus: Corpus) -> tuple[dict, str]:
 
     judge = judge_file(corpus)  # one judge for every seed, trained first
     train("conre", JUDGE_SEED, judge.parent, "data.speaker_part=1/2", name="judge", corpus=corpus)
-    per_seed, waiting = [], []
-    for seed in SEEDS:  # a dry run goes on to the next seeds, to list every training and evaluation
-        try:
-            per_seed.append(ablation_seed(seed, corpus))
-        except plan.DryRunStop as stop:
-            waiting.append(str(stop))
-    if waiting:
-        raise plan.DryRunStop(f"{waiting[0]} (seeds {len(SEEDS) - len(per_seed)} of {len(SEEDS)})")
+    per_seed = plan.every_seed(lambda seed: ablation_seed(seed, corpus), SEEDS)
     grid = write_grid(per_seed, corpus)
     share = corpus.voice_share()
     speakers = len(set(per_seed[0]["speakers"].values()))

@@ -33,6 +33,7 @@ from evaluation.measure import MEASUREMENT_RESIZE, to_measurement_size
 from generation.pipeline import GenerationOptions, TalkingFacePipeline
 from lightning_modules.stagefile import StageFiles
 from lightning_modules.syncnet import SyncNetStage, sync_region
+from reports import plan
 
 ROWS = {"motion_diffusion": "(i) motion_diffusion", "lip_enhancer": "(ii) + lip_enhancer",
         "codebook": "(v) + codebook (256 px)", "truth": "(iii) ground truth", "mismatched": "(iv) other clip's audio"}
@@ -165,7 +166,7 @@ def sync_results() -> tuple[dict, str]:
     """Train (or reuse) the small Stage-2 chain and its independent scorer, and tabulate LSE per step."""
     from reports.results import OUTPUT_ROOT, SEEDS
 
-    per_seed = [sync_seed(seed) for seed in SEEDS]
+    per_seed = plan.every_seed(sync_seed, SEEDS)
     names = [n for n in ROWS if all(n in r["rows"] for r in per_seed)]
     lines = [f"LSE of Stage 2 on {per_seed[0]['rows']['truth']['clips']} held-out clips (2 s each, animated from "
              f"the clip's first frame with its speech; {len(SEEDS)} seeds, mean ± std over seeds [95% interval "

@@ -9,6 +9,7 @@ whose seeds gave a value (no face found, a constant landmark series) is left out
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,15 @@ from evaluation.intervals import (
 )
 from evaluation.measure import MEASUREMENT_RESIZE
 from evaluation.motion_groups import AUDIO_DRIVEN
+from reports import plan
 from reports.results_video_eval import IMAGE, LONG_SECONDS, MEASURE_SIZE, PICTURE_ROWS, ROWS, evaluate_seed
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
     """The sequential baseline's folder: the seed's conre, autoencoder and prior, and a motion stage trained on the
     windowed file's frozen motion networks."""
-    from reports.results import OUTPUT_ROOT, mirror_stage_files, train
-    folder = mirror_stage_files(stages, OUTPUT_ROOT / "small" / f"sequential-seed{seed}",
+    from reports.results import OUTPUT_ROOT, train
+    folder = plan.mirror_stage_files(stages, OUTPUT_ROOT / "small" / f"sequential-seed{seed}",
                                 ("conre", "autoencoder", "face_prior"))
     train("motion_diffusion", seed, folder, "stage.frame_renderer=sequential",
           f"stage.motion_from={stages / 'motion_diffusion.safetensors'}", name=f"seed{seed}-sequential")
@@ -51,7 +53,7 @@ def video_seed(seed: int) -> dict:
     inputs = [scorer, stages / "conre.safetensors", stages / "autoencoder.safetensors",
               stages / "motion_diffusion.safetensors", baseline / "motion_diffusion.safetensors"]
     result = cached_evaluation(f"video-{MEASURE_SIZE}px", seed, inputs,
-                               lambda: evaluate_seed(stages, baseline, data, scorer, seed))
+                               partial(evaluate_seed, stages, baseline, data, scorer, seed))
     return {"seed": seed, **result}
 
 
@@ -123,7 +125,7 @@ def video_results() -> tuple[dict, str]:
     """Train (or reuse) both renderers over the seeds and tabulate them with the truth."""
     from reports.results import SEEDS
 
-    per_seed = [video_seed(seed) for seed in SEEDS]
+    per_seed = plan.every_seed(video_seed, SEEDS)
     return {"per_seed": per_seed}, video_table(per_seed)
 
 

@@ -165,22 +165,9 @@ def test_a_dry_run_lists_every_seed_before_it_stops(tmp_path, monkeypatch):
     assert seen == list(results.SEEDS)
 
 
-def test_a_second_stage_folder_gets_copies_that_follow_the_originals(tmp_path, monkeypatch):
-    source, target = tmp_path / "a", tmp_path / "b"
-    source.mkdir()
-    (source / "conre.safetensors").write_bytes(b"one")
-    monkeypatch.setattr(plan.LEDGER, "dry_run", True)
-    monkeypatch.setattr(plan.LEDGER, "planned", set())
-    table.copy_stage_files(source, target, ("conre.safetensors",))
-    assert plan.LEDGER.planned == {str(target / "conre.safetensors")} and not target.exists()
-    monkeypatch.setattr(plan.LEDGER, "dry_run", False)
-    table.copy_stage_files(source, target, ("conre.safetensors",))
-    (source / "conre.safetensors").write_bytes(b"two")
-    table.copy_stage_files(source, target, ("conre.safetensors",))
-    assert (target / "conre.safetensors").read_bytes() == b"two"
-
-
 def test_the_cached_evaluation_is_keyed_on_the_evaluation_module_not_the_table():
-    from reports.results_portrait_ablation import ablation_evaluation
-    evaluate = ablation_evaluation(Path("s"), Path("n"), Path("j"), None, 0, None)
+    from functools import partial
+
+    from reports.results_portrait_ablation import evaluate_ablation
+    evaluate = partial(evaluate_ablation, Path("s"), Path("n"), Path("j"), None, 0, None)
     assert plan.module_name(evaluate) == "reports.results_portrait_ablation"

@@ -79,6 +79,37 @@ def test_a_dry_run_says_what_it_would_do_and_why_and_does_nothing(tmp_path, monk
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_copy_follows_its_original_and_a_dry_run_counts_it_without_copying(tmp_path, monkeypatch):
+    from reports import plan
+
+    source, target = tmp_path / "seed0", tmp_path / "seed1"
+    source.mkdir()
+    for stage in ("conre", "autoencoder", "face_prior"):
+        (source / f"{stage}.safetensors").write_bytes(stage.encode())
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger(dry_run=True, planned={str(source / "conre.safetensors")}))
+    plan.mirror_stage_files(source, target, ("conre", "autoencoder", "face_prior"))
+    assert not target.exists()
+    assert plan.LEDGER.planned == {str(source / "conre.safetensors"), str(target / "conre.safetensors")}
+    assert plan.LEDGER.copied == {str(target / "autoencoder.safetensors"), str(target / "face_prior.safetensors")}
+    plan.check_requirements("portrait_diffusion", target, [])  # the copies to come count as there
+    with pytest.raises(plan.DryRunStop):
+        plan.cached_result(tmp_path / "eval.json", {}, "portrait", [target / "face_prior.safetensors"])
+
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
+    plan.mirror_stage_files(source, target, ("autoencoder",))
+    (source / "autoencoder.safetensors").write_bytes(b"retrained")
+    plan.mirror_stage_files(source, target, ("autoencoder",))
+    assert (target / "autoencoder.safetensors").read_bytes() == b"retrained"
+
+
+def test_a_dry_run_stops_at_a_missing_requirement_that_nothing_brings(tmp_path, monkeypatch):
+    from reports import plan
+
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger(dry_run=True))
+    with pytest.raises(SystemExit, match="portrait_diffusion needs conre, autoencoder, face_prior"):
+        plan.check_requirements("portrait_diffusion", tmp_path, [])
+
+
 def test_tables_go_to_the_readme_only_from_a_clean_tree(monkeypatch):
     import reports.results as results
 
@@ -116,6 +147,15 @@ def test_an_evaluation_defined_in_the_module_run_as_main_is_keyed_on_its_code(mo
     assert plan.module_name(evaluate) == "reports.results_conre"
     assert plan.evaluation_key(evaluate, [])["code"] == evaluation_code_hash(("reports.results_conre",),
                                                                              stop=("reports.results", "reports.plan"))
+
+
+def test_an_evaluation_passed_as_a_partial_is_keyed_on_its_functions_module_not_the_tables():
+    from functools import partial
+
+    from reports import plan
+    from reports.results_video_eval import evaluate_seed
+
+    assert plan.module_name(partial(evaluate_seed, None, None, None, None, 0)) == "reports.results_video_eval"
 
 
 def test_a_retraining_sets_aside_a_run_folder_of_another_key_and_resumes_one_of_its_own(tmp_path):
