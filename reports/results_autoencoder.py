@@ -22,7 +22,7 @@ from evaluation.motion_groups import frame_landmarks
 from lightning_modules.autoencoder import AutoencoderStage
 from lightning_modules.stagefile import StageFiles
 from reports import plan
-from reports.results_sync import test_clips
+from reports.eval_inputs import test_clips
 
 MEASURE_SIZE = 128
 CLIPS = 26  # one 2 s clip of each val speaker first

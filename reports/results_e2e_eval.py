@@ -41,10 +41,9 @@ from generation.portrait import PortraitGenerator, fit_portrait
 from lightning_modules.conre import ConReStage
 from lightning_modules.stagefile import StageFiles
 from lightning_modules.syncnet import SyncNetStage, sync_region
+from reports.eval_inputs import first_frames, test_clips
 from reports.results_codebook_eval import inception, stats
-from reports.results_portrait import first_frames
 from reports.results_portrait_stats import nearest_speakers
-from reports.results_sync import test_clips
 
 ROWS = {"truth": "ground truth", "full": "full system (speech only)", "no_prior": "no face prior",
         "no_saw": "no SAW (constant prior weight)", "no_lips": "no lip enhancer", "no_codebook": "no codebook (64 px)",

@@ -1,7 +1,7 @@
 """The earlier Stage-1 identity table (SAW, constant a, two baselines) and the helpers the ablation table reuses.
 
 ``make results portrait`` now makes the Stage-1 ablation (``reports.results_portrait_table``), which reads its test
-clips (:func:`first_frames`) and ideal portraits (:func:`ideal_images`) from here; :func:`portrait_results` below
+clips and ideal portraits from ``reports.eval_inputs``; :func:`portrait_results` below
 is no longer registered in ``reports.results.RESULTS``. What follows describes that earlier table.
 
 For every clip of the test split, a portrait is generated from its speech (with SAW's a(speech), and with the
@@ -18,7 +18,6 @@ test speakers (:mod:`evaluation.intervals`).
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from common.images import to_uint8, to_unit
-from datamodules.datamodule import ShardDataModule
 from evaluation.identity import DlibFaceEmbedder
 from evaluation.intervals import (
     format_interval,
@@ -41,6 +39,7 @@ from lightning_modules.conre import ConReStage
 from lightning_modules.retrieval import retrieval_accuracy, speaker_gallery
 from lightning_modules.stagefile import StageFiles
 from reports import plan
+from reports.eval_inputs import first_frames, ideal_images
 from reports.results import Corpus
 
 ROWS = ("generated, SAW", "generated, no SAW", "prior alone (mean face)", "random training speaker",
@@ -51,25 +50,6 @@ EMBEDDERS = ("conre", "dlib")
 METRICS = ("cosine", "top1", "top5")
 # row differences worth an interval of their own: (row, minus row)
 PAIRS = ((ROWS[0], ROWS[1]), (ROWS[0], ROWS[2]), (ROWS[0], ROWS[3]))
-
-
-def first_frames(data, split: str) -> dict[str, torch.Tensor]:
-    """Every clip of a split once: its first frame [-1, 1], landmarks, 16 kHz speech and speaker index; and the
-    clips' keys and speaker names."""
-    dm = ShardDataModule(replace(data, num_workers=0, clip_frames=1))
-    dm.setup()
-    parts: dict[str, list[torch.Tensor]] = {"frames": [], "landmarks": [], "audio": [], "speaker": []}
-    ids: list[str] = []
-    keys: list[str] = []
-    for batch in dm.eval_dataloader(split):
-        valid = batch["valid"]
-        ids += [name for name, ok in zip(batch["speaker"], valid.tolist(), strict=True) if ok]
-        keys += [key for key, ok in zip(batch["key"], valid.tolist(), strict=True) if ok]
-        parts["frames"].append(batch["frames"][valid, 0])
-        parts["landmarks"].append(batch["landmarks"][valid, 0])
-        parts["audio"].append(batch["audio"][valid])
-        parts["speaker"].append(batch["speaker_index"][valid])
-    return {k: torch.cat(v) for k, v in parts.items()} | {"speaker_id": ids, "key": keys}
 
 
 def candidate_images(stages: Path, test: dict, train: dict, seed: int, corpus: Corpus, batch: int = 26
@@ -100,15 +80,6 @@ def measured_faces(images: torch.Tensor | np.ndarray, landmarks: np.ndarray) -> 
     faces = as_float_frames(images)
     measured = to_unit(to_uint8(to_measurement_size(faces, MEASURE_SIZE)))
     return measured, scale_landmarks(landmarks, faces.shape[-1], MEASURE_SIZE)
-
-
-def ideal_images(speaker_ids: list[str], resolution: int, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
-    """The ideal reader's portrait of each query's speaker, with its landmarks."""
-    from datamodules.synthetic import draw_speaker, ideal_portrait
-    share = corpus.voice_share()
-    drawn = [ideal_portrait(draw_speaker(corpus.options["seed"], int(name[3:]), share), resolution)
-             for name in speaker_ids]
-    return np.stack([image for image, _ in drawn]), np.stack([marks for _, marks in drawn])
 
 
 def dlib_ideal_retrieval(voice_share: float, speakers: int = 200, group: int = 50, seed: int = 5,

@@ -28,7 +28,7 @@ from lightning_modules.portrait_diffusion import PortraitDiffusionStage, Portrai
 from lightning_modules.prior_weight import oracle_prior_weight, plug_in_prior_weight
 from lightning_modules.saw import SAWStage
 from lightning_modules.stagefile import StageFiles
-from reports.results_portrait import first_frames, ideal_images
+from reports.eval_inputs import first_frames, ideal_images
 from reports.results_portrait_stats import (
     CONDITIONS,
     choose_on_val,

@@ -15,12 +15,9 @@ mean comes with its 95% interval over test speakers (:mod:`evaluation.intervals`
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
-import torch
-
-from datamodules.datamodule import ShardDataModule
 from evaluation.intervals import (
     format_interval,
     format_seeds_and_interval,
@@ -28,85 +25,14 @@ from evaluation.intervals import (
     seed_mean_by_clip,
     speaker_bootstrap,
 )
-from evaluation.lse import SyncClip, lse_scores
-from evaluation.measure import MEASUREMENT_RESIZE, to_measurement_size
-from generation.pipeline import GenerationOptions, TalkingFacePipeline
-from lightning_modules.stagefile import StageFiles
-from lightning_modules.syncnet import SyncNetStage, sync_region
+from evaluation.measure import MEASUREMENT_RESIZE
 from reports import plan
+from reports.results_sync_eval import MEASURE_SIZE, METRICS, ROWS, evaluate_seed
 
-ROWS = {"motion_diffusion": "(i) motion_diffusion", "lip_enhancer": "(ii) + lip_enhancer",
-        "codebook": "(v) + codebook (256 px)", "truth": "(iii) ground truth", "mismatched": "(iv) other clip's audio"}
-CLIP_FRAMES = 50  # 2 s per clip
-CLIPS = 26  # one clip each of 26 of the test speakers
-MEASURE_SIZE = 256  # every row is scored at the codebook row's size
-METRICS = ("lse_c", "lse_d", "offset_zero")
 # row differences worth an interval of their own: (row, minus row, what the difference says)
 PAIRS = (("lip_enhancer", "motion_diffusion", "what the lip enhancer adds"),
          ("codebook", "lip_enhancer", "what the codebook renderer changes"),
          ("lip_enhancer", "mismatched", "sync above the floor of another clip's audio"))
-
-
-def test_clips(data, clips: int, split: str = "test") -> list[dict]:
-    """The first ``CLIP_FRAMES`` frames and their speech of the first ``clips`` clips of ``split``, one per speaker
-    first."""
-    dm = ShardDataModule(replace(data, num_workers=0, clip_frames=CLIP_FRAMES, audio_seconds=CLIP_FRAMES / 25,
-                                 hr_resolution=0, batch_size=8))
-    dm.setup()
-    found, seen = [], set()
-    for batch in dm.eval_dataloader(split):
-        for i in torch.nonzero(batch["valid"]).flatten().tolist():
-            found.append({"key": batch["key"][i], "speaker": batch["speaker"][i], "frames": batch["frames"][i],
-                          "audio": batch["audio"][i], "motion_truth": batch["motion_truth"][i],
-                          "landmarks": batch["landmarks"][i], "has_motion_truth": batch["has_motion_truth"][i],
-                          "first_speaker_clip": batch["speaker"][i] not in seen})
-            seen.add(batch["speaker"][i])
-    found.sort(key=lambda c: not c["first_speaker_clip"])  # one clip per speaker before any second clip
-    return found[:clips]
-
-
-@torch.no_grad()
-def stage2_videos(stages: Path, clips: list[dict], seed: int) -> dict[str, list[SyncClip]]:
-    """Every row's clips: generated from each clip's first frame and speech, the truth, and mismatched audio."""
-    with_codebook = (stages / "codebook.safetensors").is_file()
-    pipeline = TalkingFacePipeline(stages, GenerationOptions(seed=seed, codebook=with_codebook))
-    rows: dict[str, list[SyncClip]] = {name: [] for name in ROWS if with_codebook or name != "codebook"}
-    for index, clip in enumerate(clips):
-        steps: dict[str, torch.Tensor] = {}
-        _, final = pipeline.video(clip["frames"][0], clip["audio"], {}, lambda step: None, steps)
-        audio = clip["audio"]
-        other = clips[(index + 1) % len(clips)]["audio"]
-        rows["motion_diffusion"].append(SyncClip(clip["key"], steps["motion_diffusion"], audio))
-        rows["lip_enhancer"].append(SyncClip(clip["key"], steps["lip_enhancer"], audio))
-        if with_codebook:
-            rows["codebook"].append(SyncClip(clip["key"], final, audio))
-        rows["truth"].append(SyncClip(clip["key"], clip["frames"], audio))
-        rows["mismatched"].append(SyncClip(clip["key"], steps["lip_enhancer"], other))
-    return rows
-
-
-def score_rows(rows: dict[str, list[SyncClip]], scorer_path: Path, size: int = MEASURE_SIZE) -> dict[str, dict]:
-    """{row: {lse_c, lse_d, offset_zero, clips, per_clip}} by the scorer expert, every row measured at ``size``
-    (offset_zero: fraction of clips found in sync; per_clip: {clip key: the same three})."""
-    expert, cfg = SyncNetStage.for_inference(StageFiles.of(scorer_path, "syncnet"))
-    scores = {}
-    for name, clips in rows.items():
-        seen = [replace(c, frames=sync_region(to_measurement_size(c.frames, size), cfg.region))
-                for c in clips]
-        result = lse_scores(expert, seen, expert_label=f"scorer {scorer_path}")
-        per_clip = {c.key: {"lse_c": c.lse_c, "lse_d": c.lse_d, "offset_zero": float(c.offset == 0)}
-                    for c in result.clips}
-        in_sync = sum(c.offset == 0 for c in result.clips) / len(result.clips)
-        scores[name] = {"lse_c": result.lse_c, "lse_d": result.lse_d, "offset_zero": in_sync,
-                        "clips": len(result.clips), "per_clip": per_clip}
-    return scores
-
-
-def evaluate_seed(stages: Path, data, scorer: Path, seed: int) -> dict:
-    """{"rows": score_rows(...), "speakers": {clip key: speaker}} of one seed's Stage-2 files on the test clips."""
-    clips = test_clips(data, CLIPS)
-    return {"rows": score_rows(stage2_videos(stages, clips, seed), scorer),
-            "speakers": {clip["key"]: clip["speaker"] for clip in clips}}
 
 
 def expert_accuracy(run_dir: Path) -> float:
@@ -133,7 +59,7 @@ def sync_seed(seed: int) -> dict:
     inputs = [scorer] + [stages / f"{name}.safetensors" for name in
                          ("conre", "autoencoder", "motion_diffusion", "lip_enhancer", "codebook")]
     result = cached_evaluation(f"sync-{MEASURE_SIZE}px", seed, inputs,
-                               lambda: evaluate_seed(stages, data, scorer, seed))
+                               partial(evaluate_seed, stages, data, scorer, seed))
     return {"seed": seed, **result}
 
 

@@ -24,7 +24,8 @@ from evaluation.temporal import non_mouth_mask, seam_ratio, temporal_statistics
 from lightning_modules.motion_diffusion import MotionDiffusionStage
 from lightning_modules.motion_generation import render_frames, sample_motion, truth_gaze
 from lightning_modules.stagefile import StageFiles
-from reports.results_sync import score_rows, test_clips
+from reports.eval_inputs import test_clips
+from reports.results_sync_eval import score_rows
 
 ROWS = {"windowed": "windowed renderer", "sequential": "sequential renderer (baseline)",
         "windowed_true_motion": "windowed renderer, true motion", "reconstruction": "autoencoder reconstruction",

@@ -89,8 +89,7 @@ def test_rows_that_share_a_run_share_it(evaluated):
 
 
 def test_portrait_rows_animate_the_faces_they_name(evaluated):
-    from reports.results_portrait import first_frames
-    from reports.results_sync import test_clips
+    from reports.eval_inputs import first_frames, test_clips
 
     _, portraits, _, data = evaluated
     clips = test_clips(data, 2)

@@ -52,7 +52,7 @@ def test_a_shared_module_change_retrains_every_stage_that_runs_it(copy_of_the_co
 
 
 def test_an_evaluation_change_re_evaluates_without_retraining(copy_of_the_code):
-    modules = ("reports.results_sync",)
+    modules = ("reports.results_sync_eval",)
     before = evaluation_code_hash(modules, copy_of_the_code, stop=("reports.results",))
     change_one_line(copy_of_the_code / "evaluation" / "lse.py", "from __future__ import annotations",
                     "from __future__ import annotations  # LSE")
