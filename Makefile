@@ -44,9 +44,10 @@ demo-stages: install
 test: install system-packages
 	$(BIN)/python tests/run_tiers.py
 
-# make results [NAMES="portrait sync"] [DRY_RUN=1] [ALLOW_DIRTY=1]
+# make results [NAMES="portrait sync"] [DRY_RUN=1] [TRAIN_ONLY=1] [ALLOW_DIRTY=1]
 results: install
-	$(BIN)/python -m reports.results $(if $(DRY_RUN),--dry-run) $(if $(ALLOW_DIRTY),--allow-dirty) $(NAMES)
+	$(BIN)/python -m reports.results $(if $(DRY_RUN),--dry-run) $(if $(TRAIN_ONLY),--train-only) \
+		$(if $(ALLOW_DIRTY),--allow-dirty) $(NAMES)
 
 bench: install
 	$(BIN)/python -m bench

@@ -17,7 +17,8 @@ from typing import Any
 
 
 class DryRunStop(Exception):
-    """A dry run reached an evaluation that would have to run: the rest of the table needs its numbers."""
+    """A dry run (or a ``--train-only`` run) reached an evaluation that would have to run: the rest of the table
+    needs its numbers."""
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Ledger:
     in from a folder whose file is reused (``copied``)."""
 
     dry_run: bool = False
+    train_only: bool = False
     stages: dict[str, dict] = field(default_factory=dict)
     evaluations: dict[str, dict] = field(default_factory=dict)
     planned: set[str] = field(default_factory=set)
@@ -185,8 +187,8 @@ def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
 
 
 def every_seed(one_seed: Callable[[int], Any], seeds: tuple[int, ...]) -> list:
-    """``one_seed(seed)`` for each seed in turn. A dry run goes on to the next seeds after one stops at an evaluation
-    it would run, to list every training and evaluation, and stops the table after the last."""
+    """``one_seed(seed)`` for each seed in turn. A dry run (or a ``--train-only`` run) goes on to the next seeds after
+    one stops at an evaluation it would run, to list (or train) everything, and stops the table after the last."""
     results, waiting = [], []
     for seed in seeds:
         try:
@@ -239,6 +241,9 @@ def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict
     why = (f"inputs retrain first: {', '.join(planned)}" if planned else
            f"inputs are copied in first: {', '.join(copied)}" if copied else
            evaluation_change(saved.get("key") or {}, key) if saved else "not evaluated yet")
+    if LEDGER.train_only:
+        print(f"~ {cache}: the {name} evaluation waits (--train-only; {why})", flush=True)
+        raise DryRunStop(name)
     print(f"~ {cache}: the {name} evaluation {'would be' if LEDGER.dry_run else 'is'} done ({why})", flush=True)
     if LEDGER.dry_run:
         raise DryRunStop(name)

@@ -286,11 +286,16 @@ def main(argv: list[str] | None = None) -> int:
                         "and why, without doing it")
     parser.add_argument("--allow-dirty", action="store_true", help="run with uncommitted changes; the tables go to "
                         "results/scratch/ instead of the README")
+    parser.add_argument("--train-only", action="store_true", help="train every stage file the tables need and "
+                        "evaluate nothing (a table whose evaluations are all cached is still written); the "
+                        "trainings resume where they stopped, so a long chain can be split over allocations")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in RESULTS]
     if unknown:
         parser.error(f"unknown results {unknown}: choose from {', '.join(RESULTS)}")
-    plan.LEDGER.dry_run = args.dry_run
+    if args.dry_run and args.train_only:
+        parser.error("--dry-run and --train-only exclude each other: --dry-run alone lists what would train")
+    plan.LEDGER.dry_run, plan.LEDGER.train_only = args.dry_run, args.train_only
     commit = git_commit()  # the commit the tables are computed at, checked clean before anything runs
     readme, raw = targets(args.allow_dirty or args.dry_run)
     for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             data, table = RESULTS[name][1]()
         except plan.DryRunStop as stop:
-            print(f"-- {name}: the rest of this table needs the {stop} evaluation above\n", flush=True)
+            done = "its stage files are trained; " if args.train_only else ""
+            print(f"-- {name}: {done}the rest of this table needs the {stop} evaluation above\n", flush=True)
             continue
         if args.dry_run:
             print(f"-- {name}: every stage file and evaluation would be reused\n", flush=True)

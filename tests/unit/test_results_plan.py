@@ -110,6 +110,36 @@ def test_a_dry_run_stops_at_a_missing_requirement_that_nothing_brings(tmp_path, 
         plan.check_requirements("portrait_diffusion", tmp_path, [])
 
 
+def test_train_only_trains_every_seed_and_evaluates_nothing_but_reuses_what_is_cached(tmp_path, monkeypatch, capsys):
+    import json
+    from functools import partial
+
+    import reports.results as results
+    from reports import plan
+    from reports.results_sync_eval import evaluate_seed
+
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger(train_only=True))
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    evaluate = partial(evaluate_seed, None, None, None, 0)  # would fail if called
+    reached = []
+
+    def one_seed(seed: int) -> dict:
+        reached.append(seed)
+        return results.cached_evaluation("sync", seed, [], evaluate, corpus)
+
+    with pytest.raises(plan.DryRunStop, match=r"sync \(seeds 3 of 3\)"):
+        plan.every_seed(one_seed, (0, 1, 2))
+    assert reached == [0, 1, 2]
+    assert "the sync evaluation waits (--train-only; not evaluated yet)" in capsys.readouterr().out
+    cache = corpus.stages(1) / "eval-sync.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"key": plan.evaluation_key(evaluate, []), "result": {"lse_c": 7.0}}))
+    assert results.cached_evaluation("sync", 1, [], evaluate, corpus) == {"lse_c": 7.0}
+    with pytest.raises(SystemExit):
+        results.main(["--dry-run", "--train-only", "conre"])
+    assert "exclude each other" in capsys.readouterr().err
+
+
 def test_tables_go_to_the_readme_only_from_a_clean_tree(monkeypatch):
     import reports.results as results
 
