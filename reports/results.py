@@ -198,6 +198,17 @@ def shared_autoencoder(seed: int, corpus: Corpus = SMALL) -> Path:
     return plan.mirror_stage_files(first, stages, ("autoencoder", "face_prior"))
 
 
+def picture(path: Path, evaluation: str, alt: str) -> str:
+    """The Markdown of a picture that seed 0's ``evaluation`` writes beside its numbers. Stops when the file is not
+    there: the evaluation's result came from the cache, which does not hold the picture."""
+    if not path.is_file():
+        cache = SMALL.stages(0) / f"eval-{evaluation}.json"
+        raise SystemExit(f"{path}: the picture of the {evaluation} table is missing; seed 0's {evaluation} evaluation "
+                         f"writes it and its numbers were reused from {cache}. Restore the picture (git checkout -- "
+                         f"{path}) or delete {cache} to evaluate seed 0 again.")
+    return f"![{alt}]({path})"
+
+
 def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]:
     """A results section defined in another module of this package, imported only when it runs."""
     def section() -> tuple[dict, str]:

@@ -193,7 +193,7 @@ def verdict(met: bool) -> str:
 
 def codebook_results() -> tuple[dict, str]:
     """Train (or reuse) every seed's renderer, temporal variant and motion stage; tabulate both test sets."""
-    from reports.results import SEEDS
+    from reports.results import SEEDS, picture
 
     per_seed = plan.every_seed(codebook_seed, SEEDS)
     first, training = per_seed[0], per_seed[0]["training"]
@@ -223,7 +223,7 @@ def codebook_results() -> tuple[dict, str]:
     for test_set in SETS:
         lines += [*set_table(per_seed, test_set), ""]
     lines += ["Targets on the held-out stage-2 frames:", *target_lines(per_seed), "",
-              f"![64 px input, bicubic, renderer, real 256 px]({ev.IMAGE})", "",
+              picture(ev.IMAGE, f"codebook-{ev.MEASURE_SIZE}px", "64 px input, bicubic, renderer, real 256 px"), "",
               f"Columns of the picture: the 64 px stage-2 frame (pixels enlarged), bicubic, the {renderer}, the real "
               f"256 px frame; frame 0 of the first 4 test clips, seed 0."]
     kept = [{k: v for k, v in r.items() if k != "degraded"} | {"degraded_digests": r["degraded"]["digests"]}

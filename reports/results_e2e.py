@@ -23,7 +23,7 @@ from evaluation.intervals import (
 )
 from evaluation.measure import MEASUREMENT_RESIZE
 from reports import plan
-from reports.results_e2e_eval import CLIPS, IMAGE, MEASURE_SIZE, PICTURE_SPEAKERS, ROWS, STRIDE, evaluate_e2e
+from reports.results_e2e_eval import CLIPS, MEASURE_SIZE, PICTURE_SPEAKERS, ROWS, STRIDE, evaluate_e2e
 
 CHAIN = ("conre", "autoencoder", "face_prior", "portrait_diffusion", "saw", "motion_diffusion", "lip_enhancer",
          "codebook")
@@ -110,6 +110,8 @@ def e2e_results() -> tuple[dict, str]:
 
 def e2e_table(per_seed: list[dict]) -> str:
     """The README block of the seeds' evaluations."""
+    from reports.results import picture
+    from reports.results_e2e_eval import IMAGE  # read when the table is made (tests point it elsewhere)
     frames = per_seed[0]["frames_per_clip"]
     lines = [f"The whole system from speech alone: {CLIPS} held-out clips ({frames / 25:g} s, one per test speaker; "
              f"only the speech goes in), {len(per_seed)} seeds, mean ± std over seeds [95% interval over test "
@@ -129,8 +131,8 @@ def e2e_table(per_seed: list[dict]) -> str:
     lines += ["", "Each contribution against the system without it (full − ablation, mean [paired 95% interval over "
                   "test speakers], on the clips both rows scored):"]
     lines += [paired_line(per_seed, row, what) for row, what in ABLATIONS]
-    lines += ["", f"![real face, generated portrait and frames of the generated video, {PICTURE_SPEAKERS} test "
-                  f"speakers]({IMAGE})", "",
+    lines += ["", picture(IMAGE, "e2e", f"real face, generated portrait and frames of the generated video, "
+                                        f"{PICTURE_SPEAKERS} test speakers"), "",
               "Per row of the picture, a held-out test speaker (seed 0): the real face, the portrait generated from "
               "the speech alone, and every 8th frame of the generated video. The nearest-voice, mean-face and "
               "real-portrait rows animate a face through the same Stage 2 and codebook, so the gap between the full "

@@ -24,7 +24,7 @@ from evaluation.intervals import (
 from evaluation.measure import MEASUREMENT_RESIZE
 from evaluation.motion_groups import AUDIO_DRIVEN
 from reports import plan
-from reports.results_video_eval import IMAGE, LONG_SECONDS, MEASURE_SIZE, PICTURE_ROWS, ROWS, evaluate_seed
+from reports.results_video_eval import LONG_SECONDS, MEASURE_SIZE, PICTURE_ROWS, ROWS, evaluate_seed
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
@@ -131,6 +131,8 @@ def video_results() -> tuple[dict, str]:
 
 def video_table(per_seed: list[dict]) -> str:
     """The README block of the seeds' evaluations."""
+    from reports.results import picture
+    from reports.results_video_eval import IMAGE  # read when the table is made (tests point it elsewhere)
     speakers = per_seed[0]["speakers"]
     seeds = len(per_seed)
     lines = [f"Sequential vs windowed frame rendering of the same motion: {len(speakers)} held-out clips (2 s, one "
@@ -159,7 +161,8 @@ def video_table(per_seed: list[dict]) -> str:
               "over clips, per seed): " + "; ".join(f"{ROWS[row]} " + ", ".join(f"{v:.1f}" for v in values)
                                                     for row, values in speed.items())
               + ". Frame-UNet calls per output frame: " + ", ".join(f"{ROWS[r]} {v:.2f}" for r, v in calls.items())
-              + ".", "", f"![truth, reconstruction, true motion, windowed, sequential across a window join]({IMAGE})",
+              + ".", "", picture(IMAGE, f"video-{MEASURE_SIZE}px",
+                                 "truth, reconstruction, true motion, windowed, sequential across a window join"),
               "", "Rows of the picture: " + ", ".join(ROWS[row] for row in PICTURE_ROWS) + "; frames 4 each side "
               "of the first window join, "
               "seed 0, first test clip. The blink and gaze statistics against the corpus truth are in "

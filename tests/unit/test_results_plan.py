@@ -140,6 +140,16 @@ def test_train_only_trains_every_seed_and_evaluates_nothing_but_reuses_what_is_c
     assert "exclude each other" in capsys.readouterr().err
 
 
+def test_a_table_links_its_picture_only_when_the_picture_is_there(tmp_path):
+    import reports.results as results
+
+    image = tmp_path / "strip.png"
+    with pytest.raises(SystemExit, match=r"strip.png: the picture of the codebook-256px table is missing"):
+        results.picture(image, "codebook-256px", "a strip")
+    image.write_bytes(b"png")
+    assert results.picture(image, "codebook-256px", "a strip") == f"![a strip]({image})"
+
+
 def test_tables_go_to_the_readme_only_from_a_clean_tree(monkeypatch):
     import reports.results as results
 
