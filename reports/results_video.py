@@ -32,7 +32,7 @@ def baseline_stages(seed: int, stages: Path) -> Path:
     windowed file's frozen motion networks."""
     from reports.results import OUTPUT_ROOT, train
     folder = plan.mirror_stage_files(stages, OUTPUT_ROOT / "small" / f"sequential-seed{seed}",
-                                ("conre", "autoencoder", "face_prior"))
+                                     ("conre", "autoencoder", "face_prior"))
     train("motion_diffusion", seed, folder, "stage.frame_renderer=sequential",
           f"stage.motion_from={stages / 'motion_diffusion.safetensors'}", name=f"seed{seed}-sequential")
     return folder
