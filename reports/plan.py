@@ -229,6 +229,17 @@ def evaluation_change(found: dict, expected: dict) -> str:
                                    for part in changed)
 
 
+def last_duration(cache: Path) -> str:
+    """How long the same evaluation last took, of this seed's cache or another seed's (the caches record their
+    wall time), so that a split chain can size its windows; empty when no cache records one."""
+    for path in [cache, *sorted(cache.parent.parent.glob(f"*/{cache.name}"))]:
+        seconds = json.loads(path.read_text()).get("seconds") if path.is_file() else None
+        if seconds is not None:
+            which = "" if path == cache else f" in {path.parent.name}"
+            return f"; it took {seconds / 60:.0f} min last time{which}"
+    return ""
+
+
 def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict | None:
     """The cached result when its key holds (None: it has to be computed); says which and why."""
     LEDGER.evaluations[str(cache)] = key
@@ -241,6 +252,7 @@ def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict
     why = (f"inputs retrain first: {', '.join(planned)}" if planned else
            f"inputs are copied in first: {', '.join(copied)}" if copied else
            evaluation_change(saved.get("key") or {}, key) if saved else "not evaluated yet")
+    why += last_duration(cache)
     if LEDGER.train_only:
         print(f"~ {cache}: the {name} evaluation waits (--train-only; {why})", flush=True)
         raise DryRunStop(name)

@@ -117,8 +117,10 @@ def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callab
     key = plan.evaluation_key(evaluate, inputs)
     result = plan.cached_result(cache, key, name, inputs)
     if result is None:
+        started = time.time()
         result = evaluate()
-        atomic_write_text(cache, json.dumps({"key": key, "result": result}, indent=2))
+        record = {"key": key, "result": result, "seconds": round(time.time() - started, 1)}
+        atomic_write_text(cache, json.dumps(record, indent=2))
     return result
 
 

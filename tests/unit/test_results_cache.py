@@ -1,6 +1,8 @@
 """make results: a seed's evaluation is reused while its stage files are unchanged, and redone when one changes."""
 from __future__ import annotations
 
+import pytest
+
 import reports.results as results
 
 
@@ -39,3 +41,25 @@ def test_chunked_ssim_equals_the_whole_batch_ssim():
     assert per_frame.shape == (7,)
     assert torch.allclose(per_frame.mean(), structural_similarity_index_measure(pred, target, data_range=1.0),
                           atol=1e-6)
+
+
+def test_a_redone_evaluation_says_how_long_the_last_one_took(tmp_path, capsys):
+    import json
+
+    from reports import plan
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    for seed in (0, 1):
+        corpus.stages(seed).mkdir(parents=True)
+    results.cached_evaluation("sync", 0, [], lambda: {"lse_c": 1.0}, corpus)
+    record = json.loads((corpus.stages(0) / "eval-sync.json").read_text())
+    assert record["result"] == {"lse_c": 1.0} and record["seconds"] >= 0
+    record["seconds"] = 4680.0  # as a long evaluation would record
+    (corpus.stages(0) / "eval-sync.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    plan.LEDGER.dry_run = True
+    try:
+        with pytest.raises(plan.DryRunStop):
+            results.cached_evaluation("sync", 1, [], lambda: {"lse_c": 2.0}, corpus)
+    finally:
+        plan.LEDGER.dry_run = False
+    assert "not evaluated yet; it took 78 min last time in stages-seed0" in capsys.readouterr().out
