@@ -11,6 +11,9 @@ SECRET_NAME = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|PASSWD)", re.IGNORECAS
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 MEMORY = re.compile(r"^\d+[KMGT]?$")
+# NAME=value in a shell line, where NAME looks like a secret and the value is a literal (not "$(...)" or "$VAR").
+SECRET_ASSIGNMENT = re.compile(r"(?<![\w$])(\w*(?:API_KEY|TOKEN|SECRET|PASSWORD|PASSWD)\w*)=(?![\"']?\$)",
+                               re.IGNORECASE)
 
 
 @dataclass
@@ -23,7 +26,8 @@ class SlurmProfile:
                 "starts a new limit"})
     account: str = field(default="", metadata={"help": "account charged for the job (empty: the user's default)"})
     gpus_per_node: int = field(default=0, metadata={
-        "help": "GPUs requested per node (0 for CPU clusters: no GPU request, gloo backend)"})
+        "help": "GPUs per node (0 for CPU clusters: no GPU request, gloo backend); a job requests one GPU per task, "
+                "so at most this many tasks per node"})
     cpus_per_task: int = field(default=1, metadata={"help": "CPU cores per task (one task per device)"})
     mem: str = field(default="", metadata={"help": "memory per node, SLURM syntax (e.g. 64G; empty: cluster default)"})
     constraint: str = field(default="", metadata={"help": "node feature constraint (e.g. a100|h100; empty: none)"})
@@ -60,15 +64,43 @@ class SlurmProfile:
             errors.append(f"requeue_signal={self.requeue_signal!r} is not a signal name (USR1, USR2, ...)")
         if self.signal_seconds < 1 or self.signal_seconds > 65535:
             errors.append(f"signal_seconds must be in [1, 65535], got {self.signal_seconds}")
+        elif SLURM_TIME.match(self.time) and 0 < time_limit_seconds(self.time) <= self.signal_seconds:
+            errors.append(f"signal_seconds={self.signal_seconds} is not shorter than time={self.time} "
+                          f"({time_limit_seconds(self.time)} s): the requeue signal would come as soon as the job "
+                          "starts, on every requeue; lower signal_seconds or raise time")
+        errors += self._secret_errors()
+        return errors
+
+    def _secret_errors(self) -> list[str]:
+        """Bad names in ``env``, and secrets that ``env`` or ``setup_lines`` would write into every job script."""
+        errors = []
         for name in self.env:
             if not ENV_NAME.match(name):
                 errors.append(f"env: {name!r} is not a valid environment variable name")
             elif SECRET_NAME.search(name):
                 errors.append(f"env: {name} looks like a secret; export it in the shell that submits the job "
                               "(SLURM passes it on) instead of writing it into a profile or a job script")
+        for number, line in enumerate(self.setup_lines, start=1):
+            for name in SECRET_ASSIGNMENT.findall(line):
+                errors.append(f"setup_lines (line {number}): {name} is given a literal value, which would be written "
+                              "into every job script; export it in the shell that submits the job (SLURM passes it "
+                              f"on) or read it when the job runs, e.g. {name}=\"$(cat <file only you can read>)\"")
         return errors
 
     @property
     def uses_gpus(self) -> bool:
         """Whether jobs on this cluster request GPUs (and so use NCCL)."""
         return self.gpus_per_node > 0
+
+
+def time_limit_seconds(value: str) -> int:
+    """Seconds of a SLURM time limit (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S); 0 means no limit."""
+    days, _, clock = value.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, minutes, seconds = 0, parts[0], (parts + [0])[1]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds

@@ -106,8 +106,8 @@ def directive_quote(value: str) -> str:
 def optional_directives(profile: SlurmProfile, job: JobSpec) -> str:
     """``#SBATCH`` lines present only when the profile or the job asks for them."""
     lines = []
-    if profile.uses_gpus:
-        lines.append(f"--gpus-per-node={profile.gpus_per_node}")
+    if profile.uses_gpus:  # one GPU per task: a GPU no task drives would sit idle, held from other jobs
+        lines.append(f"--gpus-per-node={job.tasks_per_node}")
     for flag, value in (("account", profile.account), ("mem", profile.mem), ("constraint", profile.constraint),
                         ("exclude", profile.exclude), ("qos", profile.qos)):
         if value:
@@ -156,11 +156,16 @@ def export_lines(env: dict[str, str], keep_existing: bool = False) -> str:
 
 
 def launch_command(profile: SlurmProfile, job: JobSpec) -> str:
-    """The program srun starts once per task: ``<python> -m trainer.cli train <words> <task words> <shape>``."""
+    """The program srun starts once per task:
+    ``<python> -m trainer.cli train <words> <task words> [run.resume=auto on a restart] <shape>``.
+
+    The template sets RESTART_ARGS; ``${A[@]+"${A[@]}"}`` expands an empty array to nothing under ``set -u`` in
+    every bash (before 4.4 a plain ``"${A[@]}"`` of an empty array is an unbound-variable error)."""
     python = profile.python or sys.executable
     words = [python, "-m", "trainer.cli", *job.train_args]
     quoted = [shlex.quote(w) for w in words]
     if job.is_array:
         quoted.append('"${TASK_ARGS[@]}"')
+    quoted.append('${RESTART_ARGS[@]+"${RESTART_ARGS[@]}"}')
     quoted += [shlex.quote(w) for w in job.appended_overrides(profile)]
     return " ".join(quoted)

@@ -54,6 +54,20 @@ def check_shape(job: JobSpec, profile: SlurmProfile, words: list[str], where: st
                 f"or change {flag}")
 
 
+def check_accelerator(profile: SlurmProfile, accelerator: str, where: str = "") -> str:
+    """The trainer's accelerator against the profile's GPUs: a SubmitError when the run needs GPUs the job does not
+    request; a warning (returned, else "") when the job requests GPUs that the run leaves idle."""
+    if accelerator == "gpu" and not profile.uses_gpus:
+        raise SubmitError(f"trainer.accelerator=gpu{where}, but the profile requests no GPUs (gpus_per_node=0): the "
+                          "job would fail as it starts; use a profile with gpus_per_node > 0 or a CPU trainer "
+                          "(trainer=cpu or trainer.accelerator=cpu)")
+    if accelerator == "cpu" and profile.uses_gpus:
+        return (f"warning: trainer.accelerator=cpu{where}, but the profile requests GPUs (gpus_per_node="
+                f"{profile.gpus_per_node}): the job would hold them and train on the CPUs; choose a GPU trainer "
+                "(e.g. trainer=ddp) or a CPU profile")
+    return ""
+
+
 def check_job(job: JobSpec, profile: SlurmProfile) -> None:
     """Every check that can fail before anything is written or submitted."""
     if job.nodes < 1 or job.tasks_per_node < 1:

@@ -169,9 +169,10 @@ def test_submit_trains_two_node_ddp_to_completion(slurm_cluster, corpus, tmp_pat
 
 
 def test_requeue_signal_saves_requeues_and_resumes_the_same_run(slurm_cluster, corpus, tmp_path):
+    """Submitted with resume=false (start over): the requeued run still continues from its own checkpoint."""
     steps = 30
-    job = submit(slurm_cluster, tmp_path, train_words(corpus, tmp_path / "out", steps, **{"run.name": "rq"}),
-                 "--no-config-check")
+    words = train_words(corpus, tmp_path / "out", steps, **{"run.name": "rq", "run.resume": "false"})
+    job = submit(slurm_cluster, tmp_path, words, "--no-config-check")
     run_dir = tmp_path / "out" / "tiny" / "conre-rq"
     wait_for_step(slurm_cluster, job, run_dir, 6)
     wandb_id = (run_dir / "wandb_id").read_text().strip()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from common.errors import UserError
 from trainer.cli import add_command
@@ -60,16 +61,21 @@ def load_profile(choice: str):
 
 
 def check_train_config(job, profile) -> None:
-    """Compose the training config each task will run, so that config errors fail now and not in the queue."""
+    """Compose the training config each task will run, so that config errors (and a trainer that would not use
+    the profile's GPUs, or needs GPUs it has not) fail now and not in the queue."""
+    from slurm.submit import check_accelerator
     from trainer.config import ConfigError, compose
 
     appended = job.appended_overrides(profile)
     for index, extra in enumerate(job.array_overrides or [[]]):
+        where = f" (array line {index + 1})" if job.is_array else ""
         try:
-            compose(job.train_args[1:] + extra + appended)
+            cfg = compose(job.train_args[1:] + extra + appended)
         except ConfigError as exc:
-            where = f" (array line {index + 1})" if job.is_array else ""
             raise UserError(f"the train arguments{where} are not a valid configuration: {exc}") from None
+        warning = check_accelerator(profile, cfg.trainer.accelerator, where)
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def register(subparsers) -> None:
