@@ -3,18 +3,22 @@
 The adapter uses only this of the pipeline: ``TalkingFacePipeline(stages_dir, GenerationOptions(device=...))``
 loads the exported stages once; for each clip, ``options.seed`` is set, ``portrait(speech, timings)`` draws the
 portrait from the speech [N] (float, 16 kHz) and ``video(portrait, speech, timings, advance)`` returns
-``(low-res frames, uint8 frames [T, S, S, 3])`` at 25 fps. A stage file the pipeline cannot use is a
-``GenerationError`` naming it, which the evaluation reports as an input error.
+``(low-res frames, final frames)`` at 25 fps (float [T, 3, S, S] in [-1, 1], or uint8 [T, S, S, 3]). A stage file
+the pipeline cannot use is a ``GenerationError`` naming it, which the evaluation reports as an input error. The
+results name every stage file of the folder by its sha256, with the generation options, so that two evaluations of
+one folder can be told apart when a file was retrained in between.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.images import to_uint8
+from evaluation.fid import file_sha256
 from evaluation.sources import EvalInputError
 from generation.pipeline import GenerationOptions, TalkingFacePipeline
 
@@ -53,5 +57,7 @@ def load_generator(stages_dir: str | Path, device: str = "cpu") -> tuple[Callabl
             raise EvalInputError(f"generating {key}: {exc}") from None
         return _as_uint8(frames)
 
-    return generate, {"pipeline": PIPELINE, "stages_dir": str(stages_dir),
-                      "stage_files": sorted(p.name for p in stages_dir.glob("*.safetensors"))}
+    files = sorted(stages_dir.glob("*.safetensors"))
+    return generate, {"pipeline": PIPELINE, "stages_dir": str(stages_dir), "stage_files": [p.name for p in files],
+                      "stage_sha256": {p.name: file_sha256(p) for p in files},
+                      "options": {k: v for k, v in asdict(pipeline.options).items() if k != "seed"}}

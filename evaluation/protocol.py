@@ -19,6 +19,7 @@ MISSING_AUDIO = ("error", "skip")
 CSIM_LANDMARKS = ("detect", "reference_clip")
 LSE_FRAMES = ("decoded", "jpeg")
 LSE_CROP_NAMES = {"none": "whole_frame", "reference": "reference_face_track"}
+SYNCNET_FPS, SYNCNET_SAMPLE_RATE = 25.0, 16000  # what SyncNet's reference evaluation (evaluation.lse) scores
 
 
 @dataclass
@@ -87,6 +88,10 @@ class EvalProtocol:
                 errors.append(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if self.fps <= 0 or self.sample_rate <= 0:
             errors.append(f"eval.fps ({self.fps}) and eval.sample_rate ({self.sample_rate}) must be positive")
+        elif "lse" in self.metrics and (self.fps, self.sample_rate) != (SYNCNET_FPS, SYNCNET_SAMPLE_RATE):
+            errors.append(f"eval.fps {self.fps:g} and eval.sample_rate {self.sample_rate}: LSE is defined at "
+                          f"{SYNCNET_FPS:g} fps and {SYNCNET_SAMPLE_RATE} Hz; set those (other rates are resampled "
+                          "with fps_mismatch: resample) or leave lse out of eval.metrics")
         if self.crop_scale < 0:
             errors.append(f"eval.crop_scale must be >= 0, got {self.crop_scale}")
         return errors

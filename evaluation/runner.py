@@ -58,19 +58,22 @@ def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dic
     from evaluation.facecrop import reference_crops
     from evaluation.jpeg import jpeg_roundtrip
 
-    clips = []
+    clips, without_face = [], []
     for video in videos:
         frames = video.frames
         if protocol.crop_mode == "reference":
             try:
                 frames = reference_crops(video.frames, protocol.crop_scale)
-            except ValueError as exc:
-                raise EvalInputError(f"{video.source}: {exc}") from None
+            except ValueError as exc:  # no face in any frame: no track to score, as in the reference pipeline
+                without_face.append({"video": video.source, "reason": str(exc)})
+                continue
         if protocol.lse_frames == "jpeg":
             frames = jpeg_roundtrip(frames, protocol.fps)
         if info["region"] == "lower_face":
             frames = np.ascontiguousarray(frames[:, frames.shape[1] // 2:])
         clips.append(SyncClip(video.key, frames, video.audio, fps=protocol.fps, sample_rate=protocol.sample_rate))
+    if not clips:
+        return {}, {}, {"videos_without_face": without_face, "note": "the reference crop found a face in no video"}
     result = lse_scores(expert, clips, batch_windows=protocol.batch_windows, device=device,
                         expert_label=info["label"], crop_mode=LSE_CROP_NAMES[protocol.crop_mode])
     per_video = {s.key: {"lse_c": s.lse_c, "lse_d": s.lse_d, "av_offset": s.offset, "sync_windows": s.n_windows}
@@ -80,7 +83,7 @@ def score_lse(videos: list[EvalVideo], protocol: EvalProtocol, expert, info: dic
     if protocol.crop_mode == "reference":
         from evaluation.facecrop import DETECTOR
 
-        details["face_detector"] = DETECTOR
+        details.update(face_detector=DETECTOR, videos_without_face=without_face)
     return {"lse_c": result.lse_c, "lse_d": result.lse_d}, per_video, details
 
 
@@ -93,11 +96,33 @@ def fid_cache_path(cache_dir: Path, digest: str, extractor: InceptionFeatures, s
     return cache_dir / f"real-{digest[:16]}-{extractor.sha256[:8]}-{extractor.resize_mode}-s{stride}.npz"
 
 
+def _too_few_for_fid(videos: list[EvalVideo], test: TestSet, keys: list[str], stride: int) -> str:
+    """Why FID cannot be computed (a covariance needs at least 2 frames on each side), else ""."""
+    generated = sum(len(range(0, len(v.frames), stride)) for v in videos)
+    real = sum(len(range(0, test.frame_counts.get(k, 0), stride)) for k in keys)
+    if min(generated, real) >= 2:
+        return ""
+    return (f"{generated} generated and {real} real frames at frame stride {stride}; FID needs at least 2 on each "
+            f"side (and >= 2048 to be unbiased): score more clips (--max-clips) or a smaller --frame-stride")
+
+
+def _size_warning(videos: list[EvalVideo], test: TestSet) -> list[str]:
+    sizes = sorted({v.frames.shape[1:3] for v in videos})
+    real = next((faces[0].image.shape[:2] for faces in test.references.values()), None)
+    if real is None or sizes == [real]:
+        return []
+    return [f"generated frames are {', '.join(f'{h}x{w}' for h, w in sizes)} px, the real frames {real[0]}x{real[1]} "
+            "px: FID also measures the difference in size (set the protocol's resolution to the generated size)"]
+
+
 def score_fid(videos: list[EvalVideo], protocol: EvalProtocol, test: TestSet, cache_dir: Path,
               device: str = "cpu") -> tuple[dict, dict]:
     """(summary, details) of FID: generated frames pooled against the real test clips' cached statistics."""
-    extractor = InceptionFeatures(protocol.inception_weights or None, protocol.resize_mode, device=device)
     keys = choose(test.keys(), protocol.max_clips, protocol.seed)
+    too_few = _too_few_for_fid(videos, test, keys, protocol.fid_frame_stride)
+    if too_few:
+        return {}, {"note": too_few}
+    extractor = InceptionFeatures(protocol.inception_weights or None, protocol.resize_mode, device=device)
     digest = test.digest(keys)
     source = f"{test.root.resolve()}:{test.split}:{digest}:stride{protocol.fid_frame_stride}"
     path = fid_cache_path(cache_dir, digest, extractor, protocol.fid_frame_stride)
@@ -115,7 +140,8 @@ def score_fid(videos: list[EvalVideo], protocol: EvalProtocol, test: TestSet, ca
         "n_real_frames": result.n_real, "n_generated_frames": result.n_generated,
         "frame_stride": protocol.fid_frame_stride,
         "extractor": result.extractor, "reference_stats": str(path), "reference_stats_reused": reused,
-        "reference_clips": len(keys), "reference_source": source, "warnings": [str(w.message) for w in caught],
+        "reference_clips": len(keys), "reference_source": source,
+        "warnings": [str(w.message) for w in caught] + _size_warning(videos, test),
     }
 
 
@@ -167,11 +193,13 @@ def _unit(frames: np.ndarray) -> torch.Tensor:
 
 def score_psnr_ssim(videos: list[EvalVideo], metrics: list[str]) -> tuple[dict, dict, dict]:
     """(summary, per-video, details) of PSNR / SSIM against the ground-truth frames (torchmetrics, [0, 1] range)."""
-    per_video, resized, frames_used = {}, [], 0
+    per_video, resized, frames_used, lengths = {}, [], 0, {}
     for video in videos:
         if video.truth is None:
             continue
         count = min(len(video.frames), len(video.truth.frames))
+        if len(video.frames) != len(video.truth.frames):
+            lengths[video.key] = {"frames": len(video.frames), "truth_frames": len(video.truth.frames)}
         truth = video.truth.frames[:count]
         if truth.shape[1:3] != video.frames.shape[1:3]:
             truth = resize_frames(truth, video.frames.shape[1:3])
@@ -189,16 +217,21 @@ def score_psnr_ssim(videos: list[EvalVideo], metrics: list[str]) -> tuple[dict, 
                if m in metrics and per_video}
     details = {"n_videos": len(per_video), "n_frames": frames_used, "range": "uint8 / 255, data_range 1.0",
                "ssim": "gaussian kernel 11, sigma 1.5 (torchmetrics defaults)", "truth_resized_to_video": resized,
-               "videos_without_truth": [v.key for v in videos if v.truth is None]}
+               "videos_without_truth": [v.key for v in videos if v.truth is None],
+               "compared_on_the_shorter_length": lengths}
+    if not per_video:
+        details["note"] = "no video is paired with a test clip (name the files <sample key>.mp4)"
     return summary, per_video, details
 
 
 def evaluate(videos: VideoSet, protocol: EvalProtocol, test: TestSet, stages_dir: str | Path | None = None,
              fid_cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
-    """Every metric of the protocol on ``videos``: ``{"metrics", "per_video", "details", "timing_s"}``."""
+    """Every metric of the protocol on ``videos``: ``{"metrics", "per_video", "details", "timing_s",
+    "not_computed"}`` (an asked-for metric without a value, with the reason; an error when none has one)."""
     if not videos.videos:
-        raise EvalInputError(f"no video left to score ({len(videos.skipped)} skipped: "
-                             + "; ".join(f"{s['video']}: {s['reason']}" for s in videos.skipped[:5]) + ")")
+        skipped = videos.skipped + videos.shard_skipped
+        raise EvalInputError(f"no video left to score ({len(skipped)} skipped: "
+                             + "; ".join(f"{s['video']}: {s['reason']}" for s in skipped[:5]) + ")")
     metrics, details, timing = {}, {}, {}
     per_video = {v.key: {"source": v.source, "n_frames": len(v.frames), "speaker": v.speaker, "notes": v.notes}
                  for v in videos.videos}
@@ -234,7 +267,25 @@ def evaluate(videos: VideoSet, protocol: EvalProtocol, test: TestSet, stages_dir
         summary, rows, details["mouth_sync"] = score_mouth_sync(videos.videos, protocol)
         metrics.update(summary), merge(rows)
         timing["mouth_sync"] = time.perf_counter() - start
-    return {"metrics": metrics, "per_video": per_video, "details": details, "timing_s": timing}
+    not_computed = _not_computed(protocol, metrics, details, videos.kind)
+    if not metrics:
+        raise EvalInputError("no metric could be computed: " + "; ".join(f"{m}: {r}" for m, r in not_computed.items()))
+    return {"metrics": metrics, "per_video": per_video, "details": details, "timing_s": timing,
+            "not_computed": not_computed}
+
+
+def _not_computed(protocol: EvalProtocol, metrics: dict, details: dict, kind: str) -> dict[str, str]:
+    """Each asked-for metric that has no value, with the reason."""
+    reasons = {}
+    for metric in protocol.metrics:
+        if {"lse": "lse_d", "mouth_sync": "mouth_sync_r"}.get(metric, metric) in metrics:
+            continue
+        if metric in ("psnr", "ssim") and kind == "ground_truth":
+            reasons[metric] = "the ground-truth row is its own truth"
+            continue
+        section = details.get("psnr_ssim" if metric in ("psnr", "ssim") else metric, {})
+        reasons[metric] = section.get("note", "no video has what it needs")
+    return reasons
 
 
 def score_mouth_sync(videos: list[EvalVideo], protocol: EvalProtocol) -> tuple[dict, dict, dict]:

@@ -59,13 +59,16 @@ class EvalVideo:
 
 @dataclass
 class VideoSet:
-    """The videos of one evaluation, what was skipped (with reasons) and each video's reference face (by key)."""
+    """The videos of one evaluation, what was skipped (with reasons) and each video's reference face (by key).
+
+    ``shard_skipped`` is the test set's own list of shard samples it could not read (with reasons): later reads of
+    the shards (the FID statistics) add to the same list."""
 
     kind: str
     videos: list[EvalVideo]
     skipped: list[dict] = field(default_factory=list)
     references: dict[str, ReferenceFace] = field(default_factory=dict)
-    shard_skipped: int = 0
+    shard_skipped: list[dict] = field(default_factory=list)
 
 
 class TestSet:
@@ -82,6 +85,7 @@ class TestSet:
         self.urls = self.index.shard_paths(self.root, split)
         self.skipped: list[dict] = []
         self.speakers: dict[str, str] = {}
+        self.frame_counts: dict[str, int] = {}
         self.references: dict[str, list[ReferenceFace]] = {}
         for sample in self._samples():
             try:
@@ -90,14 +94,20 @@ class TestSet:
                 frame = decode_frames(sample, [0], self.resolution)[0]
                 marks = decode_landmarks(sample, meta.num_frames)[0] * (frame.shape[0] / meta.resolution)
             except (SampleError, KeyError) as exc:
-                self.skipped.append({"video": str(sample.get("__key__")), "reason": str(exc)})
+                self._skip(str(sample.get("__key__")), str(exc))
                 continue
-            self.speakers[key] = meta.speaker
+            self.speakers[key], self.frame_counts[key] = meta.speaker, meta.num_frames
             self.references.setdefault(meta.speaker, []).append(ReferenceFace(key, frame, marks))
+
+    def _skip(self, video: str, reason: str) -> None:
+        """Count an unreadable sample (or shard) once, however many passes over the shards meet it."""
+        entry = {"video": video, "reason": reason}
+        if entry not in self.skipped:
+            self.skipped.append(entry)
 
     def _samples(self):
         return tarfile_samples(({"url": u} for u in self.urls),
-                               handler=lambda exc: self.skipped.append({"video": "shard", "reason": str(exc)}) or True)
+                               handler=lambda exc: self._skip("shard", str(exc)) or True)
 
     def keys(self) -> list[str]:
         """Every readable clip key of the split, sorted."""
@@ -108,8 +118,15 @@ class TestSet:
         landmarks scaled to match)."""
         wanted = set(keys)
         for sample in self._samples():
-            if str(sample.get("__key__")) in wanted:
-                yield decode_clip(sample, self.resolution)
+            key = str(sample.get("__key__"))
+            if key not in wanted:
+                continue
+            try:
+                clip = decode_clip(sample, self.resolution)
+            except (SampleError, KeyError) as exc:  # a later frame or the audio is corrupt: skipped and counted
+                self._skip(key, str(exc))
+                continue
+            yield clip
 
     def clips(self, keys: list[str]) -> dict[str, Clip]:
         """The whole clips of ``keys`` by key."""
@@ -157,6 +174,8 @@ def read_video(path: Path, protocol: EvalProtocol) -> tuple[EvalVideo | None, st
         frames, audio, fps, rate = read_mp4(path)
     except Exception as exc:  # PyAV raises several error types for broken files
         return None, f"not a readable video ({type(exc).__name__}: {exc})"
+    if not fps > 0:
+        return None, "the video stream states no frame rate; re-encode it at a fixed rate (e.g. ffmpeg -r 25)"
     video = EvalVideo(path.stem, frames, audio, str(path))
     if rate == 0 or len(audio) == 0:
         if protocol.missing_audio == "error":
@@ -207,7 +226,9 @@ def _attach(videos: list[EvalVideo], test: TestSet | None) -> dict[str, Referenc
 def videos_from_dir(folder: str | Path, protocol: EvalProtocol, test: TestSet | None) -> VideoSet:
     """Every ``*.mp4`` under ``folder`` (sorted; a seeded subset with max_clips)."""
     folder = Path(folder)
-    paths = sorted(folder.glob("*.mp4")) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise EvalInputError(f"--videos {folder}: no such folder; give the folder of generated .mp4 files")
+    paths = sorted(folder.glob("*.mp4"))
     if not paths:
         raise EvalInputError(f"--videos {folder}: no .mp4 files there; give the folder of generated videos")
     chosen = set(choose([p.stem for p in paths], protocol.max_clips, protocol.seed))
@@ -220,14 +241,21 @@ def videos_from_dir(folder: str | Path, protocol: EvalProtocol, test: TestSet | 
         else:
             videos.append(video)
     references = _attach(videos, test)
-    return VideoSet("videos", videos, skipped, references, len(test.skipped) if test else 0)
+    return VideoSet("videos", videos, skipped, references, test.skipped if test else [])
 
 
 def _test_clip_videos(test: TestSet, protocol: EvalProtocol, make: Callable[[Clip], EvalVideo], kind: str) -> VideoSet:
     keys = choose(test.keys(), protocol.max_clips, protocol.seed)
-    videos, skipped = [], []
-    for key, clip in sorted(test.clips(keys).items()):
-        video = make(clip)
+    videos, clips = [], test.clips(keys)
+    unread = {s["video"] for s in test.skipped}  # clips whose frames or audio do not decode: counted there
+    skipped = [{"video": k, "reason": "not found on a second read of the shards (were they rewritten meanwhile?)"}
+               for k in keys if k not in clips and k not in unread]
+    for key, clip in sorted(clips.items()):
+        try:
+            video = make(clip)
+        except EvalInputError as exc:  # one clip the generator cannot take does not end a long evaluation
+            skipped.append({"video": key, "reason": str(exc)})
+            continue
         video.truth, video.speaker = clip, clip.meta.speaker
         reason = _check_length(video, protocol)
         if reason:
@@ -235,7 +263,7 @@ def _test_clip_videos(test: TestSet, protocol: EvalProtocol, make: Callable[[Cli
         else:
             videos.append(video)
     references = {v.key: test.reference(v.speaker, v.key) for v in videos}
-    return VideoSet(kind, videos, skipped, {k: f for k, f in references.items() if f is not None}, len(test.skipped))
+    return VideoSet(kind, videos, skipped, {k: f for k, f in references.items() if f is not None}, test.skipped)
 
 
 def videos_from_truth(test: TestSet, protocol: EvalProtocol) -> VideoSet:

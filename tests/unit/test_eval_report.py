@@ -58,7 +58,8 @@ def _results(crop_mode: str = "none", lse_c: float = 7.25) -> dict:
 
 
 def test_results_hold_values_protocol_hashes_and_counts(tmp_path):
-    json_path, md_path = write_results(_results(), tmp_path)
+    json_path, md_path, kept = write_results(_results(), tmp_path)
+    assert kept is None  # nothing was there before
     results = json.loads(json_path.read_text())  # strict JSON: the infinite PSNR became null
     assert results["metrics"] == {"lse_c": 7.25, "lse_d": 6.5, "psnr": None}
     assert results["protocol"]["sync_expert_sha256"] == "ab" * 32 and results["protocol"]["crop_mode"] == "none"

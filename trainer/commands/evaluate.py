@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
 from common.errors import SeespeakerError, UserError
 from evaluation.protocol import LSE_FRAMES, TRUTH_METRICS
+from trainer import provenance
 from trainer.cli import add_command
 
 
@@ -37,14 +39,28 @@ def stages_dir_of(source: str | None) -> Path | None:
     path = Path(source)
     if not path.exists():
         raise UserError(f"{path} does not exist; give an exported stages folder or a training run folder")
+    if path.is_file():
+        raise UserError(f"{path} is a file; give the folder of exported stage files (`seespeaker export <run folder>` "
+                        "writes them from a checkpoint) or the training run folder")
     if (path / "config.yaml").is_file():
         from trainer.runs import load_run
 
         stages = load_run(path).config.get("run.stages_dir")
         if not stages:
             raise UserError(f"{path}/config.yaml names no run.stages_dir; give the stages folder itself")
+        if not Path(stages).is_dir():
+            raise UserError(f"{path}/config.yaml names run.stages_dir {stages}, which is not a folder here; give the "
+                            "stages folder itself (relative paths are read from the current folder)")
         return Path(stages)
     return path
+
+
+def files_digest(paths: list[Path]) -> str:
+    """One sha256 over the names and contents of ``paths``: two results of one folder tell whether it changed."""
+    from evaluation.fid import file_sha256
+
+    lines = sorted(f"{p.name} {file_sha256(p)}" for p in paths)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def collect(args: argparse.Namespace, protocol, test, stages: Path | None):
@@ -52,7 +68,9 @@ def collect(args: argparse.Namespace, protocol, test, stages: Path | None):
     from evaluation import sources
 
     if args.videos:
-        return sources.videos_from_dir(args.videos, protocol, test), {"kind": "videos", "path": args.videos}
+        videos = sources.videos_from_dir(args.videos, protocol, test)
+        return videos, {"kind": "videos", "path": args.videos, "videos_sha256": files_digest(
+            [Path(v.source) for v in videos.videos] + [Path(s["video"]) for s in videos.skipped])}
     if args.ground_truth:
         return sources.videos_from_truth(test, protocol), {"kind": "ground_truth", "path": str(test.root)}
     if stages is None:
@@ -113,16 +131,20 @@ def run_evaluation(args: argparse.Namespace) -> int:
     try:
         test = TestSet(args.data, args.split, protocol.resolution) if args.data else None
         videos, source = collect(args, protocol, test, stages)
-        source.update({"data": str(args.data), "split": args.split, "label": args.label or source["kind"]})
+        source.update({"data": str(args.data) if args.data else None, "split": args.split,
+                       "test_set_sha256": test.digest(test.keys()) if test else None,
+                       "label": args.label or source["kind"]})
         scores = score(videos, protocol, test, stages, args.fid_cache, args.device)
     except (SeespeakerError, FileNotFoundError, ImportError) as exc:
         raise UserError(str(exc)) from None
-    results = build_results(scores, videos, protocol, source, argv=sys.argv)
-    json_path, md_path = write_results(results, args.out)
-    for skip in results["skipped"]:
+    results = build_results(scores, videos, protocol, source, argv=sys.argv, provenance=provenance.collect())
+    json_path, md_path, kept = write_results(results, args.out)
+    for skip in results["skipped"] + results["shard_skipped"]:
         print(f"skipped {skip['video']}: {skip['reason']}", file=sys.stderr)
+    for metric, reason in results["not_computed"].items():
+        print(f"{metric} not computed: {reason}", file=sys.stderr)
     print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}")
+    print(f"wrote {json_path} and {md_path}" + (f" (the earlier results are kept as {kept})" if kept else ""))
     if args.wandb_run_dir:
         try:
             run_id = log_to_wandb(results, args.wandb_run_dir)
