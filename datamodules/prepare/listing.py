@@ -100,8 +100,10 @@ def read_alias_file(path: str | Path) -> dict[str, str]:
     return table
 
 
-def _table_lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank lines (a byte-order mark and bytes that are not UTF-8 tolerated)."""
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    return [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _videos_by_name(root: Path) -> dict[str, Path]:
@@ -111,40 +113,51 @@ def _videos_by_name(root: Path) -> dict[str, Path]:
     return found
 
 
+def _time_files(root: Path) -> list[tuple[str, Path]]:
+    """(group, file) of each ``<G>_annotion_time.txt`` (or the corrected spelling; one per group and folder)."""
+    found: dict[tuple[Path, str], Path] = {}
+    for suffix in TIME_FILE_SUFFIXES:
+        for path in sorted(root.rglob(f"*{suffix}")):
+            found.setdefault((path.parent, path.name[: -len(suffix)]), path)
+    return [(group, path) for (_, group), path in sorted(found.items())]
+
+
 def list_hdtf(root: str | Path, aliases: dict[str, str] | None = None) -> list[SourceItem]:
-    """HDTF items from ``<G>_annotion_time.txt`` (+ crop_wh, resolution) and the videos under ``root``."""
+    """HDTF items from ``<G>_annotion_time.txt`` (+ crop_wh, resolution) and the videos under ``root``.
+
+    Segment ``k`` of ``<name>.mp4`` is looked up as the long video ``<name>.mp4`` (or ``<G>_<name>.mp4``) and
+    cut there, else as the split clip ``<name>_<k>.mp4`` (or ``<G>_<name>_<kkk>.mp4``, as the release's download
+    script names them).
+    """
     root = Path(root)
     videos = _videos_by_name(root)
     items: list[SourceItem] = []
     used: set[str] = set()
-    time_files = sorted(p for s in TIME_FILE_SUFFIXES for p in root.rglob(f"*{s}"))
-    for time_file in time_files:
-        group = re.sub("|".join(TIME_FILE_SUFFIXES), "", time_file.name)
-        crops = {f[0]: crop_window(f[1:5]) for f in _table_lines_opt(time_file, group, "_crop_wh.txt") if len(f) >= 5}
-        heights = {f[0]: int(float(f[1])) for f in _table_lines_opt(time_file, group, "_resolution.txt") if len(f) >= 2}
-        for line_no, fields in enumerate(_table_lines(time_file), 1):
-            name = fields[0]
-            stem = name[:-4] if name.endswith(".mp4") else name
-            speaker = hdtf_speaker(stem, aliases)
+    for group, time_file in _time_files(root):
+        crops, bad_crops = _aux_table(time_file, group, "_crop_wh.txt", crop_window)
+        heights, bad_heights = _aux_table(time_file, group, "_resolution.txt", lambda f: int(float(f[0])))
+        for line_no, fields in _table_lines(time_file):
+            stem = fields[0][:-4] if fields[0].endswith(".mp4") else fields[0]
             for k, text in enumerate(fields[1:]):
                 clip_name = f"{stem}_{k}"
-                sid = f"hdtf/{group}/{clip_name}"
-                common = dict(speaker=speaker, video=clip_name, crop_window=crops.get(f"{clip_name}.mp4"),
-                              annotation_height=heights.get(f"{stem}.mp4"))
+                long = _first_of(videos, f"{stem}.mp4", f"{group}_{stem}.mp4")
+                cut = _first_of(videos, f"{clip_name}.mp4", f"{group}_{stem}_{k:03d}.mp4")
+                used.update(name for name in (long, cut) if name)
+                common = dict(speaker=hdtf_speaker(stem, aliases), video=clip_name,
+                              crop_window=crops.get(f"{clip_name}.mp4"), annotation_height=heights.get(f"{stem}.mp4"))
                 try:
                     start, end = parse_segment(text)
+                    problem = bad_crops.get(f"{clip_name}.mp4") or bad_heights.get(f"{stem}.mp4")
                 except ValueError as exc:
-                    items.append(_item(sid, "hdtf", "", problem=f"bad_annotation: {time_file.name}:{line_no}: {exc}",
+                    start, end, problem = 0.0, None, f"bad_annotation: {time_file.name}:{line_no}: {exc}"
+                sid = f"hdtf/{group}/{clip_name}"
+                if problem or not (long or cut):
+                    items.append(_item(sid, "hdtf", "", start=start, end=end, problem=problem or "missing_video",
                                        **common))
-                    continue
-                if f"{stem}.mp4" in videos:
-                    used.add(f"{stem}.mp4")
-                    items.append(_item(sid, "hdtf", videos[f"{stem}.mp4"], start=start, end=end, **common))
-                elif f"{clip_name}.mp4" in videos:
-                    used.add(f"{clip_name}.mp4")
-                    items.append(_item(sid, "hdtf", videos[f"{clip_name}.mp4"], **common))
+                elif long:
+                    items.append(_item(sid, "hdtf", videos[long], start=start, end=end, **common))
                 else:
-                    items.append(_item(sid, "hdtf", "", start=start, end=end, problem="missing_video", **common))
+                    items.append(_item(sid, "hdtf", videos[cut], **common))
     for name, path in videos.items():
         if name not in used:
             stem = name[:-4]
@@ -153,15 +166,30 @@ def list_hdtf(root: str | Path, aliases: dict[str, str] | None = None) -> list[S
     return items
 
 
+def _first_of(videos: dict[str, Path], *names: str) -> str | None:
+    return next((name for name in names if name in videos), None)
+
+
 def crop_window(fields: list[str]) -> tuple[float, float, float, float]:
     """``<min_width> <width> <min_height> <height>`` (crop_wh.txt order) to (x, y, w, h)."""
+    if len(fields) != 4:
+        raise ValueError(f"expected 4 numbers (min_width width min_height height), got {len(fields)}")
     min_width, width, min_height, height = (float(v) for v in fields)
     return (min_width, min_height, width, height)
 
 
-def _table_lines_opt(time_file: Path, group: str, suffix: str) -> list[list[str]]:
+def _aux_table(time_file: Path, group: str, suffix: str, parse) -> tuple[dict, dict[str, str]]:
+    """``<G><suffix>`` beside the time file: name -> parsed fields, and name -> the problem of a line that does not
+    parse (the clips it names are reported as ``bad_annotation`` rather than cut with a wrong window)."""
     path = time_file.with_name(f"{group}{suffix}")
-    return _table_lines(path) if path.exists() else []
+    values: dict = {}
+    bad: dict[str, str] = {}
+    for line_no, fields in _table_lines(path) if path.exists() else []:
+        try:
+            values[fields[0]] = parse(fields[1:])
+        except (ValueError, IndexError) as exc:
+            bad[fields[0]] = f"bad_annotation: {path.name}:{line_no}: {' '.join(fields)!r}: {exc}"
+    return values, bad
 
 
 def list_voxceleb2(root: str | Path) -> list[SourceItem]:
@@ -183,6 +211,7 @@ def list_voxceleb2(root: str | Path) -> list[SourceItem]:
     return items
 
 
+_TEST_FILE = re.compile(r"(?<![a-z])test(?![a-z])")  # avspeech_test.csv, not avspeech_train_latest.csv
 _CUT_NAME = re.compile(r"^(?P<id>.+)_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)$")
 
 
@@ -200,8 +229,8 @@ def list_avspeech(csv_paths: list[str | Path], videos: str | Path) -> list[Sourc
     items: list[SourceItem] = []
     for csv_path in csv_paths:
         csv_path = Path(csv_path)
-        split = "test" if "test" in csv_path.name else "train"
-        with open(csv_path, newline="", errors="replace") as fh:
+        split = "test" if _TEST_FILE.search(csv_path.name.lower()) else "train"
+        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as fh:
             for line_no, row in enumerate(csv.reader(fh), 1):
                 if not row or not "".join(row).strip():
                     continue

@@ -1,8 +1,8 @@
 """Decoding with PyAV: frames resampled to a constant 25 fps by their timestamps, audio to 16 kHz mono.
 
 Variable-frame-rate sources are handled by timestamps: output frame ``i`` of a window starting at ``start``
-is the source frame whose presentation time is nearest ``start + i / 25``. Audio is down-mixed and resampled
-with a polyphase filter (``scipy.signal.resample_poly``).
+is the source frame whose presentation time is nearest ``start + i / 25``. Audio is down-mixed by averaging
+its channels and resampled with a polyphase filter (``scipy.signal.resample_poly``).
 """
 from __future__ import annotations
 
@@ -142,7 +142,9 @@ def read_audio(path: str, start: float, seconds: float, rate: int = SAMPLE_RATE)
             raise MediaError("no_audio", f"{path!r} has no audio track")
         stream = container.streams.audio[0]
         native = stream.codec_context.sample_rate or rate
-        mixer = av.AudioResampler(format="flt", layout="mono", rate=native)
+        # Planar float in the source's own layout: the channels are averaged here, since FFmpeg's down-mix
+        # adds them at -3 dB each and so clips loud audio whose channels are alike (most "stereo" speech).
+        planar = av.AudioResampler(format="fltp", rate=native)
         chunks: list[np.ndarray] = []
         first_time: float | None = None
         stop = start + seconds + 0.5
@@ -152,8 +154,8 @@ def read_audio(path: str, start: float, seconds: float, rate: int = SAMPLE_RATE)
                 t = float(frame.pts * stream.time_base) if frame.pts is not None else None
                 if first_time is None:
                     first_time = t if t is not None else 0.0
-                for out in mixer.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                for out in planar.resample(frame):
+                    chunks.append(out.to_ndarray().mean(axis=0))
                 if t is not None and t > stop:
                     break
         except av.error.FFmpegError as exc:

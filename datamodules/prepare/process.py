@@ -105,11 +105,20 @@ def _process(item: SourceItem, opts: PrepareOptions, result: SourceResult) -> No
 
 
 def crop_region(item: SourceItem, info: media.VideoInfo) -> tuple[tuple[int, int, int, int] | None, dict]:
-    """The region searched for the face: HDTF's crop window rescaled to the download (with a margin)."""
+    """The region searched for the face: HDTF's crop window rescaled to the download (with a margin).
+
+    The whole frame is searched instead, with a note, where the window cannot apply: an already-split clip that is
+    square has been cropped to its window already (the release's step 3; the long videos are 16:9), and a window
+    wholly outside the frame was given for another resolution (a video missing from ``<G>_resolution.txt``).
+    """
     if item.crop_window is None:
         return None, {}
+    if item.end is None and info.width == info.height:
+        return None, {"crop_window_annotated": list(item.crop_window), "notes": ["crop_window_applied_already"]}
     window = scale_window(item.crop_window, item.annotation_height, info.height)
     clamped = clamp_window(window, info.width, info.height)
+    if clamped[2] < 1 or clamped[3] < 1:
+        return None, {"crop_window_annotated": list(item.crop_window), "notes": ["crop_window_outside"]}
     notes = ["crop_window_clamped"] if clamped != window else []
     x, y, w, h = clamped
     margin = 0.75 * max(w, h)
@@ -130,7 +139,7 @@ def scale_window(window, annotation_height: int | None, height: int) -> tuple[fl
 def clamp_window(window, width: int, height: int) -> tuple[float, float, float, float]:
     """The window clamped to the frame."""
     x, y, w, h = window
-    x0, y0 = max(0.0, x), max(0.0, y)
+    x0, y0 = min(max(0.0, x), float(width)), min(max(0.0, y), float(height))
     x1, y1 = min(float(width), x + w), min(float(height), y + h)
     return (x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0))
 

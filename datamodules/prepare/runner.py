@@ -1,32 +1,29 @@
-"""The preparation run: a bounded process pool over source items, the manifest, resumable atomic shards.
+"""The preparation run: a bounded process pool over source items, writing resumable atomic shards.
 
-Every source item gets one manifest line (``manifest.jsonl``, or ``manifest-pIIIofNNN.jsonl`` for a
-``--shard-range`` job): outcome ``written`` (with its sample keys) or ``skipped`` with a reason. A written
-source is recorded only once every shard holding its clips has been renamed into place, so a run that is
-interrupted loses at most the sources of its open shards, and a re-run redoes exactly those. Sources whose
-video was missing are tried again on each run.
+``manifest`` keeps the record of each source and the shards; a re-run skips what is recorded, redoes what an
+interrupt cut off, and tries again the sources whose video was missing.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import re
 import signal
-import tarfile
 import threading
 import time
 import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from datamodules.prepare.listing import SourceItem, printable
+from datamodules.prepare.manifest import ManifestShardWriter, part_suffix, read_manifests, reconcile
 from datamodules.prepare.process import PrepareOptions, SourceResult, process_item
-from datamodules.shards import INDEX_NAME, ShardIndex, ShardInfo, ShardSetError, ShardSetWriter
+from datamodules.shards import ShardIndex
 
-RETRIED_REASONS = {"missing_video", "internal_error"}
-PART_INDEX_GLOB = "index-p*.json"
+RETRIED_REASONS = {"missing_video", "internal_error", "worker_died"}
+WORKER_DIED = ("a worker process died while this source was in flight (killed for memory? fewer --workers or a "
+               "shorter --clip-seconds need less); tried again on the next run")
 
 
 @dataclass
@@ -38,6 +35,8 @@ class RunSummary:
     written_sources: int = 0
     clips: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    dropped_clips: dict[str, int] = field(default_factory=dict)  # clips rejected from sources that were written
+    kept_splits: int = 0  # items moved to the split their speaker has from an earlier run
     seconds: float = 0.0
     work_cpu_seconds: float = 0.0  # CPU time of the workers on the sources (excludes writing shards)
     interrupted: bool = False
@@ -65,94 +64,21 @@ def in_range(source_id: str, shard_range: tuple[int, int] | None) -> bool:
     return shard_range is None or zlib.crc32(source_id.encode()) % shard_range[1] == shard_range[0]
 
 
-def part_suffix(shard_range: tuple[int, int] | None) -> str:
-    return "" if shard_range is None else f"-p{shard_range[0]:03d}of{shard_range[1]:03d}"
-
-
-def read_manifests(out: Path) -> dict[str, dict]:
-    """The last manifest record of each source, over every manifest file in ``out``."""
-    records: dict[str, dict] = {}
-    for path in sorted(out.glob("manifest*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interrupt: that source is redone
-            records[record["source"]] = record
-    return records
-
-
-class ManifestShardWriter(ShardSetWriter):
-    """A shard writer for pre-encoded samples that records sources in the manifest as their shards complete."""
-
-    def __init__(self, root: Path, dataset: str, shard_size: int, suffix: str, extra: dict):
-        super().__init__(root, dataset, shard_size, prefix=f"shard{suffix}", extra=extra)
-        self.manifest = root / f"manifest{suffix}.jsonl"
-        if suffix:  # a --shard-range job writes its own part index; merge-index combines them
-            self.index_path = root / f"index{suffix}.json"
-        self.pending: dict[str, list[dict]] = {}
-        self.index_shards: set[str] = set()
-
-    def write_sample(self, sample: dict, split: str) -> None:
-        writer, target, final, count = self._open.get(split) or self._start_shard(split)
-        writer.write(sample)
-        self._open[split] = (writer, target, final, count + 1)
-        if count + 1 >= self.shard_size:
-            self._finish_shard(split)
-
-    def add_source(self, record: dict, split: str | None) -> None:
-        """Record a source now (no clips) or once the shard with its last clip is complete."""
-        if split is None or split not in self._open:
-            self._append([record])
-        else:
-            self.pending.setdefault(split, []).append(record)
-
-    def _finish_shard(self, split: str) -> None:
-        super()._finish_shard(split)
-        self._append(self.pending.pop(split, []))
-        self.update_index()
-
-    def _append(self, records: list[dict]) -> None:
-        if not records:
-            return
-        with open(self.manifest, "a") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def reconcile(out: Path, writer: ManifestShardWriter, done_keys: set[str]) -> None:
-    """After an interrupt: drop temporary shards; adopt finished shards whose every key is recorded, drop others."""
-    for tmp in out.glob(f"*/.{writer.prefix}-*.tmp.tar"):
-        tmp.unlink()
-    index = ShardIndex.read(writer.index_path, writer.dataset)
-    listed = {s.path for infos in index.splits.values() for s in infos}
-    own = re.compile(rf"{re.escape(writer.prefix)}-\d{{6}}\.tar")
-    for tar in sorted(out.glob(f"*/{writer.prefix}-*.tar")):
-        rel = str(tar.relative_to(out))
-        if rel in listed or not own.fullmatch(tar.name):
-            continue
-        with tarfile.open(tar) as archive:
-            keys = {m.name.split(".", 1)[0] for m in archive.getmembers()}
-        if keys and keys <= done_keys:
-            writer.written.setdefault(tar.parent.name, []).append(ShardInfo(rel, len(keys)))
-        else:
-            tar.unlink()
-
-
 def check_compatible(out: Path, dataset: str, options: PrepareOptions) -> None:
-    """Refuse to add clips to an output folder prepared for another corpus or resolution."""
-    try:
-        index = ShardIndex.load(out)
-    except ShardSetError:
-        return
-    previous = index.extra.get("prepare", {})
-    if index.dataset != dataset or previous.get("resolution", options.resolution) != options.resolution:
-        raise ValueError(
-            f"{out} already holds {index.dataset} clips at {previous.get('resolution')} px; "
-            f"use another --out for {dataset} at {options.resolution} px"
-        )
+    """Refuse to add clips to an output folder prepared for another corpus, resolution or clip length (its index or
+    the part index of any ``--shard-range`` job)."""
+    ours = f"{dataset} at --resolution {options.resolution} --clip-seconds {options.clip_seconds:g}"
+    for path in sorted(out.glob("index*.json")):
+        index = ShardIndex.read(path, dataset)
+        prepared = index.extra.get("prepare", {})
+        if index.dataset != dataset:
+            raise ValueError(f"{path} lists {index.dataset} clips; use another --out for {dataset}")
+        held = (prepared.get("resolution", options.resolution), prepared.get("clip_seconds", options.clip_seconds))
+        if held != (options.resolution, options.clip_seconds):
+            raise ValueError(
+                f"{path} lists clips prepared with --resolution {held[0]} --clip-seconds {held[1]:g}; "
+                f"run again with those to resume, or use another --out for {ours}"
+            )
 
 
 class _Stop(BaseException):
@@ -170,16 +96,18 @@ def run(items: list[SourceItem], out: str | Path, dataset: str, options: Prepare
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_compatible(out, dataset, options)
-    done = {k: r for k, r in read_manifests(out).items() if r["reason"] not in RETRIED_REASONS}
+    records = read_manifests(out)
+    writer = ManifestShardWriter(out, dataset, shard_size, part_suffix(shard_range), {"prepare": {
+        **(extra or {}), "resolution": options.resolution, "clip_seconds": options.clip_seconds}})
+    done = {k: r for k, r in records.items() if r["reason"] not in RETRIED_REASONS}
+    dropped = reconcile(out, writer, {k for r in done.values() for k in r.get("keys", [])})
+    done = {k: r for k, r in done.items() if dropped.isdisjoint(r.get("keys", []))}
     todo = [it for it in items if in_range(it.source_id, shard_range)]
     summary = RunSummary(sources=len(todo))
     todo = [it for it in todo if it.source_id not in done]
     summary.already_done = summary.sources - len(todo)
-    if max_sources > 0:
-        todo = todo[:max_sources]
-    writer = ManifestShardWriter(out, dataset, shard_size, part_suffix(shard_range),
-                                 {"prepare": {**(extra or {}), "resolution": options.resolution}})
-    reconcile(out, writer, {k for r in done.values() for k in r.get("keys", [])})
+    todo = first_sources(todo, max_sources)
+    summary.kept_splits = keep_speaker_splits(todo, records.values())
     items_by_id = {it.source_id: it for it in todo}
     start = time.time()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -202,60 +130,129 @@ def run(items: list[SourceItem], out: str | Path, dataset: str, options: Prepare
     return summary
 
 
+def first_sources(items: list[SourceItem], max_sources: int) -> list[SourceItem]:
+    """The items up to the ``max_sources``-th one with a video to process (0: all). Listed problems on the way
+    (a missing video, a bad row) are recorded without counting, so that repeated runs move on through the corpus
+    even where its first rows' videos are missing (those are tried again on every run)."""
+    if max_sources <= 0:
+        return items
+    chosen: list[SourceItem] = []
+    videos = 0
+    for item in items:
+        if videos >= max_sources:
+            break
+        chosen.append(item)
+        videos += item.problem is None
+    return chosen
+
+
+def keep_speaker_splits(items: list[SourceItem], records) -> int:
+    """Give each item the split of its speaker's clips that earlier runs wrote, so that a re-run whose speaker set
+    or split flags changed (more videos on disk, another --val-fraction) keeps the splits speaker-disjoint.
+    Returns how many items changed split (each gets the note ``split_of_earlier_run``)."""
+    earlier = {r.get("speaker"): r["split"] for r in records if r.get("keys")}
+    moved = 0
+    for item in items:
+        split = earlier.get(item.speaker, item.split)
+        if split != item.split:
+            item.split = split
+            item.notes.append("split_of_earlier_run")
+            moved += 1
+    return moved
+
+
 def _record(writer: ManifestShardWriter, result: SourceResult, item: SourceItem, summary: RunSummary) -> None:
-    keys = [s["__key__"] for s in result.samples]
-    for sample in result.samples:
-        writer.write_sample({k: v for k, v in sample.items() if k != "__split__"}, result.split)
+    samples = [{k: v for k, v in sample.items() if k != "__split__"} for sample in result.samples]
+    keys = [sample["__key__"] for sample in samples]
     record = {"source": result.source_id, "outcome": result.outcome, "reason": result.reason,
               "detail": result.detail[:2000], "split": result.split, "speaker": item.speaker,
               "path": printable(item.path)[0] if item.path else "", "keys": keys,
               "clip_skips": result.clip_skips, "notes": result.notes, "cpu_seconds": round(result.cpu_seconds, 3),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    writer.add_source(record, result.split if keys else None)
+    writer.write_source(samples, result.split, record)
     summary.work_cpu_seconds += result.cpu_seconds
     if keys:
         summary.written_sources += 1
         summary.clips += len(keys)
+        for skip in result.clip_skips:
+            summary.dropped_clips[skip["reason"]] = summary.dropped_clips.get(skip["reason"], 0) + 1
     else:
         summary.skipped[result.reason] = summary.skipped.get(result.reason, 0) + 1
 
 
 def _pool(workers: int):
-    """A pool of ``workers`` processes, or nothing for one worker (work in this process).
+    """A pool of ``workers`` processes, or nothing for one worker (work in this process)."""
+    return contextlib.nullcontext(None) if workers <= 1 else _Workers(workers)
 
-    Workers come from a fork server that has loaded the face models (``worker.py``) but run nothing: forking
-    the caller itself would copy OpenCV's thread pool in a state that deadlocks the child.
+
+class _Workers:
+    """Worker processes forked from a server that has loaded the face models (``worker.py``) but runs nothing:
+    forking the caller itself would copy OpenCV's thread pool in a state that deadlocks the child.
+
+    A worker that dies (killed for memory, a crash in native code) fails the sources in flight, which are recorded
+    as ``worker_died`` and tried again on the next run, and the pool is started again: the run never waits for a
+    result that cannot come.
     """
-    if workers <= 1:
-        return contextlib.nullcontext(None)
-    context = get_context("forkserver")
-    context.set_forkserver_preload(["datamodules.prepare.worker"])
-    return context.Pool(workers, initializer=_worker_init)
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.context = get_context("forkserver")
+        self.context.set_forkserver_preload(["datamodules.prepare.worker"])
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_worker_init)
+
+    def submit(self, item: SourceItem, options: PrepareOptions) -> Future:
+        return self.executor.submit(process_item, item, options)
+
+    def map(self, func, *iterables, chunksize: int = 1) -> list:
+        return list(self.executor.map(func, *iterables, chunksize=chunksize))
+
+    def restart(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._start()
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.executor.shutdown(wait=True)
+            return
+        processes = list(getattr(self.executor, "_processes", {}).values())  # stop sources in flight now
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
 
 
-def _results(items: list[SourceItem], options: PrepareOptions, pool, workers: int):
+def _results(items: list[SourceItem], options: PrepareOptions, pool: _Workers | None, workers: int):
     """Results in completion order; at most ``2 * workers`` items in flight (bounded memory)."""
     if pool is None:
         for item in items:
             yield process_item(item, options)
         return
     queue = iter(items)
-    flight = []
+    flight: dict[Future, SourceItem] = {}
     while True:
-        while len(flight) < 2 * workers:
-            item = next(queue, None)
-            if item is None:
-                break
-            flight.append(pool.apply_async(process_item, (item, options)))
+        while len(flight) < 2 * workers and (item := next(queue, None)) is not None:
+            flight[pool.submit(item, options)] = item
         if not flight:
             return
-        ready = [r for r in flight if r.ready()]
-        if not ready:
-            flight[0].wait(0.05)
-            continue
-        for r in ready:
-            flight.remove(r)
-            yield r.get()
+        finished, _ = wait(flight, timeout=1.0, return_when=FIRST_COMPLETED)
+        results = [_outcome(future, flight.pop(future)) for future in finished]
+        if any(result.reason == "worker_died" for result in results):
+            rest = wait(list(flight)).done  # a broken pool fails every source in flight at once
+            results += [_outcome(future, flight.pop(future)) for future in rest]
+            pool.restart()
+        yield from results
+
+
+def _outcome(future: Future, item: SourceItem) -> SourceResult:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return SourceResult(item.source_id, "skipped", "worker_died", WORKER_DIED, item.split, notes=list(item.notes))
 
 
 def _worker_init() -> None:
@@ -288,22 +285,3 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def merge_index(out: str | Path) -> ShardIndex:
-    """Merge the part indexes of ``--shard-range`` jobs into ``index.json``; every listed shard must exist."""
-    out = Path(out)
-    parts = sorted(out.glob(PART_INDEX_GLOB))
-    if not parts:
-        raise ValueError(f"{out} holds no part indexes ({PART_INDEX_GLOB}); run prepare with --shard-range i/n first")
-    merged = ShardIndex.read(out / INDEX_NAME, ShardIndex.read(parts[0], "").dataset)
-    for part in parts:
-        index = ShardIndex.read(part, merged.dataset)
-        if index.dataset != merged.dataset:
-            raise ValueError(f"{part} is a {index.dataset} index but {out} holds {merged.dataset}")
-        merged.add(index.splits, index.extra)
-    missing = [s.path for infos in merged.splits.values() for s in infos if not (out / s.path).exists()]
-    if missing:
-        raise ValueError(f"{len(missing)} shard(s) listed in part indexes are missing under {out}, e.g. {missing[0]}")
-    merged.save(out)
-    return merged

@@ -159,3 +159,51 @@ def test_shard_ranges_partition_the_sources():
     for bad in ("4/4", "x", "1-2"):
         with pytest.raises(ValueError):
             parse_shard_range(bad)
+
+
+def test_hdtf_finds_the_release_download_scripts_names(tmp_path):
+    (tmp_path / "WDA_annotion_time.txt").write_text(
+        "AdamSchiff.mp4 00:05-04:40\nBarackObama.mp4 00:02-02:25 03:00-06:45\n")
+    touch(tmp_path / "_videos_raw" / "WDA_AdamSchiff.mp4")  # the long video, as `download.py` names it
+    touch(tmp_path / "WDA_BarackObama_000.mp4")  # its cut clips: <G>_<name>_<kkk>.mp4
+    touch(tmp_path / "WDA_BarackObama_001.mp4")
+    items = {it.source_id: it for it in list_hdtf(tmp_path)}
+    assert set(items) == {"hdtf/WDA/AdamSchiff_0", "hdtf/WDA/BarackObama_0", "hdtf/WDA/BarackObama_1"}
+    assert not any(it.problem for it in items.values())
+    assert items["hdtf/WDA/AdamSchiff_0"].path.endswith("WDA_AdamSchiff.mp4")
+    assert (items["hdtf/WDA/AdamSchiff_0"].start, items["hdtf/WDA/AdamSchiff_0"].end) == (5.0, 280.0)
+    clip = items["hdtf/WDA/BarackObama_1"]
+    assert (clip.path.endswith("WDA_BarackObama_001.mp4"), clip.end, clip.speaker) == (True, None, "BarackObama")
+
+
+def test_hdtf_bad_side_file_lines_are_reported_per_clip_not_raised(tmp_path):
+    (tmp_path / "RD_annotion_time.txt").write_text(
+        "\nRadio1.mp4 00:20-01:35\n\nRadio2.mp4 00:22-01:45\nRadio3.mp4 0:1\n")
+    (tmp_path / "RD_crop_wh.txt").write_text("Radio1_0.mp4 483 390 0\nRadio2_0.mp4 10 20 30 40\n")
+    (tmp_path / "RD_resolution.txt").write_text("Radio1.mp4 1080\nRadio2.mp4 1080p\n")
+    for n in (1, 2, 3):
+        touch(tmp_path / f"Radio{n}.mp4")
+    items = {it.source_id: it for it in list_hdtf(tmp_path)}
+    assert items["hdtf/RD/Radio1_0"].problem.startswith("bad_annotation: RD_crop_wh.txt:1: ")
+    assert items["hdtf/RD/Radio2_0"].problem.startswith("bad_annotation: RD_resolution.txt:2: ")
+    assert items["hdtf/RD/Radio3_0"].problem.startswith("bad_annotation: RD_annotion_time.txt:5: ")
+
+
+def test_hdtf_clips_beside_their_long_video_are_not_reported_unannotated(tmp_path):
+    (tmp_path / "RD_annotion_time.txt").write_text("Radio11.mp4 00:30-01:00 01:30-02:30\n")
+    (tmp_path / "RD_annotation_time.txt").write_text("Radio11.mp4 00:30-01:00 01:30-02:30\n")  # a corrected copy
+    for name in ("Radio11.mp4", "Radio11_0.mp4", "Radio11_1.mp4"):
+        touch(tmp_path / name)
+    items = list_hdtf(tmp_path)
+    assert sorted(it.source_id for it in items) == ["hdtf/RD/Radio11_0", "hdtf/RD/Radio11_1"]
+    assert all(it.path.endswith("Radio11.mp4") and it.problem is None for it in items)
+
+
+def test_avspeech_split_by_file_name_word_and_a_byte_order_mark(tmp_path):
+    (tmp_path / "avspeech_train_latest.csv").write_bytes(b"\xef\xbb\xbfAvWWVOgaMlk,90.000000,93.566667,0.5,0.3\n")
+    (tmp_path / "AVSpeech_Test.csv").write_text("TeStId00001,3.000000,9.000000,0.5,0.5\n")
+    touch(tmp_path / "v" / "AvWWVOgaMlk.mp4")
+    touch(tmp_path / "v" / "TeStId00001.mp4")
+    items = list_avspeech([tmp_path / "avspeech_train_latest.csv", tmp_path / "AVSpeech_Test.csv"], tmp_path / "v")
+    assert [(it.speaker, it.split, it.problem) for it in items] == [("AvWWVOgaMlk", "train", None),
+                                                                     ("TeStId00001", "test", None)]

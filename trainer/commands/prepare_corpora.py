@@ -9,7 +9,8 @@ from trainer.cli import add_command
 
 
 def prepare_hdtf(args: argparse.Namespace) -> int:
-    """Prepare HDTF: long videos cut at <G>_annotion_time.txt segments, or already-split <name>_<k>.mp4 clips.
+    """Prepare HDTF: long videos cut at <G>_annotion_time.txt segments, or already-split <name>_<k>.mp4 clips
+    (or <G>_<name>.mp4 and <G>_<name>_<kkk>.mp4, as the release's download script names them).
 
     --root holds the release's annotation files (<G>_annotion_time.txt, <G>_crop_wh.txt, <G>_resolution.txt)
     and the downloaded videos (anywhere below it). Speakers are video names without trailing digits plus the
@@ -18,7 +19,10 @@ def prepare_hdtf(args: argparse.Namespace) -> int:
     """
     from datamodules.prepare.listing import assign_speaker_splits, list_hdtf, read_alias_file
 
+    _check_numbers(args)
     root = _existing_dir(args.root, "--root", "the folder holding HDTF's <G>_annotion_time.txt files and videos")
+    if args.aliases and not Path(args.aliases).is_file():
+        raise UserError(f"--aliases {args.aliases}: no such file; give a text file of lines '<video name> <speaker>'")
     aliases = read_alias_file(args.aliases) if args.aliases else None
     items = list_hdtf(root, aliases)
     if not any(it.problem != "no_annotation" for it in items):
@@ -37,6 +41,7 @@ def prepare_voxceleb2(args: argparse.Namespace) -> int:
     """
     from datamodules.prepare.listing import assign_speaker_splits, list_voxceleb2
 
+    _check_numbers(args)
     root = _existing_dir(args.root, "--root", "the folder holding VoxCeleb2's dev/ and test/ folders")
     items = list_voxceleb2(root)
     if not items:
@@ -55,6 +60,7 @@ def prepare_avspeech(args: argparse.Namespace) -> int:
     """
     from datamodules.prepare.listing import assign_speaker_splits, list_avspeech
 
+    _check_numbers(args)
     for path in args.csv:
         if not Path(path).is_file():
             raise UserError(f"--csv {path}: no such file; give avspeech_train.csv and/or avspeech_test.csv")
@@ -71,7 +77,7 @@ def merge_index_command(args: argparse.Namespace) -> int:
 
     Example: seespeaker prepare merge-index --out data/hdtf
     """
-    from datamodules.prepare.runner import merge_index
+    from datamodules.prepare.manifest import merge_index
 
     try:
         index = merge_index(args.out)
@@ -100,6 +106,22 @@ def _check_face_tools() -> None:
                         f"`pip install -e .[faces] -c constraints.txt` (dlib-bin, face-recognition-models)") from exc
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Flags whose values would make every source fail or the split meaningless, named before any work starts."""
+    for flag, value, low in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1),
+                             ("--detect-every", args.detect_every, 1), ("--clip-seconds", args.clip_seconds, 0),
+                             ("--max-sources", args.max_sources, 0), ("--min-face", args.min_face, 0)):
+        if value < low:
+            raise UserError(f"{flag} {value:g}: must be at least {low}")
+    fractions = {"--val-fraction": args.val_fraction, "--test-fraction": getattr(args, "test_fraction", 0.0)}
+    for flag, value in fractions.items():
+        if not 0 <= value < 1:
+            raise UserError(f"{flag} {value:g}: must be a fraction of the speakers, from 0 up to (not including) 1")
+    if sum(fractions.values()) >= 1:
+        raise UserError(f"--val-fraction {args.val_fraction:g} and --test-fraction {fractions['--test-fraction']:g} "
+                        f"leave no speakers for train; keep their sum below 1")
+
+
 def _run(args: argparse.Namespace, items, dataset: str) -> int:
     from datamodules.prepare.process import PrepareOptions
     from datamodules.prepare.runner import parse_shard_range, run
@@ -118,6 +140,12 @@ def _run(args: argparse.Namespace, items, dataset: str) -> int:
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())) or "none"
     print(f"{dataset}: {summary.clips} clips from {summary.written_sources} sources in {summary.seconds:.1f} s "
           f"({summary.clips_per_second:.2f} clips/s); already done {summary.already_done}; skipped: {skipped}")
+    if summary.dropped_clips:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.dropped_clips.items()))
+        print(f"clips dropped from the sources written: {dropped} (manifest: clip_skips)")
+    if summary.kept_splits:
+        print(f"{summary.kept_splits} sources kept the split their speaker has from an earlier run "
+              f"(manifest note split_of_earlier_run), so that no speaker is in two splits")
     print(f"manifest and shards in {args.out}")
     if summary.interrupted:
         print("interrupted: run the same command again to resume")
@@ -131,7 +159,8 @@ def _common(parser: argparse.ArgumentParser, test_fraction: bool = False) -> Non
                         help="aligned face size (default 256)")
     parser.add_argument("--clip-seconds", type=float, default=5.0,
                         help="cut sources into clips of this length (0: one clip per source; default 5)")
-    parser.add_argument("--shard-size", type=int, default=64, help="clips per shard (default 64)")
+    parser.add_argument("--shard-size", type=int, default=64,
+                        help="clips per shard (default 64; a shard closes between sources, so it may hold a few more)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the speaker split (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="fraction of speakers for val (default 0.05)")
     if test_fraction:
@@ -140,7 +169,9 @@ def _common(parser: argparse.ArgumentParser, test_fraction: bool = False) -> Non
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--shard-range", default=None,
                         help="i/n: this job takes 1/n of the sources (job arrays); finish with merge-index")
-    parser.add_argument("--max-sources", type=int, default=0, help="stop after this many new sources (0: all)")
+    parser.add_argument("--max-sources", type=int, default=0,
+                        help="stop after this many new sources with a video (0: all); missing videos and bad lines "
+                        "on the way are recorded without counting")
     parser.add_argument("--min-face", type=float, default=96.0,
                         help="skip clips whose face crop is smaller than this many source pixels (default 96)")
     parser.add_argument("--detect-every", type=int, default=5,
