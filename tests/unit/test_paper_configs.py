@@ -12,6 +12,15 @@ from lightning_modules.stagefile import StageFileError
 from trainer.config import compose
 
 
+@pytest.fixture(autouse=True)
+def no_meta_tensor_left_in_caches():
+    """The speech encoder's mel filterbank is cached per shape: built under ``torch.device("meta")`` it would be a
+    meta tensor for every later test of the session."""
+    from lightning_modules.nets.audio_features import mel_filterbank
+    yield
+    mel_filterbank.cache_clear()
+
+
 def paper(stage: str):
     return compose(["experiment=paper_stage1", f"stage={stage}"])
 
@@ -75,3 +84,13 @@ def test_paper_codebook_1024_builds_on_paper_codebook():
     assert wide.stage.channel_multipliers == [1, 1, 2, 2, 4, 4, 8]  # one more VQ level: 16 x 16 tokens at 1024 px
     assert wide.trainer == base.trainer and wide.tracking == base.tracking  # set only in paper_codebook.yaml
     assert (wide.data.resolution, wide.data.clip_frames) == (base.data.resolution, base.data.clip_frames)
+
+
+def test_the_paper_chain_shares_one_stages_folder_and_the_1024_codebook_keeps_its_own():
+    folders = {compose([f"experiment={e}", f"stage={s}"]).run.stages_dir
+               for e, s in (("paper_stage1", "conre"), ("paper_stage1", "saw"), ("paper_stage2", "motion_diffusion"),
+                            ("paper_codebook", "codebook"))}
+    assert folders == {"outputs/paper/stages"}  # motion_diffusion and the codebook read conre from there
+    wide = compose(["experiment=paper_codebook_1024", "stage=codebook"])
+    assert wide.run.stages_dir == "outputs/paper_codebook_1024/stages"  # never over the 512 px codebook file
+    assert compose(["experiment=paper_stage2", "stage=syncnet"]).run.dir == "outputs/paper/syncnet"
