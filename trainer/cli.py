@@ -14,6 +14,13 @@ import sys
 from common.errors import SeespeakerError
 
 COMMANDS = ("prepare", "train", "config", "export", "prior", "evaluate", "generate", "render", "slurm", "runs")
+EXAMPLE = """example (the tiny scale on a CPU; `make demo` runs the whole chain):
+  seespeaker prepare synthetic --out data/synthetic
+  seespeaker train experiment=tiny stage=conre
+  seespeaker runs list outputs/tiny
+  seespeaker generate --audio speech.wav --stages outputs/tiny/stages --out talking_face.mp4
+
+`seespeaker <command> --help` says what a command does, with an example."""
 
 
 def doc_parts(func) -> tuple[str, str]:
@@ -37,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seespeaker",
         description="Speech-only high-resolution talking-face generation: prepare data, train the stages, "
         "submit to SLURM, track runs and evaluate checkpoints.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMANDS:

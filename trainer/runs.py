@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,35 @@ class RunRecord:
         return str(self.path)
 
     @property
-    def steps(self) -> int | None:
-        """Training steps done: the final global step of a finished run (``summary.json``), else one more than
-        the last logged step (the metrics after step n are logged at step n - 1)."""
-        if "summary.global_step" in self.summary:
-            return int(self.summary["summary.global_step"])
+    def logged_steps(self) -> int | None:
+        """One more than the last logged step (the metrics after step n are logged at step n - 1)."""
         last = max((int(row["step"]) for row in self.history), default=None)
         return None if last is None else last + 1
+
+    @property
+    def steps(self) -> int | None:
+        """Training steps done: the final global step of a finished run (``summary.json``), or the logged steps when
+        the log goes further (a run resumed with more steps logs past the summary of its earlier end)."""
+        done = [int(self.summary["summary.global_step"])] if "summary.global_step" in self.summary else []
+        logged = [self.logged_steps] if self.logged_steps is not None else []
+        return max(done + logged, default=None)
+
+    @property
+    def state(self) -> str:
+        """``finished`` when ``summary.json`` (written at the end of training) covers every logged step, else
+        ``unfinished`` (running, stopped or crashed: the age of its last log line tells which is likely)."""
+        if "summary.global_step" not in self.summary:
+            return "unfinished"
+        return "finished" if int(self.summary["summary.global_step"]) >= (self.logged_steps or 0) else "unfinished"
+
+    @property
+    def updated(self) -> float | None:
+        """The time of the last metric row (seconds since the epoch), else of the metric log file."""
+        times = [float(row["time"]) for row in self.history if _finite(row.get("time"))]
+        if times:
+            return max(times)
+        metrics = self.path / METRICS_FILE
+        return metrics.stat().st_mtime if metrics.is_file() else None
 
     def metric_names(self) -> list[str]:
         return sorted({k for row in self.history for k in row if k not in ("step", "time", "epoch")})
@@ -56,11 +79,15 @@ class RunRecord:
         return values[-1][1] if values else None
 
     def best(self, metric: str) -> float | None:
+        """The best value: by the run's ``stage.monitor_mode`` for its monitored metric, else by the metric's name."""
         values = [v for _, v in self.series(metric)]
         if not values:
             return None
-        higher = any(word in metric for word in ("top1", "top5", "acc", "psnr", "ssim", "csim", "lse_c"))
-        return max(values) if higher else min(values)
+        mode = self.config.get("stage.monitor_mode") if metric == self.config.get("stage.monitor") else None
+        if mode not in ("min", "max"):
+            higher = any(word in metric for word in ("top1", "top5", "acc", "psnr", "ssim", "csim", "lse_c"))
+            mode = "max" if higher else "min"
+        return max(values) if mode == "max" else min(values)
 
 
 def _finite(value: Any) -> bool:
@@ -81,7 +108,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
             continue
         found += sorted({p.parent for p in path.rglob("config.yaml") if "wandb" not in p.parts}
                         | {p.parent for p in path.rglob(METRICS_FILE)})
-    return found
+    unique: dict[Path, Path] = {}  # a run reached through two of the paths is listed once
+    for run in found:
+        unique.setdefault(run.resolve(), run)
+    return list(unique.values())
 
 
 def load_run(path: Path) -> RunRecord:
@@ -90,7 +120,7 @@ def load_run(path: Path) -> RunRecord:
     config = path / "config.yaml"
     if config.is_file():
         try:
-            record.config = flatten(OmegaConf.to_container(OmegaConf.load(config)))
+            record.config = flatten(_mapping(OmegaConf.to_container(OmegaConf.load(config)), "config.yaml"))
         except Exception as exc:  # YAML errors come in several types
             record.problems.append(f"config.yaml unreadable ({exc})")
     else:
@@ -105,12 +135,19 @@ def load_run(path: Path) -> RunRecord:
     for name in ("summary.json", "results.json"):
         if (path / name).is_file():
             try:
-                record.summary.update(flatten(json.loads((path / name).read_text()), f"{name.split('.')[0]}."))
-            except json.JSONDecodeError as exc:
+                data = _mapping(json.loads((path / name).read_text()), name)
+                record.summary.update(flatten(data, f"{name.split('.')[0]}."))
+            except (json.JSONDecodeError, RunReadError) as exc:
                 record.problems.append(f"{name} unreadable ({exc})")
     if (path / WANDB_ID_FILE).is_file():
         record.summary["wandb_id"] = (path / WANDB_ID_FILE).read_text().strip()
     return record
+
+
+def _mapping(data: Any, name: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise RunReadError(f"{name} holds a {type(data).__name__}, not a mapping of keys to values")
+    return data
 
 
 def config_differences(records: list[RunRecord]) -> list[str]:
@@ -125,6 +162,17 @@ def check_metrics(records: list[RunRecord], metrics: list[str]) -> list[str]:
     available = sorted({m for r in records for m in r.metric_names()})
     return [f"unknown metric {m!r}; metrics in these runs: {', '.join(available) or 'none'}"
             for m in metrics if m not in available]
+
+
+def age(seconds_since_epoch: float | None, now: float | None = None) -> str:
+    """How long ago, in the largest whole unit: ``45s``, ``12m``, ``3h``, ``2d``."""
+    if seconds_since_epoch is None:
+        return "-"
+    seconds = max(0.0, (time.time() if now is None else now) - seconds_since_epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def format_value(value: Any) -> str:

@@ -8,8 +8,10 @@ from trainer.cli import add_command
 
 
 def show(args: argparse.Namespace) -> int:
-    """Print the resolved config of a training run, with the derived values (global batch, run folder) and
-    what the stage loads first (its edges in the stage graph, and the order to train them in).
+    """Print the resolved config of a training run, its derived values and the stages it needs first.
+
+    The derived values are the global batch and the run and stages folders; the stage graph part names what the
+    stage loads and the order to train those stages in.
 
     Takes the same words as `seespeaker train`; --explain prints every key with its help text.
     Example: seespeaker config show experiment=tiny stage=conre trainer.max_steps=10
@@ -47,7 +49,10 @@ def stage_needs(cfg, words: list[str]) -> str:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("config", help="inspect the resolved configuration", description=__doc__)
+    parser = subparsers.add_parser(
+        "config", help="inspect the resolved configuration", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Inspect the configuration `seespeaker train` would run with, without training.\n"
+                    "Example: seespeaker config show experiment=tiny stage=conre --explain")
     sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
     p = add_command(sub, "show", show)
     p.add_argument("--explain", action="store_true", help="list every key with its help text")

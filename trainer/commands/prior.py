@@ -10,6 +10,7 @@ import torch
 
 from common.errors import SeespeakerError, UserError
 from trainer.cli import add_command
+from trainer.commands import check_output, replacing
 
 
 def stream_face_latents(shards: list[str], counts: list[int], vae, scaling_factor: float, resolution: int,
@@ -50,7 +51,8 @@ def prior(args: argparse.Namespace) -> int:
 
     Streams the training split of the shard set through the exported autoencoder (bounded memory: one batch
     plus, with --pca, a D x D scatter matrix) and writes a safetensors file with its provenance (the shards,
-    the face count and the VAE's hash). The portrait stage reads <stages>/face_prior.safetensors by default.
+    the face count and the VAE's hash), replacing an earlier --out (said so) once it is complete. The portrait
+    stage reads <stages>/face_prior.safetensors by default.
     Example: seespeaker prior --data data/synthetic --stages outputs/tiny/stages \\
       --out outputs/tiny/stages/face_prior.safetensors
     """
@@ -61,6 +63,7 @@ def prior(args: argparse.Namespace) -> int:
 
     if args.pca < 0 or args.workers < 0 or args.batch_size < 1:
         raise UserError("--pca and --workers must be >= 0 and --batch-size >= 1")
+    replaces = check_output("--out", args.out, "face_prior.safetensors")
     try:
         index = ShardIndex.load(args.data)
         infos = index.splits.get(args.split) or []
@@ -90,9 +93,12 @@ def prior(args: argparse.Namespace) -> int:
     except (FacePriorError, ValueError) as exc:
         raise UserError(str(exc)) from None
     face_prior.extra["skipped_samples"] = stats["skipped"]
+    if replaces:
+        print(replacing(args.out))
     path = face_prior.save(args.out)
+    kept = 0 if face_prior.basis is None else face_prior.basis.shape[0]  # at most the latent's size
     print(f"face prior of {face_prior.count} faces from {len(present)} shards ({stats['skipped']} bad samples "
-          f"skipped), latent {tuple(face_prior.mean.shape)}, pca {args.pca}, VAE {vae_hash}, "
+          f"skipped), latent {tuple(face_prior.mean.shape)}, pca {kept}, VAE {vae_hash}, "
           f"{time.time() - start:.1f} s -> {path}")
     return 0
 

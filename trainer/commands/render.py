@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.errors import SeespeakerError, UserError
 from trainer.cli import add_command
+from trainer.commands import check_output, replacing, resolve_device
 
 IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEOS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -25,7 +26,7 @@ def render(args: argparse.Namespace) -> int:
     of them (mp4); it is resized to the renderer's input: the stage's low resolution for a codebook file, 512 px
     (bicubic) for codeformer.pth, with CodeFormer's convention: RGB scaled to [-1, 1], adaptive instance
     normalisation on, output clamped to [-1, 1]. An image gives an image, a video an mp4 with the input's audio
-    and frame rate.
+    and frame rate; an existing --out is replaced once the new file is complete (said at the start).
 
     --fidelity w in [0, 1], by layout:
       codeformer (codeformer.pth, or a codebook file trained with stage.layout=codeformer): CodeFormer's w, the
@@ -36,16 +37,16 @@ def render(args: argparse.Namespace) -> int:
         back-projection fraction, so at 1 the output's low frequencies follow the input. Default: the file's
         stage.fidelity_weight; a transformer-phase file always renders at 0.
     """
-    import torch
-
     if args.fidelity is not None and not 0.0 <= args.fidelity <= 1.0:
         raise UserError(f"--fidelity {args.fidelity}: w must be in [0, 1] (0: the codes alone, 1: closest to the "
                         f"input)")
+    if args.batch_frames < 1:
+        raise UserError(f"--batch-frames {args.batch_frames}: must be at least 1")
     source, out = Path(args.input), Path(args.out)
     video = check_paths(Path(args.stage), source, out)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    device = resolve_device("--device", args.device)
+    if check_output("--out", out, "restored.png", {"--input": source, "--stage": args.stage}):
+        print(replacing(out))
     try:
         upscale, size = load_renderer(Path(args.stage), args.fidelity, device, args.batch_frames)
         if video:
@@ -61,11 +62,15 @@ def render(args: argparse.Namespace) -> int:
 def check_paths(stage: Path, source: Path, out: Path) -> bool:
     """Whether the input is a video; each path that cannot work is an error naming it and what to do."""
     for path, what in ((stage, "--stage"), (source, "--input")):
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a folder; give a file (for --stage: the codebook.safetensors in a "
+                            f"stages folder, or codeformer.pth)")
         if not path.is_file():
             raise UserError(f"{what} {path} does not exist")
     if stage.suffix not in (".safetensors", ".pth", ".pt"):
         raise UserError(f"--stage {stage}: expected an exported codebook.safetensors (make one from a run with "
                         f"`seespeaker export <run folder>`) or CodeFormer's codeformer.pth")
+    check_codebook_file(stage)
     kinds = {s: "an image" for s in IMAGES} | {s: "a video" for s in VIDEOS}
     have = kinds.get(source.suffix.lower())
     if have is None:
@@ -75,6 +80,21 @@ def check_paths(stage: Path, source: Path, out: Path) -> bool:
         expected = ".mp4" if have == "a video" else "an image suffix (.png, .jpg)"
         raise UserError(f"--out {out}: the input {source} is {have}, so the output needs {expected}")
     return have == "a video"
+
+
+def check_codebook_file(stage: Path) -> None:
+    """A stage file of another stage is an error naming the stage it holds and the file render reads."""
+    from lightning_modules.stagefile import read_metadata
+
+    if stage.suffix != ".safetensors":
+        return
+    try:
+        held = read_metadata(stage).get("stage")
+    except SeespeakerError as exc:
+        raise UserError(f"--stage {exc}") from None
+    if held != "codebook":
+        raise UserError(f"--stage {stage} holds stage {held!r}; render takes the codebook stage "
+                        f"(codebook.safetensors in a stages folder) or CodeFormer's codeformer.pth")
 
 
 def load_renderer(stage: Path, fidelity: float | None, device: str, batch_frames: int) -> tuple[Callable, int]:
@@ -126,7 +146,7 @@ def render_image(source: Path, out: Path, upscale: Callable, size: int) -> int:
     from common.media import write_png
 
     try:
-        image = np.asarray(Image.open(source).convert("RGB"))
+        image = np.array(Image.open(source).convert("RGB"))  # a writable copy for torch
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"--input {source} is not a readable image ({exc})") from None
     result = to_uint8(upscale(resized(image[None], size)))[0]
