@@ -123,15 +123,17 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True,
                         help="output mp4 (or the portrait PNG's base name with --portrait-only)")
     parser.add_argument("--resolution", type=int, default=0, help="output frame size (default: the codebook's)")
-    parser.add_argument("--steps", type=int, default=50, help="portrait sampler steps")
+    parser.add_argument("--steps", type=int, default=50, help="portrait sampler steps (default 50)")
     parser.add_argument("--motion-steps", type=int, default=0, help="motion sampler steps (default: the stage's)")
     parser.add_argument("--frame-steps", type=int, default=0,
                         help="frame sampler steps per frame (default: the stage's)")
-    parser.add_argument("--guidance", type=float, default=3.0, help="portrait classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=3.0,
+                        help="portrait classifier-free guidance scale (default 3.0)")
     parser.add_argument("--fidelity", type=float, default=None, help="codebook renderer fidelity w in [0, 1]")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    parser.add_argument("--batch-frames", type=int, default=16, help="frames per batch in refinement and rendering")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    parser.add_argument("--batch-frames", type=int, default=16,
+                        help="frames per batch in refinement and rendering (default 16)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU; fp32; bf16 (autocast on any device)")
     parser.add_argument("--portrait-only", action="store_true", help="write only the portrait (PNG)")
