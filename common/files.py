@@ -13,14 +13,24 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it replaces ``path``, on failure it is removed."""
+    """Yield a temporary path to write to; on success it replaces ``path`` with the permissions a plain ``open``
+    would give it (the umask's; some writers, such as safetensors, create owner-only files, which teammates on a
+    shared cluster could not read), on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

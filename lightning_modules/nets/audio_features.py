@@ -11,15 +11,16 @@ from torch import nn
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0,
                    fmax: float | None = None) -> torch.Tensor:
-    """HTK-style triangular mel filters, [n_mels, n_fft // 2 + 1]."""
+    """HTK-style triangular mel filters, [n_mels, n_fft // 2 + 1], on the CPU (cached: a filterbank built under
+    ``torch.device("meta")`` or a CUDA default device would otherwise be handed to every later caller)."""
     fmax = fmax or sample_rate / 2
 
     def hz_to_mel(hz: float) -> float:
         return 2595.0 * math.log10(1.0 + hz / 700.0)
 
-    mels = torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2, dtype=torch.float64)
+    mels = torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2, dtype=torch.float64, device="cpu")
     hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
-    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64, device="cpu")
     lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
     up = (bins[None] - lower) / (centre - lower)
     down = (upper - bins[None]) / (upper - centre)

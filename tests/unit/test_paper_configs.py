@@ -12,15 +12,6 @@ from lightning_modules.stagefile import StageFileError
 from trainer.config import compose
 
 
-@pytest.fixture(autouse=True)
-def no_meta_tensor_left_in_caches():
-    """The speech encoder's mel filterbank is cached per shape: built under ``torch.device("meta")`` it would be a
-    meta tensor for every later test of the session."""
-    from lightning_modules.nets.audio_features import mel_filterbank
-    yield
-    mel_filterbank.cache_clear()
-
-
 def paper(stage: str):
     return compose(["experiment=paper_stage1", f"stage={stage}"])
 
@@ -94,3 +85,13 @@ def test_the_paper_chain_shares_one_stages_folder_and_the_1024_codebook_keeps_it
     wide = compose(["experiment=paper_codebook_1024", "stage=codebook"])
     assert wide.run.stages_dir == "outputs/paper_codebook_1024/stages"  # never over the 512 px codebook file
     assert compose(["experiment=paper_stage2", "stage=syncnet"]).run.dir == "outputs/paper/syncnet"
+
+
+def test_a_network_built_on_meta_leaves_no_meta_tensor_in_the_feature_caches():
+    from lightning_modules.nets.audio_features import mel_filterbank
+    mel_filterbank.cache_clear()
+    tiny = compose(["experiment=tiny", "stage=conre"]).stage
+    with torch.device("meta"):
+        build_speech_encoder(tiny)
+    real = build_speech_encoder(tiny)  # the cached filterbank is handed to it
+    assert not any(t.is_meta for t in [*real.parameters(), *real.buffers()])

@@ -134,3 +134,12 @@ def test_the_graph_follows_the_config():
     assert training_order(["codebook"], lambda stage: motion) == ["conre", "autoencoder", "motion_diffusion",
                                                                   "codebook"]
     assert FACE_PRIOR in requires("portrait_diffusion")
+
+
+def test_a_stage_file_is_readable_by_the_group_as_the_umask_allows(tmp_path):
+    import os
+
+    from common.files import current_umask
+    path = tmp_path / "conre.safetensors"
+    save_stage_file(path, StageFile(stage="conre", state={"w": torch.zeros(2)}, config={}))
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~current_umask()  # safetensors alone would make it 0600
