@@ -20,7 +20,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             raise CheckpointError(f"{path} is a folder but not a DeepSpeed checkpoint or a run folder")
         return load_deepspeed_checkpoint(path)
     state = safe_load(path)
-    if "state_dict" not in state:
+    if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} has no 'state_dict': it is not a Lightning checkpoint")
     return state.pop("state_dict"), state
 

@@ -249,6 +249,12 @@ def read_codeformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as exc:
+        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise CodeFormerWeightsError(
+                f"refusing to load {path}: it holds Python objects that would run code when unpickled "
+                f"({str(exc).splitlines()[0][:200]}); CodeFormer's released codeformer.pth holds tensors only, so "
+                f"use that file, or re-save the state dict you trust as torch.save({{'params_ema': state}}, path)"
+            ) from None
         raise CodeFormerWeightsError(f"{path} is not a readable torch weights file ({exc}); give CodeFormer's "
                                      f"codeformer.pth") from None
     if isinstance(checkpoint, dict):

@@ -68,3 +68,10 @@ def test_an_exported_file_as_the_source_says_what_export_reads(tmp_path, capsys)
     assert main(["export", str(checkpoint(tmp_path / "c.ckpt", "conre", 5)), "--out", str(stage_file)]) == 0
     assert main(["export", str(stage_file)]) == 2
     assert f"{stage_file} is already an exported stage file" in capsys.readouterr().err
+
+
+def test_a_torch_file_that_is_no_checkpoint_is_named_not_a_traceback(tmp_path, capsys):
+    bare = tmp_path / "weights.ckpt"
+    torch.save(torch.zeros(3), bare)
+    assert main(["export", str(bare), "--out", str(tmp_path / "conre.safetensors")]) == 2
+    assert "has no 'state_dict': it is not a Lightning checkpoint" in capsys.readouterr().err

@@ -345,3 +345,11 @@ def test_codeformer_layout_trains_the_render_phase_exports_and_renders(tmp_path)
     got = np.asarray(Image.open(out).convert("RGB")).astype(np.float64)
     want = to_uint8(loaded.upscale(to_unit(image)[None], 0.3)[0]).astype(np.float64)
     assert got.shape == (64, 64, 3) and np.abs(got - want).max() <= 1
+
+
+def test_a_pth_that_would_run_code_is_refused_as_such(tmp_path):
+    from lightning_modules.nets.codeformer import read_codeformer_weights
+    unsafe = tmp_path / "codeformer.pth"
+    torch.save({"params_ema": {"w": torch.zeros(1)}, "opts": types.SimpleNamespace(arch="codeformer")}, unsafe)
+    with pytest.raises(CodeFormerWeightsError, match="refusing to load .*run code"):
+        read_codeformer_weights(unsafe)
