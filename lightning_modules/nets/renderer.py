@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.nets.vq import ResBlock
+from lightning_modules.nets.vq import ResBlock, norm
 
 
 def fidelity_like(w: float | torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -74,12 +74,9 @@ class ResidualHead(nn.Module):
     conv zero-initialised, so that a renderer starts from bicubic at fidelity 1. At fidelity w the output is
     ``(1 - w) * decoded + w * (bicubic + detail)``."""
 
-    def __init__(self, channels: int, groups: int = 32):
+    def __init__(self, channels: int):
         super().__init__()
-        g = min(groups, channels)
-        while channels % g:
-            g -= 1
-        self.net = nn.Sequential(nn.GroupNorm(g, channels, eps=1e-6), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1))
+        self.net = nn.Sequential(norm(channels), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
