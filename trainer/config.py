@@ -207,7 +207,7 @@ def compose(args: list[str]) -> Config:
     cfg = merge_into(cfg, OmegaConf.from_dotlist(overrides), "command line", schema)
     config: Config = OmegaConf.to_object(cfg)
     derive(config)
-    validate(config, exp_source)
+    validate(config, f"{exp_source} with the command line {' '.join(overrides)}" if overrides else exp_source)
     return config
 
 

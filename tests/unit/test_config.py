@@ -197,3 +197,8 @@ def test_choice_check_reaches_nested_dataclasses():
     assert choice_errors(Outer(), "x") == []
     assert choice_errors(Outer(Inner("c"), 3), "x") == ["x.inner.mode='c' is not one of a, b",
                                                         "x.level=3 is not one of 1, 2"]
+
+
+def test_an_invalid_value_from_the_command_line_is_said_to_come_from_it():
+    with pytest.raises(ConfigError, match=r"tiny\.yaml with the command line tracking\.mode=bogus\):\n.*'bogus'"):
+        compose(["experiment=tiny", "stage=conre", "tracking.mode=bogus"])
