@@ -88,14 +88,15 @@ class ShardDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The training stream of this rank, positioned by the global step (a resumed run continues it exactly)."""
         rank, world = self._rank()
-        shards, _ = self.split_shards(self.cfg.train_split)
+        shards, counts = self.split_shards(self.cfg.train_split)
         batches = max(1, self.cfg.samples_per_epoch // self.cfg.batch_size)
         workers = max(1, self.cfg.num_workers)
         batches = max(workers, batches - batches % workers)
         epoch, skip = divmod(self.consumed_batches(), batches)
         stream = ClipStream(shards, self.window, self.cfg.batch_size, train=True, rank=rank, world_size=world,
                             seed=self.seed, epoch=epoch, batches=batches, shuffle_buffer=self.cfg.shuffle_buffer,
-                            skip_batches=skip, speaker_part=self.cfg.speaker_part_numbers())
+                            skip_batches=skip, speaker_part=self.cfg.speaker_part_numbers(), shard_counts=counts,
+                            root=str(self.cfg.root))
         return self._loader(stream)
 
     def consumed_batches(self) -> int:
