@@ -238,8 +238,11 @@ class ClipStream(IterableDataset):
 
         Every random choice (shard, buffer slot, window start) comes from this worker's generator, so skipping
         reproduces the stream position of an interrupted epoch exactly (bad samples aside: a skipped slot is
-        not decoded, so it cannot be found bad).
+        not decoded, so it cannot be found bad). The DataLoader takes batches from its workers in turn starting at
+        worker 0, while batch ``skip_batches`` of the epoch belongs to worker ``skip_batches % num_workers``: worker
+        w therefore plays that worker's part ``(w + skip_batches) % num_workers`` (its generator and its batches).
         """
+        worker = (worker + self.skip_batches) % num_workers
         rng = self._rng(worker)
         urls = (rng.choice(self.shards) for _ in iter(int, 1))
         total, skip = share(self.batches, worker, num_workers), share(self.skip_batches, worker, num_workers)
