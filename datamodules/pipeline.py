@@ -38,7 +38,6 @@ from datamodules.sample import (
 from datamodules.shards import ShardSetError
 from datamodules.skips import SkipCounter
 
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 MAX_SAMPLES_OUTSIDE_PART = 100_000  # consecutive samples outside data.speaker_part before giving up
 
 
@@ -78,7 +77,7 @@ def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None,
     indices = np.arange(start, start + window.frames)
     marks = decode_landmarks(sample, meta.num_frames)[indices] * (window.resolution / meta.resolution)
     audio = decode_audio(sample, window.sample_rate)
-    first = start * SAMPLES_PER_FRAME
+    first = int(round(start * window.sample_rate / window.fps))  # audio samples per frame follow the rates
     chunk = np.zeros(window.audio_samples, np.float32)
     piece = audio[first:first + window.audio_samples]
     chunk[: len(piece)] = piece
@@ -293,14 +292,14 @@ class ClipStream(IterableDataset):
                 for r in range(self.world_size)]
 
     def _eval_batches(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
-        """This worker's shards in order, padded to the batch count of the longest (rank, worker), capped at
-        ``batches``."""
+        """This worker's shards in order, padded to the batch count of the longest (rank, worker) and capped at its
+        share of ``batches`` (the cap is the rank's, divided among its workers)."""
         per_rank = self._eval_shards(worker, num_workers)
         counts = [sum(self.shard_counts[i] for i in shards) for shards in per_rank]
         known = any(self.shard_counts)  # unknown counts: no padding past the last partial batch
         target = max(-(-c // self.batch_size) for c in counts) if known else sys.maxsize
         if self.batches:
-            target = min(target, self.batches)
+            target = min(target, share(self.batches, worker, num_workers))
         produced, batch = 0, []
         samples = self._samples((self.shards[i] for i in per_rank[self.rank]), counter)
         while produced < target:
