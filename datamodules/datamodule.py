@@ -110,10 +110,12 @@ class ShardDataModule(pl.LightningDataModule):
         return int(self.trainer.accumulate_grad_batches) if self.trainer is not None else 1
 
     def consumed_batches(self) -> int:
-        """Training batches this rank has consumed so far (optimizer steps x accumulation)."""
+        """Training batches this rank has consumed so far: optimizer steps x accumulation, where the steps are
+        Lightning's global step over the stage's optimizers (a GAN stage steps two per batch)."""
         if self.trainer is None:
             return 0
-        return self.trainer.global_step * self._accumulation()
+        optimizers = max(1, int(getattr(self.trainer.lightning_module, "num_optimizers", 1) or 1))
+        return self.trainer.global_step // optimizers * self._accumulation()
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.cfg.val_split, self.cfg.val_samples)
