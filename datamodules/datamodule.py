@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,21 +89,33 @@ class ShardDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The training stream of this rank, positioned by the global step (a resumed run continues it exactly)."""
         rank, world = self._rank()
-        shards, _ = self.split_shards(self.cfg.train_split)
-        batches = max(1, self.cfg.samples_per_epoch // self.cfg.batch_size)
-        workers = max(1, self.cfg.num_workers)
-        batches = max(workers, batches - batches % workers)
+        shards, counts = self.split_shards(self.cfg.train_split)
+        batches = self.epoch_batches()
         epoch, skip = divmod(self.consumed_batches(), batches)
         stream = ClipStream(shards, self.window, self.cfg.batch_size, train=True, rank=rank, world_size=world,
                             seed=self.seed, epoch=epoch, batches=batches, shuffle_buffer=self.cfg.shuffle_buffer,
-                            skip_batches=skip, speaker_part=self.cfg.speaker_part_numbers())
+                            skip_batches=skip, speaker_part=self.cfg.speaker_part_numbers(), shard_counts=counts,
+                            root=str(self.cfg.root))
         return self._loader(stream)
 
+    def epoch_batches(self) -> int:
+        """Training batches per epoch: ``samples_per_epoch // batch_size`` rounded down to a multiple of the loader
+        workers (each worker yields as many) and of the gradient accumulation (an epoch never ends inside an
+        accumulation, where Lightning would step on a partial one and the step count stop telling the position)."""
+        unit = math.lcm(max(1, self.cfg.num_workers), self._accumulation())
+        batches = max(1, self.cfg.samples_per_epoch // self.cfg.batch_size)
+        return max(unit, batches - batches % unit)
+
+    def _accumulation(self) -> int:
+        return int(self.trainer.accumulate_grad_batches) if self.trainer is not None else 1
+
     def consumed_batches(self) -> int:
-        """Training batches this rank has consumed so far (optimizer steps x accumulation)."""
+        """Training batches this rank has consumed so far: optimizer steps x accumulation, where the steps are
+        Lightning's global step over the stage's optimizers (a GAN stage steps two per batch)."""
         if self.trainer is None:
             return 0
-        return self.trainer.global_step * self.trainer.accumulate_grad_batches
+        optimizers = max(1, int(getattr(self.trainer.lightning_module, "num_optimizers", 1) or 1))
+        return self.trainer.global_step // optimizers * self._accumulation()
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.cfg.val_split, self.cfg.val_samples)

@@ -4,7 +4,8 @@ Training: shards resampled with a generator seeded per (seed, epoch, rank, worke
 number of batches (``samples_per_epoch // batch_size``), so DDP and ZeRO-3 never wait on an uneven rank.
 Evaluation: shards split by rank and worker so that each sample is read exactly once; every rank yields the
 same number of batches, shorter ranks padded with masked (``valid=False``) samples.
-Bad samples and unreadable shards are skipped and counted; the counts travel with the batches.
+Bad samples and unreadable shards are skipped and counted; the counts travel with the batches. A stream that
+meets only failures for long (every shard unreadable) stops with :class:`ShardSetError` naming the data root.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import itertools
 import os
 import random
 import signal
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +35,9 @@ from datamodules.sample import (
     decode_meta,
     decode_motion_truth,
 )
+from datamodules.shards import ShardSetError
+from datamodules.skips import SkipCounter
 
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 MAX_SAMPLES_OUTSIDE_PART = 100_000  # consecutive samples outside data.speaker_part before giving up
 
 
@@ -61,31 +64,6 @@ def speaker_index(dataset: str, speaker: str) -> int:
     return zlib.crc32(f"{dataset}/{speaker}".encode()) & 0x7FFFFFFF
 
 
-class SkipCounter:
-    """Counts what a worker skipped; the count since the last yielded sample rides on the next sample."""
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self.reasons: dict[str, int] = {}
-        self.messages: list[str] = []
-
-    def add(self, reason: str, message: str) -> None:
-        self.pending += 1
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        self.messages.append(message)
-
-    def handler(self, exc: Exception) -> bool:
-        """webdataset error handler: count an unreadable shard or tar member, continue."""
-        self.add("shard", f"{type(exc).__name__}: {exc}")
-        return True
-
-    def take(self) -> tuple[int, list[str]]:
-        """(samples skipped since the last call, their messages)."""
-        pending, messages = self.pending, self.messages
-        self.pending, self.messages = 0, []
-        return pending, messages
-
-
 def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None, draw: float = 0.0) -> dict[str, Any]:
     """Decode one clip window starting at ``start`` (clamped), or at ``draw`` in [0, 1) of the valid starts."""
     meta = decode_meta(sample)
@@ -99,7 +77,7 @@ def decode_window(sample: dict[str, Any], window: ClipWindow, start: int | None,
     indices = np.arange(start, start + window.frames)
     marks = decode_landmarks(sample, meta.num_frames)[indices] * (window.resolution / meta.resolution)
     audio = decode_audio(sample, window.sample_rate)
-    first = start * SAMPLES_PER_FRAME
+    first = int(round(start * window.sample_rate / window.fps))  # audio samples per frame follow the rates
     chunk = np.zeros(window.audio_samples, np.float32)
     piece = audio[first:first + window.audio_samples]
     chunk[: len(piece)] = piece
@@ -215,18 +193,19 @@ class ClipStream(IterableDataset):
     def __init__(self, shards: list[str], window: ClipWindow, batch_size: int, *, train: bool, rank: int = 0,
                  world_size: int = 1, seed: int = 0, epoch: int = 0, batches: int = 0,
                  shard_counts: list[int] | None = None, shuffle_buffer: int = 256, skip_batches: int = 0,
-                 progress_dir: str = "", speaker_part: tuple[int, ...] | None = None):
+                 progress_dir: str = "", speaker_part: tuple[int, ...] | None = None, root: str = ""):
         self.shards, self.window, self.batch_size, self.train = list(shards), window, batch_size, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.batches, self.shuffle_buffer, self.skip_batches = batches, shuffle_buffer, skip_batches
         self.progress_dir, self.speaker_part = progress_dir, speaker_part
         self.progress = WorkerProgress("", rank, 0)
         self.shard_counts = shard_counts or [0] * len(self.shards)
+        self.root = root or (os.path.dirname(os.path.dirname(self.shards[0])) if self.shards else "")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_slot()
         self.progress = WorkerProgress(self.progress_dir, self.rank, worker)
-        counter = SkipCounter()
+        counter = SkipCounter(self.root, dict(zip(self.shards, self.shard_counts, strict=True)))
         if self.train:
             yield from self._train_batches(worker, num_workers, counter)
         else:
@@ -235,45 +214,56 @@ class ClipStream(IterableDataset):
     def _rng(self, worker: int) -> random.Random:
         return random.Random(hash((self.seed, self.epoch, self.rank, worker)) & 0xFFFFFFFF)
 
-    def _decoded(self, urls: Iterator[str], counter: SkipCounter, start: int | None) -> Iterator[dict[str, Any]]:
-        for sample in tarfile_samples(({"url": u} for u in urls), handler=counter.handler):
-            self.progress.note(sample.get("__key__"))
-            try:
-                yield decode_window(sample, self.window, start)
-            except SampleError as exc:
-                counter.add("sample", str(exc))
+    @staticmethod
+    def _samples(urls: Iterator[str], counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        for sample in tarfile_samples(counter.opening(urls), handler=counter.handler):
+            counter.reading(sample)
+            yield sample
+
+    def _decode(self, sample: dict[str, Any], counter: SkipCounter, start: int | None,
+                draw: float = 0.0) -> dict[str, Any] | None:
+        """The sample's window, or None (counted) when it is bad."""
+        self.progress.note(sample.get("__key__"))
+        try:
+            out = decode_window(sample, self.window, start, draw)
+        except SampleError as exc:
+            counter.add("sample", str(exc))
+            return None
+        counter.good()
+        return out
 
     def _train_batches(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
         """Resampled, shuffled batches; the first ``skip_batches`` of the epoch are drawn but not decoded.
 
         Every random choice (shard, buffer slot, window start) comes from this worker's generator, so skipping
         reproduces the stream position of an interrupted epoch exactly (bad samples aside: a skipped slot is
-        not decoded, so it cannot be found bad).
+        not decoded, so it cannot be found bad). The DataLoader takes batches from its workers in turn starting at
+        worker 0, while batch ``skip_batches`` of the epoch belongs to worker ``skip_batches % num_workers``: worker
+        w therefore plays that worker's part ``(w + skip_batches) % num_workers`` (its generator and its batches).
         """
+        worker = (worker + self.skip_batches) % num_workers
         rng = self._rng(worker)
         urls = (rng.choice(self.shards) for _ in iter(int, 1))
         total, skip = share(self.batches, worker, num_workers), share(self.skip_batches, worker, num_workers)
         batch: list[dict[str, Any] | None] = []
         produced = 0
-        samples = self._in_part(tarfile_samples(({"url": u} for u in urls), handler=counter.handler), counter)
+        samples = self._in_part(self._samples(urls, counter), counter)
         for raw in shuffled(samples, self.shuffle_buffer, min(self.shuffle_buffer, self.batch_size), rng):
             if produced >= total:
                 return
             draw = rng.random()
             if produced < skip:
+                counter.good()
                 batch.append(None)
+            elif (sample := self._decode(raw, counter, None, draw)) is None:
+                continue
             else:
-                self.progress.note(raw.get("__key__"))
-                try:
-                    batch.append(decode_window(raw, self.window, None, draw))
-                except SampleError as exc:
-                    counter.add("sample", str(exc))
-                    continue
+                batch.append(sample)
             if len(batch) == self.batch_size:
                 if produced >= skip:
                     yield collate(batch, counter.take())
                 batch, produced = [], produced + 1
-        raise RuntimeError(f"training shards {self.shards[:3]}... yielded no readable samples")
+        raise ShardSetError(f"training shards {self.shards[:3]}... yielded no readable samples")
 
     def _in_part(self, samples: Iterator[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
         """The samples whose speaker falls in ``speaker_part`` (i, n[, exclude]): stable speaker id mod n == i, or
@@ -302,21 +292,23 @@ class ClipStream(IterableDataset):
                 for r in range(self.world_size)]
 
     def _eval_batches(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """This worker's shards in order, padded to the batch count of the longest (rank, worker) and capped at its
+        share of ``batches`` (the cap is the rank's, divided among its workers)."""
         per_rank = self._eval_shards(worker, num_workers)
-        mine = per_rank[self.rank]
         counts = [sum(self.shard_counts[i] for i in shards) for shards in per_rank]
-        target = max(-(-c // self.batch_size) for c in counts)
+        known = any(self.shard_counts)  # unknown counts: no padding past the last partial batch
+        target = max(-(-c // self.batch_size) for c in counts) if known else sys.maxsize
         if self.batches:
-            target = min(target, self.batches)
+            target = min(target, share(self.batches, worker, num_workers))
         produced, batch = 0, []
-        for sample in self._decoded((self.shards[i] for i in mine), counter, 0):
-            batch.append(sample)
+        samples = self._samples((self.shards[i] for i in per_rank[self.rank]), counter)
+        while produced < target:
+            sample = next(samples, None)
+            if sample is None and not known and not batch:
+                return
+            if sample is not None and (sample := self._decode(sample, counter, 0)) is None:
+                continue
+            batch.append(sample or padding_sample(self.window))
             if len(batch) == self.batch_size:
                 yield collate(batch, counter.take())
                 produced, batch = produced + 1, []
-                if produced >= target:
-                    return
-        while produced < target:
-            batch += [padding_sample(self.window)] * (self.batch_size - len(batch))
-            yield collate(batch, counter.take())
-            produced, batch = produced + 1, []

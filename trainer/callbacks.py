@@ -21,6 +21,7 @@ class EMACallback(pl.Callback):
         self.decay = decay
         self.ema: EMAWeights | None = None
         self._pending: dict | None = None
+        self._step_before = -1  # the global step when the current batch started
 
     @property
     def state_key(self) -> str:
@@ -33,8 +34,13 @@ class EMACallback(pl.Callback):
             self._pending = None
         pl_module.ema = self.ema
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_before = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.ema is not None and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+        """Update after every batch on which the optimizer stepped: the last of each accumulation, and the partial
+        accumulation Lightning steps on at the end of an epoch."""
+        if self.ema is not None and trainer.global_step != self._step_before:
             self.ema.update(pl_module, getattr(pl_module, "step_skipped", None))  # a skipped step moves nothing
 
     def state_dict(self) -> dict[str, Any]:

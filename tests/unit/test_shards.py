@@ -156,13 +156,15 @@ def test_bad_samples_and_truncated_shards_are_skipped_and_counted(shard_set):
     Path(paths[2]).write_bytes(data[: len(data) // 2])
     index = ShardIndex.load(shard_set)
     counts = [s.count for s in index.splits["train"]]
-    batches = list(ClipStream(paths, window(), 1, train=False, shard_counts=counts))
+    gone = str(Path(paths[0]).with_name("gone.tar"))
+    batches = list(ClipStream([*paths, gone], window(), 1, train=False, shard_counts=[*counts, 3]))
     read = sum(int(b["valid"].sum()) for b in batches)
     skipped = sum(int(b["skipped"]) for b in batches)
-    assert read + skipped >= 9 - 2 and skipped >= 3
+    assert read + skipped == 12 and skipped >= 6  # a failed shard counts as the samples not read from it
     assert read <= 6
     messages = [m for b in batches for m in b["skip_messages"]]
-    assert len(messages) == skipped
+    assert len(messages) == skipped - 2  # one message for the missing shard's three samples
+    assert any("shard-000002.tar" in m for m in messages) and any("gone.tar" in m for m in messages)
     assert any("test-spk" in m and "audio.flac is not readable" in m for m in messages)
     assert any("landmarks.npy" in m for m in messages) and any("not a decodable JPEG" in m for m in messages)
 
