@@ -154,13 +154,8 @@ class StageModule(StepGuard, pl.LightningModule):
         self._read_bad_steps()
         losses = self.compute_losses(batch)
         loss = self.reduce_losses(losses, batch.get("valid"))
-        if self.skips_on_device():
-            self.flag_loss(loss)
-        elif not self._all_ranks_finite(loss):
-            return self._skip_on_host()
-        else:
-            self.bad_steps = 0
-            self.step_skipped = None
+        if not self.guard_loss(loss):
+            return None
         bs = len(batch["key"])
         if self.logs_now():
             for name, value in losses.items():
@@ -226,8 +221,8 @@ class StageModule(StepGuard, pl.LightningModule):
         return torch.optim.AdamW(params, **kwargs, **({"fused": True} if torch.cuda.is_available() else {}))
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        if self.skips_on_device():
-            return SkipAwareLR(optimizer, self.lr_factor_tensor)
+        if self.skips_on_device() or self.skips_in_engine():
+            return SkipAwareLR(optimizer, self.lr_factor_tensor, on_host=not self.skips_on_device())
         return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
 
     def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
