@@ -145,22 +145,14 @@ class StageModule(StepGuard, pl.LightningModule):
             total = weight * value if total is None else total + weight * value
         if total is None:
             raise ValueError(f"stage {self.cfg.name}: compute_losses returned no weighted loss")
-        if valid is None:
-            return total.mean()
-        valid = valid.to(total.dtype)
-        return (total * valid).sum() / valid.sum().clamp_min(1.0)
+        return masked_mean(total, valid)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._read_bad_steps()
         losses = self.compute_losses(batch)
         loss = self.reduce_losses(losses, batch.get("valid"))
-        if self.skips_on_device():
-            self.flag_loss(loss)
-        elif not self._all_ranks_finite(loss):
-            return self._skip_on_host()
-        else:
-            self.bad_steps = 0
-            self.step_skipped = None
+        if not self.guard_loss(loss):
+            return None
         bs = len(batch["key"])
         if self.logs_now():
             for name, value in losses.items():
@@ -189,15 +181,27 @@ class StageModule(StepGuard, pl.LightningModule):
         return {k: (int(v) if k == "skipped" else v.to(device, non_blocking=True)) if isinstance(v, torch.Tensor)
                 else v for k, v in batch.items()}
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Evaluation batches get ``valid_count``, their valid samples counted on the host before the transfer."""
+        if self.training or not isinstance(batch, dict) or not isinstance(batch.get("valid"), torch.Tensor):
+            return batch
+        return {**batch, "valid_count": int(batch["valid"].sum())}
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Each ``val/<x>`` is the mean over the valid samples of every rank, as one process over them computes it:
+        the batch's mean over its valid samples, logged with their count as the batch size, is summed times the count
+        and divided by the summed counts over all batches and ranks (``sync_dist``). The padding samples that even
+        out the ranks' batches (``valid`` False) weigh nothing, and an all-padding batch counts zero."""
         with self.ema_scope():
             losses = self.compute_losses(batch)
-            loss = self.reduce_losses(losses, batch.get("valid"))
             self.validation_metrics(batch)
-        bs = len(batch["key"])
-        self.log("val/loss", loss, sync_dist=True, batch_size=bs)
+        valid = batch.get("valid")
+        count = batch.get("valid_count")
+        if count is None:
+            count = len(batch["key"]) if valid is None else int(valid.sum())
+        self.log("val/loss", self.reduce_losses(losses, valid), sync_dist=True, batch_size=count)
         for name, value in losses.items():
-            self.log(f"val/{name}", value.mean(), sync_dist=True, batch_size=bs)
+            self.log(f"val/{name}", masked_mean(value, valid), sync_dist=True, batch_size=count)
 
     def validation_metrics(self, batch: dict[str, Any]) -> None:
         """Collect extra validation statistics (override)."""
@@ -226,8 +230,8 @@ class StageModule(StepGuard, pl.LightningModule):
         return torch.optim.AdamW(params, **kwargs, **({"fused": True} if torch.cuda.is_available() else {}))
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        if self.skips_on_device():
-            return SkipAwareLR(optimizer, self.lr_factor_tensor)
+        if self.skips_on_device() or self.skips_in_engine():
+            return SkipAwareLR(optimizer, self.lr_factor_tensor, on_host=not self.skips_on_device())
         return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
 
     def adversarial_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,6 +298,16 @@ class StageModule(StepGuard, pl.LightningModule):
             yield
         finally:
             self.ema.swap_out(self)
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-sample ``values`` over the ``valid`` samples (all when None); 0 when none is valid. A padding
+    sample's value is left out, not multiplied by zero, so a non-finite value there changes nothing."""
+    if valid is None:
+        return values.mean()
+    valid = valid.to(values.device, torch.bool)
+    kept = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return kept.sum() / valid.sum().clamp_min(1).to(values.dtype)
 
 
 def _flat(value: Any) -> bool:

@@ -10,6 +10,10 @@ keeps it:
 - :class:`SkipAwareLR` advances its position only by the steps taken; its learning rates are device tensors;
 - the EMA (``lightning_modules.ema``) skips its update the same way;
 - :class:`BadStepCounter` keeps the streak of skipped steps on the device; the host reads it every N steps.
+
+Under DeepSpeed the engine steps the optimizer: its ZeRO optimizer finds the non-finite gradient norm, skips the step
+and clears the gradients. :meth:`StepGuard.optimizer_step` reads the engine's own decision (already on the host) and
+feeds the same schedule, EMA and counter.
 """
 from __future__ import annotations
 
@@ -80,11 +84,18 @@ class SkipAwareLR(LRScheduler):
     rate is the device tensor ``base_lr * factor(position)``: a skipped step leaves the schedule as it was, with no
     host synchronisation. ``last_epoch`` still counts the calls (the global step). It loads the state of a
     ``LambdaLR`` of the same schedule (older checkpoints): their position is their ``last_epoch``.
+
+    With ``on_host`` (an optimizer stepped by DeepSpeed's engine, whose skip decision is a host value) the position
+    stays on the CPU, advances by ``1 - found_inf`` set on the scheduler, and the learning rates are Python floats.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[torch.Tensor], torch.Tensor],
+                 on_host: bool = False):
         self.factor = factor
-        self.position = torch.zeros((), dtype=torch.float64, device=optimizer_params(optimizer)[0].device)
+        self.on_host = on_host
+        self.found_inf: torch.Tensor | None = None  # on_host: 1.0 when the engine skipped the last step
+        device = "cpu" if on_host else optimizer_params(optimizer)[0].device
+        self.position = torch.zeros((), dtype=torch.float64, device=device)
         super().__init__(optimizer)
         self.base_lrs = [float(b) for b in self.base_lrs]  # once, at construction
 
@@ -92,13 +103,16 @@ class SkipAwareLR(LRScheduler):
         self._step_count += 1
         self.last_epoch += 1
         if self.last_epoch > 0:
-            found = getattr(self.optimizer, "found_inf", None)
+            found = self.found_inf if self.on_host else getattr(self.optimizer, "found_inf", None)
             self.position += 1.0 if found is None else 1.0 - found.to(self.position)
         self._write()
 
     def _write(self) -> None:
         factor = self.factor(self.position)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            if self.on_host:
+                group["lr"] = float(base * factor)  # as LambdaLR computes it
+                continue
             value = (base * factor).to(torch.float32)
             if isinstance(group["lr"], torch.Tensor) and group["lr"].device == value.device:
                 group["lr"].copy_(value)
@@ -107,11 +121,11 @@ class SkipAwareLR(LRScheduler):
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        skip = ("optimizer", "factor", "_last_lr")
+        skip = ("optimizer", "factor", "_last_lr", "on_host", "found_inf")
         return {key: value for key, value in self.__dict__.items() if key not in skip}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = {k: v for k, v in state_dict.items() if k not in ("lr_lambdas", "_last_lr")}
+        state = {k: v for k, v in state_dict.items() if k not in ("lr_lambdas", "_last_lr", "on_host", "found_inf")}
         device = self.position.device
         position = state.pop("position", None)
         self.__dict__.update(state)
@@ -148,7 +162,7 @@ class BadStepCounter:
 class StepGuard:
     """The non-finite handling of a LightningModule (mixed into ``StageModule``): the loss flag of each micro-batch,
     the guard before the optimizer step (Lightning's ``configure_gradient_clipping`` hook), the periodic host read of
-    the bad-step counter, and the host check kept where the device path does not apply."""
+    the bad-step counter, the engine's decision under DeepSpeed, and the host check kept for fp16."""
 
     max_bad_steps: int
 
@@ -166,11 +180,50 @@ class StepGuard:
 
     def skips_on_device(self) -> bool:
         """Non-finite steps are decided on the device (fused AdamW's ``found_inf``), except under DeepSpeed, whose
-        engine steps the optimizer, and fp16, whose GradScaler owns ``found_inf``: those check on the host."""
+        engine decides (:meth:`skips_in_engine`), and fp16, whose GradScaler owns ``found_inf`` (a host check)."""
         trainer = self._trainer
         if trainer is None:
             return True
         return not isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.precision != "16-mixed"
+
+    def skips_in_engine(self) -> bool:
+        """Under DeepSpeed the engine finds a non-finite gradient norm (as a non-finite loss makes it), skips the
+        step and clears the gradients; :meth:`optimizer_step` passes its decision on."""
+        trainer = self._trainer
+        return trainer is not None and isinstance(trainer.strategy, DeepSpeedStrategy)
+
+    def guard_loss(self, loss: torch.Tensor) -> bool:
+        """Before the backward pass: False when the step is skipped here, on the host (fp16 without DeepSpeed)."""
+        if self.skips_on_device():
+            self.flag_loss(loss)
+            return True
+        if self.skips_in_engine():
+            return True
+        if not self._all_ranks_finite(loss):
+            self._skip_on_host()
+            return False
+        self.bad_steps = 0
+        self.step_skipped = None
+        return True
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step; under DeepSpeed, then the engine's decision: a skipped step holds the schedule, leaves
+        the EMA alone and is counted. The engine read it on the host already: no synchronisation is added."""
+        if not self.skips_in_engine():
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        engine = self.trainer.model
+        steps, skipped = engine.global_steps, engine.skipped_steps
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if engine.global_steps != steps:  # an accumulation boundary: the engine stepped or skipped
+            self._engine_stepped(engine.skipped_steps != skipped)
+        return None
+
+    def _engine_stepped(self, skipped: bool) -> None:
+        found = torch.tensor(float(skipped))
+        self.step_skipped = found
+        self._bad_counter.record(found, self.global_step, self.max_bad_steps)
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.found_inf = found  # SkipAwareLR holds its position on a skipped step
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if not self.skips_on_device() or gradient_clip_algorithm == "value":
@@ -193,7 +246,8 @@ class StepGuard:
         stop after ``max_bad_steps`` in a row. Every rank reads at the same step and takes the same decision."""
         every = max(1, self.trainer.log_every_n_steps)
         step = self.global_step
-        if not self.skips_on_device() or step == self._read_at or not (final or (step and step % every == 0)):
+        counted = self.skips_on_device() or self.skips_in_engine()
+        if not counted or step == self._read_at or not (final or (step and step % every == 0)):
             return
         self._read_at = step
         self.bad_steps, total, tripped = self._bad_counter.read()

@@ -109,12 +109,15 @@ def deepspeed_config(trainer_cfg: TrainerConfig, data_batch_size: int) -> dict[s
         "wall_clock_breakdown": False,
         **offload_extra,
     }
+    # A non-finite loss or gradient skips the step: the ZeRO optimizer finds the non-finite gradient norm (with or
+    # without clipping), skips the update and clears the gradients. fp32 gradients (32-true, bf16-mixed) are always
+    # checked; bf16 gradients only with bf16.check_grad_overflow, set here rather than left to DeepSpeed's default.
     precision = resolve_precision(trainer_cfg)
     if precision == "bf16-mixed":  # fp32 weights, bf16 autocast in the forward: the same numerics as without DeepSpeed
         config["bf16"] = {"enabled": False}
         config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     elif precision == "bf16-true":
-        config["bf16"] = {"enabled": True}
+        config["bf16"] = {"enabled": True, "check_grad_overflow": True}
     return config
 
 

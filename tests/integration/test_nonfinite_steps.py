@@ -4,6 +4,9 @@ Two faults at step ``BAD`` of a tiny ConRe run built by the project's trainer fa
 whose gradients hold a NaN. Either way the weights, the optimizer state (step counts included), the EMA (its update
 count included), the learning-rate schedule and the data stream are bitwise what they were before the step; the run
 goes on training from the next batch, exactly the batch an unfaulted run reads there.
+
+Under DeepSpeed (ZeRO-2 on one CPU process) the engine skips the step: the same state holds, with gradient clipping
+on and off, and the skipped step is counted.
 """
 from __future__ import annotations
 
@@ -43,9 +46,11 @@ def bitwise_equal(a, b) -> bool:
 def training_state(trainer: pl.Trainer, module) -> dict:
     optimizer = trainer.optimizers[0]
     scheduler = trainer.lr_scheduler_configs[0].scheduler
+    inner = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed's ZeRO optimizer wraps the stage's AdamW
     return frozen({
         "weights": module.state_dict(),
-        "optimizer": optimizer.state_dict()["state"],
+        "master": getattr(optimizer, "single_partition_of_fp32_groups", []),  # ZeRO's fp32 weights
+        "optimizer": inner.state_dict()["state"],
         "lr": [group["lr"] for group in optimizer.param_groups],
         "schedule": scheduler.state_dict().get("position", scheduler.last_epoch),
         "ema": module.ema.shadow,
@@ -120,3 +125,30 @@ def test_the_skipped_step_is_counted_and_logged(synthetic_corpus, tmp_path):
     recorder, trainer = train(tmp_path, synthetic_corpus, "grad")
     module = trainer.lightning_module
     assert module._bad_counter.read() == (0, 1, -1)  # no streak now, one skipped step, no stop
+
+
+DEEPSPEED = ("trainer=deepspeed_zero2", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true")
+
+
+@pytest.mark.parametrize("clip", ["1.0", "0"])
+def test_under_deepspeed_a_nan_loss_is_skipped_by_the_engine(clip, synthetic_corpus, tmp_path):
+    recorder, trainer = train(tmp_path, synthetic_corpus, "loss", (*DEEPSPEED, f"trainer.gradient_clip_val={clip}"))
+    assert trainer.global_step == STEPS
+    assert trainer.model.skipped_steps == 1
+    assert bitwise_equal(recorder.after[BAD], recorder.before[BAD])  # weights, ZeRO's fp32 copy, Adam, EMA, LR
+    assert recorder.after[BAD]["optimizer"][0]["step"] == BAD
+    assert recorder.after[BAD]["schedule"] == BAD and recorder.after[STEPS - 1]["schedule"] == STEPS - 1
+    assert recorder.after[BAD]["ema_updates"] == BAD and recorder.after[STEPS - 1]["ema_updates"] == STEPS - 1
+    assert not bitwise_equal(recorder.after[BAD + 1]["weights"], recorder.after[BAD]["weights"])  # training goes on
+    module = trainer.lightning_module
+    assert module._bad_counter.read() == (0, 1, -1)
+    assert float(trainer.callback_metrics["train/skipped_nonfinite"]) == 1.0
+
+
+def test_deepspeed_bf16_weights_check_their_gradients():
+    """bf16 gradients skip a non-finite step only with DeepSpeed's check_grad_overflow: set, not left to a default."""
+    from trainer.schemas import TrainerConfig
+    from trainer.strategies import deepspeed_config
+
+    cfg = TrainerConfig(accelerator="gpu", strategy="deepspeed", precision="bf16-true", gradient_clip_val=0.0)
+    assert deepspeed_config(cfg, 4)["bf16"] == {"enabled": True, "check_grad_overflow": True}
