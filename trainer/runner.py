@@ -16,6 +16,7 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
 
     from trainer.factory import build_run, fit
 
+    run = None
     try:
         run = build_run(cfg, argv)
         run.module.run_config = to_container(cfg)
@@ -25,9 +26,7 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
         raise
     except SIGTERMException:
         _close_wandb()
-        print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
-              f"(resume with resume=auto)", flush=True)
-        return 143
+        return _stopped(cfg, run)
     except RuntimeError as exc:
         _close_wandb()
         if "Error(s) in loading state_dict" in str(exc):
@@ -60,6 +59,18 @@ def _finish(cfg: Config, run, final: Path) -> None:
             logger.experiment.summary.update({f"data/{k}": v for k, v in run.health.summary().items()})
     _close_wandb()
     print(f"[seespeaker] run folder: {cfg.run.dir} (step {run.trainer.global_step})", flush=True)
+
+
+def _stopped(cfg: Config, run) -> int:
+    """The exit code after a preemption signal: 0 once SLURM requeued the job (a non-zero exit would only make
+    srun end the step early), 143 otherwise."""
+    from trainer.callbacks import PreemptionCheckpoint
+
+    requeued = run is not None and any(isinstance(cb, PreemptionCheckpoint) and cb.requeued
+                                       for cb in run.trainer.callbacks)
+    print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
+          f"({'the requeued job resumes from it' if requeued else 'resume with resume=auto'})", flush=True)
+    return 0 if requeued else 143
 
 
 def _close_wandb() -> None:

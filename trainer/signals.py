@@ -75,11 +75,17 @@ class FlagSignalConnector(_SignalConnector):
         return self._gloo
 
 
-def requeue_slurm_job() -> int:
-    """``scontrol requeue`` this job (or array task); the return code of scontrol."""
+def requeue_slurm_job(timeout_s: float = 60) -> int:
+    """``scontrol requeue`` this job (or array task); the exit code of scontrol (127: not found, 124: timed out)."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID", "")
     if not re.fullmatch(r"[0-9_]+", job):
         return 1
     print(f"[preemption] requeueing SLURM job {job}", flush=True)
-    return subprocess.call(["scontrol", "requeue", job])
+    try:
+        return subprocess.call(["scontrol", "requeue", job], timeout=timeout_s)
+    except FileNotFoundError:
+        return 127
+    except subprocess.TimeoutExpired:
+        return 124
+
