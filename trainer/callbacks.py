@@ -199,8 +199,11 @@ class PreemptionCheckpoint(pl.Callback):
         trainer.save_checkpoint(str(path), weights_only=False)  # the full state: the requeued job resumes from it
         requeue = getattr(trainer._signal_connector, "requeue_requested", False)
         if trainer.is_global_zero:
+            from trainer.signals import mark_wandb_preempting
+
             print(f"[preemption] {'requeue signal' if requeue else 'SIGTERM'} at step {trainer.global_step}: "
                   f"saved {path}", flush=True)
+            mark_wandb_preempting()
         if requeue:
             self.requeued = self._requeue(trainer)
 

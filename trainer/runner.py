@@ -25,7 +25,7 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
         _close_wandb()
         raise
     except SIGTERMException:
-        _close_wandb()
+        _close_wandb(preempted=True)
         return _stopped(cfg, run)
     except RuntimeError as exc:
         _close_wandb()
@@ -73,13 +73,23 @@ def _stopped(cfg: Config, run) -> int:
     return 0 if requeued else 143
 
 
-def _close_wandb() -> None:
-    """Finish this training's W&B run, so that a later training in the same process starts its own."""
+def _close_wandb(preempted: bool = False) -> None:
+    """Finish this training's W&B run, so that a later training in the same process starts its own.
+
+    A preempted run (marked preempting when its checkpoint was saved) ends with the signal's exit code: W&B shows
+    it preempted, not failed."""
     import sys
 
     wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
+    if wandb is None or wandb.run is None:
+        return
+    if not preempted:
         wandb.finish(exit_code=0 if not sys.exc_info()[0] else 1)
+        return
+    try:
+        wandb.finish(exit_code=143)
+    except Exception as exc:  # W&B's own process may be gone: SLURM signals every process of the job
+        print(f"[tracking] W&B could not finish the run ({exc}); metrics.jsonl has every value", flush=True)
 
 
 def _best_checkpoint(run) -> str:

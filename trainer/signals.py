@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ class FlagSignalConnector(_SignalConnector):
         self.received_sigterm = False
         self.requeue_requested = False
         self.pending_sigterm = self.pending_requeue = False
+        tracking.STOP_LOGGING.clear()  # a preemption of an earlier training in this process does not silence this one
         self._original_handlers = self._get_current_signal_handlers()
         environment = self.trainer._accelerator_connector.cluster_environment
         self._register_signal(signal.SIGTERM, self._on_sigterm)
@@ -89,3 +91,13 @@ def requeue_slurm_job(timeout_s: float = 60) -> int:
     except subprocess.TimeoutExpired:
         return 124
 
+
+def mark_wandb_preempting() -> None:
+    """Tell W&B that this run is preempted, not failed, before a requeue ends the job and W&B's process with it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or wandb.run is None:
+        return
+    try:
+        wandb.run.mark_preempting()
+    except Exception as exc:  # W&B's own process may be gone: SLURM signals every process of the job
+        print(f"[tracking] W&B could not record the preemption ({exc}); metrics.jsonl has every value", flush=True)
