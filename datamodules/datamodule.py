@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from datamodules.config import DataConfig
@@ -16,6 +20,36 @@ from datamodules.pipeline import ClipStream, ClipWindow, WorkerProgress
 from datamodules.shards import ShardIndex, ShardSetError
 
 log = logging.getLogger("seespeaker.data")
+
+
+class WorkerSignals:
+    """The loaders' ``worker_init_fn``: a preemption signal is the trainer's to act on, never a worker's end.
+
+    SLURM signals every process of a job step, the DataLoader workers included. torch's worker dies from a SIGTERM
+    its parent did not send, and the main process then raises "DataLoader worker is killed" wherever it is, before
+    the trainer reaches the batch where it saves its preemption checkpoint. So a worker ignores the requeue signal,
+    and a SIGTERM ends it only when its parent sends it (torch's own shutdown of the loader): the signal is blocked
+    and a daemon thread waits for it. Lightning's worker seeding, which a worker_init_fn of our own replaces, runs
+    after that when ``seed_everything(workers=True)`` asked for it.
+    """
+
+    def __init__(self, ignored: tuple[int, ...], rank: int, seed_workers: bool):
+        self.ignored, self.rank, self.seed_workers = ignored, rank, seed_workers
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in self.ignored:
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True,
+                         name="sigterm-from-parent").start()
+        if self.seed_workers:
+            pl_worker_init_function(worker_id, rank=self.rank)
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 class ReportingDataLoader(DataLoader):
@@ -80,11 +114,20 @@ class ShardDataModule(pl.LightningDataModule):
             return self.trainer.global_rank, self.trainer.world_size
         return 0, 1
 
+    def _requeue_signals(self) -> tuple[int, ...]:
+        """USR2 and the requeue signal of the trainer's SLURM environment (handled by the trainer's main process)."""
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        requeue = getattr(getattr(connector, "cluster_environment", None), "requeue_signal", None)
+        return tuple({signal.SIGUSR2, *([requeue] if requeue else [])})
+
     def _loader(self, dataset: ClipStream) -> DataLoader:
         workers = self.cfg.num_workers
+        seed_workers = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
+        init = WorkerSignals(self._requeue_signals(), self._rank()[0], seed_workers)
         return ReportingDataLoader(dataset, batch_size=None, num_workers=workers,
                           pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-                          persistent_workers=False, prefetch_factor=4 if workers else None)
+                          persistent_workers=False, prefetch_factor=4 if workers else None,
+                          worker_init_fn=init if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         """The training stream of this rank, positioned by the global step (a resumed run continues it exactly)."""

@@ -183,10 +183,15 @@ class MediaLogger(pl.Callback):
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """SIGTERM or the requeue signal: every rank saves a checkpoint; for a requeue, rank 0 then requeues the job."""
+    """SIGTERM or the requeue signal: every rank saves a checkpoint; for a requeue, rank 0 then requeues the job.
+
+    Every rank waits until rank 0's ``scontrol requeue`` has answered: a rank that exited first would end the job
+    step (``srun --kill-on-bad-exit``) and with it the requeue in flight. ``requeued`` tells the runner.
+    """
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
+        self.requeued = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         agree = getattr(trainer._signal_connector, "agree", None)
@@ -200,12 +205,25 @@ class PreemptionCheckpoint(pl.Callback):
         trainer.save_checkpoint(str(path), weights_only=False)  # the full state: the requeued job resumes from it
         requeue = getattr(trainer._signal_connector, "requeue_requested", False)
         if trainer.is_global_zero:
+            from trainer.signals import mark_wandb_preempting
+
             print(f"[preemption] {'requeue signal' if requeue else 'SIGTERM'} at step {trainer.global_step}: "
                   f"saved {path}", flush=True)
-            if requeue:
-                from trainer.signals import requeue_slurm_job
+            mark_wandb_preempting()
+        if requeue:
+            self.requeued = self._requeue(trainer)
 
-                requeue_slurm_job()
+    def _requeue(self, trainer: pl.Trainer) -> bool:
+        """Rank 0 requeues the job; the broadcast of its answer holds every rank until then."""
+        code = None
+        if trainer.is_global_zero:
+            from trainer.signals import requeue_slurm_job
+
+            code = requeue_slurm_job()
+            if code != 0:
+                print(f"[preemption] scontrol requeue failed (exit code {code}): the job is not requeued. Resubmit "
+                      f"it; run.resume=auto continues from the checkpoint saved in {self.dirpath}", flush=True)
+        return trainer.strategy.broadcast(code, src=0) == 0
 
 
 class RankInfo(pl.Callback):

@@ -16,6 +16,7 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
 
     from trainer.factory import build_run, fit
 
+    run = None
     try:
         run = build_run(cfg, argv)
         run.module.run_config = to_container(cfg)
@@ -24,10 +25,8 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
         _close_wandb()
         raise
     except SIGTERMException:
-        _close_wandb()
-        print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
-              f"(resume with resume=auto)", flush=True)
-        return 143
+        _close_wandb(preempted=True)
+        return _stopped(cfg, run)
     except RuntimeError as exc:
         _close_wandb()
         if "Error(s) in loading state_dict" in str(exc):
@@ -62,13 +61,35 @@ def _finish(cfg: Config, run, final: Path) -> None:
     print(f"[seespeaker] run folder: {cfg.run.dir} (step {run.trainer.global_step})", flush=True)
 
 
-def _close_wandb() -> None:
-    """Finish this training's W&B run, so that a later training in the same process starts its own."""
+def _stopped(cfg: Config, run) -> int:
+    """The exit code after a preemption signal: 0 once SLURM requeued the job (a non-zero exit would only make
+    srun end the step early), 143 otherwise."""
+    from trainer.callbacks import PreemptionCheckpoint
+
+    requeued = run is not None and any(isinstance(cb, PreemptionCheckpoint) and cb.requeued
+                                       for cb in run.trainer.callbacks)
+    print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
+          f"({'the requeued job resumes from it' if requeued else 'resume with resume=auto'})", flush=True)
+    return 0 if requeued else 143
+
+
+def _close_wandb(preempted: bool = False) -> None:
+    """Finish this training's W&B run, so that a later training in the same process starts its own.
+
+    A preempted run (marked preempting when its checkpoint was saved) ends with the signal's exit code: W&B shows
+    it preempted, not failed."""
     import sys
 
     wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
+    if wandb is None or wandb.run is None:
+        return
+    if not preempted:
         wandb.finish(exit_code=0 if not sys.exc_info()[0] else 1)
+        return
+    try:
+        wandb.finish(exit_code=143)
+    except Exception as exc:  # W&B's own process may be gone: SLURM signals every process of the job
+        print(f"[tracking] W&B could not finish the run ({exc}); metrics.jsonl has every value", flush=True)
 
 
 def _best_checkpoint(run) -> str:

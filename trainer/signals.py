@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ class FlagSignalConnector(_SignalConnector):
         self.received_sigterm = False
         self.requeue_requested = False
         self.pending_sigterm = self.pending_requeue = False
+        tracking.STOP_LOGGING.clear()  # a preemption of an earlier training in this process does not silence this one
         self._original_handlers = self._get_current_signal_handlers()
         environment = self.trainer._accelerator_connector.cluster_environment
         self._register_signal(signal.SIGTERM, self._on_sigterm)
@@ -75,11 +77,27 @@ class FlagSignalConnector(_SignalConnector):
         return self._gloo
 
 
-def requeue_slurm_job() -> int:
-    """``scontrol requeue`` this job (or array task); the return code of scontrol."""
+def requeue_slurm_job(timeout_s: float = 60) -> int:
+    """``scontrol requeue`` this job (or array task); the exit code of scontrol (127: not found, 124: timed out)."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID", "")
     if not re.fullmatch(r"[0-9_]+", job):
         return 1
     print(f"[preemption] requeueing SLURM job {job}", flush=True)
-    return subprocess.call(["scontrol", "requeue", job])
+    try:
+        return subprocess.call(["scontrol", "requeue", job], timeout=timeout_s)
+    except FileNotFoundError:
+        return 127
+    except subprocess.TimeoutExpired:
+        return 124
+
+
+def mark_wandb_preempting() -> None:
+    """Tell W&B that this run is preempted, not failed, before a requeue ends the job and W&B's process with it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or wandb.run is None:
+        return
+    try:
+        wandb.run.mark_preempting()
+    except Exception as exc:  # W&B's own process may be gone: SLURM signals every process of the job
+        print(f"[tracking] W&B could not record the preemption ({exc}); metrics.jsonl has every value", flush=True)

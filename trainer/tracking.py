@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from trainer.schemas import Config
 
 WANDB_ID_FILE = "wandb_id"
-STOP_LOGGING = threading.Event()  # set by a preemption signal: W&B's own process may already be gone
+STOP_LOGGING = threading.Event()  # set by a preemption signal (W&B's process may be gone); cleared as a training starts
 METRICS_FILE = "metrics.jsonl"
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN")
 

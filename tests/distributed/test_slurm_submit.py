@@ -59,14 +59,14 @@ def train_words(corpus: Path, out: Path, steps: int = TRAIN_STEPS, **extra: str)
     return ["train", "experiment=tiny", "stage=conre", *(f"{k}={v}" for k, v in words.items())]
 
 
-def submit(cluster, workdir: Path, words: list[str], *options: str, nodes: int = 2) -> str:
+def submit(cluster, workdir: Path, words: list[str], *options: str, nodes: int = 2, env: dict | None = None) -> str:
     """`seespeaker slurm submit --profile local_cpu --nodes 2 --tasks-per-node 1 -- <words>`; returns the job id.
 
     Only the first training test composes the config at submission (the default); the others pass
     --no-config-check, which saves importing every stage once per submission.
     """
     result = seespeaker("slurm", "submit", "--profile", "local_cpu", "--nodes", str(nodes), "--tasks-per-node", "1",
-                        *options, "--", *words, env=job_env(cluster), cwd=workdir)
+                        *options, "--", *words, env=env or job_env(cluster), cwd=workdir)
     assert result.returncode == 0, result.stderr
     match = re.search(r"^Submitted batch job (\d+)$", result.stdout, re.MULTILINE)
     assert match, result.stdout
@@ -168,11 +168,28 @@ def test_submit_trains_two_node_ddp_to_completion(slurm_cluster, corpus, tmp_pat
     assert len(runs) == 1 and runs[0].name.endswith(f"-{wandb_id}")  # rank 0 only makes a W&B run
 
 
+def scontrol_shim_env(cluster, folder: Path, on_requeue: str) -> dict:
+    """The job's environment with an ``scontrol`` first on PATH that runs ``on_requeue`` (shell) for ``requeue``,
+    then the cluster's own ``scontrol``."""
+    folder.mkdir()
+    shim = folder / "scontrol"
+    shim.write_text(f'#!/bin/sh\nif [ "$1" = requeue ]; then {on_requeue}; fi\n'
+                    f'exec "{cluster.bin_dir}/scontrol" "$@"\n')
+    shim.chmod(0o755)
+    env = job_env(cluster)
+    env["PATH"] = f"{folder}:{env['PATH']}"
+    return env
+
+
 def test_requeue_signal_saves_requeues_and_resumes_the_same_run(slurm_cluster, corpus, tmp_path):
-    """Submitted with resume=false (start over): the requeued run still continues from its own checkpoint."""
+    """Submitted with resume=false (start over): the requeued run still continues from its own checkpoint.
+
+    ``scontrol requeue`` answers 10 s late (a busy controller): rank 1 must not end the job step before rank 0's
+    requeue went through."""
     steps = 30
     words = train_words(corpus, tmp_path / "out", steps, **{"run.name": "rq", "run.resume": "false"})
-    job = submit(slurm_cluster, tmp_path, words, "--no-config-check")
+    job = submit(slurm_cluster, tmp_path, words, "--no-config-check",
+                 env=scontrol_shim_env(slurm_cluster, tmp_path / "shim", "sleep 10"))
     run_dir = tmp_path / "out" / "tiny" / "conre-rq"
     wait_for_step(slurm_cluster, job, run_dir, 6)
     wandb_id = (run_dir / "wandb_id").read_text().strip()
@@ -195,6 +212,21 @@ def test_requeue_signal_saves_requeues_and_resumes_the_same_run(slurm_cluster, c
     assert all(row["time"] < restarted_at for row in rows if row["step"] < resumed_step - 1)
     after = [row["step"] for row in rows if row["time"] > restarted_at]
     assert after and min(after) >= resumed_step - 1  # the requeued run continued the step count, not from 0
+
+
+def test_a_failed_requeue_is_reported_with_what_to_do(slurm_cluster, corpus, tmp_path):
+    words = train_words(corpus, tmp_path / "out", 400, **{"run.name": "norq", "trainer.checkpoint_every_n_steps": "0"})
+    env = scontrol_shim_env(slurm_cluster, tmp_path / "shim", "echo 'requeue refused' >&2; exit 1")
+    job = submit(slurm_cluster, tmp_path, words, "--no-config-check", env=env)
+    run_dir = tmp_path / "out" / "tiny" / "conre-norq"
+    wait_for_step(slurm_cluster, job, run_dir, 3)
+    slurm_cluster.client("scancel", "--signal=USR2", job)
+    slurm_cluster.wait(job, timeout=60)
+    log, info = job_log(tmp_path, job), slurm_cluster.job_info(job)
+    assert info["Restarts"] == "0", info
+    failed = r"^0: \[preemption\] scontrol requeue failed \(exit code 1\).*Resubmit"
+    assert re.search(failed, log, re.MULTILINE), log[-4000:]
+    assert list((run_dir / "checkpoints").glob("preempt-step=*.ckpt"))  # what the resubmitted job resumes from
 
 
 def test_sigterm_saves_a_checkpoint_before_the_job_ends(slurm_cluster, corpus, tmp_path):

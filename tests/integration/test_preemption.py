@@ -12,12 +12,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start(corpus: Path, out: Path, *extra: str, env_extra: dict | None = None) -> subprocess.Popen:
+def start(corpus: Path, out: Path, *extra: str, env_extra: dict | None = None, **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "trainer.cli", "train", "experiment=tiny", "stage=conre", f"data.root={corpus}",
            f"experiment.output_root={out}", "tracking=disabled", "trainer.val_check_interval=1000",
            "trainer.limit_val_batches=0", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
 
 
 def wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
@@ -56,6 +57,26 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_from_it(synthetic_corpu
     assert resumed.returncode == 0, out[-2000:]
     assert f"(regular, step {step})" in out and "preempt-step" in out
     assert (run / "checkpoints" / f"final-step={step + 4}.ckpt").is_file()
+
+
+def test_sigterm_to_every_process_with_loader_workers_still_saves_and_resumes(synthetic_corpus, tmp_path):
+    """As SLURM signals a job step: the training and its DataLoader workers get SIGTERM at once."""
+    run = tmp_path / "tiny" / "conre"
+    proc = start(synthetic_corpus, tmp_path, "data.num_workers=2", "trainer.max_steps=2000",
+                 "trainer.checkpoint_every_n_steps=0", "trainer.log_every_n_steps=2", start_new_session=True)
+    wait_for(lambda: last_step(run) >= 4, 300, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:]
+    assert "is killed by signal" not in out
+    (saved,) = (run / "checkpoints").glob("preempt-step=*.ckpt")
+    step = int(saved.stem.split("=")[1])
+    resumed = start(synthetic_corpus, tmp_path, f"trainer.max_steps={step + 2}", "trainer.checkpoint_every_n_steps=0",
+                    "data.num_workers=2")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-2000:]
+    assert f"(regular, step {step})" in out and "preempt-step" in out
+    assert (run / "checkpoints" / f"final-step={step + 2}.ckpt").is_file()
 
 
 def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_complete_one(synthetic_corpus, tmp_path):
