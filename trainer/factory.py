@@ -164,9 +164,25 @@ def cluster_plugins(cfg: Config) -> list[Any]:
     return plugins
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random streams (diffusion noise and timesteps, dropout, random windows): fixed by
+    (seed, rank) and distinct per rank, so that the ranks of a global batch draw independent numbers."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**63, rank]).generate_state(1)[0])
+
+
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """Seed this rank's Python, NumPy and torch generators from (seed, rank). Lightning re-applies the seed when
+    the processes join (``reset_seed`` reads ``PL_GLOBAL_SEED``), so the rank's seed is the one it re-applies. The
+    training data's order does not come from these generators (the shard pipeline seeds its own per rank)."""
+    pl.seed_everything(rank_seed(seed, rank), workers=True, verbose=False)
+
+
 def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
-    pl.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
-    is_zero = global_rank_from_env(cfg.trainer.devices) == 0
+    pl.seed_everything(cfg.experiment.seed, workers=True, verbose=False)  # the same initial weights on every rank
+    rank = global_rank_from_env(cfg.trainer.devices)
+    is_zero = rank == 0
     config_dict = to_container(cfg)
     if is_zero:
         prov = provenance.collect(argv)
@@ -178,7 +194,8 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
     module.provenance = config_dict.get("_provenance", {})
     data = ShardDataModule(cfg.data, seed=cfg.experiment.seed)
     data.setup("fit")
-    health = DataHealthMonitor(cfg.data.max_skip_fraction)
+    seed_rank_streams(cfg.experiment.seed, rank)
+    health = DataHealthMonitor(cfg.data.max_skip_fraction, missing_shards=lambda: len(data.missing_shards))
     strategy, extra = build_strategy(cfg.trainer, module)
     t = cfg.trainer
     trainer = pl.Trainer(
