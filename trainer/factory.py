@@ -27,10 +27,10 @@ from trainer.callbacks import (
     RNGState,
     ThroughputMonitor,
 )
-from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
+from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries
 from trainer.config import ConfigError, to_container, to_yaml
 from trainer.keys import training_key
-from trainer.schemas import Config
+from trainer.schemas import Config, requeue_signal
 from trainer.signals import FlagSignalConnector
 from trainer.strategies import build_strategy, media_needs_all_ranks
 from trainer.sync_free import ScalarLRMonitor, SteadyRichProgressBar, TimedCheckpoint, skip_sigterm_broadcast
@@ -157,10 +157,7 @@ def cluster_plugins(cfg: Config) -> list[Any]:
 
     plugins: list[Any] = [AtomicCheckpointIO()] if cfg.trainer.strategy != "deepspeed" else []
     if SLURMEnvironment.detect():
-        import signal
-
-        sig = getattr(signal, f"SIG{cfg.trainer.requeue_signal.upper().removeprefix('SIG')}")
-        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=sig))
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=requeue_signal(cfg.trainer.requeue_signal)))
     return plugins
 
 
@@ -185,6 +182,7 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
     is_zero = rank == 0
     config_dict = to_container(cfg)
     if is_zero:
+        remove_stale_temporaries(cfg.run.dir)
         prov = provenance.collect(argv)
         prov["training_key"] = training_key(cfg, config_dict)
         provenance.save(cfg.run.dir, to_yaml(cfg), prov)
