@@ -181,19 +181,37 @@ class BackgroundMp4Writer:
         self.writer.__exit__(exc_type, exc, tb)
 
 
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    """One planar float frame [C, N] in [-1, 1] -> the mean of its channels [N]."""
+    return frame.to_ndarray().mean(axis=0)
+
+
+def read_audio_stream(container: av.container.InputContainer) -> tuple[np.ndarray, int]:
+    """(mono float32 audio [N] in [-1, 1], sample rate) of the first audio stream; empty and 0 without one.
+
+    Every decoded frame goes through a resampler to planar float at the same rate and layout: packed frames
+    (interleaved channels, one row) and integer PCM (s16, s32) come out as one row per channel in [-1, 1], which
+    are then averaged."""
+    if not container.streams.audio:
+        return np.zeros(0, np.float32), 0
+    to_float = av.AudioResampler(format="fltp")
+    chunks = []
+    for frame in container.decode(audio=0):
+        chunks.extend(_mono(out) for out in to_float.resample(frame))
+    chunks.extend(_mono(out) for out in to_float.resample(None))
+    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return audio, container.streams.audio[0].rate
+
+
 def read_mp4(path: str | Path) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Decode ``path`` -> (frames uint8 [T, H, W, 3], mono float audio [N], fps, sample rate; audio may be empty)."""
-    frames, chunks, sample_rate = [], [], 0
+    """Decode ``path`` -> (frames uint8 [T, H, W, 3], mono float audio [N] in [-1, 1], fps, sample rate; audio may
+    be empty). Multi-channel audio is averaged; integer PCM is scaled to [-1, 1]."""
+    frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.base_rate or 0)
         for frame in container.decode(video=0):
             frames.append(frame.to_ndarray(format="rgb24"))
     with av.open(str(path)) as container:
-        if container.streams.audio:
-            sample_rate = container.streams.audio[0].rate
-            for frame in container.decode(audio=0):
-                data = frame.to_ndarray()
-                chunks.append(data.reshape(-1) if data.shape[0] == 1 else data.mean(axis=0))
-    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        audio, sample_rate = read_audio_stream(container)
     return np.stack(frames), audio, fps, sample_rate

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.ema import EMAWeights
+from trainer.collectives import gather_over_ranks, global_rank, sum_over_ranks
 
 
 class EMACallback(pl.Callback):
@@ -89,46 +91,74 @@ class ThroughputMonitor(pl.Callback):
 
 
 class DataHealthMonitor(pl.Callback):
-    """Counts skipped samples; stops the run with a clear message when the skip rate passes the threshold."""
+    """Counts skipped samples over every rank; stops every rank at the same step, with the same message, when the
+    run's skip rate passes the threshold.
+
+    Each rank counts its own batches; every ``log_every_n_steps`` batches (every batch in a single process) the
+    ranks sum their counts over the CPU group and decide on the totals, all alike: a rank that stopped alone would
+    leave the others waiting in the next collective. ``missing_shards`` is a count or a function giving it.
+    """
 
     MIN_SEEN = 64
-
-    def __init__(self, max_skip_fraction: float, missing_shards: int = 0):
-        self.max_skip_fraction = max_skip_fraction
-        self.skipped = 0
-        self.seen = 0
-        self.printed = 0
-        self.missing_shards = missing_shards
-
     MAX_PRINTED = 20
 
+    def __init__(self, max_skip_fraction: float, missing_shards: int | Callable[[], int] = 0):
+        self.max_skip_fraction = max_skip_fraction
+        self.local_skipped = self.local_seen = 0  # this rank's, plus the restored run totals on rank 0
+        self.skipped = self.seen = 0  # the run's totals over every rank at the last agreement
+        self.printed = 0
+        self.missing_shards = missing_shards
+        self._trainer: pl.Trainer | None = None
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.skipped += int(batch.get("skipped", 0))
-        for message in batch.get("skip_messages", []):
+        self.local_skipped += int(batch.get("skipped", 0))
+        self._print_skips(trainer, batch.get("skip_messages", []))
+        self.local_seen += len(batch["key"])
+        at_interval = (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0
+        if not at_interval and trainer.world_size > 1:
+            return
+        self._agree(trainer)
+        if at_interval:
+            pl_module.log("data/skipped_samples", float(self.skipped), rank_zero_only=True)
+        total = self.seen + self.skipped
+        if total >= self.MIN_SEEN and self.skipped / total > self.max_skip_fraction:
+            message = (f"{self.skipped} of {total} samples ({100 * self.skipped / total:.1f}%) over all ranks were "
+                       f"unreadable by step {trainer.global_step}, more than data.max_skip_fraction="
+                       f"{self.max_skip_fraction}; check the shards (see the warnings above) or raise the threshold")
+            print(f"[data] rank {trainer.global_rank}: stopping: {message}", flush=True)
+            raise RuntimeError(message)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._agree(trainer)  # the summary's totals include the batches since the last interval
+
+    def _agree(self, trainer: pl.Trainer) -> None:
+        self.skipped, self.seen = sum_over_ranks(trainer, [self.local_skipped, self.local_seen])
+
+    def _print_skips(self, trainer: pl.Trainer, messages: list[str]) -> None:
+        for message in messages:
             self.printed += 1
             if self.printed <= self.MAX_PRINTED:
                 print(f"[data] rank {trainer.global_rank}: skipped {message}", flush=True)
             elif self.printed == self.MAX_PRINTED + 1:
                 print("[data] further skipped samples are counted in data/skipped_samples and summary.json", flush=True)
-        self.seen += len(batch["key"])
-        total = self.seen + self.skipped
-        if (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0:
-            pl_module.log("data/skipped_samples", float(self.skipped), rank_zero_only=True)
-        if total >= self.MIN_SEEN and self.skipped / total > self.max_skip_fraction:
-            raise RuntimeError(
-                f"{self.skipped} of {total} samples ({100 * self.skipped / total:.1f}%) were unreadable, more than "
-                f"data.max_skip_fraction={self.max_skip_fraction}; check the shards (see the warnings above) or "
-                f"raise the threshold"
-            )
 
     def summary(self) -> dict[str, int]:
-        return {"skipped_samples": self.skipped, "seen_samples": self.seen, "missing_shards": self.missing_shards}
+        missing = self.missing_shards() if callable(self.missing_shards) else self.missing_shards
+        return {"skipped_samples": self.skipped, "seen_samples": self.seen, "missing_shards": missing}
 
     def state_dict(self) -> dict[str, Any]:
+        """The run's totals over every rank (every rank saves at the same point, so they agree here)."""
+        if self._trainer is not None:
+            self._agree(self._trainer)
         return {"skipped": self.skipped, "seen": self.seen}
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The run's totals go to rank 0's count (the ranks' sum), whatever the number of ranks now."""
         self.skipped, self.seen = state_dict.get("skipped", 0), state_dict.get("seen", 0)
+        self.local_skipped, self.local_seen = (self.skipped, self.seen) if global_rank() == 0 else (0, 0)
 
 
 class MediaLogger(pl.Callback):
@@ -255,37 +285,57 @@ class PlainProgress(pl.Callback):
 
 
 class RNGState(pl.Callback):
-    """Saves the Python, NumPy and torch generators with every checkpoint and restores them on resume.
+    """Saves every rank's Python, NumPy and torch generators with every checkpoint and restores each rank's own on
+    resume.
 
-    Restored when training starts (after the data loaders exist), so that a resumed run draws the same
-    random numbers as an uninterrupted one from the next step on.
+    The checkpoint holds ``{global rank: state}`` (gathered over the CPU group: rank 0 writes the file) and, on a
+    GPU, the generator of the rank's own device only. Restored when training starts (after the data loaders
+    exist), so that a resumed run draws the same random numbers as an uninterrupted one from the next step on; a
+    rank the checkpoint has no state for (more ranks than before) keeps its fresh per-rank seed.
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[Any, Any] | None = None
+        self._trainer: pl.Trainer | None = None
 
     @property
     def state_key(self) -> str:
         return "RNGState"
 
-    def state_dict(self) -> dict[str, Any]:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _device(self) -> torch.device | None:
+        device = self._trainer.strategy.root_device if self._trainer is not None else None
+        return device if device is not None and device.type == "cuda" else None
+
+    def state_dict(self) -> dict[int, Any]:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         state = {"python": random.getstate(), "torch": torch.get_rng_state(),
                  "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        if self._device() is not None:
+            state["cuda"] = torch.cuda.get_rng_state(self._device())
+        return gather_over_ranks(self._trainer, state) if self._trainer is not None else {0: state}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[Any, Any]) -> None:
         self._pending = state_dict
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._pending:
             return
-        state, self._pending = self._pending, None
+        states, self._pending = self._pending, None
+        if "python" in states:  # a single state: written before checkpoints held one per rank
+            states = {0: states}
+        state = states.get(trainer.global_rank)
+        if state is None:
+            print(f"[resume] rank {trainer.global_rank}: the checkpoint holds no random state for this rank "
+                  f"({len(states)} ranks saved); it keeps its fresh seed", flush=True)
+            return
         random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
         torch.set_rng_state(state["torch"])
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state.get("cuda")
+        if cuda is not None and self._device() is not None:
+            torch.cuda.set_rng_state(cuda[self._device().index or 0] if isinstance(cuda, list) else cuda,
+                                     self._device())

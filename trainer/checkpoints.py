@@ -14,6 +14,7 @@ from common.errors import CheckpointError
 from common.files import atomic_path
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")
+TEMPORARY_NAME = re.compile(r"\..+\.(\d+)\.tmp\.ckpt")  # AtomicCheckpointIO's: .<name>.<writer pid>.tmp.ckpt
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -43,6 +44,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         return safe_load(path, map_location or "cpu")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the run's temporary checkpoint files whose writer process is gone (killed mid-write): each is as
+    large as a checkpoint and nothing else removes it. Called by rank 0 when a run starts; a live writer's file
+    stays. Returns the removed paths."""
+    run_dir = Path(run_dir)
+    removed = []
+    for path in sorted([*(run_dir / CHECKPOINT_DIR).glob(".*.tmp.ckpt"), *run_dir.glob(".*.tmp.ckpt")]):
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match and path.is_file() and not process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            print(f"[checkpoints] removed {path}: a checkpoint write that did not finish", flush=True)
+    return removed
 
 
 def _fault_injection_pause() -> None:

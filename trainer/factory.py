@@ -27,10 +27,10 @@ from trainer.callbacks import (
     RNGState,
     ThroughputMonitor,
 )
-from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint
+from trainer.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries
 from trainer.config import ConfigError, to_container, to_yaml
 from trainer.keys import training_key
-from trainer.schemas import Config
+from trainer.schemas import Config, requeue_signal
 from trainer.signals import FlagSignalConnector
 from trainer.strategies import build_strategy, media_needs_all_ranks
 from trainer.sync_free import ScalarLRMonitor, SteadyRichProgressBar, TimedCheckpoint, skip_sigterm_broadcast
@@ -157,18 +157,32 @@ def cluster_plugins(cfg: Config) -> list[Any]:
 
     plugins: list[Any] = [AtomicCheckpointIO()] if cfg.trainer.strategy != "deepspeed" else []
     if SLURMEnvironment.detect():
-        import signal
-
-        sig = getattr(signal, f"SIG{cfg.trainer.requeue_signal.upper().removeprefix('SIG')}")
-        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=sig))
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=requeue_signal(cfg.trainer.requeue_signal)))
     return plugins
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random streams (diffusion noise and timesteps, dropout, random windows): fixed by
+    (seed, rank) and distinct per rank, so that the ranks of a global batch draw independent numbers."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**63, rank]).generate_state(1)[0])
+
+
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """Seed this rank's Python, NumPy and torch generators from (seed, rank). Lightning re-applies the seed when
+    the processes join (``reset_seed`` reads ``PL_GLOBAL_SEED``), so the rank's seed is the one it re-applies. The
+    training data's order does not come from these generators (the shard pipeline seeds its own per rank)."""
+    pl.seed_everything(rank_seed(seed, rank), workers=True, verbose=False)
+
+
 def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
-    pl.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
-    is_zero = global_rank_from_env(cfg.trainer.devices) == 0
+    pl.seed_everything(cfg.experiment.seed, workers=True, verbose=False)  # the same initial weights on every rank
+    rank = global_rank_from_env(cfg.trainer.devices)
+    is_zero = rank == 0
     config_dict = to_container(cfg)
     if is_zero:
+        remove_stale_temporaries(cfg.run.dir)
         prov = provenance.collect(argv)
         prov["training_key"] = training_key(cfg, config_dict)
         provenance.save(cfg.run.dir, to_yaml(cfg), prov)
@@ -178,7 +192,8 @@ def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
     module.provenance = config_dict.get("_provenance", {})
     data = ShardDataModule(cfg.data, seed=cfg.experiment.seed)
     data.setup("fit")
-    health = DataHealthMonitor(cfg.data.max_skip_fraction)
+    seed_rank_streams(cfg.experiment.seed, rank)
+    health = DataHealthMonitor(cfg.data.max_skip_fraction, missing_shards=lambda: len(data.missing_shards))
     strategy, extra = build_strategy(cfg.trainer, module)
     t = cfg.trainer
     trainer = pl.Trainer(

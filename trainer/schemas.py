@@ -1,6 +1,7 @@
 """Typed schemas of the run-level config groups: experiment, trainer, tracking, run."""
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,15 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("cpu", "gpu", "auto")
 SCALES = ("tiny", "small", "paper")
 TRACKING_MODES = ("offline", "online", "disabled", "auto")
+UNCATCHABLE = ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")  # or raised by a fault, not sent
+REQUEUE_SIGNALS = tuple(sorted(s.name.removeprefix("SIG") for s in signal.valid_signals()
+                               if isinstance(s, signal.Signals) and s.name not in UNCATCHABLE))
+
+
+def requeue_signal(name: str) -> signal.Signals | None:
+    """The catchable signal that ``name`` names (``USR2``, ``SIGUSR2`` or ``usr2``), else None."""
+    short = name.upper().removeprefix("SIG")
+    return getattr(signal, f"SIG{short}") if short in REQUEUE_SIGNALS else None
 
 
 @dataclass
@@ -67,6 +77,9 @@ class TrainerConfig:
             errors.append(f"trainer.deepspeed_bucket_size must be >= 1, got {self.deepspeed_bucket_size}")
         if not 0.0 <= self.ema_decay < 1.0:
             errors.append(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if requeue_signal(self.requeue_signal) is None:
+            errors.append(f"trainer.requeue_signal={self.requeue_signal!r} is not a signal the trainer can catch; use "
+                          f"USR1 or USR2 (the SLURM profile's requeue_signal) or one of {', '.join(REQUEUE_SIGNALS)}")
         return errors
 
 

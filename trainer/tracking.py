@@ -70,10 +70,24 @@ def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     return [by_step[s] for s in sorted(by_step)], bad
 
 
+def netrc_has_wandb_key() -> bool:
+    """Whether ``~/.netrc`` (or ``$NETRC``) holds a password for the W&B host (``WANDB_BASE_URL``'s, else
+    api.wandb.ai). Entries for other hosts (git, HTTP) are no W&B key; an unreadable or malformed file holds none."""
+    import netrc
+    from urllib.parse import urlsplit
+
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc or "api.wandb.ai"
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
 def tracking_mode(cfg: Config) -> str:
     mode = cfg.tracking.mode
     if mode == "auto":
-        has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or netrc_has_wandb_key()
         mode = "online" if has_key and os.environ.get("WANDB_MODE") != "offline" else "offline"
     return mode
 
