@@ -89,7 +89,7 @@ def test_bf16_mixed_under_deepspeed_keeps_fp32_weights_and_batch():
     batch = {"audio": torch.randn(2, 8), "speaker_index": torch.arange(2)}
     assert strategy.precision_plugin.convert_input(batch)["audio"].dtype == torch.float32
     true_bf16 = deepspeed_config(TrainerConfig(accelerator="gpu", strategy="deepspeed", precision="bf16-true"), 4)
-    assert true_bf16["bf16"] == {"enabled": True} and "torch_autocast" not in true_bf16
+    assert true_bf16["bf16"] == {"enabled": True, "check_grad_overflow": True} and "torch_autocast" not in true_bf16
 
 
 @pytest.mark.parametrize("preset", ["cpu", "ddp", "deepspeed_zero2", "deepspeed_zero3_offload"])
