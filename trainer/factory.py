@@ -162,18 +162,21 @@ def cluster_plugins(cfg: Config) -> list[Any]:
 
 
 def rank_seed(seed: int, rank: int) -> int:
-    """The seed of one rank's random streams (diffusion noise and timesteps, dropout, random windows): fixed by
-    (seed, rank) and distinct per rank, so that the ranks of a global batch draw independent numbers."""
+    """The seed of rank ``rank`` > 0's random streams (diffusion noise and timesteps, dropout, random windows): fixed
+    by (seed, rank) and distinct per rank, so that the ranks of a global batch draw independent numbers."""
     import numpy as np
 
     return int(np.random.SeedSequence([seed % 2**63, rank]).generate_state(1)[0])
 
 
 def seed_rank_streams(seed: int, rank: int) -> None:
-    """Seed this rank's Python, NumPy and torch generators from (seed, rank). Lightning re-applies the seed when
-    the processes join (``reset_seed`` reads ``PL_GLOBAL_SEED``), so the rank's seed is the one it re-applies. The
-    training data's order does not come from these generators (the shard pipeline seeds its own per rank)."""
-    pl.seed_everything(rank_seed(seed, rank), workers=True, verbose=False)
+    """Seed the Python, NumPy and torch generators of rank > 0 from (seed, rank); rank 0 goes on with the run's
+    seed, so that a one-process run draws what it drew before ranks had streams of their own. Lightning re-applies
+    the seed when the processes join (``reset_seed`` reads ``PL_GLOBAL_SEED``), so the rank's seed is the one it
+    re-applies. The training data's order does not come from these generators (the shard pipeline seeds its own
+    per rank)."""
+    if rank > 0:
+        pl.seed_everything(rank_seed(seed, rank), workers=True, verbose=False)
 
 
 def build_run(cfg: Config, argv: list[str] | None = None) -> TrainingRun:
