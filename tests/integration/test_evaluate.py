@@ -12,23 +12,19 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
 from common.media import read_mp4, write_mp4
-from datamodules.sample import decode_clip
-from datamodules.shards import ShardIndex
-from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
 from evaluation.fid import packaged_inception_path
 from evaluation.lse import SyncClip, lse_scores
 from lightning_modules.nets.syncnet import build_syncnet
-from lightning_modules.stagefile import StageFile, StageFiles, save_stage_file
-from lightning_modules.syncnet import SyncNetConfig, SyncNetStage
+from lightning_modules.stagefile import StageFiles
+from lightning_modules.syncnet import SyncNetStage
+from tests.integration.eval_world import evaluation_world, grey_pipeline
 from trainer.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,25 +39,13 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A corpus with 2 test speakers x 2 clips of 30 frames, a random compact expert, and the test clips as mp4s."""
-    root = tmp_path_factory.mktemp("eval")
-    corpus = root / "corpus"
-    write_synthetic_corpus(corpus, SyntheticConfig(speakers=4, clips_per_speaker=2, seconds=1.2, seed=3, shard_size=4,
-                                                   val_speakers_fraction=0.25, test_speakers_fraction=0.5))
-    torch.manual_seed(0)
-    config = asdict(SyncNetConfig(layout="compact", embedding_dim=32, width=8, input_size=64))
-    expert = build_syncnet("compact", embedding_dim=32, width=8, input_size=64)
-    stages = root / "stages"
-    save_stage_file(stages / "syncnet.safetensors",
-                    StageFile("syncnet", {f"expert.{k}": v for k, v in expert.state_dict().items()}, config=config))
-    clips = []
-    for url in ShardIndex.load(corpus).shard_paths(corpus, "test"):
-        clips += [decode_clip(s, 64) for s in wds.WebDataset(url, shardshuffle=False, empty_check=False)]
-    clips.sort(key=lambda c: c.key)
+    world = evaluation_world(tmp_path_factory.mktemp("eval"), clip_size=64)
+    root, clips = world["root"], world["clips"]
     in_sync, swapped = root / "in_sync", root / "swapped"
     for i, clip in enumerate(clips):
         write_mp4(in_sync / f"{clip.key}.mp4", clip.frames, clip.audio)
         write_mp4(swapped / f"{clip.key}.mp4", clip.frames, clips[(i + 1) % len(clips)].audio)
-    return {"root": root, "corpus": corpus, "stages": stages, "clips": clips, "in_sync": in_sync, "swapped": swapped}
+    return {**world, "in_sync": in_sync, "swapped": swapped}
 
 
 def evaluate(world, out: Path, *args: str) -> dict:
@@ -258,18 +242,7 @@ def test_a_stages_folder_is_generated_through_the_pipeline_adapter(world, tmp_pa
 
     calls = []
 
-    class Pipeline:
-        def __init__(self, stages_dir, options):
-            self.options = options
-
-        def portrait(self, speech, timings):
-            calls.append((len(speech), self.options.seed))
-            return torch.zeros(3, 64, 64)
-
-        def video(self, portrait, speech, timings, advance):
-            return None, np.full((len(speech) // 640, 64, 64, 3), 128, np.uint8)
-
-    monkeypatch.setattr(adapter, "TalkingFacePipeline", Pipeline)
+    monkeypatch.setattr(adapter, "TalkingFacePipeline", grey_pipeline(calls))
     results = evaluate(world, tmp_path / "gen", str(world["stages"]), "--protocol", "synthetic",
                        "--metrics", "lse,psnr")
     assert results["source"]["kind"] == "generated" and results["source"]["stage_files"] == ["syncnet.safetensors"]

@@ -9,40 +9,21 @@ import io
 import json
 import shutil
 import tarfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import webdataset as wds
 
 from common.media import write_mp4
-from datamodules.sample import decode_clip
 from datamodules.shards import ShardIndex
-from datamodules.synthetic import SyntheticConfig, write_synthetic_corpus
-from lightning_modules.nets.syncnet import build_syncnet
-from lightning_modules.stagefile import StageFile, save_stage_file
-from lightning_modules.syncnet import SyncNetConfig
+from tests.integration.eval_world import evaluation_world, grey_pipeline
 from trainer.cli import main
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """2 test speakers x 2 clips of 30 frames at 256 px, a random compact expert exported as a stage file."""
-    root = tmp_path_factory.mktemp("eval_inputs")
-    corpus = root / "corpus"
-    write_synthetic_corpus(corpus, SyntheticConfig(speakers=4, clips_per_speaker=2, seconds=1.2, seed=3, shard_size=4,
-                                                   val_speakers_fraction=0.25, test_speakers_fraction=0.5))
-    torch.manual_seed(0)
-    expert = build_syncnet("compact", embedding_dim=32, width=8, input_size=64)
-    config = asdict(SyncNetConfig(layout="compact", embedding_dim=32, width=8, input_size=64))
-    save_stage_file(root / "stages" / "syncnet.safetensors",
-                    StageFile("syncnet", {f"expert.{k}": v for k, v in expert.state_dict().items()}, config=config))
-    clips = []
-    for url in ShardIndex.load(corpus).shard_paths(corpus, "test"):
-        clips += [decode_clip(s) for s in wds.WebDataset(url, shardshuffle=False, empty_check=False)]
-    return {"root": root, "corpus": corpus, "stages": root / "stages", "clips": sorted(clips, key=lambda c: c.key)}
+    return evaluation_world(tmp_path_factory.mktemp("eval_inputs"))
 
 
 def run(world, out: Path, *args: str) -> int:
@@ -138,17 +119,7 @@ def test_a_generated_row_records_the_stage_files_options_and_code(world, tmp_pat
     """A stand-in with TalkingFacePipeline's interface (the full chain takes minutes to train) makes the videos."""
     import evaluation.generation as adapter
 
-    class Pipeline:
-        def __init__(self, stages_dir, options):
-            self.options = options
-
-        def portrait(self, speech, timings):
-            return torch.zeros(3, 64, 64)
-
-        def video(self, portrait, speech, timings, advance):
-            return None, np.full((len(speech) // 640, 64, 64, 3), 128, np.uint8)
-
-    monkeypatch.setattr(adapter, "TalkingFacePipeline", Pipeline)
+    monkeypatch.setattr(adapter, "TalkingFacePipeline", grey_pipeline([]))
     assert run(world, tmp_path / "gen", str(world["stages"]), "--metrics", "lse") == 0
     results = json.loads((tmp_path / "gen" / "results.json").read_text())
     stage_file = world["stages"] / "syncnet.safetensors"
@@ -162,22 +133,7 @@ def test_a_generated_row_records_the_stage_files_options_and_code(world, tmp_pat
 def test_a_clip_the_generator_cannot_take_is_skipped_and_counted(world, tmp_path, monkeypatch):
     import evaluation.generation as adapter
 
-    calls = []
-
-    class Pipeline:
-        def __init__(self, stages_dir, options):
-            self.options = options
-
-        def portrait(self, speech, timings):
-            calls.append(len(speech))
-            if len(calls) == 2:
-                raise ValueError("the speech is shorter than the motion window")
-            return torch.zeros(3, 64, 64)
-
-        def video(self, portrait, speech, timings, advance):
-            return None, np.full((len(speech) // 640, 64, 64, 3), 128, np.uint8)
-
-    monkeypatch.setattr(adapter, "TalkingFacePipeline", Pipeline)
+    monkeypatch.setattr(adapter, "TalkingFacePipeline", grey_pipeline([], fail_on_call=2))
     assert run(world, tmp_path / "gen", str(world["stages"]), "--metrics", "lse") == 0
     results = json.loads((tmp_path / "gen" / "results.json").read_text())
     failed = world["clips"][1].key  # the second clip in key order
