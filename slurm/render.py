@@ -38,6 +38,18 @@ class JobSpec:
     def is_array(self) -> bool:
         return bool(self.array_overrides)
 
+    def restart_resume(self) -> str:
+        """The ``run.resume`` word of a restart: the run's own newest checkpoint, else what the first run started
+        from (``auto:<path>`` when the words name a checkpoint: a node that fails before the run's first own
+        checkpoint must not start it from step 0)."""
+        given = [word.split("=", 1)[1] for word in self.train_args if word.split("=", 1)[0] in ("resume", "run.resume")]
+        start = given[-1] if given else "auto"
+        if start.startswith("auto:"):
+            return f"run.resume={start}"
+        if start.lower() in ("auto", "false", "none", "", "0", "true"):
+            return "run.resume=auto"
+        return f"run.resume=auto:{start}"
+
     def appended_overrides(self, profile: SlurmProfile) -> list[str]:
         """The overrides that make the trainer's shape and requeue signal match the job's."""
         return [f"trainer.num_nodes={self.nodes}", f"trainer.devices={self.tasks_per_node}",
@@ -84,6 +96,7 @@ def render_script(profile: SlurmProfile, job: JobSpec, template: Path = TEMPLATE
         "backend_env": export_lines(GPU_ENV if profile.uses_gpus else {}, keep_existing=True),
         "profile_env": export_lines({k: v for k, v in profile.env.items() if k != "MASTER_ADDR"}),
         "command": launch_command(profile, job),
+        "restart_resume": shlex.quote(job.restart_resume()),
     }
     text = template.read_text()
     unknown = set(PLACEHOLDER.findall(text)) - set(values)

@@ -140,15 +140,20 @@ def resolve_resume(cfg: Config) -> str | None:
     value = cfg.run.resume
     if value in ("false", "False", "none", "", "0"):
         return None
-    if value == "auto":
+    if value == "auto" or value.startswith("auto:"):
+        fallback = value[len("auto:"):]
         found = find_resume_checkpoint(cfg.run.dir)
-        if found is None:
+        if found is not None:
+            print(f"[resume=auto] resuming from {found.path} ({found.kind}, step {found.step})")
+            return str(found.path)
+        if not fallback:
             print(f"[resume=auto] no complete checkpoint in {cfg.run.dir}: starting fresh")
             return None
-        print(f"[resume=auto] resuming from {found.path} ({found.kind}, step {found.step})")
-        return str(found.path)
+        print(f"[resume={value}] no complete checkpoint in {cfg.run.dir} yet: resuming from {fallback}")
+        value = fallback
     if not Path(value).exists():
-        raise ConfigError(f"run.resume={value}: no such checkpoint; use resume=auto, resume=false or a checkpoint path")
+        raise ConfigError(f"run.resume={cfg.run.resume}: no such checkpoint {value}; use resume=auto, resume=false or "
+                          "a checkpoint path")
     return value
 
 

@@ -95,6 +95,24 @@ def test_truncated_checkpoint_is_reported_and_not_resumed_from(tmp_path):
         safe_load(ckpts / "bad.ckpt")
 
 
+def test_auto_with_a_path_prefers_the_runs_own_checkpoint_and_else_starts_from_the_path(tmp_path):
+    """``run.resume=auto:<path>`` (a requeued job first started from a checkpoint path): before the run's own first
+    checkpoint it resumes from the path, not from step 0; after it, from its own newest one."""
+    from trainer.config import ConfigError, compose
+    from trainer.factory import resolve_resume
+    given = tmp_path / "given.ckpt"
+    torch.save({"global_step": 5, "state_dict": {}}, given)
+    cfg = compose(["experiment=tiny", "stage=conre", f"run.dir={tmp_path / 'run'}", f"run.resume=auto:{given}"])
+    assert resolve_resume(cfg) == str(given)
+    own = tmp_path / "run" / "checkpoints"
+    own.mkdir(parents=True)
+    torch.save({"global_step": 12, "state_dict": {}}, own / "step=12.ckpt")
+    assert resolve_resume(cfg) == str(own / "step=12.ckpt")
+    cfg.run.dir, cfg.run.resume = str(tmp_path / "other"), f"auto:{tmp_path / 'missing.ckpt'}"
+    with pytest.raises(ConfigError, match="missing.ckpt"):
+        resolve_resume(cfg)
+
+
 def test_out_of_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     """A file-size limit makes the write fail as a full disk does; the error names the path."""
     script = textwrap.dedent(f"""

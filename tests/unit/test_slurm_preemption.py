@@ -57,7 +57,9 @@ def test_a_requeued_run_continues_from_its_own_checkpoint_whatever_resume_said(t
     assert first[0] == "-m" and first[3:3 + len(words)] == words
     assert "run.resume=auto" not in first  # the first run starts as the user asked
     assert compose(first[3:]).run.resume == (resume.split("=", 1)[1] if resume else "auto")
-    assert compose(requeued[3:]).run.resume == "auto"  # the newest checkpoint of run folder conre-rq, not step 0
+    # the newest checkpoint of run folder conre-rq, not step 0; before the first one, the path the run started from
+    given = resume.split("=", 1)[1] if resume else "auto"
+    assert compose(requeued[3:]).run.resume == ("auto" if given in ("auto", "false") else f"auto:{given}")
     assert compose(requeued[3:]).run.dir == compose(first[3:]).run.dir
     assert task_arguments(tmp_path, words, restart_count=0) == first
 
