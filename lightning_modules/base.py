@@ -195,10 +195,7 @@ class StageModule(StepGuard, pl.LightningModule):
         with self.ema_scope():
             losses = self.compute_losses(batch)
             self.validation_metrics(batch)
-        valid = batch.get("valid")
-        count = batch.get("valid_count")
-        if count is None:
-            count = len(batch["key"]) if valid is None else int(valid.sum())
+        valid, count = batch.get("valid"), valid_count(batch)
         self.log("val/loss", self.reduce_losses(losses, valid), sync_dist=True, batch_size=count)
         for name, value in losses.items():
             self.log(f"val/{name}", masked_mean(value, valid), sync_dist=True, batch_size=count)
@@ -298,6 +295,15 @@ class StageModule(StepGuard, pl.LightningModule):
             yield
         finally:
             self.ema.swap_out(self)
+
+
+def valid_count(batch: dict[str, Any]) -> int:
+    """How many samples of an evaluation batch are real (not the padding that evens out the ranks' batches)."""
+    count = batch.get("valid_count")
+    if count is not None:
+        return count
+    valid = batch.get("valid")
+    return len(batch["key"]) if valid is None else int(valid.sum())
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

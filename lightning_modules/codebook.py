@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from common.errors import CheckpointError
 from common.images import image_grid
 from lightning_modules.autoencoder import AutoencoderStage
-from lightning_modules.base import Media, StageModule
+from lightning_modules.base import Media, StageModule, masked_mean, valid_count
 from lightning_modules.codebook_losses import image_losses
 from lightning_modules.codebook_parts import (
     PHASES,
@@ -285,8 +285,12 @@ class CodebookStage(StageModule):
         indices = target.indices.flatten(1)
         ce = F.cross_entropy(logits.flatten(0, 2), indices.flatten(), reduction="none").view(len(indices), -1).mean(1)
         latent = (z - target.latents.detach()).square().mean(dim=(1, 2, 3))
-        accuracy = (logits.flatten(0, 1).argmax(-1) == indices).float().mean()
-        self.log("train/code_accuracy" if self.training else "val/code_accuracy", accuracy, batch_size=len(hr))
+        accuracy = per_clip((logits.flatten(0, 1).argmax(-1) == indices).float().mean(1), len(hr))
+        if self.training:
+            self.log("train/code_accuracy", accuracy.mean(), batch_size=len(hr))
+        else:  # over the valid samples of every rank, as val/loss
+            self.log("val/code_accuracy", masked_mean(accuracy, batch.get("valid")), sync_dist=True,
+                     batch_size=valid_count(batch))
         return {"ce": per_clip(ce, len(hr)), "latent": per_clip(latent, len(hr))}
 
     def render_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -404,3 +404,25 @@ def test_upscale_renders_a_video_window_by_window():
 def test_media_shows_input_output_and_target_side_by_side(phase):
     media = tiny_stage(phase).log_media(make_batch(2))[phase]
     assert media.image.shape == (2 * HR, 3 * HR, 3) and media.image.dtype.name == "uint8"
+
+
+def test_validation_code_accuracy_averages_the_valid_samples_only():
+    """val/code_accuracy is a mean over the valid samples, as val/loss: the padding that evens out the ranks'
+    batches weighs nothing (real Trainer, one process)."""
+    module = tiny_stage("transformer")
+    first, padded = make_batch(2, seed=0), make_batch(2, seed=1)
+    padded["valid"] = torch.tensor([True, False])
+
+    def per_sample_accuracy(batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            target = module.quantizer(module.encoder(batch["hr_frames"].flatten(0, 1)), track_usage=False)
+            logits, _, _ = module.predict_codes(module.degraded(batch["frames"]))
+        return (logits.flatten(0, 1).argmax(-1) == target.indices.flatten(1)).float().mean(1)
+
+    module.eval()
+    accuracies = torch.cat([per_sample_accuracy(first), per_sample_accuracy(padded)])
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(module, dataloaders=DataLoader([first, padded], batch_size=None), verbose=False)
+    assert float(accuracies[:3].mean()) != pytest.approx(float(accuracies.mean()))  # the padding would show
+    assert metrics["val/code_accuracy"] == pytest.approx(float(accuracies[:3].mean()), abs=1e-6)
