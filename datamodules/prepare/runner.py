@@ -6,6 +6,7 @@ interrupt cut off, and tries again the sources whose video was missing.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -37,6 +38,7 @@ class RunSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     dropped_clips: dict[str, int] = field(default_factory=dict)  # clips rejected from sources that were written
     kept_splits: int = 0  # items moved to the split their speaker has from an earlier run
+    changed_retried: int = 0  # sources skipped by an earlier run whose files changed since (a corrupt file replaced)
     seconds: float = 0.0
     work_cpu_seconds: float = 0.0  # CPU time of the workers on the sources (excludes writing shards)
     interrupted: bool = False
@@ -104,8 +106,9 @@ def run(items: list[SourceItem], out: str | Path, dataset: str, options: Prepare
     done = {k: r for k, r in done.items() if dropped.isdisjoint(r.get("keys", []))}
     todo = [it for it in items if in_range(it.source_id, shard_range)]
     summary = RunSummary(sources=len(todo))
-    todo = [it for it in todo if it.source_id not in done]
-    summary.already_done = summary.sources - len(todo)
+    changed = {it.source_id for it in todo if it.source_id in done and files_changed(done[it.source_id], it)}
+    todo = [it for it in todo if it.source_id not in done or it.source_id in changed]
+    summary.already_done, summary.changed_retried = summary.sources - len(todo), len(changed)
     todo = first_sources(todo, max_sources)
     summary.kept_splits = keep_speaker_splits(todo, records.values())
     items_by_id = {it.source_id: it for it in todo}
@@ -161,12 +164,32 @@ def keep_speaker_splits(items: list[SourceItem], records) -> int:
     return moved
 
 
+def source_fingerprint(item: SourceItem) -> str:
+    """Size and modification time of a source's files (its video and separate audio): what tells a replaced file."""
+    parts = []
+    for path in (item.path, item.audio_path):
+        try:
+            stat = os.stat(path) if path else None
+        except OSError:
+            stat = None
+        parts.append(f"{stat.st_size}:{stat.st_mtime_ns}" if stat else "-")
+    return "/".join(parts)
+
+
+def files_changed(record: dict, item: SourceItem) -> bool:
+    """Whether a source an earlier run skipped has other files now (a corrupt video replaced by a good one), so
+    that its skip no longer holds. Written sources stand (their clips are in shards); records without a
+    fingerprint are from before it was kept."""
+    return not record.get("keys") and "fingerprint" in record and record["fingerprint"] != source_fingerprint(item)
+
+
 def _record(writer: ManifestShardWriter, result: SourceResult, item: SourceItem, summary: RunSummary) -> None:
     samples = [{k: v for k, v in sample.items() if k != "__split__"} for sample in result.samples]
     keys = [sample["__key__"] for sample in samples]
     record = {"source": result.source_id, "outcome": result.outcome, "reason": result.reason,
               "detail": result.detail[:2000], "split": result.split, "speaker": item.speaker,
               "path": printable(item.path)[0] if item.path else "", "keys": keys,
+              "fingerprint": source_fingerprint(item),
               "clip_skips": result.clip_skips, "notes": result.notes, "cpu_seconds": round(result.cpu_seconds, 3),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     writer.write_source(samples, result.split, record)

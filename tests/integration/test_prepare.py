@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +288,27 @@ def test_resume_after_interrupt_redoes_only_unfinished_sources(vox_root, tmp_pat
     assert len(records) == 8
     written = {k for v in records.values() for k in v[0]["keys"]}
     assert _index_matches_tars(out) == len(written) == 5
+
+
+def test_a_skipped_source_whose_file_was_replaced_is_tried_again(vox_root, tmp_path, capsys):
+    """A corrupt video that the user replaces with a good one is prepared on the next run; the sources whose
+    records still hold are not redone."""
+    root = tmp_path / "vox"
+    shutil.copytree(vox_root, root)
+    out = tmp_path / "out"
+    args = ["voxceleb2", "--root", str(root), "--out", str(out), "--clip-seconds", "0"]
+    assert prepare(*args) == 0
+    broken = "voxceleb2/dev/id00003/broken00001/00001"
+    assert manifest(out)[broken][-1]["reason"] == "corrupt_video"
+    assert prepare(*args) == 0 and len(manifest(out)[broken]) == 1  # nothing changed: its skip stands
+    tm.write_video(root / "dev" / "mp4" / "id00003" / "broken00001" / "00001.mp4", 2.0, seed=7)
+    capsys.readouterr()
+    assert prepare(*args) == 0
+    assert "tried again: 1 source(s)" in capsys.readouterr().out
+    records = manifest(out)
+    assert records[broken][-1]["outcome"] == "written" and len(records[broken]) == 2
+    assert all(len(v) == 1 for source, v in records.items() if source != broken)
+    assert _index_matches_tars(out) == len({k for v in records.values() for k in v[-1]["keys"]})
 
 
 def test_shard_range_jobs_and_merge_index(vox_root, tmp_path):

@@ -140,6 +140,8 @@ def _run(args: argparse.Namespace, items, dataset: str) -> int:
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())) or "none"
     print(f"{dataset}: {summary.clips} clips from {summary.written_sources} sources in {summary.seconds:.1f} s "
           f"({summary.clips_per_second:.2f} clips/s); already done {summary.already_done}; skipped: {skipped}")
+    if summary.changed_retried:
+        print(f"tried again: {summary.changed_retried} source(s) an earlier run skipped, whose files changed since")
     if summary.dropped_clips:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.dropped_clips.items()))
         print(f"clips dropped from the sources written: {dropped} (manifest: clip_skips)")
