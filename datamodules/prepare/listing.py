@@ -227,6 +227,7 @@ def list_avspeech(csv_paths: list[str | Path], videos: str | Path) -> list[Sourc
             cut.setdefault(match["id"], []).append((float(match["start"]), float(match["end"]), path))
         whole.setdefault(stem, path)
     items: list[SourceItem] = []
+    first: dict[str, tuple[str, str]] = {}  # source id -> (where, split) of the row that listed it
     for csv_path in csv_paths:
         csv_path = Path(csv_path)
         split = "test" if _TEST_FILE.search(csv_path.name.lower()) else "train"
@@ -234,8 +235,23 @@ def list_avspeech(csv_paths: list[str | Path], videos: str | Path) -> list[Sourc
             for line_no, row in enumerate(csv.reader(fh), 1):
                 if not row or not "".join(row).strip():
                     continue
-                items.append(_avspeech_row(row, f"{csv_path.name}:{line_no}", split, whole, cut))
+                where = f"{csv_path.name}:{line_no}"
+                item = _avspeech_row(row, where, split, whole, cut)
+                if item.source_id in first:
+                    item = _duplicate_row(item, where, *first[item.source_id])
+                else:
+                    first[item.source_id] = (where, split)
+                items.append(item)
     return items
+
+
+def _duplicate_row(item: SourceItem, where: str, first_where: str, first_split: str) -> SourceItem:
+    """A row that repeats an earlier one: listed as a skipped source of its own (never a second copy of the clip in
+    the shards, nor one clip in two splits)."""
+    splits = f" (listed in the {first_split} split there, {item.split} here: kept in {first_split})" \
+        if first_split != item.split else ""
+    return _item(f"avspeech/{where}", "avspeech", "", speaker=item.speaker, video=item.video, split=item.split,
+                 problem=f"duplicate_row: {where} repeats {first_where}{splits}")
 
 
 def _avspeech_row(row, where, split, whole, cut) -> SourceItem:

@@ -119,6 +119,23 @@ def test_avspeech_rows_find_whole_and_cut_videos_and_report_missing(tmp_path):
     assert by_id["avspeech/TeStId00001_3.000_9.000"].split == "test"
 
 
+def test_a_repeated_avspeech_row_is_listed_once_and_its_repeats_are_skipped_with_a_reason(tmp_path):
+    row = "AvWWVOgaMlk,90.000000,93.566667,0.586250,0.311111\n"
+    (tmp_path / "avspeech_train.csv").write_text(row + "a_b-c1,12.5,16.0,0.5,0.4\n" + row)
+    (tmp_path / "avspeech_test.csv").write_text(row)  # the same clip in the test list: never in two splits
+    touch(tmp_path / "v" / "AvWWVOgaMlk.mp4")
+    items = list_avspeech([tmp_path / "avspeech_train.csv", tmp_path / "avspeech_test.csv"], tmp_path / "v")
+    ids = [it.source_id for it in items]
+    assert len(ids) == len(set(ids)) == 4  # one manifest record each
+    clip = [it for it in items if it.source_id == "avspeech/AvWWVOgaMlk_90.000_93.567"]
+    assert len(clip) == 1 and clip[0].problem is None and clip[0].split == "train"
+    repeats = {it.source_id: it.problem for it in items if it.problem}
+    assert repeats["avspeech/avspeech_train.csv:3"] == ("duplicate_row: avspeech_train.csv:3 repeats "
+                                                        "avspeech_train.csv:1")
+    assert repeats["avspeech/avspeech_test.csv:1"].startswith("duplicate_row: avspeech_test.csv:1 repeats "
+                                                              "avspeech_train.csv:1 (listed in the train split")
+
+
 def test_speaker_splits_are_disjoint_seeded_and_cover_val_and_test(tmp_path):
     (tmp_path / "RD_annotion_time.txt").write_text(
         "".join(f"Speaker{chr(65 + s)}{k}.mp4 00:00-00:05 00:10-00:15\n" for s in range(10) for k in range(3)))
