@@ -100,6 +100,8 @@ def landmarks_in(frame: np.ndarray, box) -> np.ndarray:
 
 
 def _pick(boxes, previous, hint) -> tuple | None:
+    """The box of the tracked face: the one nearest the face's last box, else nearest the hint (AVSpeech's face
+    centre of the clip's first frame), else the largest."""
     if not boxes:
         return None
     if previous is not None:
@@ -107,7 +109,7 @@ def _pick(boxes, previous, hint) -> tuple | None:
     elif hint is not None:
         centre = np.asarray(hint, np.float64)
     else:
-        return boxes[0]
+        return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
     return min(boxes, key=lambda b: np.hypot((b[0] + b[2]) / 2 - centre[0], (b[1] + b[3]) / 2 - centre[1]))
 
 
@@ -127,7 +129,8 @@ def track_face(frames: np.ndarray, detect_every: int = 5, detect_size: int = 640
     """Track one face through ``frames`` (T x H x W x 3 RGB); ``hint`` is a face centre in pixels.
 
     The detector runs every ``detect_every`` frames; after ``max_missed`` detection frames in a row without
-    a face the track counts as lost until the detector finds it again. Tracking stops early once more than
+    a face the track counts as lost until the detector finds it again, nearest where it was last (not where the
+    hint put it at the start: another face may stand there by then). Tracking stops early once more than
     ``give_up_fraction`` of the frames are lost (the clip would be rejected anyway).
     """
     count = len(frames)
@@ -135,6 +138,7 @@ def track_face(frames: np.ndarray, detect_every: int = 5, detect_size: int = 640
     boxes = np.full((count, 4), np.nan, np.float32)
     detected = np.zeros(count, bool)
     anchor: tuple | None = None  # (detector box, landmarks found in it)
+    last_box: tuple | None = None  # where the face was when the track was lost: found again near there
     missed = 0
     for i, frame in enumerate(frames):
         if i - detected[:i].sum() > give_up_fraction * count:
@@ -142,13 +146,13 @@ def track_face(frames: np.ndarray, detect_every: int = 5, detect_size: int = 640
         fresh = None
         if i % detect_every == 0 or anchor is None:
             near = detect_near(frame, anchor[0]) if anchor is not None else []
-            fresh = _pick(near or detect(frame, detect_size), anchor[0] if anchor else None, hint)
+            fresh = _pick(near or detect(frame, detect_size), anchor[0] if anchor else last_box, hint)
             if fresh is not None:
                 missed = 0
             elif anchor is not None:
                 missed += 1
                 if missed > max_missed:
-                    anchor = None
+                    anchor, last_box = None, tuple(boxes[i - 1]) if i else None
         if fresh is not None:
             box = fresh
         elif anchor is not None:

@@ -152,6 +152,24 @@ def test_face_found_and_landmarks_follow_the_animation(tmp_path, fps, vfr):
     assert align.max_jitter(boxes) < 0.02
 
 
+def test_a_lost_face_is_found_again_where_it_was_last_not_where_the_hint_put_it():
+    """AVSpeech's hint is the speaker's face centre in the clip's first frame. The speaker walks right; after a cut
+    to black, another face stands where the speaker started: the track picks the speaker up again."""
+    face = tm.base_face(128)
+    frames = np.zeros((60, 192, 448, 3), np.uint8)
+    speaker_x = [min(i, 24) * 256 // 24 for i in range(60)]
+    for i in range(60):
+        if 25 <= i < 50:
+            continue  # the cut: no face, long enough for the track to count as lost
+        frames[i, 32:160, speaker_x[i]:speaker_x[i] + 128] = face
+        if i >= 50:
+            frames[i, 32:160, 0:128] = face  # the other face, where the speaker stood at the start
+    track = faces.track_face(frames, hint=(64.0, 96.0))
+    centres = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+    assert all(abs(centres[i] - speaker_x[i] - 64) < 32 for i in (0, 15, 20))  # detection frames
+    assert np.all(np.abs(centres[50:] - 320) < 32)  # the speaker, not the face at the hint
+
+
 @pytest.mark.parametrize("video,options,reason", [
     (dict(seconds=2.0, face_until=0.8), {}, "track_lost"),
     (dict(seconds=0.6), {}, "too_short"),
