@@ -170,7 +170,7 @@ def export_lines(env: dict[str, str], keep_existing: bool = False) -> str:
 
 def launch_command(profile: SlurmProfile, job: JobSpec) -> str:
     """The program srun starts once per task:
-    ``<python> -m trainer.cli train <words> <task words> [run.resume=auto on a restart] <shape>``.
+    ``<python> -m trainer.cli train <words> <task words> [run.resume=auto or auto:<path> on a restart] <shape>``.
 
     The template sets RESTART_ARGS; ``${A[@]+"${A[@]}"}`` expands an empty array to nothing under ``set -u`` in
     every bash (before 4.4 a plain ``"${A[@]}"`` of an empty array is an unbound-variable error)."""
