@@ -39,21 +39,29 @@ class JobSpec:
         return bool(self.array_overrides)
 
     def restart_resume(self) -> str:
-        """The ``run.resume`` word of a restart: the run's own newest checkpoint, else what the first run started
-        from (``auto:<path>`` when the words name a checkpoint: a node that fails before the run's first own
-        checkpoint must not start it from step 0)."""
-        given = [word.split("=", 1)[1] for word in self.train_args if word.split("=", 1)[0] in ("resume", "run.resume")]
-        start = given[-1] if given else "auto"
-        if start.startswith("auto:"):
-            return f"run.resume={start}"
-        if start.lower() in ("auto", "false", "none", "", "0", "true"):
-            return "run.resume=auto"
-        return f"run.resume=auto:{start}"
+        """The ``run.resume`` word of a restart (:func:`restart_resume_word` of the train words); an array job's
+        differs per task, so the script reads its task's (``TASK_RESTART``, set by :func:`array_case`)."""
+        if self.is_array:
+            return '"${TASK_RESTART}"'
+        return shlex.quote(restart_resume_word(self.train_args))
 
     def appended_overrides(self, profile: SlurmProfile) -> list[str]:
         """The overrides that make the trainer's shape and requeue signal match the job's."""
         return [f"trainer.num_nodes={self.nodes}", f"trainer.devices={self.tasks_per_node}",
                 f"trainer.requeue_signal={profile.requeue_signal}"]
+
+
+def restart_resume_word(words: list[str]) -> str:
+    """The ``run.resume`` word of a restart: the run's own newest checkpoint, else what the first run started from
+    (``auto:<path>`` when the words name a checkpoint: a node that fails before the run's first own checkpoint must
+    not start it from step 0). The last ``resume``/``run.resume`` word of ``words`` is the one the run used."""
+    given = [word.split("=", 1)[1] for word in words if word.split("=", 1)[0] in ("resume", "run.resume")]
+    start = given[-1] if given else "auto"
+    if start.startswith("auto:"):
+        return f"run.resume={start}"
+    if start.lower() in ("auto", "false", "none", "", "0", "true"):
+        return "run.resume=auto"
+    return f"run.resume=auto:{start}"
 
 
 def job_name_from(train_args: list[str]) -> str:
@@ -90,13 +98,13 @@ def render_script(profile: SlurmProfile, job: JobSpec, template: Path = TEMPLATE
         "workdir": directive_quote(job.workdir),
         "signal_spec": directive_quote(signal_spec(profile)),
         "setup_lines": "\n".join(profile.setup_lines) + ("\n" if profile.setup_lines else ""),
-        "task_case": array_case(job.array_overrides),
+        "task_case": array_case(job.train_args, job.array_overrides),
         "master_addr": master_addr(profile),
         "wandb_env": wandb_env(job),
         "backend_env": export_lines(GPU_ENV if profile.uses_gpus else {}, keep_existing=True),
         "profile_env": export_lines({k: v for k, v in profile.env.items() if k != "MASTER_ADDR"}),
         "command": launch_command(profile, job),
-        "restart_resume": shlex.quote(job.restart_resume()),
+        "restart_resume": job.restart_resume(),
     }
     text = template.read_text()
     unknown = set(PLACEHOLDER.findall(text)) - set(values)
@@ -130,14 +138,16 @@ def optional_directives(profile: SlurmProfile, job: JobSpec) -> str:
     return "".join(f"#SBATCH {line}\n" for line in lines)
 
 
-def array_case(array_overrides: list[list[str]]) -> str:
-    """A ``case`` on the array task id that sets TASK_ARGS to that task's override words."""
+def array_case(train_args: list[str], array_overrides: list[list[str]]) -> str:
+    """A ``case`` on the array task id that sets TASK_ARGS to that task's override words and TASK_RESTART to its
+    restart word (a task whose line names a checkpoint restarts from it before its own first checkpoint)."""
     if not array_overrides:
         return ""
     lines = ["# Array task i appends the overrides of line i of the array file.",
              'case "${SLURM_ARRAY_TASK_ID:?this script is a job array}" in']
     for index, words in enumerate(array_overrides):
-        lines.append(f"  {index}) TASK_ARGS=({' '.join(shlex.quote(w) for w in words)}) ;;")
+        restart = shlex.quote(restart_resume_word([*train_args, *words]))
+        lines.append(f"  {index}) TASK_ARGS=({' '.join(shlex.quote(w) for w in words)}); TASK_RESTART={restart} ;;")
     lines.append('  *) echo "no overrides for array task ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;')
     lines.append("esac")
     return "\n".join(lines) + "\n"

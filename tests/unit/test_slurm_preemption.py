@@ -28,7 +28,7 @@ def executable(path: Path, text: str) -> Path:
     return path
 
 
-def task_arguments(tmp_path: Path, words: list[str], restart_count: int | None, array=None) -> list[str]:
+def task_arguments(tmp_path: Path, words: list[str], restart_count: int | None, array=None, task=0) -> list[str]:
     """Run the whole batch script as SLURM would on the first node; the arguments the training task receives."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -42,7 +42,7 @@ def task_arguments(tmp_path: Path, words: list[str], restart_count: int | None, 
     if restart_count is not None:
         env["SLURM_RESTART_COUNT"] = str(restart_count)
     if array:
-        env["SLURM_ARRAY_TASK_ID"] = "0"
+        env["SLURM_ARRAY_TASK_ID"] = str(task)
     out = subprocess.run(["bash", "-s"], input=render_script(profile, job), capture_output=True, text=True,
                          env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -69,6 +69,16 @@ def test_a_requeued_array_task_keeps_its_line_and_resumes(tmp_path):
     received = task_arguments(tmp_path, words, restart_count=2, array=[["run.name=a", "stage.lr=1e-3"]])
     cfg = compose(received[3:])
     assert (cfg.run.resume, cfg.run.name, cfg.stage.lr) == ("auto", "a", 1e-3)
+
+
+def test_a_requeued_array_task_started_from_its_own_checkpoint_path_restarts_from_that_path(tmp_path):
+    """Each task's restart word is its own: a task whose line names a checkpoint must not restart from step 0."""
+    words = ["experiment=tiny", "stage=conre", "run.resume=/job/wide.ckpt"]
+    array = [["run.name=a"], ["run.name=b", "run.resume=/task/b.ckpt"]]
+    resumes = [compose(task_arguments(tmp_path, words, 1, array, task)[3:]).run.resume for task in (0, 1)]
+    assert resumes == ["auto:/job/wide.ckpt", "auto:/task/b.ckpt"]
+    first = compose(task_arguments(tmp_path, words, None, array, 1)[3:])
+    assert first.run.resume == "/task/b.ckpt"
 
 
 def test_the_job_requests_one_gpu_per_task_not_every_gpu_of_the_node():
