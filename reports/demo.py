@@ -24,6 +24,7 @@ CORPUS = Path("data/synthetic")
 OUTPUTS = Path("outputs")
 SHIPPED = OUTPUTS / "demo"
 DEMO_SECONDS = 8.0
+PICTURE_FRAMES = 8  # generated frames in outputs/demo/frames.png, one second apart
 DEMO_CLIP_INDEX = 80  # a clip index the corpus never wrote (it writes 0 .. clips_per_speaker - 1)
 
 
@@ -109,6 +110,26 @@ def side_by_side(generated: Path, real, out: Path) -> Path:
     return write_mp4(out, np.concatenate([frames[:count], truth], axis=2), real.audio, fps=25, sr=16000)
 
 
+def frames_picture(video: Path, portrait: Path, real, out: Path, count: int = PICTURE_FRAMES) -> Path:
+    """Two rows at the generated video's size: the portrait and ``count`` generated frames one second apart; under
+    them the real clip's first frame and its frames at the same times."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from common.images import image_grid, to_unit
+    from common.media import read_mp4, write_png
+
+    generated = to_unit(read_mp4(video)[0])
+    size, times = generated.shape[-1], [min(25 * i, len(generated) - 1) for i in range(count)]
+    truth = F.interpolate(to_unit(real.frames), size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    face = to_unit(np.asarray(Image.open(portrait).convert("RGB"))[None])
+    face = F.interpolate(face, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    columns = [torch.cat([face, truth[:1]])] + [torch.stack([generated[t], truth[t]]) for t in times]
+    return write_png(out, image_grid(columns))
+
+
 def shipped_demo() -> list[str]:
     """Generate from the shipped demo stages (the lines to print), or say how to make them."""
     import soundfile as sf
@@ -128,12 +149,15 @@ def shipped_demo() -> list[str]:
     seespeaker("generate", "--audio", str(speech), "--stages", str(DEMO / STAGES), "--out", str(video),
                "--save-portrait", str(portrait), "--seed", "0")
     both = side_by_side(video, clip, SHIPPED / "side_by_side.mp4")
+    picture = frames_picture(video, portrait, clip, SHIPPED / "frames.png")
     measured = measure_demo(video, clip, SHIPPED / "measures.json")
     return [f"  speech:            {speech} ({DEMO_SECONDS:g} s of held-out test speaker {speaker}, synthesised by "
             f"the corpus generator)",
             f"  talking face:      {video} (from the stages in {DEMO / STAGES}/, seed 0, SAW on)",
             f"  portrait:          {portrait}",
             f"  side by side:      {both} (generated | the real clip of {speaker})",
+            f"  frames:            {picture} (top: the portrait, then generated frames 1 s apart; bottom: the real "
+            f"clip at the same times)",
             f"  measured:          {measured}"]
 
 

@@ -84,3 +84,25 @@ def test_the_demo_gates_pass_a_talking_face_and_stop_a_blank_one(drawn_clips, tm
     assert "below the gates" in measure_demo(blank, clip, tmp_path / "blank.json")
     saved = json.loads((tmp_path / "blank.json").read_text())
     assert saved["passed"] is False and saved["generated"]["face_rate"] == 0.0 and saved["real"]["face_rate"] >= 0.9
+
+
+def test_the_demo_picture_holds_the_portrait_and_the_frames_one_second_apart_over_the_real_clip(drawn_clips, tmp_path):
+    from PIL import Image
+
+    from common.media import write_mp4, write_png
+    from reports.demo import frames_picture
+
+    clip = drawn_clips[0]
+    size = clip.frames.shape[1]
+    generated = 255 - clip.frames  # told apart from the real frames in every pixel
+    video = write_mp4(tmp_path / "talking.mp4", generated, clip.audio, fps=25, sr=16000)
+    portrait = write_png(tmp_path / "portrait.png", np.full_like(clip.frames[0], 200))
+    count = min(3, (len(clip.frames) - 1) // 25 + 1)
+    picture = np.asarray(Image.open(frames_picture(video, portrait, clip, tmp_path / "frames.png", count)))
+    assert picture.shape == (2 * size, (count + 1) * size, 3)
+    cell = lambda row, col: picture[row * size:(row + 1) * size, col * size:(col + 1) * size].astype(float)  # noqa: E731
+    assert np.abs(cell(0, 0) - 200).mean() < 2  # the portrait
+    for col in range(1, count + 1):
+        t = 25 * (col - 1)
+        assert np.abs(cell(1, col) - clip.frames[t]).mean() < 2  # the real frame at that second
+        assert np.abs(cell(0, col) - generated[t]).mean() < np.abs(cell(0, col) - clip.frames[t]).mean() / 4
