@@ -235,6 +235,29 @@ def test_with_the_shipped_stages_the_video_starts_from_the_given_portrait(tmp_pa
     assert to_given < 0.5 * to_other, (to_given, to_other)
 
 
+@pytest.mark.skipif(not (SHIPPED / "MANIFEST.json").is_file(),
+                    reason="demo/MANIFEST.json is absent: `make results` then `make demo-stages` make the shipped set")
+def test_the_shipped_stages_make_at_most_2_5_denoiser_calls_per_output_frame_at_their_defaults():
+    """2 s of a test speaker's speech at the default settings: the portrait's 50 steps and the windowed frame
+    renderer's windows x its steps, over 50 frames (a call per frame and step, as before the windows, made 10)."""
+    import json
+
+    import torch
+
+    from generation.pipeline import GenerationOptions, TalkingFacePipeline
+    from reports.demo import speaker_clip
+    corpus = json.loads((SHIPPED / "MANIFEST.json").read_text())["corpus"]
+    clip = speaker_clip(corpus["options"], corpus["test_speakers"][0], 2.0)
+    pipeline = TalkingFacePipeline(SHIPPED / "stages", GenerationOptions(seed=0, codebook=False))
+    calls = {"portrait": 0, "frame": 0}
+    for name, module in (("portrait", pipeline.portraits.denoiser), ("frame", pipeline.motion.frame_denoiser)):
+        module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    speech = torch.from_numpy(clip.audio).float()
+    frames, _ = pipeline.video(pipeline.portrait(speech, {}), speech, {}, lambda step: None)
+    assert len(frames) == 50 and calls["portrait"] == GenerationOptions().steps
+    assert (calls["portrait"] + calls["frame"]) / len(frames) <= 2.5, calls
+
+
 def test_streamed_chunks_are_the_whole_clip_and_leave_before_the_last_window(stages, tmp_path, monkeypatch):
     import torch
 
