@@ -39,7 +39,19 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
     trainer.save_checkpoint(str(final), weights_only=False)  # the full state: resume=auto continues from it
     if trainer.is_global_zero:
         _finish(cfg, run, final)
+    _end_process_group(trainer)
     return 0
+
+
+def _end_process_group(trainer) -> None:
+    """Every rank waits for rank 0's export, then the process group is destroyed. A rank that exits with the
+    group alive can abort at interpreter shutdown (gloo's worker threads: "terminate called without an active
+    exception"), and SLURM then marks the whole job failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.strategy.barrier("seespeaker-finished")
+        dist.destroy_process_group()
 
 
 def _finish(cfg: Config, run, final: Path) -> None:

@@ -91,3 +91,15 @@ def test_missing_shards_and_config_typos_are_user_errors(synthetic_corpus, tmp_p
     assert main(["train", "experiment=tiny", "stage=conre", f"data.root={empty}",
                  f"experiment.output_root={tmp_path}"]) == 2
     assert "no shards for split 'train'" in capsys.readouterr().err
+
+
+def test_a_distributed_training_ends_its_process_group(synthetic_corpus, tmp_path):
+    """A rank that exits with its process group alive can abort at interpreter shutdown ("terminate called without
+    an active exception"), which fails a SLURM job whose training finished; the run destroys the group itself."""
+    import torch.distributed as dist
+
+    words = ["train", "experiment=tiny", "stage=conre", f"data.root={synthetic_corpus}", "trainer.strategy=ddp",
+             "trainer.devices=1", f"experiment.output_root={tmp_path}", "trainer.max_steps=2"]
+    assert main(words) == 0
+    assert (tmp_path / "tiny" / "stages" / "conre.safetensors").is_file()
+    assert not dist.is_initialized()
