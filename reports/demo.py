@@ -115,17 +115,16 @@ def frames_picture(video: Path, portrait: Path, real, out: Path, count: int = PI
     them the real clip's first frame and its frames at the same times."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from PIL import Image
 
     from common.images import image_grid, to_unit
     from common.media import read_mp4, write_png
+    from evaluation.measure import to_measurement_size
 
     generated = to_unit(read_mp4(video)[0])
     size, times = generated.shape[-1], [min(25 * i, len(generated) - 1) for i in range(count)]
-    truth = F.interpolate(to_unit(real.frames), size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
-    face = to_unit(np.asarray(Image.open(portrait).convert("RGB"))[None])
-    face = F.interpolate(face, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    truth = to_measurement_size(real.frames, size)
+    face = to_measurement_size(np.asarray(Image.open(portrait).convert("RGB"))[None], size)
     columns = [torch.cat([face, truth[:1]])] + [torch.stack([generated[t], truth[t]]) for t in times]
     return write_png(out, image_grid(columns))
 

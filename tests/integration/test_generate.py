@@ -211,16 +211,19 @@ def test_portrait_mistakes_are_named_with_what_to_do(stages, tmp_path, capsys):
 SHIPPED = Path(__file__).resolve().parents[2] / "demo"
 
 
-@pytest.mark.skipif(not (SHIPPED / "MANIFEST.json").is_file(),
-                    reason="demo/MANIFEST.json is absent: `make results` then `make demo-stages` make the shipped set")
+def shipped_corpus() -> dict:
+    """The corpus options and test speakers of the shipped demo stages (``demo/`` is in git: `make demo-stages`)."""
+    import json
+
+    return json.loads((SHIPPED / "MANIFEST.json").read_text())["corpus"]
+
+
 def test_with_the_shipped_stages_the_video_starts_from_the_given_portrait(tmp_path, capsys):
     """Trained stages reproduce the face they animate: the first frame is much closer to the given portrait (a test
     speaker's real frame) than to another test speaker's, both at the video's size."""
-    import json
-
     from common.media import read_mp4, write_png
     from reports.demo import speaker_clip
-    corpus = json.loads((SHIPPED / "MANIFEST.json").read_text())["corpus"]
+    corpus = shipped_corpus()
     first, second = (speaker_clip(corpus["options"], s, 1.2) for s in corpus["test_speakers"][:2])
     given, other = write_png(tmp_path / "given.png", first.frames[0]), write_png(tmp_path / "other.png",
                                                                                    second.frames[0])
@@ -235,18 +238,14 @@ def test_with_the_shipped_stages_the_video_starts_from_the_given_portrait(tmp_pa
     assert to_given < 0.5 * to_other, (to_given, to_other)
 
 
-@pytest.mark.skipif(not (SHIPPED / "MANIFEST.json").is_file(),
-                    reason="demo/MANIFEST.json is absent: `make results` then `make demo-stages` make the shipped set")
 def test_the_shipped_stages_make_at_most_2_5_denoiser_calls_per_output_frame_at_their_defaults():
     """2 s of a test speaker's speech at the default settings: the portrait's 50 steps and the windowed frame
     renderer's windows x its steps, over 50 frames (a call per frame and step, as before the windows, made 10)."""
-    import json
-
     import torch
 
     from generation.pipeline import GenerationOptions, TalkingFacePipeline
     from reports.demo import speaker_clip
-    corpus = json.loads((SHIPPED / "MANIFEST.json").read_text())["corpus"]
+    corpus = shipped_corpus()
     clip = speaker_clip(corpus["options"], corpus["test_speakers"][0], 2.0)
     pipeline = TalkingFacePipeline(SHIPPED / "stages", GenerationOptions(seed=0, codebook=False))
     calls = {"portrait": 0, "frame": 0}
