@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.resume import resume_parts
 from slurm.profile import SlurmProfile
 
 TEMPLATE = Path(__file__).with_name("template.sh.template")
@@ -56,12 +57,8 @@ def restart_resume_word(words: list[str]) -> str:
     (``auto:<path>`` when the words name a checkpoint: a node that fails before the run's first own checkpoint must
     not start it from step 0). The last ``resume``/``run.resume`` word of ``words`` is the one the run used."""
     given = [word.split("=", 1)[1] for word in words if word.split("=", 1)[0] in ("resume", "run.resume")]
-    start = given[-1] if given else "auto"
-    if start.startswith("auto:"):
-        return f"run.resume={start}"
-    if start.lower() in ("auto", "false", "none", "", "0", "true"):
-        return "run.resume=auto"
-    return f"run.resume=auto:{start}"
+    _, start = resume_parts(given[-1] if given else "auto")
+    return f"run.resume=auto:{start}" if start else "run.resume=auto"
 
 
 def job_name_from(train_args: list[str]) -> str:

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from common.resume import resume_parts
 from datamodules.datamodule import ShardDataModule
 from lightning_modules.registry import stage_class
 from lightning_modules.stagefile import load_stage_file
@@ -137,24 +138,22 @@ def build_callbacks(cfg: Config, health: DataHealthMonitor) -> list[pl.Callback]
 
 
 def resolve_resume(cfg: Config) -> str | None:
-    value = cfg.run.resume
-    if value in ("false", "False", "none", "", "0"):
+    mode, path = resume_parts(cfg.run.resume)
+    if mode == "off":
         return None
-    if value == "auto" or value.startswith("auto:"):
-        fallback = value[len("auto:"):]
+    if mode == "auto":
         found = find_resume_checkpoint(cfg.run.dir)
         if found is not None:
             print(f"[resume=auto] resuming from {found.path} ({found.kind}, step {found.step})")
             return str(found.path)
-        if not fallback:
+        if not path:
             print(f"[resume=auto] no complete checkpoint in {cfg.run.dir}: starting fresh")
             return None
-        print(f"[resume={value}] no complete checkpoint in {cfg.run.dir} yet: resuming from {fallback}")
-        value = fallback
-    if not Path(value).exists():
-        raise ConfigError(f"run.resume={cfg.run.resume}: no such checkpoint {value}; use resume=auto, resume=false or "
+        print(f"[resume={cfg.run.resume}] no complete checkpoint in {cfg.run.dir} yet: resuming from {path}")
+    if not Path(path).exists():
+        raise ConfigError(f"run.resume={cfg.run.resume}: no such checkpoint {path}; use resume=auto, resume=false or "
                           "a checkpoint path")
-    return value
+    return path
 
 
 def cluster_plugins(cfg: Config) -> list[Any]:

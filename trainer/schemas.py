@@ -104,8 +104,8 @@ class RunConfig:
     stages_dir: str = field(default="", metadata={
         "help": "exported stage files (derived: <output_root>/<experiment>/stages)"})
     resume: str = field(default="auto", metadata={
-        "help": "auto (newest complete checkpoint of run.dir, else fresh) | false | <path> | auto:<path> (newest "
-                "of run.dir, else <path>: what a requeued job that was started from <path> resumes with)"})
+        "help": "auto or true (newest complete checkpoint of run.dir, else fresh) | false | <path> | auto:<path> "
+                "(newest of run.dir, else <path>: what a requeued job that was started from <path> resumes with)"})
     init_from: str = field(default="", metadata={
         "help": "exported stage file to load weights from (no optimizer state)"})
     export: bool = field(default=True, metadata={"help": "export the stage file into stages_dir when training ends"})

@@ -113,6 +113,28 @@ def test_auto_with_a_path_prefers_the_runs_own_checkpoint_and_else_starts_from_t
         resolve_resume(cfg)
 
 
+@pytest.mark.parametrize("word", ["auto", "AUTO", "true", "True", "false", "None", "0", "given", "auto:given"])
+def test_a_run_and_its_sbatch_restart_read_every_resume_word_alike(tmp_path, word):
+    """The first run (``resolve_resume``) and the restart word of its sbatch script (``restart_resume_word``) agree:
+    off and auto words start fresh before the run's first checkpoint, a path (plain or after ``auto:``) starts from
+    the path; after the run's own checkpoint every restart continues from it."""
+    from slurm.render import restart_resume_word
+    from trainer.config import compose
+    from trainer.factory import resolve_resume
+    given = tmp_path / "given.ckpt"
+    torch.save({"global_step": 5, "state_dict": {}}, given)
+    value = word.replace("given", str(given))
+    cfg = compose(["experiment=tiny", "stage=conre", f"run.dir={tmp_path / 'run'}", f"run.resume={value}"])
+    first = resolve_resume(cfg)
+    assert first == (str(given) if "given" in word else None)
+    cfg.run.resume = restart_resume_word([f"resume={value}"]).split("=", 1)[1]
+    assert resolve_resume(cfg) == first
+    own = tmp_path / "run" / "checkpoints"
+    own.mkdir(parents=True)
+    torch.save({"global_step": 12, "state_dict": {}}, own / "step=12.ckpt")
+    assert resolve_resume(cfg) == str(own / "step=12.ckpt")
+
+
 def test_out_of_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     """A file-size limit makes the write fail as a full disk does; the error names the path."""
     script = textwrap.dedent(f"""
