@@ -43,14 +43,16 @@ def run_training(cfg: Config, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _end_process_group(trainer) -> None:
-    """Every rank waits for rank 0's export, then the process group is destroyed. A rank that exits with the
-    group alive can abort at interpreter shutdown (gloo's worker threads: "terminate called without an active
-    exception"), and SLURM then marks the whole job failed."""
+def _end_process_group(trainer, wait: bool = True) -> None:
+    """Every rank waits for rank 0's export (``wait``), then the process group is destroyed. A rank that exits with
+    the group alive can abort at interpreter shutdown (gloo's worker threads: "terminate called without an active
+    exception"), and SLURM then marks the whole job failed. A preempted run does not wait: the other ranks may be
+    gone already, and destroying the group needs none of them."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        trainer.strategy.barrier("seespeaker-finished")
+        if wait:
+            trainer.strategy.barrier("seespeaker-finished")
         dist.destroy_process_group()
 
 
@@ -80,6 +82,8 @@ def _stopped(cfg: Config, run) -> int:
 
     requeued = run is not None and any(isinstance(cb, PreemptionCheckpoint) and cb.requeued
                                        for cb in run.trainer.callbacks)
+    if run is not None:
+        _end_process_group(run.trainer, wait=False)
     print(f"[seespeaker] stopped by a signal; the checkpoint is saved in {cfg.run.dir}/checkpoints "
           f"({'the requeued job resumes from it' if requeued else 'resume with resume=auto'})", flush=True)
     return 0 if requeued else 143

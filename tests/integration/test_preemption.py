@@ -95,3 +95,39 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_complete_one
     assert resumed.returncode == 0, out[-2000:]
     assert "step 8)" in out and "step=8.ckpt" in out
     assert (ckpts / "final-step=12.ckpt").is_file()
+
+
+PREEMPTED_DDP = """
+import json, os, signal, sys, threading, time
+from pathlib import Path
+import torch.distributed as dist
+from trainer.cli import main
+
+out, corpus = Path(sys.argv[1]), sys.argv[2]
+
+def sigterm_at(metrics, step):
+    while not (metrics.exists() and last_step(metrics) >= step):
+        time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+def last_step(metrics):
+    return max((json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.endswith("}")),
+               default=-1)
+
+threading.Thread(target=sigterm_at, args=(out / "tiny" / "conre" / "metrics.jsonl", 4), daemon=True).start()
+code = main(["train", "experiment=tiny", "stage=conre", f"data.root={corpus}", f"experiment.output_root={out}",
+             "trainer.strategy=ddp", "trainer.devices=1", "trainer.max_steps=2000", "tracking=disabled",
+             "trainer.val_check_interval=1000", "trainer.limit_val_batches=0", "trainer.checkpoint_every_n_steps=0",
+             "trainer.log_every_n_steps=2"])
+print("exit code", code, "group alive", dist.is_initialized(), flush=True)
+"""
+
+
+def test_a_preempted_distributed_training_ends_its_process_group(synthetic_corpus, tmp_path):
+    """A preempted rank, like a finished one, destroys its process group before it exits (without waiting for the
+    other ranks, which may be gone): a group left alive can abort the process at shutdown and fail the job."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", PREEMPTED_DDP, str(tmp_path), str(synthetic_corpus)], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert "exit code 143 group alive False" in result.stdout, (result.stdout + result.stderr)[-3000:]
+    assert list((tmp_path / "tiny" / "conre" / "checkpoints").glob("preempt-step=*.ckpt"))
