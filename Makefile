@@ -52,10 +52,11 @@ results: install
 bench: install
 	$(BIN)/python -m bench
 
-# make bench-train [SCALE=small] [STAGES="conre syncnet"] [SAVE=cpu]: the training step against a bare loop
-# (docs/throughput.md); every stage at the small scale takes over an hour on 2 cores
+# make bench-train [SCALE=small] [STAGES="conre syncnet"] [THREADS=1] [SAVE=cpu]: the training step against a bare
+# loop (docs/throughput.md); every stage at the small scale takes over two hours on 2 cores with one thread
 bench-train: install
-	$(BIN)/python -m bench train --scale=$(or $(SCALE),small) $(foreach s,$(STAGES),--stage=$(s)) $(if $(SAVE),--save=$(SAVE))
+	$(BIN)/python -m bench train --scale=$(or $(SCALE),small) $(foreach s,$(STAGES),--stage=$(s)) \
+		$(if $(THREADS),--threads=$(THREADS)) $(if $(SAVE),--save=$(SAVE))
 
 clean:
 	rm -rf outputs data/synthetic data/synthetic_small .pytest_cache
