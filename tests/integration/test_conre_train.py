@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -93,10 +94,16 @@ def test_missing_shards_and_config_typos_are_user_errors(synthetic_corpus, tmp_p
     assert "no shards for split 'train'" in capsys.readouterr().err
 
 
-def test_a_distributed_training_ends_its_process_group(synthetic_corpus, tmp_path):
+def test_a_distributed_training_ends_its_process_group(synthetic_corpus, tmp_path, monkeypatch):
     """A rank that exits with its process group alive can abort at interpreter shutdown ("terminate called without
     an active exception"), which fails a SLURM job whose training finished; the run destroys the group itself."""
     import torch.distributed as dist
+
+    # Lightning writes the rendezvous address into os.environ; monkeypatch restores what was there after the test.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
 
     words = ["train", "experiment=tiny", "stage=conre", f"data.root={synthetic_corpus}", "trainer.strategy=ddp",
              "trainer.devices=1", f"experiment.output_root={tmp_path}", "trainer.max_steps=2"]

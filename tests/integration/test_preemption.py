@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,12 @@ def wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("timed out waiting for the training")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def last_step(run: Path) -> int:
@@ -126,7 +133,9 @@ print("exit code", code, "group alive", dist.is_initialized(), flush=True)
 def test_a_preempted_distributed_training_ends_its_process_group(synthetic_corpus, tmp_path):
     """A preempted rank, like a finished one, destroys its process group before it exits (without waiting for the
     other ranks, which may be gone): a group left alive can abort the process at shutdown and fail the job."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # A fresh port: an in-process distributed test earlier in this session leaves its MASTER_PORT in os.environ.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
     result = subprocess.run([sys.executable, "-c", PREEMPTED_DDP, str(tmp_path), str(synthetic_corpus)], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=300)
     assert "exit code 143 group alive False" in result.stdout, (result.stdout + result.stderr)[-3000:]
