@@ -8,7 +8,6 @@ import matplotlib
 import numpy as np
 import pytest
 import skimage.data
-import torch
 from PIL import Image
 
 from evaluation.identity import (
@@ -135,21 +134,9 @@ def test_arcface_without_onnxruntime_says_what_to_install(monkeypatch, tmp_path)
         ArcFaceEmbedder(tmp_path / "w600k_r50.onnx")
 
 
-def test_portrait_identity_scores_find_each_speaker_and_only_their_own():
-    from reports.results_portrait import identity_scores
-
-    generator = torch.Generator().manual_seed(0)
-    speaker = torch.arange(6).repeat_interleave(3)
-    faces = torch.randn(6, 16, generator=generator)[speaker] + 0.05 * torch.randn(18, 16, generator=generator)
-    own = identity_scores(faces, faces, speaker)
-    assert own["top1"] == 1.0 and own["cosine"] > 0.99 and own["chance_top1"] == pytest.approx(1 / 6)
-    others = identity_scores(faces[(torch.arange(18) + 3) % 18], faces, speaker)
-    assert others["top1"] == 0.0 and others["cosine"] < own["cosine"]
-
-
 def test_dlib_attribute_probe_finds_whole_faces_and_not_a_face_with_nothing_of_its_own():
     from datamodules.synth_face import FaceParams
-    from reports.results_portrait import dlib_attribute_retrieval
+    from reports.dlib_probes import dlib_attribute_retrieval
 
     every = set(FaceParams.__dataclass_fields__)
     assert dlib_attribute_retrieval(every, speakers=10, group=5) == (1.0, 1.0)

@@ -101,7 +101,7 @@ def test_seeds_are_averaged_per_clip_and_formatted_with_their_spread():
 def test_the_tables_print_the_seed_spread_and_the_speaker_interval_of_their_per_clip_values():
     import re
 
-    from reports import results_codebook, results_portrait, results_sync
+    from reports import results_codebook, results_sync
 
     values, speaker_of = clips(list(np.random.default_rng(6).normal(0, 0.1, 8)), 3, 0.05)
     keys = list(values)
@@ -121,11 +121,6 @@ def test_the_tables_print_the_seed_spread_and_the_speaker_interval_of_their_per_
                 for s in range(3)]
     assert cell.match(results_codebook.cell(codebook, "stage2", "bicubic", "ssim"))
     assert results_codebook.cell(codebook, "stage2", "bicubic", "fid") == "41.00 ± 1.00"  # pooled frames: seeds only
-    scores = {m: 0.5 for m in results_portrait.METRICS} | {
-        "per_clip": {m: [values[k] for k in keys] for m in results_portrait.METRICS}}
-    portrait = [{"rows": {name: dict.fromkeys(results_portrait.EMBEDDERS, scores) for name in results_portrait.ROWS},
-                 "clips": keys, "speakers": speaker_of} for _ in range(3)]
-    assert cell.match(results_portrait.cell(portrait, results_portrait.ROWS[0], "dlib", "top1"))
 
 
 def test_a_clip_is_averaged_over_the_seeds_that_gave_it_a_value_and_left_out_when_none_did():
