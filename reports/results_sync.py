@@ -106,7 +106,7 @@ def sync_results() -> tuple[dict, str]:
              "| videos | LSE-C | LSE-D | in sync |", "|---|---|---|---|"]
     for name in names:
         lines.append(f"| {ROWS[name]} | " + " | ".join(cell(per_seed, name, m) for m in METRICS) + " |")
-    for name in ROWS.keys() - names:
+    for name in [n for n in ROWS if n not in names]:
         missing = [str(r["seed"]) for r in per_seed if name not in r["rows"]]
         lines += ["", f"Row {ROWS[name]} is left out: seed(s) {', '.join(missing)} have no such videos."]
     pairs = paired_lines(per_seed, names)
