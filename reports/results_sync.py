@@ -44,8 +44,9 @@ def expert_accuracy(run_dir: Path) -> float:
 
 
 def sync_seed(seed: int) -> dict:
-    """One seed's rows: its Stage-2 chain trained (or reused), generated, and scored by the scorer."""
-    from reports.results import CORPUS, OUTPUT_ROOT, cached_evaluation, shared_autoencoder, train
+    """One seed's rows: its Stage-2 chain and codebook trained (or reused), generated, and scored by the scorer."""
+    from reports.results import CORPUS, OUTPUT_ROOT, cached_evaluation, shared_autoencoder, train, train_codebook
+    from reports.results_codebook import PHASE_WORDS
     from trainer.config import compose
 
     scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
@@ -55,6 +56,7 @@ def sync_seed(seed: int) -> dict:
     train("syncnet", seed, stages, "data.speaker_part=0/2")
     for stage in ("motion_diffusion", "lip_enhancer"):
         train(stage, seed, stages)
+    train_codebook(seed, stages, PHASE_WORDS)  # row (v): every seed has it, or the table would drop it
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     inputs = [scorer] + [stages / f"{name}.safetensors" for name in
                          ("conre", "autoencoder", "motion_diffusion", "lip_enhancer", "codebook")]
@@ -104,6 +106,9 @@ def sync_results() -> tuple[dict, str]:
              "| videos | LSE-C | LSE-D | in sync |", "|---|---|---|---|"]
     for name in names:
         lines.append(f"| {ROWS[name]} | " + " | ".join(cell(per_seed, name, m) for m in METRICS) + " |")
+    for name in [n for n in ROWS if n not in names]:
+        missing = [str(r["seed"]) for r in per_seed if name not in r["rows"]]
+        lines += ["", f"Row {ROWS[name]} is left out: seed(s) {', '.join(missing)} have no such videos."]
     pairs = paired_lines(per_seed, names)
     if pairs:
         lines += ["", "Differences of rows on the same clips (mean [paired 95% interval over test speakers]):",
