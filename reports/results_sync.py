@@ -90,6 +90,16 @@ def paired_lines(per_seed: list[dict], names: list[str]) -> list[str]:
     return lines
 
 
+def left_out_lines(per_seed: list[dict]) -> list[str]:
+    """A line for each row some seed has no videos of (the table shows only rows every seed has), naming the seeds."""
+    lines = []
+    for name in ROWS:
+        missing = [str(r["seed"]) for r in per_seed if name not in r["rows"]]
+        if missing:
+            lines += ["", f"Row {ROWS[name]} is left out: seed(s) {', '.join(missing)} have no such videos."]
+    return lines
+
+
 def sync_results() -> tuple[dict, str]:
     """Train (or reuse) the small Stage-2 chain and its independent scorer, and tabulate LSE per step."""
     from reports.results import OUTPUT_ROOT, SEEDS
@@ -106,9 +116,7 @@ def sync_results() -> tuple[dict, str]:
              "| videos | LSE-C | LSE-D | in sync |", "|---|---|---|---|"]
     for name in names:
         lines.append(f"| {ROWS[name]} | " + " | ".join(cell(per_seed, name, m) for m in METRICS) + " |")
-    for name in [n for n in ROWS if n not in names]:
-        missing = [str(r["seed"]) for r in per_seed if name not in r["rows"]]
-        lines += ["", f"Row {ROWS[name]} is left out: seed(s) {', '.join(missing)} have no such videos."]
+    lines += left_out_lines(per_seed)
     pairs = paired_lines(per_seed, names)
     if pairs:
         lines += ["", "Differences of rows on the same clips (mean [paired 95% interval over test speakers]):",

@@ -133,7 +133,7 @@ print("exit code", code, "group alive", dist.is_initialized(), flush=True)
 def test_a_preempted_distributed_training_ends_its_process_group(synthetic_corpus, tmp_path):
     """A preempted rank, like a finished one, destroys its process group before it exits (without waiting for the
     other ranks, which may be gone): a group left alive can abort the process at shutdown and fail the job."""
-    # A fresh port: an in-process distributed test earlier in this session leaves its MASTER_PORT in os.environ.
+    # A fresh port, never one inherited from the environment of the pytest process.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
     result = subprocess.run([sys.executable, "-c", PREEMPTED_DDP, str(tmp_path), str(synthetic_corpus)], cwd=REPO,

@@ -116,6 +116,10 @@ def test_the_tables_print_the_seed_spread_and_the_speaker_interval_of_their_per_
     low, high = map(float, cell.match(results_sync.cell(sync, "truth", "lse_c")).groups())
     assert low < np.mean(list(values.values())) + 0.01 < high
     assert "LSE-C 0.000 [0.000, 0.000]" in results_sync.paired_lines(sync, list(results_sync.ROWS))[0]
+    assert results_sync.left_out_lines([{"seed": s} | r for s, r in enumerate(sync)]) == []
+    del sync[2]["rows"]["codebook"]
+    assert results_sync.left_out_lines([{"seed": s} | r for s, r in enumerate(sync)]) == [
+        "", "Row (v) + codebook (256 px) is left out: seed(s) 2 have no such videos."]
     codebook = [{"sets": {"stage2": {"rows": {name: row(results_codebook.PER_CLIP, 0.0) | {"fid": 40.0 + s}
                                               for name in ("bicubic", "renderer_w0.5")}}}, "speakers": speaker_of}
                 for s in range(3)]
