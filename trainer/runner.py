@@ -1,7 +1,9 @@
 """Run a training end to end: build, fit, save the final checkpoint, export the stage file."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 from common.errors import SeespeakerError, UserError
@@ -10,8 +12,31 @@ from trainer.checkpoints import CHECKPOINT_DIR
 from trainer.config import to_container
 from trainer.schemas import Config
 
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def rendezvous_environment_kept():
+    """Puts ``MASTER_ADDR``/``MASTER_PORT`` back as they were: Lightning writes the address it picked into
+    ``os.environ``, and a later training in the same process (a notebook, a test session) would otherwise
+    rendezvous on a port that may be taken by then."""
+    before = {name: os.environ.get(name) for name in RENDEZVOUS_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 def run_training(cfg: Config, argv: list[str] | None = None) -> int:
+    with rendezvous_environment_kept():
+        return _run_training(cfg, argv)
+
+
+def _run_training(cfg: Config, argv: list[str] | None) -> int:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from trainer.factory import build_run, fit

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import socket
+import os
 
 import pytest
 import torch
@@ -99,14 +99,13 @@ def test_a_distributed_training_ends_its_process_group(synthetic_corpus, tmp_pat
     an active exception"), which fails a SLURM job whose training finished; the run destroys the group itself."""
     import torch.distributed as dist
 
-    # Lightning writes the rendezvous address into os.environ; monkeypatch restores what was there after the test.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
 
     words = ["train", "experiment=tiny", "stage=conre", f"data.root={synthetic_corpus}", "trainer.strategy=ddp",
              "trainer.devices=1", f"experiment.output_root={tmp_path}", "trainer.max_steps=2"]
     assert main(words) == 0
     assert (tmp_path / "tiny" / "stages" / "conre.safetensors").is_file()
     assert not dist.is_initialized()
+    # the address Lightning picked does not outlive the run: a later run in this process would find its port taken
+    assert "MASTER_PORT" not in os.environ and "MASTER_ADDR" not in os.environ
