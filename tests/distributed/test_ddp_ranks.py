@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -14,6 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,12 +50,6 @@ DRIVER = textwrap.dedent('''
     factory.build_callbacks = lambda cfg, health: [*build_callbacks(cfg, health), Record()]
     sys.exit(run_training(compose(words), words))
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(tmp_path: Path, out: str, *words: str, rank1_data: Path | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.ports import free_port
 from trainer.deepspeed_checkpoint import is_complete, is_deepspeed_checkpoint, load_deepspeed_checkpoint
 
 SCRIPT = Path(__file__).with_name("ds_train_script.py")
 REPO = SCRIPT.parents[2]
 STEPS, MAX_STEPS, ACCUMULATE, LR = 12, 24, 2, 3e-2  # runs stop at STEPS of a MAX_STEPS schedule, as if preempted
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scheduled_lr(step: int) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(corpus: Path, out: Path, devices: int) -> dict[str, float]:
+    from tests.ports import free_port  # here, not at the top: this file also runs as the ranks' script
+
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "PL_")) and k not in ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

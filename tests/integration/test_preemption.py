@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,12 +33,6 @@ def wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("timed out waiting for the training")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def last_step(run: Path) -> int:
