@@ -69,6 +69,7 @@ class WindowTimer(pl.Callback):
     def __init__(self, warmup: int, steps: int, device: torch.device):
         self.warmup, self.steps, self.device = warmup, steps, device
         self.start = self.end = 0.0
+        self.batches = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
@@ -79,6 +80,15 @@ class WindowTimer(pl.Callback):
         if batch_idx == self.warmup + self.steps - 1:
             synchronize(self.device)
             self.end = _clock()
+        self.batches = batch_idx + 1
+
+    def seconds(self) -> float:
+        """The window's time; an error when the run stopped before the window's last batch."""
+        if self.batches < self.warmup + self.steps:
+            raise RuntimeError(f"the framework run stopped after {self.batches} batches, before the end of the timed "
+                               f"window ({self.warmup} + {self.steps} batches): its trainer.max_steps counts "
+                               "optimizer steps, not batches")
+        return self.end - self.start
 
 
 @contextlib.contextmanager
@@ -105,10 +115,12 @@ def framework_window(words: list[str], batches: list[dict], warmup: int, steps: 
         run = build_run(cfg)
     timer = WindowTimer(warmup, steps, device)
     run.trainer.callbacks.append(timer)
+    # Lightning counts each optimizer's step (a GAN stage: two a batch); the window is counted in batches
+    run.trainer.fit_loop.epoch_loop.max_steps = (warmup + steps) * len(param_groups(run.module))
     torch.set_float32_matmul_precision("high")  # as trainer.factory.fit
     reset_peak(device)
     run.trainer.fit(run.module, train_dataloaders=Cycle(batches, warmup + steps))
-    return Window(timer.end - timer.start, steps, cfg.data.batch_size, peak_gb(device)), run.module
+    return Window(timer.seconds(), steps, cfg.data.batch_size, peak_gb(device)), run.module
 
 
 def autocast_for(cfg, device: torch.device):
