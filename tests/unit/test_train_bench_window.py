@@ -15,7 +15,7 @@ def gan_codebook_words(corpus, root, steps: int) -> list[str]:
             f"trainer.max_steps={steps}", *QUIET]
 
 
-def test_a_gan_stage_window_runs_every_batch_and_times_a_positive_span(synthetic_corpus, tmp_path):
+def test_a_gan_stage_window_runs_every_batch_and_times_a_positive_span(synthetic_corpus, tmp_path, monkeypatch):
     warmup, steps = 1, 3
     words = gan_codebook_words(synthetic_corpus, tmp_path, warmup + steps)
     batches = preload(compose(words), 2, torch.device("cpu"))
@@ -26,11 +26,8 @@ def test_a_gan_stage_window_runs_every_batch_and_times_a_positive_span(synthetic
         seen.append((batch_idx, trainer.global_step))
         original(self, trainer, module, outputs, batch, batch_idx)
 
-    WindowTimer.on_train_batch_end = counting
-    try:
-        window, _ = framework_window(words, batches, warmup, steps, torch.device("cpu"))
-    finally:
-        WindowTimer.on_train_batch_end = original
+    monkeypatch.setattr(WindowTimer, "on_train_batch_end", counting)
+    window, _ = framework_window(words, batches, warmup, steps, torch.device("cpu"))
     assert [index for index, _ in seen] == list(range(warmup + steps))
     assert seen[-1][1] == 2 * (warmup + steps)  # generator and discriminator each step once a batch
     assert window.seconds > 0 and window.steps == steps
