@@ -223,10 +223,13 @@ def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]
 CHOICES: dict[str, list[tuple[str, str]]] = {
     "motion_encoder": [("motion_diffusion `stage.jaw_dim`, `stage.eyes_dim`, `stage.pose_dim: 8` "
                         "(configs/experiment/small.yaml), by the unexplained share of each group", "val")],
-    "sync": [("motion_diffusion `stage.mouth_loss_weight: 8.0` and `trainer.max_steps: 600` "
-              "(configs/experiment/small.yaml), by the scorer's LSE-C of the motion stage's frames",
+    "sync": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
+              "LSE-C of the motion stage's frames",
               "6 held-out clips of a split that was not recorded (it may overlap this table's test clips): "
-              "not yet re-chosen on val")],
+              "not yet re-chosen on val"),
+             ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
+              "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
+              "val")],
     "video": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
                "LSE-C of the sequential renderer's frames", "6 held-out clips of a split that was not recorded: not "
                "yet re-chosen on val; both renderers train with it"),
