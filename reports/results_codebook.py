@@ -34,6 +34,7 @@ from reports.results_codebook_eval import (  # noqa: F401  (the table's measurem
     ssim_per_frame,
     unit,
 )
+from reports.table_units import shown
 
 # Lightning counts both optimizers' steps with the GAN on. The shared VQ phase trains 1000 batches (2000 steps): with
 # the linear shortcut (stage.shortcut, lightning_modules/nets/vq_shortcut.py) an L1-only VQ of the small config's
@@ -49,12 +50,12 @@ TEMPORAL_WORDS = ("stage.temporal=true", "data.clip_frames=4", "data.batch_size=
 SETS = {"stage2": "held-out stage-2 frames (the seed's windowed motion stage re-rendering real test clips)",
         "degraded": "the degraded real set (fixed seed, a recorded recipe per frame)"}
 METRICS = (("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("kid", "KID×10³ ↓"), ("fid", "FID ↓"),
-           ("temporal_consistency", "temporal cons. ↓"), ("flicker_generated", "flicker"),
+           ("temporal_consistency", "temporal cons. ×10³ ↓"), ("flicker_generated", "flicker ×10³"),
            ("identity_dlib", "identity dlib ↑"), ("identity_conre", "identity judge ↑"), ("gate_opening", "gate"),
            ("detail", "|detail|"))
 PER_CLIP = ("psnr", "ssim", "temporal_consistency", "flicker_generated", "identity_dlib", "identity_conre")
 PAIRED = {"psnr": "PSNR", "ssim": "SSIM", "kid": "KID×10³", "identity_dlib": "identity dlib",
-          "identity_conre": "identity judge", "temporal_consistency": "temporal cons."}
+          "identity_conre": "identity judge", "temporal_consistency": "temporal cons. ×10³"}
 
 
 def temporal_corpus():
@@ -90,12 +91,13 @@ def row_values(per_seed: list[dict], test_set: str, row: str, metric: str) -> li
     values = [r["sets"][test_set]["rows"][row].get(metric) for r in per_seed]
     if metric == "kid":
         return [1000 * v["kid"] for v in values]
-    return [v for v in values if v is not None]
+    return [shown(metric, v) for v in values if v is not None]
 
 
 def clip_values(per_seed: list[dict], test_set: str, row: str, metric: str) -> dict[str, float]:
     """A row's per-clip values of one metric averaged over the seeds (clips NaN in any seed left out)."""
-    per = [{k: v[metric] for k, v in r["sets"][test_set]["rows"][row]["per_clip"].items()} for r in per_seed]
+    per = [{k: shown(metric, v[metric]) for k, v in r["sets"][test_set]["rows"][row]["per_clip"].items()}
+           for r in per_seed]
     keep = [k for k in per[0] if all(math.isfinite(p[k]) for p in per)]
     return seed_mean_by_clip([{k: p[k] for k in keep} for p in per])
 
@@ -148,13 +150,13 @@ def labels(per_seed: list[dict]) -> dict[str, str]:
 def set_table(per_seed: list[dict], test_set: str) -> list[str]:
     names = labels(per_seed)
     first = per_seed[0]["sets"][test_set]["rows"]
-    truth = first["bicubic"]["flicker_real"]
+    truth = shown("flicker_generated", first["bicubic"]["flicker_real"])
     lines = [f"**{SETS[test_set]}**", "", "| output | " + " | ".join(label for _, label in METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]
     for row in per_seed[0]["rows"]:
         lines.append(f"| {names[row]} | " + " | ".join(cell(per_seed, test_set, row, m) for m, _ in METRICS) + " |")
-    lines += ["", f"The real clips' flicker: {truth:.4f}. Differences from bicubic on the same clips (mean [paired "
-              f"95% interval over test speakers; KID: the speaker bootstrap of its Inception features]):"]
+    lines += ["", f"The real clips' flicker ×10³: {truth:.3f}. Differences from bicubic on the same clips (mean "
+              f"[paired 95% interval over test speakers; KID: the speaker bootstrap of its Inception features]):"]
     for row in per_seed[0]["rows"]:
         if row != "bicubic":
             parts = [f"{label} {format_interval(*difference(per_seed, test_set, row, m))}"

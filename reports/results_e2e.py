@@ -24,13 +24,14 @@ from evaluation.intervals import (
 from evaluation.measure import MEASUREMENT_RESIZE
 from reports import plan
 from reports.results_e2e_eval import CLIPS, MEASURE_SIZE, PICTURE_SPEAKERS, ROWS, STRIDE, evaluate_e2e
+from reports.table_units import shown
 
 CHAIN = ("conre", "autoencoder", "face_prior", "portrait_diffusion", "saw", "motion_diffusion", "lip_enhancer",
          "codebook")
 METRICS = (("lse_c", "LSE-C ↑"), ("lse_d", "LSE-D ↓"), ("mouth_face_rate", "face rate ↑"), ("mouth_r", "mouth r ↑"),
            ("mouth_null", "r, shifted speech"), ("mouth_margin", "r − shifted ↑"), ("mouth_truth_r", "r vs real ↑"),
            ("identity_dlib", "identity dlib ↑"), ("identity_conre", "identity judge ↑"),
-           ("temporal_consistency", "temporal cons. ↓"))
+           ("temporal_consistency", "temporal cons. ×10³ ↓"))
 # (row, what its difference from the full system says), each on the PAIRED metrics
 ABLATIONS = (("no_prior", "the face prior"), ("no_saw", "SAW"), ("no_lips", "the lip enhancer"),
              ("no_codebook", "the codebook renderer"))
@@ -67,14 +68,15 @@ def e2e_seed(seed: int) -> dict:
 
 def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
     """{clip: the metric averaged over the seeds that gave it a value}."""
-    return finite_seed_mean_by_clip([{k: v[metric] for k, v in r["per_clip"][row].items()} for r in per_seed])
+    return finite_seed_mean_by_clip([{k: shown(metric, v[metric]) for k, v in r["per_clip"][row].items()}
+                                     for r in per_seed])
 
 
 def cell(per_seed: list[dict], row: str, metric: str) -> str:
     values = clip_values(per_seed, row, metric)
     if not values:
         return "-"
-    seeds = [float(np.nanmean([v[metric] for v in r["per_clip"][row].values()])) for r in per_seed]
+    seeds = [float(np.nanmean([shown(metric, v[metric]) for v in r["per_clip"][row].values()])) for r in per_seed]
     seeds = [s for s in seeds if np.isfinite(s)]
     return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
 

@@ -25,6 +25,7 @@ from evaluation.measure import MEASUREMENT_RESIZE
 from evaluation.motion_groups import AUDIO_DRIVEN
 from reports import plan
 from reports.results_video_eval import LONG_SECONDS, MEASURE_SIZE, PICTURE_ROWS, ROWS, evaluate_seed
+from reports.table_units import shown
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
@@ -59,11 +60,12 @@ def video_seed(seed: int) -> dict:
 
 METRICS = (("lse_c", "LSE-C ↑"), ("lse_d", "LSE-D ↓"), *((f"{g}_error", f"{g} error ↓") for g in AUDIO_DRIVEN),
            *((f"{g}_r", f"{g} r") for g in AUDIO_DRIVEN), ("blink_rate_generated", "blinks/s"),
-           ("temporal_consistency", "temporal cons. ↓"), ("flicker_generated", "flicker"),
+           ("temporal_consistency", "temporal cons. ×10³ ↓"), ("flicker_generated", "flicker ×10³"),
            ("seam_ratio", "seam ratio (1.0)"))
 def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
     """{clip: the metric averaged over the seeds that gave it a value}; clips without one are left out."""
-    return finite_seed_mean_by_clip([{k: v[metric] for k, v in r["per_clip"][row].items()} for r in per_seed])
+    return finite_seed_mean_by_clip([{k: shown(metric, v[metric]) for k, v in r["per_clip"][row].items()}
+                                     for r in per_seed])
 
 
 def left_out_line(per_seed: list[dict]) -> str:
@@ -87,7 +89,8 @@ def cell(per_seed: list[dict], row: str, metric: str) -> str:
     values = clip_values(per_seed, row, metric)
     if not values:
         return "-"
-    per_clip = [[v[metric] for v in r["per_clip"][row].values() if np.isfinite(v[metric])] for r in per_seed]
+    per_clip = [[shown(metric, v[metric]) for v in r["per_clip"][row].values() if np.isfinite(v[metric])]
+                for r in per_seed]
     seeds = [float(np.mean(values)) for values in per_clip if values]
     return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
 
