@@ -5,9 +5,11 @@ For each weight a motion stage of one seed is trained as the small chain trains 
 the seed's own table file; the others train beside it on the same autoencoder and ConRe files), each val clip (one
 per val speaker) is animated from its real first frame with its own speech by the default (windowed) renderer, and
 the motion stage's frames (before the lip enhancer) are scored by the sync table's independent scorer through the
-sync table's measurement path (:func:`reports.results_sync_eval.score_rows`). The weight with the highest val LSE-C
-is the choice; each weight's LSE-C and LSE-D differences from the small config's come with a paired 95% interval
-over val speakers. The reading is written as JSON under ``--out`` and printed.
+sync table's measurement path (:func:`reports.results_sync_eval.score_rows`). Each weight's LSE-C and LSE-D
+differences from the small config's come with a paired 95% interval over val speakers. The weight with the highest
+val LSE-C is named, and so is a tie: when its LSE-C interval against the small config's contains 0, the two are not
+told apart on val and the small config's weight stands (changing it retrains every Stage-2 table). The reading is
+written as JSON under ``--out`` and printed.
 """
 from __future__ import annotations
 
@@ -116,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
                                         "chosen": chosen, "folders": {k: str(v) for k, v in folders.items()},
                                         "scores": scores, "differences": diffs, "speakers": speakers}, indent=1))
     print("\n".join(report(scores, diffs, speakers, f"{default:g}")))
-    print(f"\nval LSE-C chooses mouth_loss_weight {chosen} ({len(clips)} val clips, seed {args.seed}; {path})")
+    tie = chosen != f"{default:g}" and diffs[chosen]["lse_c"][1] <= 0
+    verdict = f"a tie with the small config's {default:g}, which stands" if tie else "the choice"
+    print(f"\nhighest val LSE-C: mouth_loss_weight {chosen}, {verdict} ({len(clips)} val clips, seed {args.seed}; "
+          f"{path})")
 
 
 if __name__ == "__main__":
