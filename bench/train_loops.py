@@ -115,10 +115,9 @@ def framework_window(words: list[str], batches: list[dict], warmup: int, steps: 
         run = build_run(cfg)
     timer = WindowTimer(warmup, steps, device)
     run.trainer.callbacks.append(timer)
-    # Lightning counts each optimizer's step (the adversarial option, manual optimization: generator and
-    # discriminator, two a batch); the window is counted in batches
-    optimizers = 1 if run.module.automatic_optimization else 2
-    run.trainer.fit_loop.epoch_loop.max_steps = (warmup + steps) * optimizers
+    # Lightning counts each optimizer's step (the adversarial option: generator and discriminator, two a batch);
+    # the window is counted in batches
+    run.trainer.fit_loop.epoch_loop.max_steps = (warmup + steps) * run.module.num_optimizers
     torch.set_float32_matmul_precision("high")  # as trainer.factory.fit
     reset_peak(device)
     run.trainer.fit(run.module, train_dataloaders=Cycle(batches, warmup + steps))
