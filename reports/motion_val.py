@@ -36,13 +36,20 @@ def weight_folder(seed: int, weight: float, default: float) -> Path:
     return OUTPUT_ROOT / "small" / "mouth-val" / f"stages-seed{seed}-mouth{weight:g}"
 
 
-def train_weight(seed: int, weight: float, default: float) -> Path:
-    """The weight's motion stage, trained (or reused while its training key holds) as the small chain trains it."""
-    from reports import plan
+def seed_stages(seed: int) -> Path:
+    """The seed's own table files (the small config's weight and what every weight shares), trained or reused."""
     from reports.results import shared_autoencoder, train
     stages = shared_autoencoder(seed)
     for stage in ("conre", "motion_diffusion", "lip_enhancer"):
         train(stage, seed, stages)
+    return stages
+
+
+def train_weight(seed: int, weight: float, default: float, stages: Path) -> Path:
+    """The weight's motion stage beside the seed's ``stages``, trained (or reused while its training key holds) as
+    the small chain trains it."""
+    from reports import plan
+    from reports.results import train
     folder = weight_folder(seed, weight, default)
     if folder != stages:
         plan.mirror_stage_files(stages, folder, SHARED)
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     ensure_corpus()
     default = float(compose(["experiment=small", "stage=motion_diffusion"]).stage.mouth_loss_weight)
     weights = sorted({*args.weights, default})
-    folders = {f"{w:g}": train_weight(args.seed, w, default) for w in weights}
+    stages = seed_stages(args.seed)
+    folders = {f"{w:g}": train_weight(args.seed, w, default, stages) for w in weights}
     scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
     if not scorer.is_file():
         parser.error(f"no sync scorer at {scorer}: make it first with `make results NAMES=sync`")

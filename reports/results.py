@@ -218,13 +218,14 @@ def from_module(module: str, name: str, *args) -> Callable[[], tuple[dict, str]]
     return section
 
 
-# Hyper-parameters of the small configs chosen by looking at a score, per table: (what, the split it was chosen on).
-# A choice belongs on val; one made on another split is printed as such under its table.
 # the val reading of the motion stage's mouth loss weight (python -m reports.motion_val)
 MOUTH_WEIGHT_READING = ("reports/motion_val.py, seed 0, 26 val clips, the motion stage's frames: LSE-C 2.657 at 0, "
                         "2.820 at 2, 2.846 at 8, 2.849 at 16; 16 − 8 +0.003 [-0.022, 0.028], a tie, so 8 stands; "
                         "0 − 8 -0.189 [-0.240, -0.135]; LSE-D falls towards 0 (18.10 at 0, 18.72 at 8): the two "
                         "scores disagree")
+
+# Hyper-parameters of the small configs chosen by looking at a score, per table: (what, the split it was chosen on).
+# A choice belongs on val; one made on another split is printed as such under its table.
 CHOICES: dict[str, list[tuple[str, str]]] = {
     "motion_encoder": [("motion_diffusion `stage.jaw_dim`, `stage.eyes_dim`, `stage.pose_dim: 8` "
                         "(configs/experiment/small.yaml), by the unexplained share of each group", "val")],
