@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.files import atomic_write_text
 from reports import plan
+from reports.progress import ChunkProgress
 from trainer.provenance import git_commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,19 +109,24 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[[], dict],
-                      corpus: Corpus = SMALL) -> dict:
+def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callable[..., dict],
+                      corpus: Corpus = SMALL, resumable: bool = False) -> dict:
     """One seed's evaluation, reused from ``<stages>/eval-<name>.json`` only while its key holds (the hash of the
     code that computes it and of its input files): an interrupted ``make results`` resumes, and seeds can be
-    evaluated apart."""
+    evaluated apart. A ``resumable`` evaluation takes ``progress`` (:class:`reports.progress.ChunkProgress`, the file
+    ``eval-<name>.progress.pt`` under the same key) and resumes inside itself at its next chunk."""
     cache = corpus.stages(seed) / f"eval-{name}.json"
     key = plan.evaluation_key(evaluate, inputs)
     result = plan.cached_result(cache, key, name, inputs)
     if result is None:
         started = time.time()
-        result = evaluate()
-        record = {"key": key, "result": result, "seconds": round(time.time() - started, 1)}
+        progress = ChunkProgress(cache.with_name(f"eval-{name}.progress.pt"), key) if resumable else None
+        result = evaluate(progress=progress) if resumable else evaluate()
+        seconds = time.time() - started if progress is None else progress.seconds()
+        record = {"key": key, "result": result, "seconds": round(seconds, 1)}
         atomic_write_text(cache, json.dumps(record, indent=2))
+        if progress is not None:
+            progress.clear()
     return result
 
 

@@ -83,7 +83,8 @@ def codebook_seed(seed: int) -> dict:
     inputs = [stages / "codebook.safetensors", temporal.stages(seed) / "codebook.safetensors", judge,
               *(stages / f"{name}.safetensors" for name in ("conre", "autoencoder", "motion_diffusion"))]
     result = cached_evaluation(f"codebook-{ev.MEASURE_SIZE}px", seed, inputs,
-                               partial(ev.evaluate_codebook, stages, temporal.stages(seed), judge, data, seed))
+                               partial(ev.evaluate_codebook, stages, temporal.stages(seed), judge, data, seed),
+                               resumable=True)
     return {"seed": seed, **result}
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +228,17 @@ class SetScores:
         for name, value in inner.items():
             self.inner[row][name].append((value, len(frames)))
 
+    def saved(self, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The scores so far as plain data and tensors (the Inception features), for :class:`ChunkProgress`."""
+        tensors = {f"{prefix}/{row}": torch.from_numpy(np.concatenate(parts))
+                   for row, parts in self.features.items() if parts}
+        return {"per_clip": self.per_clip, "inner": self.inner}, tensors
+
+    def restore(self, data: dict, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        self.per_clip, self.inner = data["per_clip"], data["inner"]
+        self.features = {row: [tensors[f"{prefix}/{row}"].numpy()] if f"{prefix}/{row}" in tensors else []
+                         for row in self.rows}
+
     def finish(self, real_all: np.ndarray, speakers: list[str]) -> dict:
         """Each row's means, KID (every row), FID (PRIMARY rows) and the KID bootstrap draws against bicubic."""
         real_kid = real_all[::STRIDE]
@@ -275,11 +286,49 @@ def real_frames(clips: dict, judges: IdentityJudges, resolution: int) -> dict:
             "keys": clips["key"], "ids": judges.embed(frames[::STRIDE], marks[::STRIDE])}
 
 
+@dataclass
+class Collected:
+    """What the chunks so far gave: the sets' scores, the real frames' Inception features, each frame's and each
+    clip's speaker, the degraded set's recipes and per-chunk digests; and the stage-2 sampler's generator."""
+    scores: dict[str, SetScores]
+    generator: torch.Generator
+    real_features: list[np.ndarray] = field(default_factory=list)
+    speakers: list[str] = field(default_factory=list)
+    clip_speakers: dict[str, str] = field(default_factory=dict)
+    recipes: list[dict] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+
+    def save(self, progress, chunks: int) -> None:
+        data = {"speakers": self.speakers, "clip_speakers": self.clip_speakers, "recipes": self.recipes,
+                "digests": self.digests, "sets": {}}
+        tensors = {"generator": self.generator.get_state(),
+                   "real": torch.from_numpy(np.concatenate(self.real_features))}
+        for name, set_scores in self.scores.items():
+            data["sets"][name], set_tensors = set_scores.saved(name)
+            tensors.update(set_tensors)
+        progress.save(chunks, data, tensors)
+
+    def resume(self, progress) -> int:
+        """How many chunks are done (0 without a progress file under the same key); restores them."""
+        saved = None if progress is None else progress.resume()
+        if saved is None:
+            return 0
+        chunks, data, tensors = saved
+        self.real_features = [tensors["real"].numpy()]
+        self.speakers, self.clip_speakers = data["speakers"], data["clip_speakers"]
+        self.recipes, self.digests = data["recipes"], data["digests"]
+        for name, set_scores in self.scores.items():
+            set_scores.restore(data["sets"][name], tensors, name)
+        self.generator.set_state(tensors["generator"])
+        return chunks
+
+
 def evaluate_codebook(stages: Path, temporal: Path | None, judge: Path, data, seed: int, extractor=None,
-                      feature_cache: Path | None = None, reading: Reading | None = None) -> dict:
+                      feature_cache: Path | None = None, reading: Reading | None = None, progress=None) -> dict:
     """Both test sets' rows for one seed (the val split's with a val ``reading``): the renderer in ``stages`` (with
     its motion stage), the temporal variant in ``temporal`` (None: no such row), identity by the ConRe ``judge``;
-    ``extractor`` replaces the packaged Inception (tests)."""
+    ``extractor`` replaces the packaged Inception (tests); ``progress`` (a :class:`reports.progress.ChunkProgress`)
+    saves the state after every chunk and resumes after the last one saved."""
     from reports.results import OUTPUT_ROOT
     reading = reading or table_reading()
     if FRAMES_PER_CLIP % STRIDE:
@@ -291,32 +340,37 @@ def evaluate_codebook(stages: Path, temporal: Path | None, judge: Path, data, se
     motion = MotionDiffusionStage.for_inference(StageFiles(stages))
     features = inception(extractor or InceptionFeatures(), feature_cache or OUTPUT_ROOT / "inception-features")
     scores = {name: SetScores(renderers.rows, renderers.primary, judges, reading.kid_subset) for name in TEST_SETS}
-    generator = torch.Generator().manual_seed(1000 + seed)
-    real_features, speakers, recipes, clip_speakers, digests = [], [], [], {}, []
+    collected = Collected(scores, torch.Generator().manual_seed(1000 + seed))
+    done = collected.resume(progress)
     for index, clips in enumerate(test_chunks(data, reading)):
+        if index < done:
+            continue
         real = real_frames(clips, judges, data.resolution)
-        real_features.append(features(real["frames"]))
-        speakers += [s for s in clips["speaker"] for _ in range(FRAMES_PER_CLIP)]
-        clip_speakers.update(zip(clips["key"], clips["speaker"], strict=True))
+        collected.real_features.append(features(real["frames"]))
+        collected.speakers += [s for s in clips["speaker"] for _ in range(FRAMES_PER_CLIP)]
+        collected.clip_speakers.update(zip(clips["key"], clips["speaker"], strict=True))
         degraded = degrade_real_frames(clips["hr_frames"].flatten(0, 1), data.resolution, DEGRADED_SEED,
-                                       start=len(recipes))
-        recipes += degraded.recipes
-        digests.append(degraded.digest())
+                                       start=len(collected.recipes))
+        collected.recipes += degraded.recipes
+        collected.digests.append(degraded.digest())
         inputs = {"stage2": rerender_frames(motion, clips["frames"], clips["landmarks"], clips["audio"],
-                                            data.resolution, generator, clips["gaze"], clips["known"]),
+                                            data.resolution, collected.generator, clips["gaze"], clips["known"]),
                   "degraded": degraded.frames.view_as(clips["frames"])}
         for name, low in inputs.items():
             for row, frames, inner in renderers.outputs(low):
                 scores[name].add(row, frames, real, features, inner)
                 if (reading.split, name, row, seed, index) == ("test", "stage2", fidelity_row(renderers.default), 0, 0):
                     save_strip(low, frames, real["frames"])  # the README's picture: the table's reading only
-    real_all = np.concatenate(real_features)
-    return {"sets": {name: s.finish(real_all, speakers) for name, s in scores.items()},
-            "speakers": clip_speakers, "frames": len(real_all), "rows": renderers.rows,
+        if progress is not None:
+            collected.save(progress, index + 1)
+    real_all = np.concatenate(collected.real_features)
+    recipes = collected.recipes
+    return {"sets": {name: s.finish(real_all, collected.speakers) for name, s in scores.items()},
+            "speakers": collected.clip_speakers, "frames": len(real_all), "rows": renderers.rows,
             "primary": list(renderers.primary), "training": renderers.training(),
             "judge_size": judges.size, "motion_renderer": "windowed" if motion.cfg.windowed else "sequential",
             "degraded": {"seed": DEGRADED_SEED, "recipes": recipes, "beyond_training": beyond_training_counts(recipes),
-                         "digests": digests}}
+                         "digests": collected.digests}}
 
 
 def save_strip(low: torch.Tensor, rendered: torch.Tensor, real: torch.Tensor, count: int = 4) -> None:

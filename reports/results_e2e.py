@@ -62,7 +62,8 @@ def e2e_seed(seed: int) -> dict:
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     inputs = [scorer, judge, no_prior / "portrait_diffusion.safetensors",
               *(stages / f"{name}.safetensors" for name in CHAIN)]
-    result = cached_evaluation("e2e", seed, inputs, partial(evaluate_e2e, stages, no_prior, scorer, judge, data, seed))
+    result = cached_evaluation("e2e", seed, inputs, partial(evaluate_e2e, stages, no_prior, scorer, judge, data, seed),
+                               resumable=True)
     return {"seed": seed, **result}
 
 

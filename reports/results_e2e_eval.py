@@ -157,19 +157,52 @@ def clip_videos(pipeline: TalkingFacePipeline, faces: dict[str, torch.Tensor], i
     return videos
 
 
+class Collected:
+    """The clips so far: each row's per-clip measures and Inception features, and the picture's first speakers."""
+
+    def __init__(self):
+        self.per_clip: dict[str, dict] = {row: {} for row in ROWS}
+        self.inception_rows: dict[str, list[np.ndarray]] = {row: [] for row in ROWS}
+        self.pictures: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def save(self, progress, clips: int) -> None:
+        tensors = {f"inception/{row}": torch.from_numpy(np.concatenate(parts))
+                   for row, parts in self.inception_rows.items() if parts}
+        tensors.update({f"picture{i}/{part}": t for i, picture in enumerate(self.pictures)
+                        for part, t in zip(("real", "portrait", "video"), picture, strict=True)})
+        progress.save(clips, {"per_clip": self.per_clip, "pictures": len(self.pictures)}, tensors)
+
+    def resume(self, progress) -> int:
+        """How many clips are done (0 without a progress file under the same key); restores them."""
+        saved = None if progress is None else progress.resume()
+        if saved is None:
+            return 0
+        clips, data, tensors = saved
+        self.per_clip = data["per_clip"]
+        self.inception_rows = {row: [tensors[f"inception/{row}"].numpy()] if f"inception/{row}" in tensors else []
+                               for row in ROWS}
+        self.pictures = [tuple(tensors[f"picture{i}/{part}"] for part in ("real", "portrait", "video"))
+                         for i in range(data["pictures"])]
+        return clips
+
+
 def evaluate_e2e(stages: Path, no_prior: Path, scorer: Path, judge: Path, data, seed: int, extractor=None,
-                 feature_cache: Path | None = None) -> dict:
-    """Every row of one seed: {"per_clip": {row: {clip: measures}}, "rows": {row: kid/fid}, "speakers"}."""
+                 feature_cache: Path | None = None, progress=None) -> dict:
+    """Every row of one seed: {"per_clip": {row: {clip: measures}}, "rows": {row: kid/fid}, "speakers"};
+    ``progress`` (a :class:`reports.progress.ChunkProgress`) saves the state after every clip and resumes after the
+    last one saved."""
     from reports.results import OUTPUT_ROOT
     judges = Judges(scorer, judge)
     features = inception(extractor or InceptionFeatures(), feature_cache or OUTPUT_ROOT / "inception-features")
     pipeline = TalkingFacePipeline(stages, GenerationOptions(seed=seed), given_portrait=True)
     clips = test_clips(data, CLIPS)
     faces = portraits(stages, no_prior, clips, data, pipeline.animation_size() or data.resolution, seed)
-    per_clip: dict[str, dict] = {row: {} for row in ROWS}
-    inception_rows: dict[str, list[np.ndarray]] = {row: [] for row in ROWS}
-    pictures = []
+    collected = Collected()
+    done = collected.resume(progress)
+    per_clip, inception_rows = collected.per_clip, collected.inception_rows
     for index, clip in enumerate(clips):
+        if index < done:
+            continue
         real = real_clip(clip, judges, data.resolution)
         videos = {"truth": clip["frames"], **clip_videos(pipeline, faces, index, clip["audio"])}
         truth_mouth = clip["motion_truth"][:, MOUTH].numpy() if bool(clip["has_motion_truth"]) else None
@@ -183,9 +216,11 @@ def evaluate_e2e(stages: Path, no_prior: Path, scorer: Path, judge: Path, data, 
                 per_clip["mismatched"][clip["key"]] = {
                     **per_clip["full"][clip["key"]], **sync_scores(clip["key"], frames, opening, other, judges, None)}
         if index < PICTURE_SPEAKERS:
-            pictures.append((real["frames"][0], faces["full"][index], videos["full"]))
+            collected.pictures.append((real["frames"][0], faces["full"][index], videos["full"]))
+        if progress is not None:
+            collected.save(progress, index + 1)
     if seed == 0:
-        save_picture(pictures)
+        save_picture(collected.pictures)
     rows = distances({row: parts for row, parts in inception_rows.items() if parts})
     rows["mismatched"] = rows["full"]  # the same frames
     return {"per_clip": per_clip, "rows": rows, "speakers": {c["key"]: c["speaker"] for c in clips},

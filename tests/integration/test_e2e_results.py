@@ -3,6 +3,7 @@ rows that share a run sharing it (no codebook is the full run's prefix, the othe
 the portrait rows animated from the faces they name, and the picture written."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import asdict
@@ -15,11 +16,22 @@ from lightning_modules.codebook import CodebookStage
 from lightning_modules.codebook_parts import CodebookConfig
 from lightning_modules.stagefile import StageFile, save_stage_file
 from reports import results_e2e_eval as ev
+from reports.progress import ChunkProgress
 from tests.integration.tiny_stages import make_generation_stages
 from tests.unit.stage1_helpers import make_stage1_inputs
 from tests.unit.test_codebook_results import PixelFeatures
+from tests.unit.test_evaluation_progress import Stopped, StopsAfter
 
 HR = 128
+
+
+def evaluation_args(root, data) -> tuple:
+    stages = root / "stages"
+    return stages, root / "no_prior", stages / "syncnet.safetensors", root / "judge" / "conre.safetensors", data
+
+
+def evaluation_options(root) -> dict:
+    return {"seed": 0, "extractor": PixelFeatures(), "feature_cache": root / "features"}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +58,7 @@ def evaluated(synthetic_corpus, tmp_path_factory):
                         ("portraits", lambda *args: portraits.update(original(*args)) or portraits)):
         patch.setattr(ev, name, value)
     data = DataConfig(root=str(synthetic_corpus), resolution=64, clip_frames=10, batch_size=2)
-    result = ev.evaluate_e2e(stages, no_prior, stages / "syncnet.safetensors", root / "judge" / "conre.safetensors",
-                             data, seed=0, extractor=PixelFeatures(), feature_cache=root / "features")
+    result = ev.evaluate_e2e(*evaluation_args(root, data), **evaluation_options(root))
     yield result, portraits, root, data
     patch.undo()
 
@@ -112,3 +123,16 @@ def test_the_table_is_made_from_the_result(evaluated):
     assert [line.split(" | ")[0][2:] for line in rows] == list(ev.ROWS.values())
     assert all(line.count(" | ") == len(METRICS) + 2 for line in rows)
     assert table.count("- full − ") == len(ABLATIONS) and "± 0.000 [" in table  # two equal seeds: no spread
+
+
+def test_an_evaluation_stopped_after_a_clip_resumes_there_and_gives_the_unstopped_result(evaluated, monkeypatch):
+    result, _, root, data = evaluated
+    path, key = root / "eval.progress.pt", {"code": "this"}
+    with pytest.raises(Stopped):
+        ev.evaluate_e2e(*evaluation_args(root, data), **evaluation_options(root), progress=StopsAfter(path, key, 1))
+    clips, real_clip = [], ev.real_clip
+    monkeypatch.setattr(ev, "real_clip", lambda clip, *rest: clips.append(clip["key"]) or real_clip(clip, *rest))
+    resumed = ev.evaluate_e2e(*evaluation_args(root, data), **evaluation_options(root),
+                              progress=ChunkProgress(path, key))
+    assert len(clips) == 1  # the first clip is not done again
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(result, sort_keys=True)

@@ -4,6 +4,7 @@ recorded, the gate's opening and the residual head's detail are measured, and th
 result."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -20,8 +21,10 @@ from lightning_modules.motion_diffusion import MotionDiffusionStage
 from lightning_modules.stagefile import StageFile, save_stage_file
 from reports import codebook_val, results_codebook
 from reports import results_codebook_eval as ev
+from reports.progress import ChunkProgress
 from tests.integration.tiny_stages import tiny_motion
 from tests.unit.stage1_helpers import export, make_stage1_inputs
+from tests.unit.test_evaluation_progress import Stopped, StopsAfter
 
 FRAMES, CLIPS, HR = 8, 4, 128  # 128 px targets (the table's are 256): SSIM and the renderer cost 4x less
 
@@ -162,3 +165,23 @@ def test_the_val_reading_reads_val_clips_with_fid_on_every_row_and_leaves_the_pi
     assert readings["degraded"]["bicubic"]["psnr"] == result["sets"]["degraded"]["rows"]["bicubic"]["psnr"]
     with pytest.raises(ValueError, match="val or test"):
         ev.Reading(split="train")
+
+
+real_frames = ev.real_frames
+
+
+def test_an_evaluation_stopped_after_a_chunk_resumes_there_and_gives_the_unstopped_result(evaluated, monkeypatch):
+    _, data, root = evaluated
+    monkeypatch.setattr(ev, "CLIPS_PER_CHUNK", CLIPS // 2)  # two chunks
+    args = (root / "stages", root / "stages", root / "judge" / "conre.safetensors", data)
+    options = {"seed": 1, "extractor": PixelFeatures(), "feature_cache": root / "features"}
+    whole = ev.evaluate_codebook(*args, **options)
+    path, key = root / "eval.progress.pt", {"code": "this"}
+    with pytest.raises(Stopped):
+        ev.evaluate_codebook(*args, **options, progress=StopsAfter(path, key, 1))
+    chunks = []
+    monkeypatch.setattr(ev, "real_frames",
+                        lambda clips, *rest: chunks.append(clips["key"]) or real_frames(clips, *rest))
+    resumed = ev.evaluate_codebook(*args, **options, progress=ChunkProgress(path, key))
+    assert len(chunks) == 1 and len(resumed["degraded"]["digests"]) == 2  # the first chunk is not done again
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(whole, sort_keys=True)
