@@ -28,12 +28,8 @@ from evaluation.kid import interval_of_draws
 from evaluation.measure import MEASUREMENT_RESIZE
 from reports import plan
 from reports import results_codebook_eval as ev
-from reports.results_codebook_eval import (  # noqa: F401  (the table's measurement, tested by these names)
-    MEASURE_SIZE,
-    frame_scores,
-    ssim_per_frame,
-    unit,
-)
+from reports.measures import frame_scores, ssim_per_frame, unit  # noqa: F401  (the table's measurement, tested here)
+from reports.results_codebook_eval import MEASURE_SIZE  # noqa: F401
 from reports.table_units import shown
 
 # Lightning counts both optimizers' steps with the GAN on. The shared VQ phase trains 1000 batches (2000 steps): with

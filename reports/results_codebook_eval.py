@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from common.images import image_grid, to_uint8, to_unit
 from datamodules.datamodule import ShardDataModule
 from evaluation.degraded import beyond_training_counts, degrade_real_frames
-from evaluation.fid import FeatureStats, InceptionFeatures, content_features, fid_from_stats
+from evaluation.fid import InceptionFeatures, fid_from_stats
 from evaluation.identity import DlibFaceEmbedder
 from evaluation.kid import kid, kid_speaker_draws
 from evaluation.measure import scale_landmarks, to_measurement_size
@@ -46,6 +45,7 @@ from lightning_modules.conre import ConReStage
 from lightning_modules.motion_diffusion import MotionDiffusionStage
 from lightning_modules.motion_generation import rerender_frames, truth_gaze
 from lightning_modules.stagefile import StageFiles
+from reports.measures import frame_scores, inception, stats, unit
 
 FRAMES_PER_CLIP = 16  # 150 test clips x 16 = 2400 frames: FID of the primary rows on >= 2048
 CLIPS_PER_CHUNK = 8
@@ -184,25 +184,6 @@ class IdentityJudges:
         return {"dlib": F.normalize(dlib.float(), dim=-1), "conre": F.normalize(conre, dim=-1)}
 
 
-def unit(frames: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8-rounded values in [0, 1], as the frames would be written."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round() / 255
-
-
-def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """SSIM of each frame pair [N], a chunk at a time (all at once needs N x 27 MB at 256 px)."""
-    return torch.cat([structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
-                      for p, t in zip(pred.split(chunk), target.split(chunk), strict=True)])
-
-
-def frame_scores(frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame (PSNR [N], SSIM [N]) of frames in [-1, 1], measured at the target's size, against a target
-    already through :func:`unit`."""
-    pred = unit(to_measurement_size(frames, target.shape[-1]))
-    psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return psnr, ssim_per_frame(pred, target)
-
-
 class SetScores:
     """One test set's per-clip metrics, Inception features and gate openings, chunk by chunk."""
 
@@ -264,18 +245,6 @@ class SetScores:
 
 def weighted(openings: list[tuple[float, int]]) -> float | None:
     return sum(o * n for o, n in openings) / sum(n for _, n in openings) if openings else None
-
-
-def stats(features: np.ndarray) -> FeatureStats:
-    result = FeatureStats(dim=features.shape[1], provenance={"extractor": "table"})
-    result.update(features)
-    return result
-
-
-def inception(extractor, cache: Path):
-    """frames [N, 3, S, S] in [-1, 1] -> Inception features [N, D], cached by content (a frame set scored again, by
-    another row or seed, costs nothing)."""
-    return lambda frames: content_features(extractor, to_uint8(frames), cache)
 
 
 def real_frames(clips: dict, judges: IdentityJudges, resolution: int) -> dict:

@@ -42,7 +42,7 @@ from lightning_modules.conre import ConReStage
 from lightning_modules.stagefile import StageFiles
 from lightning_modules.syncnet import SyncNetStage, sync_region
 from reports.eval_inputs import first_frames, test_clips
-from reports.results_codebook_eval import inception, stats
+from reports.measures import inception, stats
 from reports.results_portrait_stats import nearest_speakers
 
 ROWS = {"truth": "ground truth", "full": "full system (speech only)", "no_prior": "no face prior",
