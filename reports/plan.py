@@ -240,8 +240,9 @@ def last_duration(cache: Path) -> str:
     return ""
 
 
-def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict | None:
-    """The cached result when its key holds (None: it has to be computed); says which and why."""
+def cached_result(cache: Path, key: dict, name: str, inputs: list[Path], progress=None) -> dict | None:
+    """The cached result when its key holds (None: it has to be computed); says which and why, and where a resumable
+    evaluation's ``progress`` (:class:`reports.progress.ChunkProgress`) would resume it."""
     LEDGER.evaluations[str(cache)] = key
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     planned = [str(p) for p in inputs if str(p) in LEDGER.planned]
@@ -252,7 +253,7 @@ def cached_result(cache: Path, key: dict, name: str, inputs: list[Path]) -> dict
     why = (f"inputs retrain first: {', '.join(planned)}" if planned else
            f"inputs are copied in first: {', '.join(copied)}" if copied else
            evaluation_change(saved.get("key") or {}, key) if saved else "not evaluated yet")
-    why += last_duration(cache)
+    why += last_duration(cache) + ("" if progress is None else progress.describe())
     if LEDGER.train_only:
         print(f"~ {cache}: the {name} evaluation waits (--train-only; {why})", flush=True)
         raise DryRunStop(name)

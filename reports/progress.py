@@ -41,6 +41,15 @@ class ChunkProgress:
               f"done)", flush=True)
         return saved["chunks"], json.loads(saved["data"]), saved["tensors"]
 
+    def describe(self) -> str:
+        """What the progress file would do to the evaluation, for the plan ("" without one)."""
+        if not self.path.is_file():
+            return ""
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        if saved.get("key") != self.key:
+            return f"; {self.path.name} was saved under another key and is not used"
+        return f"; it resumes after chunk {saved['chunks']} of {self.path.name} ({saved['seconds'] / 60:.0f} min done)"
+
     def save(self, chunks: int, data: dict, tensors: dict[str, torch.Tensor]) -> None:
         buffer = io.BytesIO()
         torch.save({"key": self.key, "chunks": chunks, "seconds": self.seconds(), "data": json.dumps(data),

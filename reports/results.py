@@ -117,10 +117,10 @@ def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callab
     ``eval-<name>.progress.pt`` under the same key) and resumes inside itself at its next chunk."""
     cache = corpus.stages(seed) / f"eval-{name}.json"
     key = plan.evaluation_key(evaluate, inputs)
-    result = plan.cached_result(cache, key, name, inputs)
+    progress = ChunkProgress(cache.with_name(f"eval-{name}.progress.pt"), key) if resumable else None
+    result = plan.cached_result(cache, key, name, inputs, progress)
     if result is None:
         started = time.time()
-        progress = ChunkProgress(cache.with_name(f"eval-{name}.progress.pt"), key) if resumable else None
         result = evaluate(progress=progress) if resumable else evaluate()
         seconds = time.time() - started if progress is None else progress.seconds()
         record = {"key": key, "result": result, "seconds": round(seconds, 1)}

@@ -82,3 +82,15 @@ def test_progress_saved_under_other_code_is_not_resumed(tmp_path, capsys):
                                        resumable=True)
     assert calls == [0, 1, 2, 3, 4] and result["total"] == 10
     assert "starts over" in capsys.readouterr().out
+
+
+def test_the_plan_says_where_a_stopped_evaluation_resumes(tmp_path, capsys, monkeypatch):
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    with pytest.raises(Stopped):
+        results.cached_evaluation("sum", 0, [], lambda progress: chunked_sum(5, 3, None, progress), corpus,
+                                  resumable=True)
+    monkeypatch.setattr(results.plan.LEDGER, "dry_run", True)
+    with pytest.raises(results.plan.DryRunStop):
+        results.cached_evaluation("sum", 0, [], lambda progress: chunked_sum(5, None, None, progress), corpus,
+                                  resumable=True)
+    assert "it resumes after chunk 3 of eval-sum.progress.pt" in capsys.readouterr().out
