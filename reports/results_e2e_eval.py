@@ -158,7 +158,8 @@ def clip_videos(pipeline: TalkingFacePipeline, faces: dict[str, torch.Tensor], i
 
 
 class Collected:
-    """The clips so far: each row's per-clip measures and Inception features, and the picture's first speakers."""
+    """The clips so far: each row's per-clip measures and Inception features, and the picture's first speakers (real
+    face, portrait, :func:`picture_frames`)."""
 
     def __init__(self):
         self.per_clip: dict[str, dict] = {row: {} for row in ROWS}
@@ -169,7 +170,7 @@ class Collected:
         tensors = {f"inception/{row}": torch.from_numpy(np.concatenate(parts))
                    for row, parts in self.inception_rows.items() if parts}
         tensors.update({f"picture{i}/{part}": t for i, picture in enumerate(self.pictures)
-                        for part, t in zip(("real", "portrait", "video"), picture, strict=True)})
+                        for part, t in zip(("real", "portrait", "frames"), picture, strict=True)})
         progress.save(clips, {"per_clip": self.per_clip, "pictures": len(self.pictures)}, tensors)
 
     def resume(self, progress) -> int:
@@ -181,7 +182,7 @@ class Collected:
         self.per_clip = data["per_clip"]
         self.inception_rows = {row: [tensors[f"inception/{row}"].numpy()] if f"inception/{row}" in tensors else []
                                for row in ROWS}
-        self.pictures = [tuple(tensors[f"picture{i}/{part}"] for part in ("real", "portrait", "video"))
+        self.pictures = [tuple(tensors[f"picture{i}/{part}"] for part in ("real", "portrait", "frames"))
                          for i in range(data["pictures"])]
         return clips
 
@@ -216,7 +217,7 @@ def evaluate_e2e(stages: Path, no_prior: Path, scorer: Path, judge: Path, data, 
                 per_clip["mismatched"][clip["key"]] = {
                     **per_clip["full"][clip["key"]], **sync_scores(clip["key"], frames, opening, other, judges, None)}
         if index < PICTURE_SPEAKERS:
-            collected.pictures.append((real["frames"][0], faces["full"][index], videos["full"]))
+            collected.pictures.append((real["frames"][0], faces["full"][index], picture_frames(videos["full"])))
         if progress is not None:
             collected.save(progress, index + 1)
     if seed == 0:
@@ -247,14 +248,19 @@ def distances(inception_rows: dict[str, list[np.ndarray]]) -> dict[str, dict]:
     return out
 
 
-def save_picture(pictures: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], frames: int = 6) -> None:
-    """Per speaker (a row): the real face, the portrait generated from the speech, and ``frames`` frames of the
-    generated video (every 8th), all at MEASURE_SIZE."""
+def picture_frames(video: torch.Tensor, frames: int = 6) -> torch.Tensor:
+    """The frames of a generated video the picture shows: ``frames`` of them, every 8th."""
+    return video[[min(8 * t, len(video) - 1) for t in range(frames)]]
+
+
+def save_picture(pictures: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """Per speaker (a row): the real face, the portrait generated from the speech, and the generated video's
+    :func:`picture_frames`, all at MEASURE_SIZE."""
     from common.media import write_png
     columns = [torch.stack([to_measurement_size(real[None], MEASURE_SIZE)[0] for real, _, _ in pictures]),
                torch.stack([to_measurement_size(face[None], MEASURE_SIZE)[0] for _, face, _ in pictures])]
-    for t in range(frames):
-        columns.append(torch.stack([to_measurement_size(video[min(8 * t, len(video) - 1)][None], MEASURE_SIZE)[0]
-                                    for _, _, video in pictures]))
+    for t in range(len(pictures[0][2])):
+        columns.append(torch.stack([to_measurement_size(frames[t][None], MEASURE_SIZE)[0]
+                                    for _, _, frames in pictures]))
     IMAGE.parent.mkdir(parents=True, exist_ok=True)
     write_png(IMAGE, image_grid(columns))

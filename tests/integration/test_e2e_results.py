@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from PIL import Image
 
 from datamodules.config import DataConfig
 from lightning_modules.codebook import CodebookStage
@@ -75,7 +76,7 @@ def test_every_row_scores_every_clip(evaluated):
             assert set(values) == measures and math.isfinite(values["lse_c"]) and math.isfinite(values["lse_d"])
             assert math.isfinite(values["identity_conre"]) and 0 <= values["mouth_face_rate"] <= 1
     assert {"mouth_r", "mouth_margin", "mouth_truth_r", "identity_dlib", "temporal_consistency"} <= measures
-    assert (root / "speakers.png").is_file()
+    assert Image.open(root / "speakers.png").size == (8 * HR, 2 * HR)  # real, portrait, 6 frames; 2 speakers
 
 
 def test_the_truth_row_scores_the_real_clip_against_itself(evaluated):
@@ -128,6 +129,8 @@ def test_the_table_is_made_from_the_result(evaluated):
 def test_an_evaluation_stopped_after_a_clip_resumes_there_and_gives_the_unstopped_result(evaluated, monkeypatch):
     result, _, root, data = evaluated
     path, key = root / "eval.progress.pt", {"code": "this"}
+    picture = (root / "speakers.png").read_bytes()
+    (root / "speakers.png").unlink()
     with pytest.raises(Stopped):
         ev.evaluate_e2e(*evaluation_args(root, data), **evaluation_options(root), progress=StopsAfter(path, key, 1))
     clips, real_clip = [], ev.real_clip
@@ -136,3 +139,4 @@ def test_an_evaluation_stopped_after_a_clip_resumes_there_and_gives_the_unstoppe
                               progress=ChunkProgress(path, key))
     assert len(clips) == 1  # the first clip is not done again
     assert json.dumps(resumed, sort_keys=True) == json.dumps(result, sort_keys=True)
+    assert (root / "speakers.png").read_bytes() == picture  # the first clip's row of the picture was kept
