@@ -23,15 +23,23 @@ class ChunkProgress:
     def __init__(self, path: Path, key: dict):
         self.path, self.key = Path(path), json.dumps(key, sort_keys=True)
         self.started, self.earlier = time.time(), 0.0
+        self._loaded: dict | None = None
 
     def seconds(self) -> float:
         """Wall time of the evaluation so far, the runs before a resume included."""
         return self.earlier + time.time() - self.started
 
+    def _load(self) -> dict | None:
+        """The progress file as saved, read once (the plan's description and the resume share it); None without
+        one."""
+        if self._loaded is None and self.path.is_file():
+            self._loaded = torch.load(self.path, map_location="cpu", weights_only=True)
+        return self._loaded
+
     def resume(self) -> tuple[int, dict, dict[str, torch.Tensor]] | None:
-        if not self.path.is_file():
+        saved, self._loaded = self._load(), None  # its tensors go to the evaluation
+        if saved is None:
             return None
-        saved = torch.load(self.path, map_location="cpu", weights_only=True)
         if saved.get("key") != self.key:
             print(f"~ {self.path}: saved under another key (the code or an input changed); the evaluation starts "
                   f"over", flush=True)
@@ -43,9 +51,9 @@ class ChunkProgress:
 
     def describe(self) -> str:
         """What the progress file would do to the evaluation, for the plan ("" without one)."""
-        if not self.path.is_file():
+        saved = self._load()
+        if saved is None:
             return ""
-        saved = torch.load(self.path, map_location="cpu", weights_only=True)
         if saved.get("key") != self.key:
             return f"; {self.path.name} was saved under another key and is not used"
         return f"; it resumes after chunk {saved['chunks']} of {self.path.name} ({saved['seconds'] / 60:.0f} min done)"

@@ -167,9 +167,6 @@ def test_the_val_reading_reads_val_clips_with_fid_on_every_row_and_leaves_the_pi
         ev.Reading(split="train")
 
 
-real_frames = ev.real_frames
-
-
 def test_an_evaluation_stopped_after_a_chunk_resumes_there_and_gives_the_unstopped_result(evaluated, monkeypatch):
     _, data, root = evaluated
     monkeypatch.setattr(ev, "CLIPS_PER_CHUNK", CLIPS // 2)  # two chunks
@@ -179,7 +176,7 @@ def test_an_evaluation_stopped_after_a_chunk_resumes_there_and_gives_the_unstopp
     path, key = root / "eval.progress.pt", {"code": "this"}
     with pytest.raises(Stopped):
         ev.evaluate_codebook(*args, **options, progress=StopsAfter(path, key, 1))
-    chunks = []
+    chunks, real_frames = [], ev.real_frames
     monkeypatch.setattr(ev, "real_frames",
                         lambda clips, *rest: chunks.append(clips["key"]) or real_frames(clips, *rest))
     resumed = ev.evaluate_codebook(*args, **options, progress=ChunkProgress(path, key))
