@@ -14,17 +14,11 @@ from functools import partial
 
 import numpy as np
 
-from evaluation.intervals import (
-    finite_seed_mean_by_clip,
-    format_interval,
-    format_seeds_and_interval,
-    paired_speaker_bootstrap,
-    speaker_bootstrap,
-)
+from evaluation.intervals import format_interval, paired_speaker_bootstrap
 from evaluation.measure import MEASUREMENT_RESIZE
 from reports import plan
 from reports.results_e2e_eval import CLIPS, MEASURE_SIZE, PICTURE_SPEAKERS, ROWS, STRIDE, evaluate_e2e
-from reports.table_units import shown
+from reports.table_units import clip_values, row_cell
 
 CHAIN = ("conre", "autoencoder", "face_prior", "portrait_diffusion", "saw", "motion_diffusion", "lip_enhancer",
          "codebook")
@@ -65,21 +59,6 @@ def e2e_seed(seed: int) -> dict:
     result = cached_evaluation("e2e", seed, inputs, partial(evaluate_e2e, stages, no_prior, scorer, judge, data, seed),
                                resumable=True)
     return {"seed": seed, **result}
-
-
-def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
-    """{clip: the metric averaged over the seeds that gave it a value}."""
-    return finite_seed_mean_by_clip([{k: shown(metric, v[metric]) for k, v in r["per_clip"][row].items()}
-                                     for r in per_seed])
-
-
-def cell(per_seed: list[dict], row: str, metric: str) -> str:
-    values = clip_values(per_seed, row, metric)
-    if not values:
-        return "-"
-    seeds = [float(np.nanmean([shown(metric, v[metric]) for v in r["per_clip"][row].values()])) for r in per_seed]
-    seeds = [s for s in seeds if np.isfinite(s)]
-    return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
 
 
 def distance_cell(per_seed: list[dict], row: str, name: str, scale: float = 1.0) -> str:
@@ -130,7 +109,8 @@ def e2e_table(per_seed: list[dict]) -> str:
     for row, name in ROWS.items():
         kid = distance_cell(per_seed, row, "kid", 1e3) if row != "truth" else "-"
         fid = distance_cell(per_seed, row, "fid") if row != "truth" else "-"
-        lines.append(f"| {name} | " + " | ".join(cell(per_seed, row, m) for m, _ in METRICS) + f" | {kid} | {fid} |")
+        cells = [row_cell(per_seed, row, m) for m, _ in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {kid} | {fid} |")
     lines += ["", "Each contribution against the system without it (full − ablation, mean [paired 95% interval over "
                   "test speakers], on the clips both rows scored):"]
     lines += [paired_line(per_seed, row, what) for row, what in ABLATIONS]

@@ -14,18 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.intervals import (
-    finite_seed_mean_by_clip,
-    format_interval,
-    format_seeds_and_interval,
-    paired_speaker_bootstrap,
-    speaker_bootstrap,
-)
+from evaluation.intervals import format_interval, paired_speaker_bootstrap
 from evaluation.measure import MEASUREMENT_RESIZE
 from evaluation.motion_groups import AUDIO_DRIVEN
 from reports import plan
 from reports.results_video_eval import LONG_SECONDS, MEASURE_SIZE, PICTURE_ROWS, ROWS, evaluate_seed
-from reports.table_units import shown
+from reports.table_units import clip_values, row_cell
 
 
 def baseline_stages(seed: int, stages: Path) -> Path:
@@ -62,10 +56,6 @@ METRICS = (("lse_c", "LSE-C ↑"), ("lse_d", "LSE-D ↓"), *((f"{g}_error", f"{g
            *((f"{g}_r", f"{g} r") for g in AUDIO_DRIVEN), ("blink_rate_generated", "blinks/s"),
            ("temporal_consistency", "temporal cons. ×10³ ↓"), ("flicker_generated", "flicker ×10³"),
            ("seam_ratio", "seam ratio (1.0)"))
-def clip_values(per_seed: list[dict], row: str, metric: str) -> dict[str, float]:
-    """{clip: the metric averaged over the seeds that gave it a value}; clips without one are left out."""
-    return finite_seed_mean_by_clip([{k: shown(metric, v[metric]) for k, v in r["per_clip"][row].items()}
-                                     for r in per_seed])
 
 
 def left_out_line(per_seed: list[dict]) -> str:
@@ -83,16 +73,6 @@ def left_out_line(per_seed: list[dict]) -> str:
     return ("Clips with a value on at least one seed (the others have none: dlib found a face in too few of the "
             "frames, or a measure's series is constant, so that its correlation is undefined): "
             + "; ".join(short) + ".")
-
-
-def cell(per_seed: list[dict], row: str, metric: str) -> str:
-    values = clip_values(per_seed, row, metric)
-    if not values:
-        return "-"
-    per_clip = [[shown(metric, v[metric]) for v in r["per_clip"][row].values() if np.isfinite(v[metric])]
-                for r in per_seed]
-    seeds = [float(np.mean(values)) for values in per_clip if values]
-    return format_seeds_and_interval(seeds, speaker_bootstrap(values, per_seed[0]["speakers"]))
 
 
 def paired_cell(per_seed: list[dict], metric: str) -> str:
@@ -150,7 +130,7 @@ def video_table(per_seed: list[dict]) -> str:
              f"renderer of its latents can reach).", "",
              "| videos | " + " | ".join(label for _, label in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for row, name in ROWS.items():
-        lines.append(f"| {name} | " + " | ".join(cell(per_seed, row, m) for m, _ in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(row_cell(per_seed, row, m) for m, _ in METRICS) + " |")
     paired = [f"{label} {paired_cell(per_seed, metric)}" for metric, label in METRICS
               if not metric.endswith("_r") and metric != "flicker_generated"]
     lines += ["", left_out_line(per_seed), "",

@@ -133,3 +133,19 @@ def test_a_clip_is_averaged_over_the_seeds_that_gave_it_a_value_and_left_out_whe
     assert finite_seed_mean_by_clip(per_seed) == {"a": 2.0, "b": 4.0}
     with pytest.raises(ValueError, match="different clips"):
         finite_seed_mean_by_clip([{"a": 1.0}, {"b": 1.0}])
+
+
+def test_a_row_cell_averages_each_seed_over_its_finite_clips_in_the_printed_unit():
+    from reports.table_units import clip_values, row_cell
+
+    nan = float("nan")
+    speakers = {"a": "s1", "b": "s2", "c": "s3"}
+    per_seed = [{"per_clip": {"full": {"a": {"temporal_consistency": 0.001}, "b": {"temporal_consistency": nan},
+                                       "c": {"temporal_consistency": nan}}}, "speakers": speakers},
+                {"per_clip": {"full": {"a": {"temporal_consistency": 0.003}, "b": {"temporal_consistency": 0.004},
+                                       "c": {"temporal_consistency": nan}}}, "speakers": speakers}]
+    assert clip_values(per_seed, "full", "temporal_consistency") == pytest.approx({"a": 2.0, "b": 4.0})
+    seeds = row_cell(per_seed, "full", "temporal_consistency")
+    assert seeds.startswith("2.250 ± 1.768 [")  # seed means 1.0 and 3.5 (×10³), each over its finite clips
+    empty = [{"per_clip": {"full": {"a": {"lse_c": nan}}}, "speakers": speakers}]
+    assert row_cell(empty, "full", "lse_c") == "-"
