@@ -25,7 +25,6 @@ import json
 import shlex
 import sys
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,9 @@ FIELDS = {
     "corpus": "the data options of the run, and the shard index's hash and corpus version from its training key",
     "seed": "experiment.seed of the run",
     "machine": "host, platform and Python of the training run (its provenance)",
-    "wall_seconds": "from the run's first start (provenance.jsonl) to its last logged metric (metrics.jsonl); null "
-                    "when the run folder is gone; a codebook file: its last phase's run",
+    "wall_seconds": "from each start of the run (provenance.jsonl) to the last metric it logged before the next "
+                    "(metrics.jsonl), summed: a resumed run's wait is not counted; null when the run folder is gone; "
+                    "a codebook file: its last phase's run",
 }
 
 
@@ -118,19 +118,10 @@ def file_sha256(path: Path) -> str:
 
 
 def wall_seconds(provenance: dict[str, Any]) -> float | None:
-    """From the run's first start to its last logged metric, read in the run folder of the file's checkpoint."""
+    """The time the run of the file's checkpoint trained (:func:`trainer.runs.active_seconds`)."""
+    from trainer.runs import active_seconds
     checkpoint = provenance.get("source_checkpoint")
-    if not checkpoint:
-        return None
-    run = Path(checkpoint).parent.parent  # <run>/checkpoints/<file or DeepSpeed folder>
-    try:
-        starts = (run / "provenance.jsonl").read_text().splitlines()
-        start = json.loads(starts[0])["time"] if starts else provenance["time"]
-        rows = (run / "metrics.jsonl").read_text().splitlines()
-        end = max(json.loads(row)["time"] for row in rows if row.strip())
-        return round(end - datetime.strptime(start, "%Y-%m-%dT%H:%M:%S%z").timestamp(), 1)
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
+    return active_seconds(Path(checkpoint).parent.parent) if checkpoint else None  # <run>/checkpoints/<file>
 
 
 def provenance_record(stage: StageFile) -> dict[str, Any]:

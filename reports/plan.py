@@ -23,9 +23,11 @@ class DryRunStop(Exception):
 
 @dataclass
 class Ledger:
-    """What the table being made used: stage files (path -> key and training commit) and evaluations (cache ->
-    key); in a dry run, the stage files that would be retrained (``planned``) and those that would only be copied
-    in from a folder whose file is reused (``copied``)."""
+    """What the table being made used: stage files (path -> key and training commit), evaluations (cache -> key)
+    and the time each recorded (``runs``: training run folder -> seconds; ``evaluation_seconds``: cache -> seconds;
+    ``all_runs``, ``all_evaluations``: the same over every table of the run); in a dry run, the stage files that
+    would be retrained (``planned``) and those that would only be copied in from a folder whose file is reused
+    (``copied``)."""
 
     dry_run: bool = False
     train_only: bool = False
@@ -33,23 +35,45 @@ class Ledger:
     evaluations: dict[str, dict] = field(default_factory=dict)
     planned: set[str] = field(default_factory=set)
     copied: set[str] = field(default_factory=set)
+    runs: dict[str, float | None] = field(default_factory=dict)
+    evaluation_seconds: dict[str, float | None] = field(default_factory=dict)
+    all_runs: dict[str, float | None] = field(default_factory=dict)
+    all_evaluations: dict[str, float | None] = field(default_factory=dict)
 
     def start_table(self) -> None:
-        self.stages.clear()
-        self.evaluations.clear()
+        for record in (self.stages, self.evaluations, self.runs, self.evaluation_seconds):
+            record.clear()
 
-    def used_stage(self, path: Path) -> None:
+    def used_stage(self, path: Path, earlier_runs: tuple[Path, ...] = ()) -> None:
+        """``path`` goes into the table: its key, commit, and the training time of its run folder (the one its
+        checkpoint came from) and of ``earlier_runs`` (a codebook's earlier phases)."""
         from lightning_modules.stagefile import StageFileError
         from trainer.keys import stage_file_provenance
+        from trainer.runs import active_seconds
         try:
             provenance = stage_file_provenance(path)
         except StageFileError:
             provenance = {}
         self.stages[str(path)] = {"key": provenance.get("training_key") or {},
                                   "commit": provenance.get("git_commit", "")}
+        checkpoint = provenance.get("source_checkpoint")
+        source = (Path(checkpoint).parent.parent,) if checkpoint else ()  # <run>/checkpoints/<file or folder>
+        for run in (*earlier_runs, *source):
+            self.runs[str(run)] = self.all_runs[str(run)] = active_seconds(run)
+
+    def used_evaluation(self, cache: Path, seconds: float | None) -> None:
+        self.evaluation_seconds[str(cache)] = self.all_evaluations[str(cache)] = seconds
+
+    def compute(self, everything: bool = False) -> str:
+        """The recorded time of this table's (``everything``: the whole run's) trainings and evaluations, each run
+        folder and evaluation counted once."""
+        runs, evaluations = ((self.all_runs, self.all_evaluations) if everything else
+                             (self.runs, self.evaluation_seconds))
+        return f"training {recorded_time(runs, 'run')}, evaluation {recorded_time(evaluations, 'evaluation')}"
 
     def summary(self) -> str:
-        """One line for under a table: the commits its stage files were trained at and its keys' hashes."""
+        """One line for under a table: the commits its stage files were trained at, its keys' hashes and the time
+        its trainings and evaluations recorded."""
         from collections import Counter
 
         from trainer.keys import digest
@@ -57,7 +81,18 @@ class Ledger:
         trained = ", ".join(f"`{c}` ({n} file{'s' if n > 1 else ''})" for c, n in sorted(commits.items())) or "none"
         stage_keys = digest({path: record["key"] for path, record in sorted(self.stages.items())})
         eval_keys = digest(dict(sorted(self.evaluations.items())))
-        return f"Stage files trained at {trained}. Keys: stage files `{stage_keys}`, evaluations `{eval_keys}`."
+        return (f"Stage files trained at {trained}. Keys: stage files `{stage_keys}`, evaluations `{eval_keys}`. "
+                f"Recorded time: {self.compute()}.")
+
+
+def recorded_time(seconds: dict[str, float | None], what: str) -> str:
+    """"2.4 h (12 runs)" or "14 min (3 runs)", with how many recorded no time (a run folder set aside, a cache from
+    before caches kept their time)."""
+    known = sum(s for s in seconds.values() if s is not None)
+    missing = sum(s is None for s in seconds.values())
+    amount = f"{known / 3600:.1f} h" if known >= 3600 else f"{known / 60:.0f} min"
+    counted = f"{len(seconds)} {what}{'s' if len(seconds) != 1 else ''}"
+    return f"{amount} ({counted}{f', {missing} without a record' if missing else ''})"
 
 
 LEDGER = Ledger()
@@ -104,12 +139,17 @@ def retrain_reasons(path: Path, expected: dict) -> list[str]:
         return [f"unreadable stage file ({exc})"]
 
 
+def run_folder(words: list[str]) -> Path:
+    """The run folder of a ``seespeaker train`` run with these words."""
+    from trainer.config import compose
+    return Path(compose(words).run.dir)
+
+
 def set_aside_stale_run(words: list[str], expected: dict) -> Path | None:
     """Before a retraining: a run folder left by a run of another key (``resume=auto`` would continue it, and
     the export would then carry the new key on the old run's weights) is renamed ``<run>.stale-<n>``, never
     deleted; a folder of the same key (an interrupted run) stays, to be resumed. Returns the new name, if any."""
-    from trainer.config import compose
-    run_dir = Path(compose(words).run.dir)
+    run_dir = run_folder(words)
     provenance = run_dir / "provenance.json"
     if not run_dir.is_dir():
         return None
@@ -248,6 +288,7 @@ def cached_result(cache: Path, key: dict, name: str, inputs: list[Path], progres
     planned = [str(p) for p in inputs if str(p) in LEDGER.planned]
     copied = [str(p) for p in inputs if str(p) in LEDGER.copied]
     if saved.get("key") == key and not planned and not copied:
+        LEDGER.used_evaluation(cache, saved.get("seconds"))
         print(f"= {cache}: the {name} evaluation is reused (same code and inputs)", flush=True)
         return saved["result"]
     why = (f"inputs retrain first: {', '.join(planned)}" if planned else

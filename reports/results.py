@@ -125,6 +125,7 @@ def cached_evaluation(name: str, seed: int, inputs: list[Path], evaluate: Callab
         seconds = time.time() - started if progress is None else progress.seconds()
         record = {"key": key, "result": result, "seconds": round(seconds, 1)}
         atomic_write_text(cache, json.dumps(record, indent=2))
+        plan.LEDGER.used_evaluation(cache, record["seconds"])
         if progress is not None:
             progress.clear()
     return result
@@ -174,9 +175,10 @@ def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ..
     runs = [vq, *(plan.run_words("codebook", seed, stages, (f"stage.phase={phase}", *phase_words.get(phase, ())),
                                  f"seed{seed}-{phase}", corpus) for phase in PHASES[1:])]
     reasons = plan.retrain_reasons(path, plan.phase_chain_key(runs))
+    earlier = tuple(plan.run_folder(words) for words in runs[:-1])  # the render phase's is the file's own
     if not reasons:
         print(f"= {path}: reused (the key chain of its three phases matches)", flush=True)
-        plan.LEDGER.used_stage(path)
+        plan.LEDGER.used_stage(path, earlier)
         return False
     print(f"~ {path}: {'would train' if plan.LEDGER.dry_run else 'trains'} phase by phase ({'; '.join(reasons)})",
           flush=True)
@@ -192,7 +194,7 @@ def train_codebook(seed: int, stages: Path, phase_words: dict[str, tuple[str, ..
         expected = plan.expected_key(words, earlier_phase=expected)
         plan.set_aside_stale_run(words, expected)
         run("train", *words)
-    plan.LEDGER.used_stage(path)
+    plan.LEDGER.used_stage(path, earlier)
     return True
 
 
@@ -283,13 +285,20 @@ RESULTS: dict[str, tuple[Corpus, Callable[[], tuple[dict, str]]]] = {
 }
 
 
-def write_table(name: str, table: str, target: Path, commit: str) -> None:
+COMPUTE = ("The time `make results` takes, from what every table's trainings and evaluations recorded (each run "
+           "folder and evaluation counted once; a run's wait between a preemption and its resume not counted): "
+           "{total}. The chain ran over several allocations, so this is the sum of the recorded times, not the wall "
+           "time of one uninterrupted command.")
+
+
+def write_table(name: str, table: str, target: Path, commit: str, summary: str | None = None) -> None:
     """Put ``table`` between its markers in ``target`` (the README, or the scratch file of a dirty tree), stamped
-    with the machine, the commit it was evaluated at, the commits its stage files were trained at and its keys."""
+    with the machine, the commit it was evaluated at and ``summary`` (by default the ledger's: the commits its stage
+    files were trained at, its keys and its recorded time)."""
     text = target.read_text() if target.is_file() else ""
     short = commit[:12] + (" with uncommitted changes" if commit.endswith("-dirty") else "")
-    stamp = (f"Machine: {machine()}. Evaluated at commit `{short}`, {time.strftime('%Y-%m-%d')}. "
-             f"{plan.LEDGER.summary()}")
+    summary = plan.LEDGER.summary() if summary is None else summary
+    stamp = f"Machine: {machine()}. Evaluated at commit `{short}`, {time.strftime('%Y-%m-%d')}. {summary}".rstrip()
     block = f"<!-- results:{name} -->\n{table}\n\n{stamp}\n<!-- /results:{name} -->"
     pattern = re.compile(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
@@ -345,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         table += choices_note(name)
         write_table(name, table, readme, commit)
         print(table)
+    if not args.dry_run:
+        total = plan.LEDGER.compute(everything=True)
+        print(f"-- recorded time of {' '.join(args.names)}: {total}", flush=True)
+        if set(args.names) == set(RESULTS):
+            write_table("compute", COMPUTE.format(total=total), readme, commit, summary="")
     return 0
 
 

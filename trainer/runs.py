@@ -9,6 +9,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,24 @@ def merge_offline_segments(run_dir: Path, project: str = "seespeaker") -> Path:
     run.finish()
     folders = sorted((merged_dir / "wandb").glob("offline-run-*"))
     return folders[-1]
+
+
+def active_seconds(run_dir: str | Path) -> float | None:
+    """Seconds a run folder's training ran: from each start (``provenance.jsonl``) to the last metric it logged
+    (``metrics.jsonl``) before the next start, summed, so that the time between a preemption and its resume does not
+    count; None when either file is missing or unreadable."""
+    run_dir = Path(run_dir)
+    try:
+        starts = sorted(datetime.strptime(json.loads(line)["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+                        for line in (run_dir / "provenance.jsonl").read_text().splitlines() if line.strip())
+        logged = sorted(float(json.loads(line)["time"])
+                        for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not starts or not logged:
+        return None
+    total = 0.0
+    for start, next_start in zip(starts, [*starts[1:], math.inf], strict=True):
+        inside = [t for t in logged if start <= t < next_start]
+        total += max(inside) - start if inside else 0.0
+    return round(total, 1)

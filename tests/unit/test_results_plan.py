@@ -217,3 +217,49 @@ def test_a_retraining_sets_aside_a_run_folder_of_another_key_and_resumes_one_of_
     assert (aside / "weights.ckpt").read_text() == "old"  # nothing is deleted
     run_dir.mkdir()
     assert set_aside_stale_run(words, expected).name == "conre-seed0.stale-2"  # no provenance: not this key's
+
+
+def test_the_stamp_gives_the_recorded_time_of_the_tables_runs_and_evaluations_each_once(tmp_path):
+    from reports.plan import Ledger
+
+    ledger = Ledger()
+    ledger.runs = {"run-a": 5400.0, "run-b": None}
+    ledger.evaluation_seconds = {"eval-x.json": 1800.0, "eval-y.json": 1800.0}
+    assert "Recorded time: training 1.5 h (2 runs, 1 without a record), evaluation 1.0 h (2 evaluations)." in (
+        ledger.summary())
+    ledger.start_table()
+    for cache, seconds in (("eval-x.json", 1800.0), ("eval-x.json", 1800.0)):  # two tables share one evaluation
+        ledger.used_evaluation(cache, seconds)
+    assert ledger.compute() == "training 0 min (0 runs), evaluation 30 min (1 evaluation)"
+    ledger.start_table()
+    assert ledger.compute(everything=True) == "training 0 min (0 runs), evaluation 30 min (1 evaluation)"
+
+
+def test_a_run_of_every_table_writes_their_recorded_time_once_each_under_the_compute_marker(tmp_path, monkeypatch):
+    import reports.results as results
+    from reports import plan
+
+    def table(name: str, shared: float, own: float):
+        def make() -> tuple[dict, str]:
+            plan.LEDGER.used_evaluation(tmp_path / "eval-shared.json", shared)  # both tables read one evaluation
+            plan.LEDGER.used_evaluation(tmp_path / f"eval-{name}.json", own)
+            return {}, f"table {name}"
+        return make
+
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    monkeypatch.setattr(results, "RESULTS", {"a": (corpus, table("a", 3600.0, 1800.0)),
+                                             "b": (corpus, table("b", 3600.0, 5400.0))})
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
+    monkeypatch.setattr(results, "ensure_corpus", lambda corpus: None)
+    monkeypatch.setattr(results, "git_commit", lambda: "0123456789abcdef")
+    readme = tmp_path / "README.md"
+    monkeypatch.setattr(results, "targets", lambda allow_dirty: (readme, tmp_path / "raw"))
+    (tmp_path / "raw").mkdir()
+    readme.write_text("<!-- results:compute -->\nnot yet\n<!-- /results:compute -->\n")
+    assert results.main(["a"]) == 0
+    assert "not yet" in readme.read_text()  # one table is not `make results`' time
+    assert results.main([]) == 0
+    text = readme.read_text()
+    block = text[text.index("<!-- results:compute -->"):text.index("<!-- /results:compute -->")]
+    assert "training 0 min (0 runs), evaluation 3.0 h (3 evaluations)" in block
+    assert "Recorded time: training 0 min (0 runs), evaluation 2.5 h (2 evaluations)." in text  # table b's own stamp

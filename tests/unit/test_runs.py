@@ -36,3 +36,20 @@ def test_compare_shows_the_number_of_steps(tmp_path, capsys):
     b = run_folder(tmp_path, "b", range(9, 50, 10))
     assert main(["runs", "compare", str(a), str(b), "--metrics", "train/loss"]) == 0
     assert steps_column(capsys.readouterr().out) == ["100", "50"]
+
+
+def test_a_runs_active_time_leaves_out_the_wait_between_a_preemption_and_its_resume(tmp_path):
+    from datetime import datetime
+
+    from trainer.runs import active_seconds
+
+    run = tmp_path / "run"
+    run.mkdir()
+    starts = ["2026-01-02T03:00:00+0000", "2026-01-02T09:00:00+0000"]  # preempted, resumed six hours later
+    (run / "provenance.jsonl").write_text("".join(json.dumps({"time": t}) + "\n" for t in starts))
+    first, second = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z").timestamp() for t in starts)
+    logged = [first + 60, first + 600, second + 30, second + 900.5]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "time": t}) + "\n" for i, t in enumerate(logged)))
+    assert active_seconds(run) == 600 + 900.5
+    (run / "metrics.jsonl").unlink()
+    assert active_seconds(run) is None
