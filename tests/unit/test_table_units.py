@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reports import results_video
+from reports import results_video, table_units
 
 
 def two_rows(first: float, second: float, clips: int = 12) -> list[dict]:
@@ -17,8 +17,8 @@ def two_rows(first: float, second: float, clips: int = 12) -> list[dict]:
 
 def test_rows_a_few_per_cent_apart_print_apart():
     per_seed = two_rows(0.00178, 0.00187)
-    windowed = results_video.cell(per_seed, "windowed", "temporal_consistency")
-    sequential = results_video.cell(per_seed, "sequential", "temporal_consistency")
+    windowed = table_units.row_cell(per_seed, "windowed", "temporal_consistency")
+    sequential = table_units.row_cell(per_seed, "sequential", "temporal_consistency")
     assert f"{0.00178:.3f}" == f"{0.00187:.3f}"  # the raw values print alike at the table's three decimals
     assert windowed.startswith("1.78") and sequential.startswith("1.87")
     difference = results_video.paired_cell(per_seed, "temporal_consistency")
