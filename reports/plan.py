@@ -58,9 +58,10 @@ class Ledger:
                                   "commit": provenance.get("git_commit", "")}
         checkpoint = provenance.get("source_checkpoint")
         source = (Path(checkpoint).parent.parent,) if checkpoint else ()  # <run>/checkpoints/<file or folder>
-        for run in map(str, (*earlier_runs, *source)):  # a run shared by several tables is read once
-            self.runs[run] = self.all_runs[run] = (self.all_runs[run] if run in self.all_runs else
-                                                   active_seconds(run))
+        for run in map(str, (*earlier_runs, *source)):
+            if run not in self.all_runs:  # a run shared by several tables is read once
+                self.all_runs[run] = active_seconds(run)
+            self.runs[run] = self.all_runs[run]
 
     def used_evaluation(self, cache: Path, seconds: float | None) -> None:
         self.evaluation_seconds[str(cache)] = self.all_evaluations[str(cache)] = seconds
