@@ -206,14 +206,18 @@ class CodebookStage(StageModule):
         z, features = self.lr_encoder(lr.flatten(0, 1), with_features=True)
         return self.transformer(z.unflatten(0, lr.shape[:2])), z, features
 
-    def render(self, lr: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
-        """lr [B, T, 3, r, r] in [-1, 1] -> high-res frames [B*T, 3, H, H] at fidelity w (number or [B*T])."""
+    def render(self, lr: torch.Tensor, fidelity: float | torch.Tensor,
+               detail_scale: float | None = None) -> torch.Tensor:
+        """lr [B, T, 3, r, r] in [-1, 1] -> high-res frames [B*T, 3, H, H] at fidelity w (number or [B*T]); the
+        residual head's detail at ``detail_scale`` (None: 1 in training, ``stage.detail_scale`` in eval mode)."""
         if self.cfg.layout == "codeformer":
             return self.codeformer_render(lr.flatten(0, 1), fidelity)
         logits, z, features = self.predict_codes(lr)
         indices = logits.argmax(-1).view(z.shape[0], z.shape[-2], z.shape[-1])
         low = lr.flatten(0, 1)
-        output = self.decode(self.quantizer.lookup(indices), z, features, low, fidelity)
+        if detail_scale is None:
+            detail_scale = 1.0 if self.training else self.cfg.detail_scale
+        output = self.decode(self.quantizer.lookup(indices), z, features, low, fidelity, detail_scale)
         if self.detail_gate is not None:
             output = self.detail_gate(output, low, fidelity)
         if not self.cfg.consistency:
@@ -221,9 +225,10 @@ class CodebookStage(StageModule):
         return back_project(output, low, fidelity, self.cfg.back_projection_operator)
 
     def decode(self, codes: torch.Tensor, z: torch.Tensor, features: dict[int, torch.Tensor], low: torch.Tensor,
-               fidelity: float | torch.Tensor) -> torch.Tensor:
+               fidelity: float | torch.Tensor, detail_scale: float = 1.0) -> torch.Tensor:
         """The decoder on looked-up codes with the low-res encoder's features fused at fidelity w; its linear
-        shortcut on the blend of codes and latent z; with the residual head, detail on bicubic at weight w."""
+        shortcut on the blend of codes and latent z; with the residual head, detail (times ``detail_scale``) on
+        bicubic at weight w."""
         fuse = self.fusion.hook(features, fidelity)
         if not self.cfg.shortcut:
             return self.decoder(codes, fuse=fuse)
@@ -231,7 +236,7 @@ class CodebookStage(StageModule):
         if self.residual_head is None:
             return self.decoder(codes, fuse=fuse, shortcut_latent=blend)
         output, hidden = self.decoder(codes, fuse=fuse, shortcut_latent=blend, with_hidden=True)
-        return self.residual_head(output, hidden, low, fidelity)
+        return self.residual_head(output, hidden, low, fidelity, detail_scale)
 
     def codeformer_render(self, low: torch.Tensor, fidelity: float | torch.Tensor) -> torch.Tensor:
         """The codeformer layout: low-res frames [N, 3, r, r] bicubic-upsampled to ``codeformer_size``, CodeFormer,
@@ -245,9 +250,11 @@ class CodebookStage(StageModule):
         return output
 
     @torch.no_grad()
-    def upscale(self, frames: torch.Tensor, fidelity: float | None = None, batch_frames: int = 16) -> torch.Tensor:
+    def upscale(self, frames: torch.Tensor, fidelity: float | None = None, batch_frames: int = 16,
+                detail_scale: float | None = None) -> torch.Tensor:
         """A video's frames [T, 3, r, r] -> [T, 3, H, H]: windows of ``window_frames`` (temporal variant) or
-        batches of independent frames. w falls back to 0 while the renderer is untrained (phase transformer)."""
+        batches of independent frames. w falls back to 0 while the renderer is untrained (phase transformer);
+        ``detail_scale`` None is the stage's own."""
         w = self.cfg.fidelity_weight if fidelity is None else fidelity
         if self.cfg.phase != "render":
             w = 0.0
@@ -255,7 +262,7 @@ class CodebookStage(StageModule):
         out = []
         for chunk in frames.split(step):
             lr = chunk[None] if self.cfg.temporal else chunk[:, None]
-            out.append(self.render(lr, w).clamp(-1, 1))
+            out.append(self.render(lr, w, detail_scale).clamp(-1, 1))
         return torch.cat(out)
 
     # ---- losses ---------------------------------------------------------------------------------------

@@ -96,6 +96,10 @@ class CodebookConfig(StageConfig):
                                 "decoder's last features adds detail to bicubic upsampling of the input; at fidelity w "
                                 "the output is (1 - w) * decoded + w * (bicubic + detail), so the render phase starts "
                                 "from bicubic at w = 1 (needs stage.shortcut; trains in the render phase)"})
+    detail_scale: float = field(default=1.0, metadata={"help": "residual head: the weight s of its detail in "
+                                "validation and generation, (1 - w) * decoded + w * (bicubic + s * detail); training "
+                                "always adds all of it (s = 1). Below 1 it trades drawn detail for per-pixel "
+                                "fidelity to the input; chosen on val"})
     consistency: bool = field(default=True, metadata={"help": "compact layout: back-project at fidelity w: "
                               "add w * bicubic-up(input - down(output)), so that at w = 1 the output's low "
                               "frequencies follow the low-res input and the decoder supplies the detail"})
@@ -131,10 +135,12 @@ class CodebookConfig(StageConfig):
     hr_resolution: int = field(default=0, metadata={"help": "high-resolution size (set from data.hr_resolution)"})
     lr_resolution: int = field(default=0, metadata={"help": "low-resolution size (set from data.resolution)"})
     # files from before the codeformer layout, and from before the perceptual network and the back-projection
-    # operator were options (they used the ConRe face encoder and the area downsampler)
+    # operator were options (they used the ConRe face encoder and the area downsampler), and from before the detail
+    # scale (all of the residual head's detail)
     file_defaults: ClassVar[dict[str, Any]] = {"layout": "compact", "pretrained_path": "", "codeformer_size": 512,
                                                "adain": True, "perceptual_network": "conre",
-                                               "back_projection_operator": "area", "adversarial_warmup": 0}
+                                               "back_projection_operator": "area", "adversarial_warmup": 0,
+                                               "detail_scale": 1.0}
 
     def validate(self) -> list[str]:
         errors = super().validate()
@@ -147,6 +153,9 @@ class CodebookConfig(StageConfig):
                           f"transformer_heads={self.transformer_heads}")
         if not 0.0 <= self.fidelity_weight <= 1.0:
             errors.append(f"stage.fidelity_weight must be in [0, 1], got {self.fidelity_weight}")
+        if not 0.0 <= self.detail_scale <= 1.0:
+            errors.append(f"stage.detail_scale must be in [0, 1] (0: bicubic at w = 1, 1: all the residual head's "
+                          f"detail), got {self.detail_scale}")
         if not self.render_trains or set(self.render_trains) - {"fusion", "decoder", "lr_encoder"}:
             errors.append(f"stage.render_trains must be a non-empty subset of [fusion, decoder, lr_encoder], "
                           f"got {self.render_trains}")

@@ -20,10 +20,10 @@ COLUMNS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("fid", "FID"), ("kid", "KIDÃ—10Â
            ("identity_conre", "id judge"), ("detail", "|detail|"))
 
 
-def reading(clips: int, fidelities: tuple[float, ...]) -> ev.Reading:
+def reading(clips: int, fidelities: tuple[float, ...], detail_scales: tuple[float, ...] = ()) -> ev.Reading:
     strided = clips * ev.FRAMES_PER_CLIP // ev.STRIDE
-    return ev.Reading(split="val", max_clips=clips, fidelities=fidelities, fid_every_row=True,
-                      kid_subset=max(2, strided // 2))
+    return ev.Reading(split="val", max_clips=clips, fidelities=fidelities, detail_scales=detail_scales,
+                      fid_every_row=True, kid_subset=max(2, strided // 2))
 
 
 def summary(result: dict) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=32, help="val clips read (16 frames each)")
     parser.add_argument("--fidelities", type=float, nargs="+", default=[0.5, 0.75, 1.0],
                         help="fidelities read besides each renderer's default")
+    parser.add_argument("--detail-scales", type=float, nargs="*", default=[],
+                        help="residual head detail scales read at each renderer's default fidelity besides its own")
     parser.add_argument("--seed", type=int, default=0, help="the stage-2 re-rendering's seed")
     parser.add_argument("--data", type=Path, default=CORPUS, help="the corpus whose val split is read")
     parser.add_argument("--judge", type=Path, default=judge_file(SMALL), help="the independent ConRe judge's file")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     data = compose(["experiment=small", "stage=codebook", f"data.root={args.data}"]).data
     for stages in args.stages:
         result = ev.evaluate_codebook(stages, None, args.judge, data, args.seed,
-                                      reading=reading(args.clips, tuple(args.fidelities)))
+                                      reading=reading(args.clips, tuple(args.fidelities), tuple(args.detail_scales)))
         readings = summary(result)
         path = args.out / f"{stages.name}.json"
         atomic_write_text(path, json.dumps({"stages": str(stages), "frames": result["frames"], "sets": readings,

@@ -55,10 +55,11 @@ KID_SUBSET = 300  # half of the KID frames: the spread over subsets says somethi
 MEASURE_SIZE = 256
 DEGRADED_SEED = 2026
 FIDELITIES = (0.0, 0.5, 1.0)
+DETAIL_SCALES = (1.0,)  # the residual head's detail scales read at the default fidelity besides the stage's own
 TEST_SETS = ("stage2", "degraded")
 BASE_ROWS = ("bicubic", "back_projected", "back_projected_area")
 # what the renderer does inside, per row: the detail gate's mean opening, or the residual head's mean |detail| (on
-# the [-1, 1] scale, before the fidelity weight)
+# the [-1, 1] scale, before the fidelity weight and the detail scale)
 INNER = ("gate_opening", "detail")
 IMAGE = Path("docs/images/codebook_strip.png")
 
@@ -71,6 +72,7 @@ class Reading:
     split: str = "test"
     max_clips: int | None = None
     fidelities: tuple[float, ...] = FIDELITIES
+    detail_scales: tuple[float, ...] = DETAIL_SCALES
     fid_every_row: bool = False
     kid_subset: int = KID_SUBSET
 
@@ -86,6 +88,11 @@ def table_reading() -> Reading:
 
 def fidelity_row(w: float) -> str:
     return f"renderer_w{w:g}"
+
+
+def detail_row(scale: float) -> str:
+    """The renderer at its default fidelity with the residual head's detail times ``scale``."""
+    return f"renderer_s{scale:g}"
 
 
 def test_chunks(data, reading: Reading | None = None) -> Iterator[dict]:
@@ -121,8 +128,12 @@ class Renderers:
         self.temporal = None if temporal is None else CodebookStage.for_inference(StageFiles.of(temporal, "codebook"))
         self.default = self.codebook.cfg.fidelity_weight
         self.fidelities = sorted({*reading.fidelities, self.default})
+        own_scale = self.codebook.cfg.detail_scale
+        self.detail_scales = sorted({s for s in reading.detail_scales if s != own_scale}
+                                    if self.codebook.residual_head is not None else set())
         stages = [self.codebook] + ([] if self.temporal is None else [self.temporal])
-        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), *(["temporal"] if len(stages) == 2 else [])]
+        self.rows = [*BASE_ROWS, *map(fidelity_row, self.fidelities), *map(detail_row, self.detail_scales),
+                     *(["temporal"] if len(stages) == 2 else [])]
         self.primary = tuple(self.rows) if reading.fid_every_row else ("bicubic", fidelity_row(self.default))
         self._inner: dict[str, list[torch.Tensor]] = {name: [] for name in INNER}
         for stage in stages:
@@ -134,12 +145,13 @@ class Renderers:
                     lambda module, args, out: self._inner["detail"].append(out.abs().mean(dim=(1, 2, 3))))
 
     @torch.no_grad()
-    def render(self, stage: CodebookStage, low: torch.Tensor, w: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def render(self, stage: CodebookStage, low: torch.Tensor, w: float,
+               detail_scale: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Clips [B, T, 3, r, r] -> (frames [B*T, 3, S, S], INNER's means where the stage has them): clip by clip, so
-        the temporal variant's windows never span two clips."""
+        the temporal variant's windows never span two clips. ``detail_scale`` None: the stage's own."""
         for values in self._inner.values():
             values.clear()
-        frames = torch.cat([stage.upscale(clip, w) for clip in low])
+        frames = torch.cat([stage.upscale(clip, w, detail_scale=detail_scale) for clip in low])
         inner = {name: float(torch.cat(values).mean()) for name, values in self._inner.items() if values}
         return to_measurement_size(frames, MEASURE_SIZE), inner
 
@@ -152,6 +164,8 @@ class Renderers:
         yield "back_projected_area", back_project(bicubic, flat, 1.0, "area").clamp(-1, 1), {}
         for w in self.fidelities:
             yield fidelity_row(w), *self.render(self.codebook, low, w)
+        for scale in self.detail_scales:
+            yield detail_row(scale), *self.render(self.codebook, low, self.default, scale)
         if self.temporal is not None:
             yield "temporal", *self.render(self.temporal, low, self.temporal.cfg.fidelity_weight)
 
@@ -160,8 +174,8 @@ class Renderers:
         cfg = self.codebook.cfg
         return {name: getattr(cfg, name) for name in (
             "perceptual_network", "perceptual_weight", "adversarial", "adversarial_weight", "adversarial_warmup",
-            "back_projection_operator", "fidelity_weight", "shortcut", "detail_gate", "residual_head", "degrade",
-            "render_source")} | ({} if self.temporal is None else {
+            "back_projection_operator", "fidelity_weight", "detail_scale", "shortcut", "detail_gate", "residual_head",
+            "degrade", "render_source")} | ({} if self.temporal is None else {
             "temporal_window": self.temporal.cfg.window_frames, "temporal": self.temporal.cfg.temporal})
 
 

@@ -71,8 +71,8 @@ class FidelityFusion(nn.Module):
 
 class ResidualHead(nn.Module):
     """Detail on top of bicubic upsampling: norm-SiLU-conv of the decoder's last features to an image residual, its
-    conv zero-initialised, so that a renderer starts from bicubic at fidelity 1. At fidelity w the output is
-    ``(1 - w) * decoded + w * (bicubic + detail)``."""
+    conv zero-initialised, so that a renderer starts from bicubic at fidelity 1. At fidelity w and detail scale s
+    the output is ``(1 - w) * decoded + w * (bicubic + s * detail)``."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -81,11 +81,12 @@ class ResidualHead(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, decoded: torch.Tensor, hidden: torch.Tensor, low: torch.Tensor,
-                w: float | torch.Tensor) -> torch.Tensor:
-        """decoded [N, 3, H, H], the decoder's last features [N, C, H, H], low-res input [N, 3, r, r], w -> output."""
+                w: float | torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """decoded [N, 3, H, H], the decoder's last features [N, C, H, H], low-res input [N, 3, r, r], w, the detail
+        scale s -> output."""
         bicubic = F.interpolate(low, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
         weight = fidelity_like(w, decoded)
-        return (1 - weight) * decoded + weight * (bicubic + self.net(hidden))
+        return (1 - weight) * decoded + weight * (bicubic + scale * self.net(hidden))
 
 
 class DetailGate(nn.Module):

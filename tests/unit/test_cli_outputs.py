@@ -88,7 +88,9 @@ def test_render_keeps_its_input_and_says_when_it_replaces_an_output(tmp_path, ca
     for words, message in ((["--batch-frames", "0"], "--batch-frames 0: must be at least 1"),
                            (["--device", "gpu0"], "--device gpu0: not a device"),
                            (["--stage", str(tmp_path)], f"--stage {tmp_path} is a folder"),
-                           (["--stage", str(conre)], "holds stage 'conre'; render takes the codebook stage")):
+                           (["--stage", str(conre)], "holds stage 'conre'; render takes the codebook stage"),
+                           (["--detail-scale", "1.5"], "--detail-scale 1.5: s must be in [0, 1]"),
+                           (["--detail-scale", "0.5"], "CodeFormer's network")):
         assert main([*render, "--out", str(tmp_path / "x.png"), *words]) == 2, words
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

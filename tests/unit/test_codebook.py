@@ -145,6 +145,24 @@ def test_residual_head_starts_the_render_phase_from_bicubic_and_learns_detail_on
     assert any("stage.residual_head" in e and "stage.shortcut=true" in e for e in errors)
 
 
+def test_detail_scale_weighs_the_residual_heads_detail_in_eval_only():
+    module = tiny_stage("render", residual_head=True, consistency=False, detail_scale=0.25)
+    torch.nn.init.normal_(module.residual_head.net[-1].weight, std=0.1)  # a head that has learned some detail
+    lr = make_batch(2)["frames"]
+    bicubic = F.interpolate(lr.flatten(0, 1), size=HR, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        full = module.render(lr, 1.0, detail_scale=1.0) - bicubic
+        assert full.abs().mean() > 1e-3
+        for scale in (0.0, 0.5):  # linear in the scale: bicubic plus that share of the same detail
+            assert torch.allclose(module.render(lr, 1.0, detail_scale=scale) - bicubic, scale * full, atol=1e-5)
+        module.train()
+        assert torch.allclose(module.render(lr, 1.0) - bicubic, full, atol=1e-5)  # training adds all of it
+        module.eval()
+        assert torch.allclose(module.render(lr, 1.0) - bicubic, 0.25 * full, atol=1e-5)  # eval: the stage's own
+        assert torch.equal(module.upscale(lr[:, 0], 1.0), module.render(lr, 1.0).clamp(-1, 1))
+    assert any("stage.detail_scale must be in [0, 1]" in e for e in tiny_cfg(detail_scale=1.5).validate())
+
+
 def test_detail_gate_pulls_the_decoded_image_towards_bicubic_by_fidelity_and_gate():
     plain = tiny_stage("render").eval()
     module = tiny_stage("render", detail_gate=True).eval()

@@ -36,10 +36,14 @@ def render(args: argparse.Namespace) -> int:
       compact (a codebook file of stage.layout=compact): the fusion weight and, with stage.consistency, the
         back-projection fraction, so at 1 the output's low frequencies follow the input. Default: the file's
         stage.fidelity_weight; a transformer-phase file always renders at 0.
+    --detail-scale s in [0, 1] (a compact-layout file with a residual head): the share of the head's drawn detail
+      added to bicubic; below 1 it trades detail for per-pixel fidelity. Default: the file's stage.detail_scale.
     """
     if args.fidelity is not None and not 0.0 <= args.fidelity <= 1.0:
         raise UserError(f"--fidelity {args.fidelity}: w must be in [0, 1] (0: the codes alone, 1: closest to the "
                         f"input)")
+    if args.detail_scale is not None and not 0.0 <= args.detail_scale <= 1.0:
+        raise UserError(f"--detail-scale {args.detail_scale}: s must be in [0, 1] (0: no drawn detail, 1: all of it)")
     if args.batch_frames < 1:
         raise UserError(f"--batch-frames {args.batch_frames}: must be at least 1")
     source, out = Path(args.input), Path(args.out)
@@ -48,7 +52,7 @@ def render(args: argparse.Namespace) -> int:
     if check_output("--out", out, "restored.png", {"--input": source, "--stage": args.stage}):
         print(replacing(out))
     try:
-        upscale, size = load_renderer(Path(args.stage), args.fidelity, device, args.batch_frames)
+        upscale, size = load_renderer(Path(args.stage), args.fidelity, device, args.batch_frames, args.detail_scale)
         if video:
             frames = render_video(source, out, upscale, size)
         else:
@@ -97,7 +101,8 @@ def check_codebook_file(stage: Path) -> None:
                         f"(codebook.safetensors in a stages folder) or CodeFormer's codeformer.pth")
 
 
-def load_renderer(stage: Path, fidelity: float | None, device: str, batch_frames: int) -> tuple[Callable, int]:
+def load_renderer(stage: Path, fidelity: float | None, device: str, batch_frames: int,
+                  detail_scale: float | None = None) -> tuple[Callable, int]:
     """(frames [T, 3, s, s] in [-1, 1] -> [T, 3, S, S] in [-1, 1] on the CPU, the input size s it takes)."""
     import torch
 
@@ -106,13 +111,19 @@ def load_renderer(stage: Path, fidelity: float | None, device: str, batch_frames
         from lightning_modules.stagefile import StageFiles
 
         module = CodebookStage.for_inference(StageFiles.of(stage, "codebook")).to(device)
+        if detail_scale is not None and module.residual_head is None:
+            raise UserError(f"--detail-scale weighs a residual head's detail, and {stage} has none "
+                            f"(stage.residual_head=false or the codeformer layout): drop --detail-scale")
 
         def upscale_stage(frames: torch.Tensor) -> torch.Tensor:
-            return module.upscale(frames.to(device), fidelity, batch_frames).clamp(-1, 1).cpu()
+            return module.upscale(frames.to(device), fidelity, batch_frames, detail_scale).clamp(-1, 1).cpu()
         return upscale_stage, module.cfg.lr_resolution
 
     from lightning_modules.nets.codeformer import load_codeformer
 
+    if detail_scale is not None:
+        raise UserError(f"--detail-scale weighs a residual head's detail, which CodeFormer's network ({stage}) has "
+                        f"not: drop --detail-scale")
     net = load_codeformer(stage).to(device)
     w = CODEFORMER_FIDELITY if fidelity is None else fidelity
 
@@ -189,5 +200,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output image (png, jpg) for an image, mp4 for a video")
     parser.add_argument("--fidelity", type=float, default=None, help="w in [0, 1]; its meaning per layout is above "
                         "(default: 0.5 for codeformer.pth, the file's stage.fidelity_weight for a codebook file)")
+    parser.add_argument("--detail-scale", type=float, default=None, help="s in [0, 1]: the share of a residual "
+                        "head's detail (default: the file's stage.detail_scale)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: cuda when visible)")
     parser.add_argument("--batch-frames", type=int, default=8, help="frames per forward pass")
