@@ -256,7 +256,10 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
                   "val frames", "val"),
                  ("the default fidelity `stage.fidelity_weight: 1.0` and the render phase's perceptual and GAN weights "
                   "(1.0, 0.1 over 0.5, 0.05), by KID, FID and PSNR of seed 0 on 512 frames of each val set through "
-                  "this table's measurement path", "val")],
+                  "this table's measurement path", "val"),
+                 ("the residual head's detail scale `stage.detail_scale: 0.4`: the largest of 0.25-1 whose PSNR stays "
+                  "within 0.5 dB of bicubic on both val sets (512 frames each, seed 0's renderer), FID and KID below "
+                  "bicubic's there", "val")],
     "autoencoder": [("the small config's autoencoder variant (configs/experiment/small.yaml): the highest face rate, "
                      "the mouth landmark error deciding between variants whose face-rate intervals overlap", "val")],
     **{name: [("the *best constant a* and *best guidance* rows' a and guidance scale, by the mean latent error to "

@@ -37,10 +37,12 @@ from reports.table_units import shown
 # widths passed bicubic from 8 px on the val frames (0.102) by 300-400 batches, where the one without it stayed at
 # 0.198 after 500 batches of the full recipe. The render phase (fusion, decoder and residual head) trains 600 batches
 # (1200 steps), the transformer phase (no GAN) 300.
-# The render phase's default fidelity (validation, export, generation) is 1, chosen on val by reports/codebook_val.py
-# (the figures: the README's codebook section); the perceptual and GAN weights halved scored worse there.
+# The render phase's default fidelity (validation, export, generation) is 1 and its detail scale 0.4, both chosen on
+# val by reports/codebook_val.py (the figures: the README's codebook section): the detail scale is the largest read
+# (0.25-1) whose PSNR stays within 0.5 dB of bicubic on both val sets; the perceptual and GAN weights halved scored
+# worse there.
 PHASE_WORDS = {"vqgan": ("trainer.max_steps=2000",), "transformer": ("trainer.max_steps=300",),
-               "render": ("trainer.max_steps=1200", "stage.fidelity_weight=1.0")}
+               "render": ("trainer.max_steps=1200", "stage.fidelity_weight=1.0", "stage.detail_scale=0.4")}
 # the temporal variant: windows of the small config's stage.window_frames (4) frames, as many frames per batch (8)
 TEMPORAL_WORDS = ("stage.temporal=true", "data.clip_frames=4", "data.batch_size=2")
 SETS = {"stage2": "held-out stage-2 frames (the seed's windowed motion stage re-rendering real test clips)",
@@ -137,10 +139,14 @@ def labels(per_seed: list[dict]) -> dict[str, str]:
     names = {"bicubic": "bicubic", "back_projected": "back-projected bicubic (bicubic operator)",
              "back_projected_area": "back-projected bicubic (area operator: the corpus's downsampler)",
              "temporal": f"temporal variant (window {first['training']['temporal_window']}, w = {default:g})"}
+    own = first["training"].get("detail_scale", 1.0)
+    scale = "" if own == 1.0 else f", detail × {own:g}"
     for row in first["rows"]:
         if row.startswith("renderer_w"):
             w = float(row[len("renderer_w"):])
-            names[row] = f"renderer, w = {w:g}" + (" (default)" if w == default else "")
+            names[row] = f"renderer, w = {w:g}{scale}" + (" (default)" if w == default else "")
+        elif row.startswith("renderer_s"):
+            names[row] = f"renderer, w = {default:g}, detail × {float(row[len('renderer_s'):]):g}"
     return names
 
 
