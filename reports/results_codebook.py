@@ -144,7 +144,7 @@ def labels(per_seed: list[dict]) -> dict[str, str]:
     for row in first["rows"]:
         if row.startswith("renderer_w"):
             w = float(row[len("renderer_w"):])
-            names[row] = f"renderer, w = {w:g}{scale}" + (" (default)" if w == default else "")
+            names[row] = f"renderer, w = {w:g}{scale if w > 0 else ''}" + (" (default)" if w == default else "")
         elif row.startswith("renderer_s"):
             names[row] = f"renderer, w = {default:g}, detail × {float(row[len('renderer_s'):]):g}"
     return names
