@@ -182,3 +182,15 @@ def test_an_evaluation_stopped_after_a_chunk_resumes_there_and_gives_the_unstopp
     resumed = ev.evaluate_codebook(*args, **options, progress=ChunkProgress(path, key))
     assert len(chunks) == 1 and len(resumed["degraded"]["digests"]) == 2  # the first chunk is not done again
     assert json.dumps(resumed, sort_keys=True) == json.dumps(whole, sort_keys=True)
+
+
+def test_row_labels_name_the_detail_scale_where_the_residual_head_adds_detail():
+    per_seed = [{"training": {"fidelity_weight": 1.0, "detail_scale": 0.4, "temporal_window": 4},
+                 "rows": ["bicubic", "renderer_w0", "renderer_w0.5", "renderer_w1", "renderer_s1"]}]
+    names = results_codebook.labels(per_seed)
+    assert names["renderer_w1"] == "renderer, w = 1, detail × 0.4 (default)"
+    assert names["renderer_w0.5"] == "renderer, w = 0.5, detail × 0.4"
+    assert names["renderer_w0"] == "renderer, w = 0"  # the codes alone: no detail to scale
+    assert names["renderer_s1"] == "renderer, w = 1, detail × 1"
+    per_seed[0]["training"].pop("detail_scale")  # evaluations from before the option: all of the detail
+    assert results_codebook.labels(per_seed)["renderer_w1"] == "renderer, w = 1 (default)"
