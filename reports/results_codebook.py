@@ -214,7 +214,8 @@ def codebook_results() -> tuple[dict, str]:
              f"the real frame's corpus landmarks) and by the independent ConRe judge (seed 100, the other half of "
              f"the training speakers, at {first['judge_size']} px). Temporal consistency and flicker outside the "
              f"mouth (evaluation/temporal.py); gate: the detail gate's mean opening; |detail|: the residual head's "
-             f"mean absolute output (on the [-1, 1] scale, before the fidelity weight), where the renderer has it.",
+             f"mean absolute output (on the [-1, 1] scale, before the fidelity weight and the detail scale), where "
+             f"the renderer has it.",
              "", f"Training: the VQ phase once (seed 0), shared by every seed and both renderers; the seeds vary the "
              f"transformer and render phases. Perceptual network {training['perceptual_network']} (the "
              f"discriminator's features; no judge of this table) at weight {training['perceptual_weight']:g}, "
