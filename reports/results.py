@@ -103,6 +103,29 @@ def ensure_corpus(corpus: Corpus = SMALL) -> None:
     atomic_write_text(marker, json.dumps(written, indent=2, sort_keys=True))
 
 
+RAW_DIGITS = 6  # significant digits of the raw numbers: beyond every table's precision
+
+
+def raw_json(value, indent: str = "") -> str:
+    """``value`` as JSON for results/: floats to RAW_DIGITS significant digits, and every list or dict of plain
+    numbers and strings (per-clip readings, intervals) on one line, so a regeneration adds kilobytes, not megabytes."""
+    if isinstance(value, float):
+        return json.dumps(float(f"{value:.{RAW_DIGITS}g}"))
+    items = list(value.items()) if isinstance(value, dict) else list(value) if isinstance(value, list | tuple) else None
+    if items is None:
+        return json.dumps(value)
+    inner = [v for _, v in items] if isinstance(value, dict) else items
+    nested = any(isinstance(v, dict | list | tuple) for v in inner)
+    parts = [f"{json.dumps(str(k))}: {raw_json(v, indent + '  ')}" for k, v in items] if isinstance(value, dict) \
+        else [raw_json(v, indent + "  ") for v in items]
+    ends = "{}" if isinstance(value, dict) else "[]"
+    if not parts:
+        return ends
+    if not nested:
+        return ends[0] + ", ".join(parts) + ends[1]
+    return ends[0] + "\n" + ",\n".join(indent + "  " + part for part in parts) + "\n" + indent + ends[1]
+
+
 def mean_spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.3f}" if values else "-"
@@ -353,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         data.update({"machine": machine(), "commit": commit, "date": time.strftime("%Y-%m-%d"),
                      "choices": CHOICES.get(name, []),
                      "stage_files": plan.LEDGER.stages, "evaluations": plan.LEDGER.evaluations})
-        atomic_write_text(raw / f"{name}.json", json.dumps(data, indent=2))
+        atomic_write_text(raw / f"{name}.json", raw_json(data) + "\n")
         table += choices_note(name)
         write_table(name, table, readme, commit)
         print(table)

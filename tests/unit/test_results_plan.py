@@ -263,3 +263,21 @@ def test_a_run_of_every_table_writes_their_recorded_time_once_each_under_the_com
     block = text[text.index("<!-- results:compute -->"):text.index("<!-- /results:compute -->")]
     assert "training 0 min (0 runs), evaluation 3.0 h (3 evaluations)" in block
     assert "Recorded time: training 0 min (0 runs), evaluation 2.5 h (2 evaluations)." in text  # table b's own stamp
+
+
+def test_raw_numbers_keep_six_digits_and_put_each_list_of_readings_on_one_line():
+    import json
+    import math
+
+    from reports.results import raw_json
+    data = {"per_clip": {"clip-0": {"psnr": 26.924905777, "ssim": 0.830869257}, "clip-1": {"psnr": float("nan")}},
+            "draws": [0.212841086, 0.0028880555, 3], "rows": [{"name": "bicubic", "interval": [1.0, 2.5]}],
+            "empty": [], "none": None}
+    text = raw_json(data)
+    back = json.loads(text)
+    assert back["per_clip"]["clip-0"] == {"psnr": 26.9249, "ssim": 0.830869}
+    assert math.isnan(back["per_clip"]["clip-1"]["psnr"])
+    assert back["draws"] == [0.212841, 0.00288806, 3] and back["rows"] == [{"name": "bicubic", "interval": [1.0, 2.5]}]
+    assert back["empty"] == [] and back["none"] is None
+    assert '"draws": [0.212841, 0.00288806, 3]' in text.splitlines()[5]
+    assert len(text) < len(json.dumps(data, indent=2))
