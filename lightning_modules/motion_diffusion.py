@@ -17,7 +17,12 @@ Trained jointly on windows of ``window_frames`` frames (after ``context_frames``
   the lower face (from the frame's landmarks) weighs more in the loss. With ``frame_renderer: windowed`` (the
   default) the UNet, with temporal attention, denoises a window of ``frame_window`` frames jointly instead, given
   ``previous_frames`` motion frames before it (:func:`window_loss`); ``sequential`` is the one-frame baseline, which
-  ``motion_from`` can train on another file's frozen motion networks.
+  ``motion_from`` can train on another file's frozen motion networks;
+- ``frame_change`` (windowed): the squared frame-to-frame change of the frame prediction's error within a window,
+  weighted by ``temporal_loss_weight``. The frames of a window share one noise step, so with the clean-latent
+  prediction this is the error of the predicted change between neighbouring latents against the true change: a
+  per-frame loss leaves errors free to differ from frame to frame (flicker), while a frozen window pays for every
+  true change. Logged at weight 0 too.
 
 Generation (``generate_motion_video`` in :mod:`lightning_modules.motion_generation`) runs the same networks over
 sliding windows.
@@ -121,6 +126,8 @@ class MotionDiffusionConfig(StageConfig):
         "motion_prediction_type": lambda saved: saved.get("prediction_type", "epsilon"), "motion_maps": False,
         "frame_renderer": "sequential", "frame_window": 1, "frame_windows": 0, "first_window_probability": 0.0,
         "temporal_heads": 0, "gradient_checkpointing": False, "motion_from": ""}
+    temporal_loss_weight: float = field(default=0.0, metadata={"help": "windowed renderer: weight of the frame_change "
+                                        "loss (the predicted frame-to-frame change against the true one)"})
     mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: "
                                      "per-pixel weight 1 + this inside the landmark mask"})
     prev_noise_max_step: int = field(default=200, metadata={"help": "largest noise step that augments the previous "
@@ -148,6 +155,9 @@ class MotionDiffusionConfig(StageConfig):
                           f"({len(self.unet_channels)}), got {self.attention_levels}")
         if self.mouth_loss_weight < 0:
             errors.append(f"stage.mouth_loss_weight must be >= 0, got {self.mouth_loss_weight}")
+        if self.temporal_loss_weight < 0 or (self.temporal_loss_weight > 0 and not self.windowed):
+            errors.append(f"stage.temporal_loss_weight={self.temporal_loss_weight} must be >= 0, and 0 with "
+                          f"stage.frame_renderer=sequential (its frames are denoised at different noise steps)")
         errors += self.window_errors()
         if not 0 <= self.prev_noise_max_step < self.num_train_timesteps:
             errors.append(f"stage.prev_noise_max_step must be in [0, {self.num_train_timesteps}), "
@@ -241,6 +251,7 @@ class MotionDiffusionStage(StageModule):
         self.motion_scheduler = build_scheduler(cfg, cfg.motion_prediction_type)
         self.mel = LogMel(n_mels=cfg.n_mels)
         self.loss_weights = {"motion": cfg.motion_weight, "frame": cfg.frame_weight, "landmark": cfg.landmark_weight,
+                             "frame_change": cfg.temporal_loss_weight,
                              **{f"landmark_{group}": 0.0 for group in LANDMARK_GROUPS}}  # logged, not optimised
         if cfg.motion_from:
             self.load_motion(cfg.motion_from)
@@ -308,9 +319,9 @@ class MotionDiffusionStage(StageModule):
         window = slice(start, start + cfg.window_frames)
         motion_loss = self.motion_loss(motion.detach(), audio, speaker, start, window)
         render_loss = self.window_loss if cfg.windowed else self.frame_loss
-        frame_loss = render_loss(frames, motion, audio, window, landmarks)
+        frame_losses = render_loss(frames, motion, audio, window, landmarks)
         per_group = {f"landmark_{name}": error.detach().mean(1) for name, error in groups.items()}
-        return {"motion": motion_loss, "frame": frame_loss, "landmark": landmark, **per_group}
+        return {"motion": motion_loss, **frame_losses, "landmark": landmark, **per_group}
 
     def motion_loss(self, motion, audio, speaker, start: int, window: slice) -> torch.Tensor:
         clean = motion[:, window]
@@ -336,7 +347,7 @@ class MotionDiffusionStage(StageModule):
         inside = (span >= 0).view(*span.shape, 1, 1, 1)
         return torch.where(inside, encoded[:, :-1], reference[:, None]), reference
 
-    def frame_loss(self, frames, motion, audio, window: slice, landmarks: torch.Tensor) -> torch.Tensor:
+    def frame_loss(self, frames, motion, audio, window: slice, landmarks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Denoise ``frames_per_clip`` consecutive frames of the window, each from its noise-augmented previous
         latents, the reference latent, its motion latent (and its maps) and its audio."""
         batch, device, cfg = frames.shape[0], frames.device, self.cfg
@@ -360,13 +371,14 @@ class MotionDiffusionStage(StageModule):
         squared = (pred - diffusion_target(self.scheduler, clean, noise, t)).square().mean(dim=1, keepdim=True)
         weight = self.mouth_weights(landmarks[rows, index], clean.shape[-1])
         error = (squared * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
-        return error.view(batch, k).mean(1)
+        return {"frame": error.view(batch, k).mean(1)}
 
-    def window_loss(self, frames, motion, audio, window: slice, landmarks: torch.Tensor) -> torch.Tensor:
+    def window_loss(self, frames, motion, audio, window: slice, landmarks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Denoise one window of ``frame_window`` frames per clip (of the first ``frame_windows`` clips) jointly,
         given its ``previous_frames`` motion frames: the real latents before it, noise-augmented, or the reference
-        latent (at ``first_window_probability``, and before the clip's start). The per-clip loss is scaled so that
-        its batch mean is the mean over the rendered windows."""
+        latent (at ``first_window_probability``, and before the clip's start). Per clip: ``frame`` and
+        ``frame_change`` (the squared change of the error between neighbouring frames), scaled so that their batch
+        means are the means over the rendered windows."""
         batch, device, cfg = frames.shape[0], frames.device, self.cfg
         count = min(batch, cfg.frame_windows or batch)
         k, size = cfg.previous_frames, min(cfg.frame_window, window.stop - window.start)
@@ -390,7 +402,10 @@ class MotionDiffusionStage(StageModule):
         squared = (pred - target).square().mean(dim=2, keepdim=True).flatten(0, 1)
         weight = self.mouth_weights(landmarks[rows, at[:, k:]].flatten(0, 1), clean.shape[-1])
         error = ((squared * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).view(count, size).mean(1)
-        return torch.cat([error * batch / count, error.new_zeros(batch - count)])
+        miss = pred - target
+        change = (miss[:, 1:] - miss[:, :-1]).square().mean(dim=(1, 2, 3, 4)) if size > 1 else torch.zeros_like(error)
+        return {name: torch.cat([value * batch / count, value.new_zeros(batch - count)])
+                for name, value in (("frame", error), ("frame_change", change))}
 
     def mouth_weights(self, landmarks: torch.Tensor, latent_size: int) -> torch.Tensor:
         """Per-latent-pixel loss weights [N, 1, h, w]: 1, plus ``mouth_loss_weight`` inside the lower face."""

@@ -99,6 +99,20 @@ def test_training_renders_windows_from_augmented_motion_frames_or_the_portrait()
     assert torch.allclose(kwargs["previous"], kwargs["portrait"].repeat(1, K, 1, 1), atol=1e-6)
 
 
+def test_the_frame_change_loss_charges_a_frozen_window_the_true_change_and_a_constant_error_nothing():
+    stage = windowed(prediction_type="sample", temporal_loss_weight=0.5)
+    frozen = stage.frame_denoiser.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+    still = stage.compute_losses(make_batch(batch=2, same_frames=True))
+    moving = stage.compute_losses(make_batch(batch=2))
+    frozen.remove()
+    assert still["frame"].gt(0).all() and still["frame_change"].abs().max() < 1e-8
+    assert moving["frame_change"].gt(1e-4).all()
+    assert stage.loss_weights["frame_change"] == 0.5
+    assert windowed().loss_weights["frame_change"] == 0.0  # logged, not optimised, unless asked for
+    errors = MotionDiffusionConfig(frame_renderer="sequential", temporal_loss_weight=0.5).validate()
+    assert any("stage.temporal_loss_weight" in error for error in errors)
+
+
 def test_rerendering_by_windows_starts_each_window_from_the_real_latents_before_it():
     stage = windowed().eval()
     batch, out, calls = rerender_with_calls(stage, 5)
