@@ -255,6 +255,16 @@ MOUTH_WEIGHT_READING = ("reports/motion_val.py, seed 0, 26 val clips, the motion
                         "0 − 8 -0.189 [-0.240, -0.135]; LSE-D falls towards 0 (18.10 at 0, 18.72 at 8): the two "
                         "scores disagree")
 
+# the val reading of the windowed renderer's frame_change loss weight (python -m reports.motion_val --option
+# temporal_loss_weight)
+TEMPORAL_WEIGHT_READING = ("reports/motion_val.py, seed 0, 26 val clips, each stage's sampled motion and frames: "
+                           "temporal consistency ×10³ 1.80 at 0, 1.70 at 1, 1 − 0 -0.10 [-0.15, -0.04]; flicker 3.64 "
+                           "and 3.11 (truth 4.52); lips error 1 − 0 0.000 [-0.032, 0.030], lips r -0.010 [-0.044, "
+                           "0.025], seam ratio 0.013 [-0.010, 0.035]; larger weights not read")
+TEMPORAL_WEIGHT = ("motion_diffusion `stage.temporal_loss_weight: 1.0` (configs/experiment/small.yaml), by the "
+                   "temporal consistency outside the mouth of the motion stage's frames",
+                   "val (" + TEMPORAL_WEIGHT_READING + ")")
+
 # Hyper-parameters of the small configs chosen by looking at a score, per table: (what, the split it was chosen on).
 # A choice belongs on val; one made on another split is printed as such under its table.
 CHOICES: dict[str, list[tuple[str, str]]] = {
@@ -265,13 +275,14 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
               "val (" + MOUTH_WEIGHT_READING + ")"),
              ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
               "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
-              "val")],
+              "val"), TEMPORAL_WEIGHT],
     "video": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
                "LSE-C of the motion stage's frames",
                "val (" + MOUTH_WEIGHT_READING + "); both renderers train with it"),
               ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
                "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
-               "val")],
+               "val"), TEMPORAL_WEIGHT],
+    "e2e": [TEMPORAL_WEIGHT],
     "codebook": [("the VQ autoencoder's linear shortcut (`stage.shortcut`) and the shared VQ phase's 1000 batches "
                   "(reports/results_codebook.py `PHASE_WORDS`), by the val L1 of L1-only VQ runs of 100-500 batches "
                   "with and without the shortcut against bicubic's from 8 px", "val"),
@@ -282,7 +293,7 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
                   "this table's measurement path", "val"),
                  ("the residual head's detail scale `stage.detail_scale: 0.4`: the largest of 0.25-1 whose PSNR stays "
                   "within 0.5 dB of bicubic on both val sets (512 frames each, seed 0's renderer), FID and KID below "
-                  "bicubic's there", "val")],
+                  "bicubic's there", "val"), TEMPORAL_WEIGHT],
     "autoencoder": [("the small config's autoencoder variant (configs/experiment/small.yaml): the highest face rate, "
                      "the mouth landmark error deciding between variants whose face-rate intervals overlap", "val")],
     **{name: [("the *best constant a* and *best guidance* rows' a and guidance scale, by the mean latent error to "

@@ -24,11 +24,11 @@ from reports.table_units import clip_values, row_cell
 
 def baseline_stages(seed: int, stages: Path) -> Path:
     """The sequential baseline's folder: the seed's conre, autoencoder and prior, and a motion stage trained on the
-    windowed file's frozen motion networks."""
+    windowed file's frozen motion networks (by the per-frame loss: the frame_change loss is the windowed renderer's)."""
     from reports.results import OUTPUT_ROOT, train
     folder = plan.mirror_stage_files(stages, OUTPUT_ROOT / "small" / f"sequential-seed{seed}",
                                      ("conre", "autoencoder", "face_prior"))
-    train("motion_diffusion", seed, folder, "stage.frame_renderer=sequential",
+    train("motion_diffusion", seed, folder, "stage.frame_renderer=sequential", "stage.temporal_loss_weight=0",
           f"stage.motion_from={stages / 'motion_diffusion.safetensors'}", name=f"seed{seed}-sequential")
     return folder
 
