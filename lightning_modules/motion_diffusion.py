@@ -120,12 +120,12 @@ class MotionDiffusionConfig(StageConfig):
                              "renderers can be compared on identical motion"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute the frame UNet's activations in "
                                          "the backward pass (less memory for long windows, ~30% more compute)"})
-    # files from before the options: the transformer predicted what the frame UNet did, saw no landmark maps, and
-    # frames were rendered one at a time
+    # files from before the options: the transformer predicted what the frame UNet did, saw no landmark maps, frames
+    # were rendered one at a time, by the per-frame loss alone
     file_defaults: ClassVar[dict[str, Any]] = {
         "motion_prediction_type": lambda saved: saved.get("prediction_type", "epsilon"), "motion_maps": False,
         "frame_renderer": "sequential", "frame_window": 1, "frame_windows": 0, "first_window_probability": 0.0,
-        "temporal_heads": 0, "gradient_checkpointing": False, "motion_from": ""}
+        "temporal_heads": 0, "gradient_checkpointing": False, "motion_from": "", "temporal_loss_weight": 0.0}
     temporal_loss_weight: float = field(default=0.0, metadata={"help": "windowed renderer: weight of the frame_change "
                                         "loss (the predicted frame-to-frame change against the true one)"})
     mouth_loss_weight: float = field(default=0.0, metadata={"help": "extra frame-loss weight on the lower face: "
