@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     diffs = differences(scores, f"{default:g}", speakers, measures)
     means = {name: speaker_bootstrap(finite(scores[name]["per_clip"], deciding), speakers)[0] for name in folders}
     chosen, tie = choice(args.option, means, diffs, f"{default:g}")
-    path = args.out / f"{tag}-seed{args.seed}.json"
+    path = args.out / f"{tag}-seed{args.seed}-{'-'.join(folders)}.json"  # one file per set of values read
     atomic_write_text(path, json.dumps({"split": "val", "option": args.option, "clips": len(clips), "seed": args.seed,
                                         "default": default, "chosen": chosen,
                                         "folders": {k: str(v) for k, v in folders.items()}, "scores": scores,

@@ -260,7 +260,8 @@ MOUTH_WEIGHT_READING = ("reports/motion_val.py, seed 0, 26 val clips, the motion
 TEMPORAL_WEIGHT_READING = ("reports/motion_val.py, seed 0, 26 val clips, each stage's sampled motion and frames: "
                            "temporal consistency ×10³ 1.80 at 0, 1.70 at 1, 1 − 0 -0.10 [-0.15, -0.04]; flicker 3.64 "
                            "and 3.11 (truth 4.52); lips error 1 − 0 0.000 [-0.032, 0.030], lips r -0.010 [-0.044, "
-                           "0.025], seam ratio 0.013 [-0.010, 0.035]; larger weights not read")
+                           "0.025], seam ratio 0.013 [-0.010, 0.035]; 1.68 at 2, 2 − 1 -0.02 [-0.06, 0.01], a tie, "
+                           "so 1 stands")
 TEMPORAL_WEIGHT = ("motion_diffusion `stage.temporal_loss_weight: 1.0` (configs/experiment/small.yaml), by the "
                    "temporal consistency outside the mouth of the motion stage's frames",
                    "val (" + TEMPORAL_WEIGHT_READING + ")")
