@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
               for name, row in per_clip.items()}
     measures = tuple(m for m in MEASURES if lse or not m.startswith("lse"))
     diffs = differences(scores, f"{default:g}", speakers, measures)
-    means = {name: speaker_bootstrap(finite(scores[name]["per_clip"], deciding), speakers)[0] for name in folders}
+    means = {name: statistics.mean(finite(scores[name]["per_clip"], deciding).values()) for name in folders}
     chosen, tie = choice(args.option, means, diffs, f"{default:g}")
     path = args.out / f"{tag}-seed{args.seed}-{'-'.join(folders)}.json"  # one file per set of values read
     atomic_write_text(path, json.dumps({"split": "val", "option": args.option, "clips": len(clips), "seed": args.seed,

@@ -111,19 +111,17 @@ def raw_json(value, indent: str = "") -> str:
     numbers and strings (per-clip readings, intervals) on one line, so a regeneration adds kilobytes, not megabytes."""
     if isinstance(value, float):
         return json.dumps(float(f"{value:.{RAW_DIGITS}g}"))
-    items = list(value.items()) if isinstance(value, dict) else list(value) if isinstance(value, list | tuple) else None
-    if items is None:
+    if not isinstance(value, dict | list | tuple):
         return json.dumps(value)
-    inner = [v for _, v in items] if isinstance(value, dict) else items
-    nested = any(isinstance(v, dict | list | tuple) for v in inner)
-    parts = [f"{json.dumps(str(k))}: {raw_json(v, indent + '  ')}" for k, v in items] if isinstance(value, dict) \
-        else [raw_json(v, indent + "  ") for v in items]
-    ends = "{}" if isinstance(value, dict) else "[]"
-    if not parts:
-        return ends
-    if not nested:
-        return ends[0] + ", ".join(parts) + ends[1]
-    return ends[0] + "\n" + ",\n".join(indent + "  " + part for part in parts) + "\n" + indent + ends[1]
+    is_dict = isinstance(value, dict)
+    children = list(value.values()) if is_dict else list(value)
+    parts = [raw_json(child, indent + "  ") for child in children]
+    if is_dict:
+        parts = [f"{json.dumps(str(key))}: {part}" for key, part in zip(value, parts, strict=True)]
+    opening, closing = "{}" if is_dict else "[]"
+    if not any(isinstance(child, dict | list | tuple) for child in children):
+        return opening + ", ".join(parts) + closing
+    return opening + "\n" + ",\n".join(indent + "  " + part for part in parts) + "\n" + indent + closing
 
 
 def mean_spread(values: list[float]) -> str:
