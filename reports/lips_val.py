@@ -1,0 +1,198 @@
+"""``python -m reports.lips_val``: the val reading that chooses what the lip enhancer trains on
+(``stage.input_source``: degraded real frames, or the motion stage's rendering of the real clips), on val clips, never
+on test ones.
+
+For each source a lip enhancer of one seed trains as the small chain trains it (the small config's source is the
+seed's own table file; the other trains beside it on the same expert, motion, ConRe and autoencoder files). Each val
+clip (one per val speaker) is animated by the generation pipeline with the seed's motion stage in two conditions: from
+its real first frame (the sync table's) and from the portrait the seed's SAW stage draws from its speech (the
+end-to-end table's). Every enhancer refines the same frames (the pipeline's seed fixes the motion). Each row is
+measured at the tables' measurement size as they measure it: LSE by the sync table's scorer (:func:`score_rows`) and
+the expert-free mouth sync (:mod:`evaluation.mouth_sync`: r with the speech's loudness minus the shifted-speech null,
+r with the real clip's mouth opening). What each enhancer adds to the motion stage's frames, and the difference
+between the sources, come with paired 95% intervals over val speakers. The source with the higher LSE-C in the
+end-to-end condition is named, and so is a tie (that difference's interval contains 0), in which case the small
+config's source stands. The reading is written as JSON under ``--out`` and printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from common.images import to_uint8
+from evaluation.intervals import format_interval, paired_speaker_bootstrap, speaker_bootstrap
+from evaluation.lse import SyncClip
+from evaluation.measure import to_measurement_size
+from evaluation.mouth_sync import mouth_openings, opening_sync
+from generation.pipeline import GenerationOptions, TalkingFacePipeline
+from generation.portrait import PortraitGenerator, fit_portrait
+from lightning_modules.lip_enhancer import INPUT_SOURCES, LipEnhancerStage
+from lightning_modules.stagefile import StageFiles
+from reports.eval_inputs import test_clips
+from reports.motion_val import finite
+from reports.results_e2e_eval import MOUTH
+from reports.results_sync_eval import CLIPS, MEASURE_SIZE, score_rows
+
+SHARED = ("conre", "autoencoder", "motion_diffusion", "syncnet")  # what each source's folder takes from the seed's
+CONDITIONS = {"real": "animated from the real first frame", "generated": "animated from the generated portrait"}
+MEASURES = ("lse_c", "lse_d", "mouth_margin", "mouth_truth_r", "mouth_face_rate")
+DECIDING = ("generated", "lse_c")
+MOTION = "motion_diffusion"
+
+
+def source_folder(seed: int, source: str, default: str) -> Path:
+    """The stages folder of one source: the seed's own for the small config's, a sibling for the other."""
+    from reports.results import OUTPUT_ROOT, SMALL
+    if source == default:
+        return SMALL.stages(seed)
+    return OUTPUT_ROOT / "small" / "lips-val" / f"stages-seed{seed}-lips{source}"
+
+
+def seed_stages(seed: int) -> Path:
+    """The seed's own table files that every source shares, trained or reused."""
+    from reports.results import shared_autoencoder, train
+    stages = shared_autoencoder(seed)
+    for stage in ("conre", "portrait_diffusion", "saw", "motion_diffusion"):
+        train(stage, seed, stages)
+    train("syncnet", seed, stages, "data.speaker_part=0/2")
+    return stages
+
+
+def train_source(seed: int, source: str, default: str, stages: Path) -> Path:
+    """The source's lip enhancer beside the seed's ``stages``, trained (or reused while its key holds)."""
+    from reports import plan
+    from reports.results import train
+    folder = source_folder(seed, source, default)
+    if folder == stages:
+        train("lip_enhancer", seed, stages)
+    else:
+        plan.mirror_stage_files(stages, folder, SHARED)
+        train("lip_enhancer", seed, folder, f"stage.input_source={source}", name=folder.name.removeprefix("stages-"))
+    return folder
+
+
+def clip_rows(pipeline: TalkingFacePipeline, refiners: dict, face: torch.Tensor, clip: dict) -> dict[str, torch.Tensor]:
+    """{motion_diffusion, each source}: one clip animated from ``face``, refined by each source's enhancer."""
+    videos: dict[str, torch.Tensor] = {}
+    for source, lips in refiners.items():
+        pipeline.lips, steps = lips, {}
+        pipeline.video(face, clip["audio"], {}, lambda _: None, steps)
+        if MOTION in videos and not torch.equal(videos[MOTION], steps[MOTION]):
+            raise RuntimeError("the pipeline drew different motion for the same seed: the sources would not refine "
+                               "the same frames")
+        videos[MOTION], videos[source] = steps[MOTION], steps["lip_enhancer"]
+    return videos
+
+
+@torch.no_grad()
+def condition_readings(pipeline: TalkingFacePipeline, refiners: dict, faces: torch.Tensor,
+                       clips: list[dict]) -> tuple[dict, dict[str, list[SyncClip]]]:
+    """({row: {clip: mouth measures}}, {row: clips for the scorer}) of one condition's faces [N, 3, r, r]."""
+    per_clip: dict[str, dict] = {}
+    sync: dict[str, list[SyncClip]] = {}
+    for index, clip in enumerate(clips):
+        truth = clip["motion_truth"][:, MOUTH].numpy() if bool(clip["has_motion_truth"]) else None
+        for row, video in clip_rows(pipeline, refiners, faces[index], clip).items():
+            opening = mouth_openings(to_uint8(to_measurement_size(video, MEASURE_SIZE)))
+            measures = opening_sync(opening, clip["audio"].numpy(), mouth_truth=truth)
+            per_clip.setdefault(row, {})[clip["key"]] = {f"mouth_{k}": v for k, v in measures.items()
+                                                         if k != "frames"}
+            sync.setdefault(row, []).append(SyncClip(clip["key"], video, clip["audio"]))
+    return per_clip, sync
+
+
+def generated_portraits(stages: Path, clips: list[dict], size: int, seed: int) -> torch.Tensor:
+    """The seed's SAW portraits of the clips' speech, as the end-to-end table draws them, at ``size``."""
+    options = GenerationOptions(seed=seed)
+    audio = torch.stack([clip["audio"] for clip in clips])
+    with torch.no_grad():
+        faces = PortraitGenerator(stages, use_saw=True).generate_batch(audio, options.steps, options.guidance, seed)
+    return torch.stack([fit_portrait(face, size) for face in faces])
+
+
+def read(folders: dict[str, Path], stages: Path, clips: list[dict], scorer: Path, seed: int) -> dict[str, dict]:
+    """{condition: {row: {"per_clip": {clip: measures}}}} of every condition and row."""
+    pipeline = TalkingFacePipeline(stages, GenerationOptions(seed=seed, codebook=False), given_portrait=True)
+    refiners = {source: LipEnhancerStage.for_inference(StageFiles(folder)) for source, folder in folders.items()}
+    size = pipeline.animation_size()
+    faces = {"real": torch.stack([fit_portrait(clip["frames"][0], size) for clip in clips]),
+             "generated": generated_portraits(stages, clips, size, seed)}
+    scores = {}
+    for condition, condition_faces in faces.items():
+        per_clip, sync = condition_readings(pipeline, refiners, condition_faces, clips)
+        lse = score_rows(sync, scorer, MEASURE_SIZE)
+        scores[condition] = {row: {"per_clip": {k: v | lse[row]["per_clip"].get(k, {}) for k, v in measures.items()}}
+                             for row, measures in per_clip.items()}
+    return scores
+
+
+def differences(rows: dict[str, dict], pairs: list[tuple[str, str]], speakers: dict[str, str]) -> dict[str, dict]:
+    """{"a − b": {measure: (mean, low, high)}} of each pair of rows, paired over val speakers."""
+    return {f"{a} − {b}": {m: paired_speaker_bootstrap(finite(rows[a]["per_clip"], m), finite(rows[b]["per_clip"], m),
+                                                       speakers) for m in MEASURES}
+            for a, b in pairs}
+
+
+def report(scores: dict[str, dict], diffs: dict[str, dict], speakers: dict[str, str]) -> list[str]:
+    lines = []
+    for condition, rows in scores.items():
+        lines += [f"\n{CONDITIONS[condition]}:", "| row | " + " | ".join(MEASURES) + " |",
+                  "|---|" + "---|" * len(MEASURES)]
+        lines += [f"| {row} | " + " | ".join(format_interval(*speaker_bootstrap(finite(r["per_clip"], m), speakers))
+                                            for m in MEASURES) + " |" for row, r in rows.items()]
+        lines += [f"- {pair}: " + ", ".join(f"{m} {format_interval(*d)}" for m, d in diff.items())
+                  for pair, diff in diffs[condition].items()]
+    return lines
+
+
+def choice(means: dict[str, float], difference: tuple[float, float, float], default: str) -> tuple[str, bool]:
+    """(the source with the highest mean, whether it ties with the default: the interval of the sources'
+    difference contains 0)."""
+    chosen = max(means, key=means.get)
+    return chosen, chosen != default and difference[1] * difference[2] <= 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from common.files import atomic_write_text
+    from reports.results import CORPUS, OUTPUT_ROOT, ensure_corpus
+    from trainer.config import compose
+
+    parser = argparse.ArgumentParser(prog="python -m reports.lips_val", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="the stages' and the sampler's seed")
+    parser.add_argument("--clips", type=int, default=CLIPS, help="val clips read, one per val speaker first")
+    parser.add_argument("--out", type=Path, default=Path("outputs/lips-val"), help="where the JSON reading goes")
+    args = parser.parse_args(argv)
+    scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
+    if not scorer.is_file():
+        parser.error(f"no sync scorer at {scorer}: make it first with `make results NAMES=sync`")
+    ensure_corpus()
+    default = compose(["experiment=small", "stage=lip_enhancer"]).stage.input_source
+    stages = seed_stages(args.seed)
+    folders = {source: train_source(args.seed, source, default, stages) for source in INPUT_SOURCES}
+    data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
+    clips = test_clips(data, args.clips, split="val")
+    speakers = {clip["key"]: clip["speaker"] for clip in clips}
+    scores = read(folders, stages, clips, scorer, args.seed)
+    other = next(source for source in INPUT_SOURCES if source != default)
+    pairs = [*((source, MOTION) for source in INPUT_SOURCES), (other, default)]
+    diffs = {condition: differences(rows, pairs, speakers) for condition, rows in scores.items()}
+    condition, measure = DECIDING
+    means = {s: statistics.mean(finite(scores[condition][s]["per_clip"], measure).values()) for s in INPUT_SOURCES}
+    chosen, tie = choice(means, diffs[condition][f"{other} − {default}"][measure], default)
+    path = args.out / f"lips-seed{args.seed}.json"
+    atomic_write_text(path, json.dumps({"split": "val", "clips": len(clips), "seed": args.seed, "default": default,
+                                        "chosen": chosen, "folders": {k: str(v) for k, v in folders.items()},
+                                        "scores": scores, "differences": diffs, "speakers": speakers},
+                                       indent=1, default=float))
+    print("\n".join(report(scores, diffs, speakers)))
+    verdict = f"a tie with the small config's {default}, which stands" if tie else "the choice"
+    print(f"\nbest val {measure} ({CONDITIONS[condition]}): input_source {chosen}, {verdict} ({len(clips)} val clips, "
+          f"seed {args.seed}; {path})")
+
+
+if __name__ == "__main__":
+    main()
