@@ -95,6 +95,7 @@ def condition_readings(pipeline: TalkingFacePipeline, refiners: dict, faces: tor
     per_clip: dict[str, dict] = {}
     sync: dict[str, list[SyncClip]] = {}
     for index, clip in enumerate(clips):
+        print(f"clip {index + 1}/{len(clips)}", flush=True)
         truth = clip["motion_truth"][:, MOUTH].numpy() if bool(clip["has_motion_truth"]) else None
         for row, video in clip_rows(pipeline, refiners, faces[index], clip).items():
             opening = mouth_openings(to_uint8(to_measurement_size(video, MEASURE_SIZE)))
@@ -132,9 +133,16 @@ def read(folders: dict[str, Path], stages: Path, clips: list[dict], scorer: Path
 
 def differences(rows: dict[str, dict], pairs: list[tuple[str, str]], speakers: dict[str, str]) -> dict[str, dict]:
     """{"a − b": {measure: (mean, low, high)}} of each pair of rows, paired over val speakers."""
-    return {f"{a} − {b}": {m: paired_speaker_bootstrap(finite(rows[a]["per_clip"], m), finite(rows[b]["per_clip"], m),
-                                                       speakers) for m in MEASURES}
+    return {f"{a} − {b}": {m: paired_speaker_bootstrap(*both_finite(rows[a], rows[b], m), speakers) for m in MEASURES}
             for a, b in pairs}
+
+
+def both_finite(a: dict, b: dict, measure: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The two rows' values of one measure on the clips where both have one (a mouth measure is NaN where dlib finds
+    too few faces)."""
+    first, second = finite(a["per_clip"], measure), finite(b["per_clip"], measure)
+    common = first.keys() & second.keys()
+    return {k: first[k] for k in common}, {k: second[k] for k in common}
 
 
 def report(scores: dict[str, dict], diffs: dict[str, dict], speakers: dict[str, str]) -> list[str]:
@@ -176,14 +184,15 @@ def main(argv: list[str] | None = None) -> None:
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     clips = test_clips(data, args.clips, split="val")
     speakers = {clip["key"]: clip["speaker"] for clip in clips}
+    path = args.out / f"lips-seed{args.seed}.json"
     scores = read(folders, stages, clips, scorer, args.seed)
+    atomic_write_text(path, json.dumps({"scores": scores}, default=float))  # kept should the summary below fail
     other = next(source for source in INPUT_SOURCES if source != default)
     pairs = [*((source, MOTION) for source in INPUT_SOURCES), (other, default)]
     diffs = {condition: differences(rows, pairs, speakers) for condition, rows in scores.items()}
     condition, measure = DECIDING
     means = {s: statistics.mean(finite(scores[condition][s]["per_clip"], measure).values()) for s in INPUT_SOURCES}
     chosen, tie = choice(means, diffs[condition][f"{other} − {default}"][measure], default)
-    path = args.out / f"lips-seed{args.seed}.json"
     atomic_write_text(path, json.dumps({"split": "val", "clips": len(clips), "seed": args.seed, "default": default,
                                         "chosen": chosen, "folders": {k: str(v) for k, v in folders.items()},
                                         "scores": scores, "differences": diffs, "speakers": speakers},
