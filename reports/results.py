@@ -264,6 +264,15 @@ TEMPORAL_WEIGHT = ("motion_diffusion `stage.temporal_loss_weight: 1.0` (configs/
                    "temporal consistency outside the mouth of the motion stage's frames",
                    "val (" + TEMPORAL_WEIGHT_READING + ")")
 
+# the val reading of the lip enhancer's training inputs (python -m reports.lips_val)
+LIPS_SOURCE_READING = ("reports/lips_val.py, seed 0, 26 val clips, what the enhancer adds to the motion stage's frames "
+                       "by the scorer's LSE-C: from the generated portrait -1.336 [-1.480, -1.198] trained on degraded "
+                       "real frames, +0.018 [0.002, 0.036] on the motion stage's renderings; from the real first "
+                       "frame -0.431 [-0.581, -0.286] and +0.037 [0.019, 0.056]; mouth r − shifted from the generated "
+                       "portrait -0.160 [-0.201, -0.118] and -0.012 [-0.026, 0.002]")
+LIPS_SOURCE = ("lip_enhancer `stage.input_source: motion` (configs/experiment/small.yaml), by the scorer's LSE-C of "
+               "the frames it refines, animated from the generated portrait", "val (" + LIPS_SOURCE_READING + ")")
+
 # Hyper-parameters of the small configs chosen by looking at a score, per table: (what, the split it was chosen on).
 # A choice belongs on val; one made on another split is printed as such under its table.
 CHOICES: dict[str, list[tuple[str, str]]] = {
@@ -274,14 +283,14 @@ CHOICES: dict[str, list[tuple[str, str]]] = {
               "val (" + MOUTH_WEIGHT_READING + ")"),
              ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
               "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
-              "val"), TEMPORAL_WEIGHT],
+              "val"), TEMPORAL_WEIGHT, LIPS_SOURCE],
     "video": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
                "LSE-C of the motion stage's frames",
                "val (" + MOUTH_WEIGHT_READING + "); both renderers train with it"),
               ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
                "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
                "val"), TEMPORAL_WEIGHT],
-    "e2e": [TEMPORAL_WEIGHT],
+    "e2e": [TEMPORAL_WEIGHT, LIPS_SOURCE],
     "codebook": [("the VQ autoencoder's linear shortcut (`stage.shortcut`) and the shared VQ phase's 1000 batches "
                   "(reports/results_codebook.py `PHASE_WORDS`), by the val L1 of L1-only VQ runs of 100-500 batches "
                   "with and without the shortcut against bicubic's from 8 px", "val"),
