@@ -89,13 +89,13 @@ def clip_rows(pipeline: TalkingFacePipeline, refiners: dict, face: torch.Tensor,
 
 
 @torch.no_grad()
-def condition_readings(pipeline: TalkingFacePipeline, refiners: dict, faces: torch.Tensor,
-                       clips: list[dict]) -> tuple[dict, dict[str, list[SyncClip]]]:
+def condition_readings(pipeline: TalkingFacePipeline, refiners: dict, faces: torch.Tensor, clips: list[dict],
+                       condition: str = "") -> tuple[dict, dict[str, list[SyncClip]]]:
     """({row: {clip: mouth measures}}, {row: clips for the scorer}) of one condition's faces [N, 3, r, r]."""
     per_clip: dict[str, dict] = {}
     sync: dict[str, list[SyncClip]] = {}
     for index, clip in enumerate(clips):
-        print(f"clip {index + 1}/{len(clips)}", flush=True)
+        print(f"{condition}: clip {index + 1}/{len(clips)}", flush=True)
         truth = clip["motion_truth"][:, MOUTH].numpy() if bool(clip["has_motion_truth"]) else None
         for row, video in clip_rows(pipeline, refiners, faces[index], clip).items():
             opening = mouth_openings(to_uint8(to_measurement_size(video, MEASURE_SIZE)))
@@ -124,7 +124,7 @@ def read(folders: dict[str, Path], stages: Path, clips: list[dict], scorer: Path
              "generated": generated_portraits(stages, clips, size, seed)}
     scores = {}
     for condition, condition_faces in faces.items():
-        per_clip, sync = condition_readings(pipeline, refiners, condition_faces, clips)
+        per_clip, sync = condition_readings(pipeline, refiners, condition_faces, clips, condition)
         lse = score_rows(sync, scorer, MEASURE_SIZE)
         scores[condition] = {row: {"per_clip": {k: v | lse[row]["per_clip"].get(k, {}) for k, v in measures.items()}}
                              for row, measures in per_clip.items()}
