@@ -33,7 +33,7 @@ from generation.portrait import PortraitGenerator, fit_portrait
 from lightning_modules.lip_enhancer import INPUT_SOURCES, LipEnhancerStage
 from lightning_modules.stagefile import StageFiles
 from reports.eval_inputs import test_clips
-from reports.motion_val import finite
+from reports.motion_val import both_finite, finite
 from reports.results_e2e_eval import MOUTH
 from reports.results_sync_eval import CLIPS, MEASURE_SIZE, score_rows
 
@@ -133,16 +133,9 @@ def read(folders: dict[str, Path], stages: Path, clips: list[dict], scorer: Path
 
 def differences(rows: dict[str, dict], pairs: list[tuple[str, str]], speakers: dict[str, str]) -> dict[str, dict]:
     """{"a − b": {measure: (mean, low, high)}} of each pair of rows, paired over val speakers."""
-    return {f"{a} − {b}": {m: paired_speaker_bootstrap(*both_finite(rows[a], rows[b], m), speakers) for m in MEASURES}
+    return {f"{a} − {b}": {m: paired_speaker_bootstrap(*both_finite(rows[a]["per_clip"], rows[b]["per_clip"], m),
+                                                       speakers) for m in MEASURES}
             for a, b in pairs}
-
-
-def both_finite(a: dict, b: dict, measure: str) -> tuple[dict[str, float], dict[str, float]]:
-    """The two rows' values of one measure on the clips where both have one (a mouth measure is NaN where dlib finds
-    too few faces)."""
-    first, second = finite(a["per_clip"], measure), finite(b["per_clip"], measure)
-    common = first.keys() & second.keys()
-    return {k: first[k] for k in common}, {k: second[k] for k in common}
 
 
 def report(scores: dict[str, dict], diffs: dict[str, dict], speakers: dict[str, str]) -> list[str]:

@@ -95,11 +95,19 @@ def finite(row: dict[str, dict], measure: str) -> dict[str, float]:
     return {k: v[measure] for k, v in row.items() if v.get(measure) is not None and math.isfinite(v[measure])}
 
 
+def both_finite(a: dict[str, dict], b: dict[str, dict], measure: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Two rows' values of one measure ({clip: measures} each) on the clips where both have one (a landmark or mouth
+    measure is NaN where dlib finds too few faces), ready to be paired."""
+    first, second = finite(a, measure), finite(b, measure)
+    common = first.keys() & second.keys()
+    return {k: first[k] for k in common}, {k: second[k] for k in common}
+
+
 def differences(scores: dict[str, dict], default: str, speakers: dict[str, str],
                 measures: tuple[str, ...] = ("lse_c", "lse_d")) -> dict[str, dict]:
     """{value: {measure: (mean, low, high)}}: each value minus the default, paired over val speakers."""
-    return {name: {m: paired_speaker_bootstrap(finite(row["per_clip"], m), finite(scores[default]["per_clip"], m),
-                                               speakers) for m in measures}
+    return {name: {m: paired_speaker_bootstrap(*both_finite(row["per_clip"], scores[default]["per_clip"], m), speakers)
+                   for m in measures}
             for name, row in scores.items() if name not in (default, "truth")}
 
 

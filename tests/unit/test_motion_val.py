@@ -19,6 +19,8 @@ def test_each_weight_is_paired_against_the_default_with_its_sign():
     mean, low, high = diffs["0"]["lse_c"]
     assert abs(mean + 0.5) < 1e-9 and low <= mean <= high
     assert abs(diffs["16"]["lse_d"][0] + 0.2) < 1e-9
+    scores["0"]["per_clip"]["c3"]["lse_c"] = float("nan")  # a clip one row could not score is left out of both
+    assert abs(motion_val.differences(scores, "8", speakers)["0"]["lse_c"][0] + 0.5) < 1e-9
     table = motion_val.report(scores, diffs, speakers, "8")
     assert table[2].startswith("| 8 (small config) |") and "-0.500" in table[3]
 
