@@ -1,24 +1,26 @@
-"""``python -m reports.lips_val``: the val reading that chooses what the lip enhancer trains on
-(``stage.input_source``: degraded real frames, or the motion stage's rendering of the real clips), on val clips, never
-on test ones.
+"""``python -m reports.lips_val``: the val reading that chooses one training option of the lip enhancer on val clips,
+never on test ones: ``stage.input_source`` by default (degraded real frames, or the motion stage's rendering of the
+real clips), or any other (``--option stage.sync_weight --values 0.3 1.0``).
 
-For each source a lip enhancer of one seed trains as the small chain trains it (the small config's source is the
-seed's own table file; the other trains beside it on the same expert, motion, ConRe and autoencoder files). Each val
+For each value a lip enhancer of one seed trains as the small chain trains it (the small config's value is the seed's
+own table file; each other value trains beside it on the same expert, motion, ConRe and autoencoder files). Each val
 clip (one per val speaker) is animated by the generation pipeline with the seed's motion stage in two conditions: from
 its real first frame (the sync table's) and from the portrait the seed's SAW stage draws from its speech (the
 end-to-end table's). Every enhancer refines the same frames (the pipeline's seed fixes the motion). Each row is
 measured at the tables' measurement size as they measure it: LSE by the sync table's scorer (:func:`score_rows`) and
 the expert-free mouth sync (:mod:`evaluation.mouth_sync`: r with the speech's loudness minus the shifted-speech null,
-r with the real clip's mouth opening). What each enhancer adds to the motion stage's frames, and the difference
-between the sources, come with paired 95% intervals over val speakers. The source with the higher LSE-C in the
-end-to-end condition is named, and so is a tie (that difference's interval contains 0), in which case the small
-config's source stands. The reading is written as JSON under ``--out`` and printed.
+r with the real clip's mouth opening). What each enhancer adds to the motion stage's frames, and each other value's
+difference from the small config's, come with paired 95% intervals over val speakers. The value with the highest
+LSE-C in the end-to-end condition is named, and so is a tie with the small config's (that difference's interval
+contains 0), in which case the small config's value stands. The reading is written as JSON under ``--out`` and printed.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,23 +39,40 @@ from reports.motion_val import both_finite, finite
 from reports.results_e2e_eval import MOUTH
 from reports.results_sync_eval import CLIPS, MEASURE_SIZE, score_rows
 
-SHARED = ("conre", "autoencoder", "motion_diffusion", "syncnet")  # what each source's folder takes from the seed's
+SHARED = ("conre", "autoencoder", "motion_diffusion", "syncnet")  # what each value's folder takes from the seed's
 CONDITIONS = {"real": "animated from the real first frame", "generated": "animated from the generated portrait"}
 MEASURES = ("lse_c", "lse_d", "mouth_margin", "mouth_truth_r", "mouth_face_rate")
 DECIDING = ("generated", "lse_c")
 MOTION = "motion_diffusion"
+DEFAULT_OPTION = "stage.input_source"
 
 
-def source_folder(seed: int, source: str, default: str) -> Path:
-    """The stages folder of one source: the seed's own for the small config's, a sibling for the other."""
+@dataclass(frozen=True)
+class Variant:
+    """One value of the option read: ``stage.sync_weight=1.0`` is the row ``sync_weight=1.0``."""
+
+    option: str
+    value: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.option.rsplit('.', 1)[-1]}={self.value}"
+
+    @property
+    def word(self) -> str:
+        return f"{self.option}={self.value}"
+
+
+def variant_folder(seed: int, variant: Variant, default: Variant) -> Path:
+    """The stages folder of one value: the seed's own for the small config's, a sibling for another."""
     from reports.results import OUTPUT_ROOT, SMALL
-    if source == default:
+    if variant == default:
         return SMALL.stages(seed)
-    return OUTPUT_ROOT / "small" / "lips-val" / f"stages-seed{seed}-lips{source}"
+    return OUTPUT_ROOT / "small" / "lips-val" / f"stages-seed{seed}-{variant.label.replace('=', '-')}"
 
 
 def seed_stages(seed: int) -> Path:
-    """The seed's own table files that every source shares, trained or reused."""
+    """The seed's own table files that every value shares, trained or reused."""
     from reports.results import shared_autoencoder, train
     stages = shared_autoencoder(seed)
     for stage in ("conre", "portrait_diffusion", "saw", "motion_diffusion"):
@@ -62,29 +81,29 @@ def seed_stages(seed: int) -> Path:
     return stages
 
 
-def train_source(seed: int, source: str, default: str, stages: Path) -> Path:
-    """The source's lip enhancer beside the seed's ``stages``, trained (or reused while its key holds)."""
+def train_variant(seed: int, variant: Variant, default: Variant, stages: Path) -> Path:
+    """The value's lip enhancer beside the seed's ``stages``, trained (or reused while its key holds)."""
     from reports import plan
     from reports.results import train
-    folder = source_folder(seed, source, default)
+    folder = variant_folder(seed, variant, default)
     if folder == stages:
         train("lip_enhancer", seed, stages)
     else:
         plan.mirror_stage_files(stages, folder, SHARED)
-        train("lip_enhancer", seed, folder, f"stage.input_source={source}", name=folder.name.removeprefix("stages-"))
+        train("lip_enhancer", seed, folder, variant.word, name=folder.name.removeprefix("stages-"))
     return folder
 
 
 def clip_rows(pipeline: TalkingFacePipeline, refiners: dict, face: torch.Tensor, clip: dict) -> dict[str, torch.Tensor]:
-    """{motion_diffusion, each source}: one clip animated from ``face``, refined by each source's enhancer."""
+    """{motion_diffusion, each value}: one clip animated from ``face``, refined by each value's enhancer."""
     videos: dict[str, torch.Tensor] = {}
-    for source, lips in refiners.items():
+    for label, lips in refiners.items():
         pipeline.lips, steps = lips, {}
         pipeline.video(face, clip["audio"], {}, lambda _: None, steps)
         if MOTION in videos and not torch.equal(videos[MOTION], steps[MOTION]):
-            raise RuntimeError("the pipeline drew different motion for the same seed: the sources would not refine "
+            raise RuntimeError("the pipeline drew different motion for the same seed: the enhancers would not refine "
                                "the same frames")
-        videos[MOTION], videos[source] = steps[MOTION], steps["lip_enhancer"]
+        videos[MOTION], videos[label] = steps[MOTION], steps["lip_enhancer"]
     return videos
 
 
@@ -118,7 +137,7 @@ def generated_portraits(stages: Path, clips: list[dict], size: int, seed: int) -
 def read(folders: dict[str, Path], stages: Path, clips: list[dict], scorer: Path, seed: int) -> dict[str, dict]:
     """{condition: {row: {"per_clip": {clip: measures}}}} of every condition and row."""
     pipeline = TalkingFacePipeline(stages, GenerationOptions(seed=seed, codebook=False), given_portrait=True)
-    refiners = {source: LipEnhancerStage.for_inference(StageFiles(folder)) for source, folder in folders.items()}
+    refiners = {label: LipEnhancerStage.for_inference(StageFiles(folder)) for label, folder in folders.items()}
     size = pipeline.animation_size()
     faces = {"real": torch.stack([fit_portrait(clip["frames"][0], size) for clip in clips]),
              "generated": generated_portraits(stages, clips, size, seed)}
@@ -150,11 +169,38 @@ def report(scores: dict[str, dict], diffs: dict[str, dict], speakers: dict[str, 
     return lines
 
 
-def choice(means: dict[str, float], difference: tuple[float, float, float], default: str) -> tuple[str, bool]:
-    """(the source with the highest mean, whether it ties with the default: the interval of the sources'
-    difference contains 0)."""
+def choice(means: dict[str, float], differences: dict[str, tuple[float, float, float]],
+           default: str) -> tuple[str, bool]:
+    """(the row with the highest mean, whether it ties with the default: the interval of its difference from the
+    default, ``differences[row]``, contains 0)."""
     chosen = max(means, key=means.get)
-    return chosen, chosen != default and difference[1] * difference[2] <= 0
+    return chosen, chosen != default and differences[chosen][1] * differences[chosen][2] <= 0
+
+
+def variants(parser: argparse.ArgumentParser, option: str, values: list[str] | None) -> tuple[list[Variant], Variant]:
+    """(every value read, the small config's first; the small config's value) of ``option``, each value as the
+    config reads it (``1`` of a float option is ``1.0``)."""
+    from trainer.config import compose
+
+    def value_of(*words: str) -> str:
+        return str(functools.reduce(getattr, option.split("."), compose(["experiment=small", "stage=lip_enhancer",
+                                                                          *words])))
+    try:
+        default = Variant(option, value_of())
+    except AttributeError:
+        parser.error(f"--option {option}: not an option of the lip enhancer's config (e.g. stage.sync_weight)")
+    if values is None and option != DEFAULT_OPTION:
+        parser.error(f"--option {option}: give the values to read with --values")
+    read: dict[str, None] = {}
+    for value in values or INPUT_SOURCES:
+        try:
+            read[value_of(f"{option}={value}")] = None
+        except Exception as exc:  # the config's own message names the key and what it accepts
+            parser.error(f"--values {value}: {exc}")
+    others = [Variant(option, value) for value in read if value != default.value]
+    if not others:
+        parser.error(f"--values: only the small config's {default.word}; give another value")
+    return [default, *others], default
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,34 +211,39 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m reports.lips_val", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the stages' and the sampler's seed")
     parser.add_argument("--clips", type=int, default=CLIPS, help="val clips read, one per val speaker first")
+    parser.add_argument("--option", default=DEFAULT_OPTION, help="the lip enhancer's option read (a config path)")
+    parser.add_argument("--values", nargs="+", help="its values (default for stage.input_source: every source)")
     parser.add_argument("--out", type=Path, default=Path("outputs/lips-val"), help="where the JSON reading goes")
     args = parser.parse_args(argv)
     scorer = OUTPUT_ROOT / "small" / "scorer-stages" / "syncnet.safetensors"
     if not scorer.is_file():
         parser.error(f"no sync scorer at {scorer}: make it first with `make results NAMES=sync`")
+    read_variants, default = variants(parser, args.option, args.values)
     ensure_corpus()
-    default = compose(["experiment=small", "stage=lip_enhancer"]).stage.input_source
     stages = seed_stages(args.seed)
-    folders = {source: train_source(args.seed, source, default, stages) for source in INPUT_SOURCES}
+    folders = {v.label: train_variant(args.seed, v, default, stages) for v in read_variants}
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     clips = test_clips(data, args.clips, split="val")
     speakers = {clip["key"]: clip["speaker"] for clip in clips}
-    path = args.out / f"lips-seed{args.seed}.json"
+    path = args.out / f"lips-{default.label.split('=')[0]}-seed{args.seed}.json"
     scores = read(folders, stages, clips, scorer, args.seed)
     atomic_write_text(path, json.dumps({"scores": scores}, default=float))  # kept should the summary below fail
-    other = next(source for source in INPUT_SOURCES if source != default)
-    pairs = [*((source, MOTION) for source in INPUT_SOURCES), (other, default)]
+    others = [v.label for v in read_variants if v != default]
+    pairs = [*((v.label, MOTION) for v in read_variants), *((label, default.label) for label in others)]
     diffs = {condition: differences(rows, pairs, speakers) for condition, rows in scores.items()}
     condition, measure = DECIDING
-    means = {s: statistics.mean(finite(scores[condition][s]["per_clip"], measure).values()) for s in INPUT_SOURCES}
-    chosen, tie = choice(means, diffs[condition][f"{other} − {default}"][measure], default)
-    atomic_write_text(path, json.dumps({"split": "val", "clips": len(clips), "seed": args.seed, "default": default,
-                                        "chosen": chosen, "folders": {k: str(v) for k, v in folders.items()},
+    means = {v.label: statistics.mean(finite(scores[condition][v.label]["per_clip"], measure).values())
+             for v in read_variants}
+    against_default = {label: diffs[condition][f"{label} − {default.label}"][measure] for label in others}
+    chosen, tie = choice(means, against_default, default.label)
+    atomic_write_text(path, json.dumps({"split": "val", "clips": len(clips), "seed": args.seed, "option": args.option,
+                                        "default": default.label, "chosen": chosen,
+                                        "folders": {k: str(v) for k, v in folders.items()},
                                         "scores": scores, "differences": diffs, "speakers": speakers},
                                        indent=1, default=float))
     print("\n".join(report(scores, diffs, speakers)))
-    verdict = f"a tie with the small config's {default}, which stands" if tie else "the choice"
-    print(f"\nbest val {measure} ({CONDITIONS[condition]}): input_source {chosen}, {verdict} ({len(clips)} val clips, "
+    verdict = f"a tie with the small config's {default.label}, which stands" if tie else "the choice"
+    print(f"\nbest val {measure} ({CONDITIONS[condition]}): {chosen}, {verdict} ({len(clips)} val clips, "
           f"seed {args.seed}; {path})")
 
 
