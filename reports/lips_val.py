@@ -9,10 +9,11 @@ its real first frame (the sync table's) and from the portrait the seed's SAW sta
 end-to-end table's). Every enhancer refines the same frames (the pipeline's seed fixes the motion). Each row is
 measured at the tables' measurement size as they measure it: LSE by the sync table's scorer (:func:`score_rows`) and
 the expert-free mouth sync (:mod:`evaluation.mouth_sync`: r with the speech's loudness minus the shifted-speech null,
-r with the real clip's mouth opening). What each enhancer adds to the motion stage's frames, and each other value's
-difference from the small config's, come with paired 95% intervals over val speakers. The value with the highest
-LSE-C in the end-to-end condition is named, and so is a tie with the small config's (that difference's interval
-contains 0), in which case the small config's value stands. The reading is written as JSON under ``--out`` and printed.
+r with the real clip's mouth opening); the real clips are a row, measured the same way. How the motion stage's frames
+stand against the real clips, what each enhancer adds to them, and each other value's difference from the small
+config's come with paired 95% intervals over val speakers. The value with the highest LSE-C in the end-to-end
+condition is named, and so is a tie with the small config's (that difference's interval contains 0), in which case
+the small config's value stands. The reading is written as JSON under ``--out`` and printed.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ CONDITIONS = {"real": "animated from the real first frame", "generated": "animat
 MEASURES = ("lse_c", "lse_d", "mouth_margin", "mouth_truth_r", "mouth_face_rate")
 DECIDING = ("generated", "lse_c")
 MOTION = "motion_diffusion"
+TRUTH = "truth"  # the real val clips, measured through the same path
 DEFAULT_OPTION = "stage.input_source"
 
 
@@ -110,13 +112,14 @@ def clip_rows(pipeline: TalkingFacePipeline, refiners: dict, face: torch.Tensor,
 @torch.no_grad()
 def condition_readings(pipeline: TalkingFacePipeline, refiners: dict, faces: torch.Tensor, clips: list[dict],
                        condition: str = "") -> tuple[dict, dict[str, list[SyncClip]]]:
-    """({row: {clip: mouth measures}}, {row: clips for the scorer}) of one condition's faces [N, 3, r, r]."""
+    """({row: {clip: mouth measures}}, {row: clips for the scorer}) of one condition's faces [N, 3, r, r], the real
+    clips (TRUTH) among the rows."""
     per_clip: dict[str, dict] = {}
     sync: dict[str, list[SyncClip]] = {}
     for index, clip in enumerate(clips):
         print(f"{condition}: clip {index + 1}/{len(clips)}", flush=True)
         truth = clip["motion_truth"][:, MOUTH].numpy() if bool(clip["has_motion_truth"]) else None
-        for row, video in clip_rows(pipeline, refiners, faces[index], clip).items():
+        for row, video in {TRUTH: clip["frames"], **clip_rows(pipeline, refiners, faces[index], clip)}.items():
             opening = mouth_openings(to_uint8(to_measurement_size(video, MEASURE_SIZE)))
             measures = opening_sync(opening, clip["audio"].numpy(), mouth_truth=truth)
             per_clip.setdefault(row, {})[clip["key"]] = {f"mouth_{k}": v for k, v in measures.items()
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     scores = read(folders, stages, clips, scorer, args.seed)
     atomic_write_text(path, json.dumps({"scores": scores}, default=float))  # kept should the summary below fail
     others = [v.label for v in read_variants if v != default]
-    pairs = [*((v.label, MOTION) for v in read_variants), *((label, default.label) for label in others)]
+    pairs = [(MOTION, TRUTH), *((v.label, MOTION) for v in read_variants),
+             *((label, default.label) for label in others)]
     diffs = {condition: differences(rows, pairs, speakers) for condition, rows in scores.items()}
     condition, measure = DECIDING
     means = {v.label: statistics.mean(finite(scores[condition][v.label]["per_clip"], measure).values())
