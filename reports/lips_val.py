@@ -9,9 +9,10 @@ its real first frame (the sync table's) and from the portrait the seed's SAW sta
 end-to-end table's). Every enhancer refines the same frames (the pipeline's seed fixes the motion). Each row is
 measured at the tables' measurement size as they measure it: LSE by the sync table's scorer (:func:`score_rows`) and
 the expert-free mouth sync (:mod:`evaluation.mouth_sync`: r with the speech's loudness minus the shifted-speech null,
-r with the real clip's mouth opening); the real clips are a row, measured the same way. How the motion stage's frames
-stand against the real clips, what each enhancer adds to them, and each other value's difference from the small
-config's come with paired 95% intervals over val speakers. The value with the highest LSE-C in the end-to-end
+r with the real clip's mouth opening), and, not as a judge, LSE-C by the seed's own sync expert (what the enhancer's
+sync loss sees); the real clips are a row, measured the same way. How the motion stage's frames stand against the
+real clips, what each enhancer adds to them, and each other value's difference from the small config's come with
+paired 95% intervals over val speakers. The value with the highest LSE-C in the end-to-end
 condition is named, and so is a tie with the small config's (that difference's interval contains 0), in which case
 the small config's value stands. The reading is written as JSON under ``--out`` and printed.
 """
@@ -42,7 +43,9 @@ from reports.results_sync_eval import CLIPS, MEASURE_SIZE, score_rows
 
 SHARED = ("conre", "autoencoder", "motion_diffusion", "syncnet")  # what each value's folder takes from the seed's
 CONDITIONS = {"real": "animated from the real first frame", "generated": "animated from the generated portrait"}
-MEASURES = ("lse_c", "lse_d", "mouth_margin", "mouth_truth_r", "mouth_face_rate")
+# expert_lse_c: LSE-C by the seed's own sync expert, the one the enhancer's sync loss uses (not a judge: it says what
+# that loss sees)
+MEASURES = ("lse_c", "lse_d", "mouth_margin", "mouth_truth_r", "mouth_face_rate", "expert_lse_c")
 DECIDING = ("generated", "lse_c")
 MOTION = "motion_diffusion"
 TRUTH = "truth"  # the real val clips, measured through the same path
@@ -148,7 +151,10 @@ def read(folders: dict[str, Path], stages: Path, clips: list[dict], scorer: Path
     for condition, condition_faces in faces.items():
         per_clip, sync = condition_readings(pipeline, refiners, condition_faces, clips, condition)
         lse = score_rows(sync, scorer, MEASURE_SIZE)
-        scores[condition] = {row: {"per_clip": {k: v | lse[row]["per_clip"].get(k, {}) for k, v in measures.items()}}
+        own = score_rows(sync, stages / "syncnet.safetensors", MEASURE_SIZE)
+        scores[condition] = {row: {"per_clip": {k: v | lse[row]["per_clip"].get(k, {})
+                                                | {"expert_lse_c": own[row]["per_clip"].get(k, {}).get("lse_c")}
+                                                for k, v in measures.items()}}
                              for row, measures in per_clip.items()}
     return scores
 
