@@ -12,9 +12,9 @@ the expert-free mouth sync (:mod:`evaluation.mouth_sync`: r with the speech's lo
 r with the real clip's mouth opening), and, not as a judge, LSE-C by the seed's own sync expert (what the enhancer's
 sync loss sees); the real clips are a row, measured the same way. How the motion stage's frames stand against the
 real clips, what each enhancer adds to them, and each other value's difference from the small config's come with
-paired 95% intervals over val speakers. The value with the highest LSE-C in the end-to-end
-condition is named, and so is a tie with the small config's (that difference's interval contains 0), in which case
-the small config's value stands. The reading is written as JSON under ``--out`` and printed.
+paired 95% intervals over val speakers. The value with the highest LSE-C in the end-to-end condition is named, and
+so is a tie with the small config's (that difference's interval contains 0), in which case the small config's value
+stands. The reading is written as JSON under ``--out`` and printed.
 """
 from __future__ import annotations
 
@@ -60,8 +60,13 @@ class Variant:
     value: str
 
     @property
+    def key(self) -> str:
+        """The option's last part: ``sync_weight`` of ``stage.sync_weight``."""
+        return self.option.rsplit(".", 1)[-1]
+
+    @property
     def label(self) -> str:
-        return f"{self.option.rsplit('.', 1)[-1]}={self.value}"
+        return f"{self.key}={self.value}"
 
     @property
     def word(self) -> str:
@@ -73,7 +78,7 @@ def variant_folder(seed: int, variant: Variant, default: Variant) -> Path:
     from reports.results import OUTPUT_ROOT, SMALL
     if variant == default:
         return SMALL.stages(seed)
-    return OUTPUT_ROOT / "small" / "lips-val" / f"stages-seed{seed}-{variant.label.replace('=', '-')}"
+    return OUTPUT_ROOT / "small" / "lips-val" / f"stages-seed{seed}-{variant.key}-{variant.value}"
 
 
 def seed_stages(seed: int) -> Path:
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     data = compose(["experiment=small", "stage=motion_diffusion", f"data.root={CORPUS}"]).data
     clips = test_clips(data, args.clips, split="val")
     speakers = {clip["key"]: clip["speaker"] for clip in clips}
-    path = args.out / f"lips-{default.label.split('=')[0]}-seed{args.seed}.json"
+    path = args.out / f"lips-{default.key}-seed{args.seed}.json"
     scores = read(folders, stages, clips, scorer, args.seed)
     atomic_write_text(path, json.dumps({"scores": scores}, default=float))  # kept should the summary below fail
     others = [v.label for v in read_variants if v != default]

@@ -281,8 +281,8 @@ LIPS_SYNC_READING = ("reports/lips_val.py, seed 0, 26 val clips, the motion-trai
                      "against 1.0: LSE-C +0.011 [-0.003, 0.023], a tie, so 1.0 stands; LSE-D -0.139 [-0.165, "
                      "-0.114]")
 LIPS_SYNC = ("lip_enhancer `stage.sync_weight: 0.3`, `stage.recon_weight: 1.0` (the schema defaults, kept), by the "
-             "scorer's LSE-C of the frames it "
-             "refines, animated from the generated portrait", "val (" + LIPS_SYNC_READING + ")")
+             "scorer's LSE-C of the frames it refines, animated from the generated portrait",
+             "val (" + LIPS_SYNC_READING + ")")
 
 # Hyper-parameters of the small configs chosen by looking at a score, per table: (what, the split it was chosen on).
 # A choice belongs on val; one made on another split is printed as such under its table.
