@@ -6,7 +6,7 @@ Each stages folder holds a renderer (``codebook.safetensors``) and the motion st
 For both val sets (stage 2 and degraded) every row gets PSNR, SSIM, FID (every frame), KID (every STRIDE-th frame,
 subsets of half of them) and identity to the real frame; there is no temporal row. The readings are written as JSON
 under ``--out`` and printed as one table per set. The small config's choices read this way are listed under the
-codebook table (``CHOICES`` in reports/results.py).
+codebook table (``CHOICES`` in reports/choices.py).
 """
 from __future__ import annotations
 
