@@ -22,9 +22,9 @@ from generation.pipeline import (
     VIDEO_STAGES,
     GenerationOptions,
     TalkingFacePipeline,
-    timed,
     write_video,
 )
+from generation.runtime import timed
 from generation.speech import load_speech
 
 SECONDS = 4.0
