@@ -8,6 +8,11 @@ MOUTH_WEIGHT_READING = ("reports/motion_val.py, seed 0, 26 val clips, the motion
                         "2.820 at 2, 2.846 at 8, 2.849 at 16; 16 − 8 +0.003 [-0.022, 0.028], a tie, so 8 stands; "
                         "0 − 8 -0.189 [-0.240, -0.135]; LSE-D falls towards 0 (18.10 at 0, 18.72 at 8): the two "
                         "scores disagree")
+MOUTH_WEIGHT = ("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
+                "LSE-C of the motion stage's frames")
+MAX_STEPS = ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
+             "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
+             "val")
 
 # the val reading of the windowed renderer's frame_change loss weight (python -m reports.motion_val --option
 # temporal_loss_weight)
@@ -44,18 +49,10 @@ LIPS_SYNC = ("lip_enhancer `stage.sync_weight: 0.3`, `stage.recon_weight: 1.0` (
 CHOICES: dict[str, list[tuple[str, str]]] = {
     "motion_encoder": [("motion_diffusion `stage.jaw_dim`, `stage.eyes_dim`, `stage.pose_dim: 8` "
                         "(configs/experiment/small.yaml), by the unexplained share of each group", "val")],
-    "sync": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
-              "LSE-C of the motion stage's frames",
-              "val (" + MOUTH_WEIGHT_READING + ")"),
-             ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
-              "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
-              "val"), TEMPORAL_WEIGHT, LIPS_SOURCE, LIPS_SYNC],
-    "video": [("motion_diffusion `stage.mouth_loss_weight: 8.0` (configs/experiment/small.yaml), by the scorer's "
-               "LSE-C of the motion stage's frames",
-               "val (" + MOUTH_WEIGHT_READING + "); both renderers train with it"),
-              ("autoencoder and motion_diffusion `trainer.max_steps: 1500` (configs/experiment/small.yaml), by the "
-               "autoencoder's val L1 and dlib face rate and the motion stage's val frame loss at 500-step intervals",
-               "val"), TEMPORAL_WEIGHT],
+    "sync": [(MOUTH_WEIGHT, "val (" + MOUTH_WEIGHT_READING + ")"), MAX_STEPS, TEMPORAL_WEIGHT, LIPS_SOURCE,
+             LIPS_SYNC],
+    "video": [(MOUTH_WEIGHT, "val (" + MOUTH_WEIGHT_READING + "); both renderers train with it"), MAX_STEPS,
+              TEMPORAL_WEIGHT],
     "e2e": [TEMPORAL_WEIGHT, LIPS_SOURCE, LIPS_SYNC],
     "codebook": [("the VQ autoencoder's linear shortcut (`stage.shortcut`) and the shared VQ phase's 1000 batches "
                   "(reports/results_codebook.py `PHASE_WORDS`), by the val L1 of L1-only VQ runs of 100-500 batches "
