@@ -28,6 +28,7 @@ CORPUS = Path("data/synthetic_small")
 OUTPUT_ROOT = Path("outputs/results")
 SEEDS = (0, 1, 2)
 VQ_STAGES = OUTPUT_ROOT / "small" / "vq-stages"  # the codebook's VQ phase, shared (:func:`shared_vq_words`)
+OUTPUTS = ("README.md", "results", "docs/images")  # what the tables write into the tree (tables, numbers, pictures)
 
 
 def run(*words: str) -> None:
@@ -283,12 +284,28 @@ def write_table(name: str, table: str, target: Path, commit: str, summary: str |
     atomic_write_text(target, text)
 
 
+def changed_code(repo: Path | None = None) -> list[str]:
+    """The tracked files changed since the last commit, apart from what ``make results`` writes itself (OUTPUTS):
+    an interrupted run that already wrote a table or a picture resumes at the same commit."""
+    out = subprocess.run(["git", "-C", str(repo or ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                          *(f":(exclude){path}" for path in OUTPUTS)], capture_output=True, text=True, timeout=10)
+    return [line[3:] for line in out.stdout.splitlines()]
+
+
+def table_commit() -> str:
+    """The commit the tables are computed at: ``git_commit()``, marked dirty only for changes outside OUTPUTS."""
+    commit = git_commit().removesuffix("-dirty")
+    return f"{commit}-dirty" if commit and changed_code() else commit
+
+
 def targets(allow_dirty: bool) -> tuple[Path, Path]:
     """(tables file, raw numbers folder): the README and results/ at a clean commit; scratch ones otherwise."""
-    if not git_commit().endswith("-dirty"):
+    changed = changed_code()
+    if not changed:
         return ROOT / "README.md", ROOT / "results"
     if not allow_dirty:
-        raise SystemExit("the working tree has uncommitted changes: the README's tables name the commit they were "
+        raise SystemExit(f"the working tree has uncommitted changes ({', '.join(changed[:5])}"
+                         f"{', ...' if len(changed) > 5 else ''}): the README's tables name the commit they were "
                          "made at, so commit first (or pass --allow-dirty to write them to results/scratch/ only)")
     return ROOT / "results" / "scratch" / "README-results.md", ROOT / "results" / "scratch"
 
@@ -310,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.train_only:
         parser.error("--dry-run and --train-only exclude each other: --dry-run alone lists what would train")
     plan.LEDGER.dry_run, plan.LEDGER.train_only = args.dry_run, args.train_only
-    commit = git_commit()  # the commit the tables are computed at, checked clean before anything runs
+    commit = table_commit()  # the commit the tables are computed at, checked clean before anything runs
     readme, raw = targets(args.allow_dirty or args.dry_run)
     for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
         ensure_corpus(corpus)

@@ -3,6 +3,7 @@ in the stage graph, and nothing else; a change to evaluation code re-evaluates w
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -150,16 +151,32 @@ def test_a_table_links_its_picture_only_when_the_picture_is_there(tmp_path):
     assert results.picture(image, "codebook-256px", "a strip") == f"![a strip]({image})"
 
 
-def test_tables_go_to_the_readme_only_from_a_clean_tree(monkeypatch):
+def git(repo, *words):
+    subprocess.run(["git", "-C", str(repo), *words], check=True, capture_output=True)
+
+
+def test_tables_go_to_the_readme_only_when_the_code_is_committed(monkeypatch, tmp_path):
     import reports.results as results
 
-    monkeypatch.setattr(results, "git_commit", lambda: "0123456789ab-dirty")
-    with pytest.raises(SystemExit, match="uncommitted changes.*--allow-dirty"):
+    for path, text in [("README.md", "tables"), ("results/e2e.json", "{}"), ("docs/images/strip.png", "png"),
+                       ("reports/table.py", "x = 1")]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    # what an interrupted run already wrote (a table, its numbers, a picture) is not a code change
+    for path in ("README.md", "results/e2e.json", "docs/images/strip.png"):
+        (tmp_path / path).write_text("written by a table")
+    assert results.changed_code() == []
+    assert results.targets(allow_dirty=False) == (tmp_path / "README.md", tmp_path / "results")
+    (tmp_path / "reports/table.py").write_text("x = 2")
+    assert results.changed_code() == ["reports/table.py"]
+    with pytest.raises(SystemExit, match=r"uncommitted changes \(reports/table.py\).*--allow-dirty"):
         results.targets(allow_dirty=False)
     readme, raw = results.targets(allow_dirty=True)
     assert "scratch" in readme.parts and "scratch" in raw.parts
-    monkeypatch.setattr(results, "git_commit", lambda: "0123456789ab")
-    assert results.targets(allow_dirty=False) == (results.ROOT / "README.md", results.ROOT / "results")
 
 
 def test_the_stamp_names_the_training_commits_dirty_ones_as_such():
