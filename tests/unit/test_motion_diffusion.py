@@ -1,7 +1,5 @@
-"""The motion stage: group-local motion latents, previous-frame augmentation only in training, sliding windows."""
+"""The motion stage: previous-frame augmentation only in training, sliding windows, landmark maps, its losses."""
 from __future__ import annotations
-
-import math
 
 import pytest
 import pytorch_lightning as pl
@@ -21,13 +19,13 @@ from lightning_modules.nets.encoders import SpeechEncoder
 from lightning_modules.nets.face_frame import LANDMARK_GROUPS
 from lightning_modules.nets.motion import (
     LandmarkMismatchError,
-    MotionEncoder,
     landmark_maps,
     map_channels,
     pupil_points,
 )
+from tests.unit.motion_faces import RES, face_landmarks, faces, landmarks_grid
 
-RES, WINDOW, CONTEXT, PREVIOUS = 32, 4, 2, 2
+WINDOW, CONTEXT, PREVIOUS = 4, 2, 2
 PER_FRAME = 640
 
 
@@ -50,12 +48,6 @@ def tiny_stage(seed: int = 0, prev_noise_max_step: int = 200, renderer: str = "s
     return MotionDiffusionStage(cfg, data, frozen=frozen)
 
 
-def landmarks_grid(batch: int, frames: int) -> torch.Tensor:
-    """Plausible, distinct landmark sets inside a RES x RES frame."""
-    base = torch.rand(68, 2) * RES * 0.6 + RES * 0.2
-    return (base + torch.randn(batch, frames, 68, 2)).clamp(0, RES - 1)
-
-
 def make_batch(batch: int = 2, frames: int = WINDOW + CONTEXT, same_frames: bool = False) -> dict:
     pics = torch.rand(batch, 1 if same_frames else frames, 3, RES, RES) * 2 - 1
     truth = torch.rand(batch, frames, len(MOTION_TRUTH_COLUMNS)) * 2 - 1
@@ -68,130 +60,6 @@ def make_batch(batch: int = 2, frames: int = WINDOW + CONTEXT, same_frames: bool
         "motion_truth": truth, "has_motion_truth": torch.arange(batch) % 2 == 0,  # a synthetic clip, a real one
     }
 
-
-def face_landmarks(size: int = 64) -> torch.Tensor:
-    """A plausible, level, frontal face [68, 2] in an image of ``size`` pixels (iBUG 68 layout)."""
-    u = size / 64
-    cx, eye_y, d, ew = 32.0, 27.0, 9.0, 4.0
-    points = torch.zeros(68, 2)
-    t = torch.linspace(0, math.pi, 17)
-    points[0:17] = torch.stack([cx - 19 * t.cos(), eye_y + 2 + 24 * t.sin()], 1)           # jaw, chin at 8
-    brow = torch.linspace(-1.1, 0.85, 5) * ew
-    arch = eye_y - 5 - 1.5 * torch.linspace(0.3, math.pi - 0.3, 5).sin()
-    points[17:22] = torch.stack([cx - d + brow, arch], 1)
-    points[22:27] = torch.stack([cx + d - brow.flip(0), arch.flip(0)], 1)
-    points[27:31] = torch.stack([torch.full((4,), cx), torch.linspace(eye_y, eye_y + 11, 4)], 1)
-    across = torch.linspace(-1, 1, 5)
-    points[31:36] = torch.stack([cx + 3.5 * across, eye_y + 12 - across.abs()], 1)
-    xs = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0, 1 / 3, -1 / 3]) * ew
-    ys = eye_y + torch.tensor([0.0, -1.6, -1.6, 0.0, 1.6, 1.6])
-    points[36:42] = torch.stack([cx - d + xs, ys], 1)    # outer (image left), two upper, inner, two lower
-    points[42:48] = torch.stack([cx + d + xs, ys], 1)    # inner (image left), two upper, outer, two lower
-    a = torch.linspace(0, 2 * math.pi, 13)[:-1]
-    points[48:60] = torch.stack([cx - 8 * a.cos(), eye_y + 20 - 3 * a.sin()], 1)          # outer lips from 48
-    b = torch.linspace(0, 2 * math.pi, 9)[:-1]
-    points[60:68] = torch.stack([cx - 6 * b.cos(), eye_y + 20 - 0.8 * b.sin()], 1)         # inner lips from 60
-    return points * u
-
-
-def faces(batch: int, frames: int, size: int = RES) -> torch.Tensor:
-    """Plausible faces [batch, frames, 68, 2]: the template, moved and jittered a little per face."""
-    shift = torch.randn(batch, frames, 1, 2) * size / 64
-    return face_landmarks(size) + shift + torch.randn(batch, frames, 68, 2) * 0.2 * size / 64
-
-
-def group_changes(encoder: MotionEncoder, before: dict, landmarks: torch.Tensor, *args) -> dict[str, float]:
-    """The largest absolute change of each group latent from ``before``."""
-    after = encoder.groups(encoder(landmarks, RES, *args))
-    return {name: (after[name] - before[name]).abs().max().item() for name in before}
-
-
-def test_motion_groups_have_their_sizes_and_react_only_to_their_landmarks():
-    torch.manual_seed(0)
-    dims = {"lips": 12, "jaw": 5, "brows": 6, "eyes": 4, "pose": 5}
-    encoder = MotionEncoder(dims, hidden=32)
-    landmarks = landmarks_grid(3, 2)
-    base = encoder.groups(encoder(landmarks, RES))
-    assert {k: v.shape[-1] for k, v in base.items()} == dims
-    # measure: the max absolute change of each group; only the moved group may change, exactly nothing else
-    # (the eye corners and the nose bridge hold the face frame: moving them moves the frame of every group)
-    movable = {"lips": LANDMARK_GROUPS["lips"], "jaw": LANDMARK_GROUPS["jaw"], "brows": LANDMARK_GROUPS["brows"],
-               "eyes": (37, 38, 40, 41, 43, 44, 46, 47), "pose": (31, 32, 33, 34, 35)}
-    for moved, idx in movable.items():
-        shifted = landmarks.clone()
-        shifted[..., list(idx), :] += torch.randn(len(idx), 2) * 2.0
-        change = group_changes(encoder, base, shifted)
-        assert change[moved] > 1e-2, (moved, change)
-        assert all(change[name] == 0.0 for name in base if name != moved), (moved, change)
-
-
-def test_opening_the_mouth_changes_only_the_lips_and_jaw_groups():
-    torch.manual_seed(0)
-    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
-    closed = faces(3, 2)
-    base = encoder.groups(encoder(closed, RES))
-    opened = closed.clone()
-    opened[..., 48:68, 1] += torch.linspace(0.0, 1.5, 20)  # the lips part
-    opened[..., [57, 58, 59, 65, 66, 67], 1] += 1.5         # the lower lip drops most
-    opened[..., 4:13, 1] += 2.0 * torch.sin(torch.linspace(0.3, math.pi - 0.3, 9))  # the chin drops
-    change = group_changes(encoder, base, opened)
-    assert change["lips"] > 1e-2 and change["jaw"] > 1e-2, change
-    assert change["brows"] == change["eyes"] == change["pose"] == 0.0, change
-
-
-def test_a_nod_of_the_whole_face_changes_only_the_pose_group():
-    torch.manual_seed(0)
-    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
-    level = faces(3, 2)
-    angle = torch.tensor(0.1)  # a head that is also rolled a little: the nod squashes along the image vertical
-    turn = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
-    pivot = torch.tensor([RES / 2, RES * 0.55])
-    rolled = (level - pivot) @ turn.T + pivot
-    base = encoder.groups(encoder(rolled, RES))
-    squash, drop = 0.93, 1.0  # the corpus's full nod: 7% shorter, moved down
-    nodded = rolled.clone()
-    nodded[..., 1] = pivot[1] + (rolled[..., 1] - pivot[1]) * squash + drop
-    change = group_changes(encoder, base, nodded)
-    assert change["pose"] > 1e-2, change
-    assert all(change[name] < 1e-4 for name in ("lips", "jaw", "brows", "eyes")), change  # float rounding only
-
-
-def test_the_gaze_changes_only_the_eyes_group_and_an_absent_gaze_is_ignored():
-    torch.manual_seed(0)
-    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
-    landmarks = faces(3, 2)
-    base = encoder.groups(encoder(landmarks, RES))
-    gaze = torch.rand(3, 2, 2) * 2 - 1
-    change = group_changes(encoder, base, landmarks, gaze, torch.ones(3, 2, dtype=torch.bool))
-    assert change["eyes"] > 1e-2, change
-    assert all(change[name] == 0.0 for name in base if name != "eyes"), change
-    for values in (gaze, -gaze, torch.full_like(gaze, float("nan"))):  # masked: whatever the values, no gaze
-        assert group_changes(encoder, base, landmarks, values, torch.zeros(3, 2)) == dict.fromkeys(base, 0.0)
-    known = torch.tensor([True, False, True])[:, None].expand(3, 2)
-    mixed = encoder.groups(encoder(landmarks, RES, gaze, known))["eyes"]
-    assert torch.equal(mixed[1], base["eyes"][1]) and not torch.allclose(mixed[0], base["eyes"][0])
-
-
-def test_reconstruction_error_counts_the_gaze_only_where_it_is_known():
-    torch.manual_seed(0)
-    encoder = MotionEncoder({"lips": 8, "jaw": 4, "brows": 4, "eyes": 4, "pose": 4}, hidden=32)
-    landmarks, gaze = faces(2, 3), torch.rand(2, 3, 2) * 2 - 1
-    known = torch.tensor([True, False])[:, None].expand(2, 3)
-    with torch.no_grad():
-        latent = encoder(landmarks, RES, gaze, known)
-        before = encoder.group_errors(latent, landmarks, RES, gaze, known)
-        total = encoder.reconstruction_error(latent, landmarks, RES, gaze, known)
-        assert set(before) == set(LANDMARK_GROUPS) and before["eyes"].shape == (2, 3)
-        assert torch.allclose(total, torch.stack(list(before.values())).mean(0))
-        eyes_out = encoder.decoders["eyes"][-1].bias
-        eyes_out[24:26] += 1.0  # the decoded gaze x and y move
-        after = encoder.group_errors(latent, landmarks, RES, gaze, known)
-        assert torch.equal(after["eyes"][1], before["eyes"][1])  # unknown gaze: not counted
-        assert (after["eyes"][0] - before["eyes"][0]).abs().min() > 1e-3  # known gaze: counted
-        assert all(torch.equal(after[name], before[name]) for name in before if name != "eyes")
-        eyes_out[26] += 1.0  # the decoded presence moves: counted everywhere (its target is known everywhere)
-        presence = encoder.group_errors(latent, landmarks, RES, gaze, known)
-        assert (presence["eyes"][1] - after["eyes"][1]).abs().min() > 1e-3
 
 
 def test_landmark_count_disagreeing_with_frames_is_refused():
