@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_modules.codebook import CodebookStage
 from lightning_modules.codebook_losses import adversarial_ramp, feature_matching
-from tests.unit.test_codebook import make_batch, tiny_cfg, tiny_stage
+from tests.unit.codebook_helpers import make_batch, tiny_cfg, tiny_stage
 
 GAN = dict(adversarial=True, perceptual_weight=1.0, adversarial_weight=0.1)
 

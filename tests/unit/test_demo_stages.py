@@ -35,7 +35,7 @@ SHIPPED = REPO / "demo"
 def source(tmp_path_factory) -> Path:
     """Tiny untrained stage files of every stage generation reads; conre carries EMA weights (the raw ones + 1)
     and a provenance as `seespeaker export` records it, the codebook a render phase with its discriminator."""
-    from tests.unit.test_codebook import tiny_stage
+    from tests.unit.codebook_helpers import tiny_stage
     root = tmp_path_factory.mktemp("demo-source")
     folder = make_generation_stages(root / "stages")
     run = root / "run"
