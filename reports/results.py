@@ -310,6 +310,24 @@ def targets(allow_dirty: bool) -> tuple[Path, Path]:
     return ROOT / "results" / "scratch" / "README-results.md", ROOT / "results" / "scratch"
 
 
+def train_every_table(names: list[str]) -> None:
+    """The first pass of a run: the stage files of every table are trained before any table is evaluated, so that
+    no table, number or picture is written into the tree before a training (each stage file records a clean commit),
+    and an evaluation never waits on the GPU a training could use. A training that needs an evaluation's choice
+    (a setting chosen on val) waits for the second pass."""
+    plan.LEDGER.train_only = True
+    try:
+        for name in names:
+            plan.LEDGER.start_table()
+            try:
+                RESULTS[name][1]()
+            except plan.DryRunStop:
+                pass
+    finally:
+        plan.LEDGER.train_only = False
+    print(f"-- the stage files of {' '.join(names)} are trained; the evaluations follow\n", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", default=list(RESULTS), help=f"which results ({', '.join(RESULTS)})")
@@ -331,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     readme, raw = targets(args.allow_dirty or args.dry_run)
     for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
         ensure_corpus(corpus)
+    if not (args.dry_run or args.train_only):
+        train_every_table(args.names)
     for name in args.names:
         plan.LEDGER.start_table()
         try:

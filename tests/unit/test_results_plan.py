@@ -268,7 +268,7 @@ def test_a_run_of_every_table_writes_their_recorded_time_once_each_under_the_com
                                              "b": (corpus, table("b", 3600.0, 5400.0))})
     monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
     monkeypatch.setattr(results, "ensure_corpus", lambda corpus: None)
-    monkeypatch.setattr(results, "git_commit", lambda: "0123456789abcdef")
+    monkeypatch.setattr(results, "table_commit", lambda: "0123456789abcdef")
     readme = tmp_path / "README.md"
     monkeypatch.setattr(results, "targets", lambda allow_dirty: (readme, tmp_path / "raw"))
     (tmp_path / "raw").mkdir()
@@ -280,6 +280,34 @@ def test_a_run_of_every_table_writes_their_recorded_time_once_each_under_the_com
     block = text[text.index("<!-- results:compute -->"):text.index("<!-- /results:compute -->")]
     assert "training 0 min (0 runs), evaluation 3.0 h (3 evaluations)" in block
     assert "Recorded time: training 0 min (0 runs), evaluation 2.5 h (2 evaluations)." in text  # table b's own stamp
+
+
+def test_a_run_trains_every_tables_stage_files_before_it_evaluates_or_writes_any_table(tmp_path, monkeypatch):
+    import reports.results as results
+    from reports import plan
+
+    readme, events = tmp_path / "README.md", []
+
+    def table(name: str):
+        def make() -> tuple[dict, str]:
+            events.append(f"train {name}" if not (tmp_path / name).exists() else f"reuse {name}")
+            (tmp_path / name).touch()  # the stage file
+            if plan.LEDGER.train_only:
+                raise plan.DryRunStop(name)  # its evaluation waits
+            events.append(f"evaluate {name} ({'README written' if readme.exists() else 'README untouched'})")
+            return {}, f"table {name}"
+        return make
+
+    corpus = results.Corpus(tmp_path / "corpus", {}, tmp_path / "outputs")
+    monkeypatch.setattr(results, "RESULTS", {"a": (corpus, table("a")), "b": (corpus, table("b"))})
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
+    monkeypatch.setattr(results, "ensure_corpus", lambda corpus: None)
+    monkeypatch.setattr(results, "table_commit", lambda: "0123456789abcdef")
+    monkeypatch.setattr(results, "targets", lambda allow_dirty: (readme, tmp_path))
+    assert results.main(["a", "b"]) == 0
+    assert events == ["train a", "train b", "reuse a", "evaluate a (README untouched)",
+                      "reuse b", "evaluate b (README written)"]
+    assert "table a" in readme.read_text() and "table b" in readme.read_text() and not plan.LEDGER.train_only
 
 
 def test_raw_numbers_keep_six_digits_and_put_each_list_of_readings_on_one_line():
