@@ -287,8 +287,12 @@ def write_table(name: str, table: str, target: Path, commit: str, summary: str |
 def changed_code(repo: Path | None = None) -> list[str]:
     """The tracked files changed since the last commit, apart from what ``make results`` writes itself (OUTPUTS):
     an interrupted run that already wrote a table or a picture resumes at the same commit."""
-    out = subprocess.run(["git", "-C", str(repo or ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                          *(f":(exclude){path}" for path in OUTPUTS)], capture_output=True, text=True, timeout=10)
+    try:
+        out = subprocess.run(["git", "-C", str(repo or ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                              ".", *(f":(exclude){path}" for path in OUTPUTS)], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git: no commit to name, as git_commit()
+        return []
     return [line[3:] for line in out.stdout.splitlines()]
 
 
