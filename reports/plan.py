@@ -222,6 +222,10 @@ def check_requirements(stage: str, stages: Path, words: list[str]) -> None:
     cfg = compose(["experiment=small", f"stage={stage}", *(w for w in words if not w.startswith("data.root="))]).stage
     missing = [node for node in requires(stage, cfg) if not (stages / node_file(node)).is_file()
                and str(stages / node_file(node)) not in LEDGER.planned | LEDGER.copied]
+    if missing and LEDGER.train_only:  # they wait on an evaluation (a setting chosen on val), and so does this stage
+        print(f"~ {stages / node_file(stage)}: waits (--train-only; it needs {', '.join(missing)}, not trained yet)",
+              flush=True)
+        raise DryRunStop(f"{stage} training")
     if missing:
         order = [node for node in training_order(missing) if not (stages / node_file(node)).is_file()]
         raise SystemExit(f"{stage} needs {', '.join(missing)} in {stages}; make them first, in order: "

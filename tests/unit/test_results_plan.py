@@ -109,6 +109,9 @@ def test_a_dry_run_stops_at_a_missing_requirement_that_nothing_brings(tmp_path, 
     monkeypatch.setattr(plan, "LEDGER", plan.Ledger(dry_run=True))
     with pytest.raises(SystemExit, match="portrait_diffusion needs conre, autoencoder, face_prior"):
         plan.check_requirements("portrait_diffusion", tmp_path, [])
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger(train_only=True))  # they wait on an evaluation: so does it
+    with pytest.raises(plan.DryRunStop, match="portrait_diffusion training"):
+        plan.check_requirements("portrait_diffusion", tmp_path, [])
 
 
 def test_train_only_trains_every_seed_and_evaluates_nothing_but_reuses_what_is_cached(tmp_path, monkeypatch, capsys):
