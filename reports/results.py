@@ -296,15 +296,16 @@ def changed_code(repo: Path | None = None) -> list[str]:
     return [line[3:] for line in out.stdout.splitlines()]
 
 
-def table_commit() -> str:
-    """The commit the tables are computed at: ``git_commit()``, marked dirty only for changes outside OUTPUTS."""
+def table_commit(changed: list[str]) -> str:
+    """The commit the tables are computed at: ``git_commit()``, marked dirty only for ``changed`` code
+    (:func:`changed_code`)."""
     commit = git_commit().removesuffix("-dirty")
-    return f"{commit}-dirty" if commit and changed_code() else commit
+    return f"{commit}-dirty" if commit and changed else commit
 
 
-def targets(allow_dirty: bool) -> tuple[Path, Path]:
-    """(tables file, raw numbers folder): the README and results/ at a clean commit; scratch ones otherwise."""
-    changed = changed_code()
+def targets(allow_dirty: bool, changed: list[str]) -> tuple[Path, Path]:
+    """(tables file, raw numbers folder): the README and results/ when no code is ``changed``; scratch ones
+    otherwise."""
     if not changed:
         return ROOT / "README.md", ROOT / "results"
     if not allow_dirty:
@@ -316,9 +317,8 @@ def targets(allow_dirty: bool) -> tuple[Path, Path]:
 
 def train_every_table(names: list[str]) -> None:
     """The first pass of a run: the stage files of every table are trained before any table is evaluated, so that
-    no table, number or picture is written into the tree before a training (each stage file records a clean commit),
-    and an evaluation never waits on the GPU a training could use. A training that needs an evaluation's choice
-    (a setting chosen on val) waits for the second pass."""
+    no table, number or picture is written into the tree before a training (each stage file records a clean commit).
+    A training that needs an evaluation's choice (a setting chosen on val) waits for the second pass."""
     plan.LEDGER.train_only = True
     try:
         for name in names:
@@ -349,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.train_only:
         parser.error("--dry-run and --train-only exclude each other: --dry-run alone lists what would train")
     plan.LEDGER.dry_run, plan.LEDGER.train_only = args.dry_run, args.train_only
-    commit = table_commit()  # the commit the tables are computed at, checked clean before anything runs
-    readme, raw = targets(args.allow_dirty or args.dry_run)
+    changed = changed_code()  # checked once, before anything runs
+    commit = table_commit(changed)  # the commit the tables are computed at
+    readme, raw = targets(args.allow_dirty or args.dry_run, changed)
     for corpus in {RESULTS[name][0].root: RESULTS[name][0] for name in args.names}.values():
         ensure_corpus(corpus)
     if not (args.dry_run or args.train_only):

@@ -173,12 +173,12 @@ def test_tables_go_to_the_readme_only_when_the_code_is_committed(monkeypatch, tm
     for path in ("README.md", "results/e2e.json", "docs/images/strip.png"):
         (tmp_path / path).write_text("written by a table")
     assert results.changed_code() == []
-    assert results.targets(allow_dirty=False) == (tmp_path / "README.md", tmp_path / "results")
+    assert results.targets(False, results.changed_code()) == (tmp_path / "README.md", tmp_path / "results")
     (tmp_path / "reports/table.py").write_text("x = 2")
     assert results.changed_code() == ["reports/table.py"]
     with pytest.raises(SystemExit, match=r"uncommitted changes \(reports/table.py\).*--allow-dirty"):
-        results.targets(allow_dirty=False)
-    readme, raw = results.targets(allow_dirty=True)
+        results.targets(False, results.changed_code())
+    readme, raw = results.targets(True, results.changed_code())
     assert "scratch" in readme.parts and "scratch" in raw.parts
 
 
@@ -271,9 +271,9 @@ def test_a_run_of_every_table_writes_their_recorded_time_once_each_under_the_com
                                              "b": (corpus, table("b", 3600.0, 5400.0))})
     monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
     monkeypatch.setattr(results, "ensure_corpus", lambda corpus: None)
-    monkeypatch.setattr(results, "table_commit", lambda: "0123456789abcdef")
+    monkeypatch.setattr(results, "table_commit", lambda changed: "0123456789abcdef")
     readme = tmp_path / "README.md"
-    monkeypatch.setattr(results, "targets", lambda allow_dirty: (readme, tmp_path / "raw"))
+    monkeypatch.setattr(results, "targets", lambda allow_dirty, changed: (readme, tmp_path / "raw"))
     (tmp_path / "raw").mkdir()
     readme.write_text("<!-- results:compute -->\nnot yet\n<!-- /results:compute -->\n")
     assert results.main(["a"]) == 0
@@ -305,8 +305,8 @@ def test_a_run_trains_every_tables_stage_files_before_it_evaluates_or_writes_any
     monkeypatch.setattr(results, "RESULTS", {"a": (corpus, table("a")), "b": (corpus, table("b"))})
     monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
     monkeypatch.setattr(results, "ensure_corpus", lambda corpus: None)
-    monkeypatch.setattr(results, "table_commit", lambda: "0123456789abcdef")
-    monkeypatch.setattr(results, "targets", lambda allow_dirty: (readme, tmp_path))
+    monkeypatch.setattr(results, "table_commit", lambda changed: "0123456789abcdef")
+    monkeypatch.setattr(results, "targets", lambda allow_dirty, changed: (readme, tmp_path))
     assert results.main(["a", "b"]) == 0
     assert events == ["train a", "train b", "reuse a", "evaluate a (README untouched)",
                       "reuse b", "evaluate b (README written)"]
