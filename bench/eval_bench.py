@@ -1,6 +1,9 @@
 """Evaluation speed on the CPU: Inception (FID) frames/s, SyncNet windows/s (compact and official layouts, random
 weights), and LSE over N clips with the windows of many clips batched against a per-video loop (one clip at a
-time in batches of 20 windows, as the reference ``syncnet_python`` scripts run), in the same process.
+time in batches of 20 windows, as the reference ``syncnet_python`` scripts run), in the same process; and the
+tables' per-frame measures against their baselines in the same process: SSIM per frame at 256 px by
+``reports.measures.ssim_per_frame`` against torchmetrics', and the Inception trunk on channels-last input (as
+``InceptionFeatures`` feeds it) against contiguous input.
 
 ``python -m bench.eval_bench`` writes ``bench/out/eval.json``. One thread (per-core figures).
 """
@@ -73,11 +76,43 @@ def batched_vs_loop(layout: str) -> dict:
             "same_scores": bool(same)}
 
 
+def ssim_vs_torchmetrics(frames: int = 64, size: int = 256) -> dict:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from reports.measures import ssim_per_frame
+    target = torch.rand(frames, 3, size, size, generator=torch.Generator().manual_seed(2))
+    pred = (target + 0.05 * torch.randn(target.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    ours, reference = [], []
+    new = timed(lambda: ours.append(ssim_per_frame(pred, target)), repeat=2)
+    baseline = timed(lambda: reference.append(torch.cat([
+        structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+        for p, t in zip(pred.split(32), target.split(32), strict=True)])), repeat=2)
+    return {"what": f"SSIM per frame, {size} px: matrix blur vs torchmetrics", "items": frames,
+            "new_s": round(new, 2), "baseline_s": round(baseline, 2), "speedup": round(baseline / new, 2),
+            "same_scores": bool(torch.allclose(ours[0], reference[0], atol=1e-6, rtol=0))}
+
+
+def inception_channels_last(frames: int = 16) -> dict:
+    model = InceptionFeatures().model
+    batch = torch.rand(frames, 3, 299, 299, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    last = batch.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model(batch[:2]), model(last[:2])  # the TorchScript graph's first calls
+        outputs = {}
+        baseline = timed(lambda: outputs.update(contiguous=model(batch)), repeat=2)
+        new = timed(lambda: outputs.update(last=model(last)), repeat=2)
+    return {"what": "Inception trunk, 299 px: channels-last vs contiguous input", "items": frames,
+            "new_s": round(new, 2), "baseline_s": round(baseline, 2), "speedup": round(baseline / new, 2),
+            "same_scores": bool(torch.allclose(outputs["last"], outputs["contiguous"], atol=1e-4, rtol=0))}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     rows = [inception_rate(), syncnet_rate("compact", 64), syncnet_rate("official", 16)]
-    rows += [batched_vs_loop("compact"), batched_vs_loop("official")]
-    columns = ["what", "items", "per_s", "unit", "batched_s", "per_video_s", "speedup", "same_scores"]
+    rows += [batched_vs_loop("compact"), batched_vs_loop("official"), ssim_vs_torchmetrics(),
+             inception_channels_last()]
+    columns = ["what", "items", "per_s", "unit", "batched_s", "per_video_s", "new_s", "baseline_s", "speedup",
+               "same_scores"]
     write_report("eval", rows, columns,
                  notes=f"batched: the windows of consecutive clips share forward passes of {BATCHED_WINDOWS}; "
                        f"per-video: one clip at a time, {REFERENCE_BATCH} windows per pass (the reference scripts).")
