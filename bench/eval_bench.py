@@ -2,7 +2,7 @@
 weights), and LSE over N clips with the windows of many clips batched against a per-video loop (one clip at a
 time in batches of 20 windows, as the reference ``syncnet_python`` scripts run), in the same process; and the
 tables' per-frame measures against their baselines in the same process: SSIM per frame at 256 px by
-``reports.measures.ssim_per_frame`` against torchmetrics', and the Inception trunk on channels-last input (as
+``evaluation.ssim.ssim_per_frame`` against torchmetrics', and the Inception trunk on channels-last input (as
 ``InceptionFeatures`` feeds it) against contiguous input.
 
 ``python -m bench.eval_bench`` writes ``bench/out/eval.json``. One thread (per-core figures).
@@ -79,7 +79,7 @@ def batched_vs_loop(layout: str) -> dict:
 def ssim_vs_torchmetrics(frames: int = 64, size: int = 256) -> dict:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    from reports.measures import ssim_per_frame
+    from evaluation.ssim import ssim_per_frame
     target = torch.rand(frames, 3, size, size, generator=torch.Generator().manual_seed(2))
     pred = (target + 0.05 * torch.randn(target.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
     ours, reference = [], []
