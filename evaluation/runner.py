@@ -5,7 +5,7 @@
 - FID over all frames pooled (``evaluation.fid``) against statistics of the real test clips, cached with their
   provenance (extractor hash, resize mode, the index file and the chosen clips);
 - CSIM (``evaluation.identity``) of every frame against the speaker's reference face;
-- PSNR / SSIM (torchmetrics) where a ground-truth clip exists;
+- PSNR / SSIM (torchmetrics' definitions) where a ground-truth clip exists;
 - mouth_sync (``evaluation.mouth_sync``, when asked for): the expert-free sync measure, dlib's mouth opening against
   the speech loudness, with its shifted-speech null.
 """
@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from evaluation.fid import FeatureStats, InceptionFeatures, cached_stats, fid_from_stats, file_sha256
 from evaluation.identity import ArcFaceEmbedder, DlibFaceEmbedder, csim, dataset_csim, face_recognition_models_dir
 from evaluation.lse import SyncClip, lse_scores
 from evaluation.protocol import LSE_CROP_NAMES, EvalProtocol
 from evaluation.sources import EvalInputError, EvalVideo, TestSet, VideoSet, choose, resize_frames
+from evaluation.ssim import ssim_per_frame
 from lightning_modules.nets.syncnet import load_official_syncnet
 from lightning_modules.stagefile import StageFiles
 from lightning_modules.syncnet import SyncNetStage
@@ -192,7 +193,8 @@ def _unit(frames: np.ndarray) -> torch.Tensor:
 
 
 def score_psnr_ssim(videos: list[EvalVideo], metrics: list[str]) -> tuple[dict, dict, dict]:
-    """(summary, per-video, details) of PSNR / SSIM against the ground-truth frames (torchmetrics, [0, 1] range)."""
+    """(summary, per-video, details) of PSNR / SSIM against the ground-truth frames ([0, 1] range; SSIM as
+    torchmetrics computes it, through ``evaluation.ssim``)."""
     per_video, resized, frames_used, lengths = {}, [], 0, {}
     for video in videos:
         if video.truth is None:
@@ -210,8 +212,7 @@ def score_psnr_ssim(videos: list[EvalVideo], metrics: list[str]) -> tuple[dict, 
             row["psnr"] = float(peak_signal_noise_ratio(preds, target, data_range=1.0, reduction="none",
                                                         dim=(1, 2, 3)).mean())
         if "ssim" in metrics:
-            row["ssim"] = float(structural_similarity_index_measure(preds, target, data_range=1.0,
-                                                                     reduction="none").mean())
+            row["ssim"] = float(ssim_per_frame(preds, target).mean())
         per_video[video.key], frames_used = row, frames_used + count
     summary = {m: float(np.mean([r[m] for r in per_video.values()])) for m in ("psnr", "ssim")
                if m in metrics and per_video}

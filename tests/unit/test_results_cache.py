@@ -29,24 +29,6 @@ def test_evaluation_is_reused_until_an_input_file_changes(tmp_path):
     assert results.cached_evaluation("sync", 1, both, evaluate, corpus) == {"lse_c": 3.0} and len(calls) == 3
 
 
-def test_ssim_per_frame_equals_torchmetrics_frame_by_frame_whatever_the_chunk():
-    import torch
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    from reports.results_codebook import ssim_per_frame
-    torch.manual_seed(0)
-    target = torch.rand(7, 3, 64, 48)
-    pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
-    pred[0] = target[0]  # identical frames score exactly 1
-    reference = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
-    for chunk in (3, 32):
-        per_frame = ssim_per_frame(pred, target, chunk=chunk)
-        assert per_frame.shape == (7,)
-        assert torch.allclose(per_frame, reference, atol=1e-6, rtol=0)
-    assert abs(float(ssim_per_frame(pred[:1], target[:1])) - 1.0) < 1e-6
-    assert float(ssim_per_frame(pred[1:], target[1:]).max()) < 0.99
-
-
 def test_a_redone_evaluation_says_how_long_the_last_one_took(tmp_path, capsys):
     import json
 
