@@ -363,15 +363,10 @@ def test_a_stage_file_or_run_started_from_uncommitted_code_is_retrained_by_a_cle
               {"training_key": key, "git_commit": "0123456789abcdef"}]
     (run_dir / "provenance.jsonl").write_text("".join(json.dumps(s) + "\n" for s in starts))
     (run_dir / "provenance.json").write_text(json.dumps(starts[-1]))
-    assert set_aside_stale_run_name(plan, words, key) == "conre-seed0.stale-1"
+    assert plan.set_aside_stale_run(words, key).name == "conre-seed0.stale-1"
     run_dir.mkdir()
     (run_dir / "provenance.jsonl").write_text(json.dumps(starts[-1]) + "\n")
     assert plan.set_aside_stale_run(words, key) is None  # clean from its first start: resumed
-
-
-def set_aside_stale_run_name(plan, words, key):
-    aside = plan.set_aside_stale_run(words, key)
-    return aside.name if aside else None
 
 
 def test_a_dry_run_leaves_the_pictures_as_it_found_them(monkeypatch, tmp_path):
