@@ -27,9 +27,10 @@ class Ledger:
     and the time each recorded (``runs``: training run folder -> seconds; ``evaluation_seconds``: cache -> seconds;
     ``all_runs``, ``all_evaluations``: the same over every table of the run); in a dry run, the stage files that
     would be retrained (``planned``) and those that would only be copied in from a folder whose file is reused
-    (``copied``)."""
+    (``copied``). Unless ``allow_dirty``, a stage file trained from uncommitted code is not reused."""
 
     dry_run: bool = False
+    allow_dirty: bool = False
     train_only: bool = False
     stages: dict[str, dict] = field(default_factory=dict)
     evaluations: dict[str, dict] = field(default_factory=dict)
@@ -130,15 +131,25 @@ def phase_chain_key(phase_runs: list[list[str]]) -> dict:
 
 
 def retrain_reasons(path: Path, expected: dict) -> list[str]:
-    """Why the stage file at ``path`` cannot be reused for a run whose key is ``expected`` ([]: reuse it)."""
+    """Why the stage file at ``path`` cannot be reused for a run whose key is ``expected`` ([]: reuse it): its key
+    differs, or (unless ``LEDGER.allow_dirty``) it was trained from uncommitted code, which no table may name."""
     from lightning_modules.stagefile import StageFileError
-    from trainer.keys import key_changes, stage_file_key
+    from trainer.keys import key_changes, stage_file_provenance
     if not path.is_file():
         return ["no stage file"]
     try:
-        return key_changes(expected, stage_file_key(path))
+        provenance = stage_file_provenance(path)
     except StageFileError as exc:
         return [f"unreadable stage file ({exc})"]
+    reasons = key_changes(expected, provenance.get("training_key") or {})
+    return reasons + dirty_reason(provenance.get("git_commit", ""))
+
+
+def dirty_reason(commit: str) -> list[str]:
+    """[why] a file or run trained at ``commit`` is not reused by a clean run, or []."""
+    if commit.endswith("-dirty") and not LEDGER.allow_dirty:
+        return [f"trained from uncommitted code (`{short_commit(commit)}`); the tables name clean training commits"]
+    return []
 
 
 def run_folder(words: list[str]) -> Path:
@@ -147,26 +158,39 @@ def run_folder(words: list[str]) -> Path:
     return Path(compose(words).run.dir)
 
 
+def run_starts(run_dir: Path) -> list[dict]:
+    """The provenance of each start of a run folder, oldest first (``provenance.jsonl``; ``provenance.json`` alone
+    for a folder without the history)."""
+    try:
+        lines = (run_dir / "provenance.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        pass
+    try:
+        return [json.loads((run_dir / "provenance.json").read_text())]
+    except (OSError, ValueError):
+        return []
+
+
 def set_aside_stale_run(words: list[str], expected: dict) -> Path | None:
     """Before a retraining: a run folder left by a run of another key (``resume=auto`` would continue it, and
     the export would then carry the new key on the old run's weights) is renamed ``<run>.stale-<n>``, never
-    deleted; a folder of the same key (an interrupted run) stays, to be resumed. Returns the new name, if any."""
+    deleted; a folder of the same key (an interrupted run) stays, to be resumed, unless one of its starts was from
+    uncommitted code (:func:`dirty_reason`). Returns the new name, if any."""
     run_dir = run_folder(words)
-    provenance = run_dir / "provenance.json"
     if not run_dir.is_dir():
         return None
-    try:
-        recorded = json.loads(provenance.read_text()).get("training_key")
-    except (OSError, ValueError):
-        recorded = None
-    if recorded == expected:
+    starts = run_starts(run_dir)
+    recorded = starts[-1] if starts else {}
+    if recorded.get("training_key") == expected and not any(dirty_reason(s.get("git_commit", "")) for s in starts):
         return None
     index = 1
     while run_dir.with_name(f"{run_dir.name}.stale-{index}").exists():
         index += 1
     aside = run_dir.with_name(f"{run_dir.name}.stale-{index}")
     run_dir.rename(aside)
-    print(f"  {run_dir}: from a run of another training key; moved to {aside} and trained afresh", flush=True)
+    why = "started from uncommitted code" if recorded.get("training_key") == expected else "of another training key"
+    print(f"  {run_dir}: from a run {why}; moved to {aside} and trained afresh", flush=True)
     return aside
 
 

@@ -6,6 +6,7 @@ the machine and the commit, whatever the numbers are. Raw numbers go to ``result
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import re
@@ -13,22 +14,21 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.files import atomic_write_text
+from common.files import atomic_write_bytes, atomic_write_text
 from reports import plan
 from reports.choices import CHOICES, choices_note
 from reports.progress import ChunkProgress
-from trainer.provenance import git_commit, machine
+from trainer.provenance import changed_files, git_commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path("data/synthetic_small")
 OUTPUT_ROOT = Path("outputs/results")
 SEEDS = (0, 1, 2)
 VQ_STAGES = OUTPUT_ROOT / "small" / "vq-stages"  # the codebook's VQ phase, shared (:func:`shared_vq_words`)
-OUTPUTS = ("README.md", "results", "docs/images")  # what the tables write into the tree (tables, numbers, pictures)
 
 
 def run(*words: str) -> None:
@@ -285,15 +285,10 @@ def write_table(name: str, table: str, target: Path, commit: str, summary: str |
 
 
 def changed_code(repo: Path | None = None) -> list[str]:
-    """The tracked files changed since the last commit, apart from what ``make results`` writes itself (OUTPUTS):
-    an interrupted run that already wrote a table or a picture resumes at the same commit."""
-    try:
-        out = subprocess.run(["git", "-C", str(repo or ROOT), "status", "--porcelain", "--untracked-files=no", "--",
-                              ".", *(f":(exclude){path}" for path in OUTPUTS)], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):  # no git: no commit to name, as git_commit()
-        return []
-    return [line[3:] for line in out.stdout.splitlines()]
+    """The tracked files changed since the last commit, apart from what ``make results`` writes itself (the
+    DOCUMENTS, which a training run ignores too): an interrupted run that already wrote a table or a picture resumes
+    at the same commit."""
+    return changed_files(repo or ROOT)
 
 
 def table_commit(changed: list[str]) -> str:
@@ -313,6 +308,22 @@ def targets(allow_dirty: bool, changed: list[str]) -> tuple[Path, Path]:
                          f"{', ...' if len(changed) > 5 else ''}): the README's tables name the commit they were "
                          "made at, so commit first (or pass --allow-dirty to write them to results/scratch/ only)")
     return ROOT / "results" / "scratch" / "README-results.md", ROOT / "results" / "scratch"
+
+
+@contextlib.contextmanager
+def pictures_kept(folder: Path = Path("docs/images")) -> Iterator[None]:
+    """The pictures under ``folder`` (where the tables draw them, from the working directory) as they were before:
+    a dry run builds each table whose evaluations are all cached, to say so, and building one redraws its pictures;
+    the dry run leaves the tree as it found it."""
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    try:
+        yield
+    finally:
+        for path in [p for p in folder.rglob("*") if p.is_file() and p not in before]:
+            path.unlink()
+        for path, data in before.items():
+            if not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
 
 
 def train_every_table(names: list[str]) -> None:
@@ -349,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.train_only:
         parser.error("--dry-run and --train-only exclude each other: --dry-run alone lists what would train")
     plan.LEDGER.dry_run, plan.LEDGER.train_only = args.dry_run, args.train_only
+    plan.LEDGER.allow_dirty = args.allow_dirty
     changed = changed_code()  # checked once, before anything runs
     commit = table_commit(changed)  # the commit the tables are computed at
     readme, raw = targets(args.allow_dirty or args.dry_run, changed)
@@ -359,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names:
         plan.LEDGER.start_table()
         try:
-            data, table = RESULTS[name][1]()
+            with pictures_kept() if args.dry_run else contextlib.nullcontext():
+                data, table = RESULTS[name][1]()
         except plan.DryRunStop as stop:
             done = "its stage files are trained; " if args.train_only else ""
             print(f"-- {name}: {done}the rest of this table needs the {stop} evaluation above\n", flush=True)

@@ -19,16 +19,30 @@ PACKAGES = ("torch", "pytorch-lightning", "deepspeed", "wandb", "webdataset", "d
 SECRET_WORDS = ("key", "token", "secret", "password")
 
 
+DOCUMENTS = ("README.md", "results", "docs/images")  # what the result tables write into the tree; no run reads them
+
+
+def changed_files(repo: Path | None = None, ignore: tuple[str, ...] = DOCUMENTS) -> list[str]:
+    """The tracked files that differ from HEAD, apart from those under ``ignore`` ([] without git)."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                              *(f":(exclude){path}" for path in ignore)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.stdout.splitlines()]
+
+
 def git_commit(repo: Path | None = None) -> str:
+    """HEAD, with ``-dirty`` when tracked code differs from it: a change to the DOCUMENTS alone (a table, its numbers,
+    a picture) leaves a run clean, as it leaves ``make results`` clean; '' without git."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
-    commit = out.stdout.strip()
-    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+    commit = out.stdout.strip() if out.returncode == 0 else ""
+    return f"{commit}-dirty" if commit and changed_files(repo) else commit
 
 
 def machine() -> str:
@@ -70,6 +84,7 @@ def collect(argv: list[str] | None = None) -> dict[str, Any]:
     return {
         "command": redact_argv(list(argv if argv is not None else sys.argv)),
         "git_commit": git_commit(),
+        "git_changed": changed_files(ignore=()),  # every tracked change, documents included
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -160,6 +160,7 @@ def git(repo, *words):
 
 def test_tables_go_to_the_readme_only_when_the_code_is_committed(monkeypatch, tmp_path):
     import reports.results as results
+    from trainer.provenance import git_commit
 
     for path, text in [("README.md", "tables"), ("results/e2e.json", "{}"), ("docs/images/strip.png", "png"),
                        ("reports/table.py", "x = 1")]:
@@ -174,8 +175,10 @@ def test_tables_go_to_the_readme_only_when_the_code_is_committed(monkeypatch, tm
         (tmp_path / path).write_text("written by a table")
     assert results.changed_code() == []
     assert results.targets(False, results.changed_code()) == (tmp_path / "README.md", tmp_path / "results")
+    assert not git_commit(tmp_path).endswith("-dirty")  # a training started now records the same clean commit
     (tmp_path / "reports/table.py").write_text("x = 2")
     assert results.changed_code() == ["reports/table.py"]
+    assert git_commit(tmp_path).endswith("-dirty")
     with pytest.raises(SystemExit, match=r"uncommitted changes \(reports/table.py\).*--allow-dirty"):
         results.targets(False, results.changed_code())
     readme, raw = results.targets(True, results.changed_code())
@@ -329,3 +332,61 @@ def test_raw_numbers_keep_six_digits_and_put_each_list_of_readings_on_one_line()
     assert back["empty"] == [] and back["none"] is None
     assert '"draws": [0.212841, 0.00288806, 3]' in text.splitlines()[5]
     assert len(text) < len(json.dumps(data, indent=2))
+
+
+def test_a_stage_file_or_run_started_from_uncommitted_code_is_retrained_by_a_clean_run(monkeypatch, tmp_path):
+    """Its key may match, but the table would name a dirty training commit: a clean run retrains it afresh (the run
+    folder set aside, not resumed); an ``--allow-dirty`` run, whose tables go to scratch, reuses it."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from reports import plan
+
+    key = {"format": 1, "code": "same", "config": {"stage": "c"}, "corpus": "v2", "inputs": {}}
+    path = tmp_path / "conre.safetensors"
+    for commit, said in [("0123456789abcdef", []), ("0123456789abcdef-dirty", ["uncommitted code"])]:
+        provenance = {"training_key": key, "git_commit": commit}
+        save_file({"w": torch.zeros(1)}, str(path), metadata={"provenance": json.dumps(provenance)})
+        monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
+        reasons = plan.retrain_reasons(path, key)
+        assert len(reasons) == len(said) and all(w in r for w, r in zip(said, reasons, strict=True))
+        monkeypatch.setattr(plan, "LEDGER", plan.Ledger(allow_dirty=True))
+        assert plan.retrain_reasons(path, key) == []
+
+    monkeypatch.setattr(plan, "LEDGER", plan.Ledger())
+    words = ["experiment=tiny", "stage=conre", f"experiment.output_root={tmp_path}", "run.name=seed0"]
+    run_dir = tmp_path / "tiny" / "conre-seed0"
+    run_dir.mkdir(parents=True)
+    starts = [{"training_key": key, "git_commit": "0123456789abcdef-dirty"},  # started dirty, resumed clean
+              {"training_key": key, "git_commit": "0123456789abcdef"}]
+    (run_dir / "provenance.jsonl").write_text("".join(json.dumps(s) + "\n" for s in starts))
+    (run_dir / "provenance.json").write_text(json.dumps(starts[-1]))
+    assert plan.set_aside_stale_run(words, key).name == "conre-seed0.stale-1"
+    run_dir.mkdir()
+    (run_dir / "provenance.jsonl").write_text(json.dumps(starts[-1]) + "\n")
+    assert plan.set_aside_stale_run(words, key) is None  # clean from its first start: resumed
+
+
+def test_a_dry_run_leaves_the_pictures_as_it_found_them(monkeypatch, tmp_path):
+    """A dry run builds a table whose evaluations are all cached (to say so), which redraws its pictures."""
+    import reports.results as results
+
+    images = tmp_path / "docs" / "images"
+    images.mkdir(parents=True)
+    (images / "table.png").write_bytes(b"committed picture")
+
+    def table() -> tuple[dict, str]:
+        (images / "table.png").write_bytes(b"redrawn")
+        (images / "new.png").write_bytes(b"new")
+        return {}, "| table |"
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(results.RESULTS, "conre", (results.SMALL, table))
+    monkeypatch.setattr(results, "ensure_corpus", lambda corpus: None)
+    monkeypatch.setattr(results, "changed_code", lambda: [])
+    monkeypatch.setattr(results.plan, "LEDGER", results.plan.Ledger())
+    assert results.main(["conre", "--dry-run"]) == 0
+    assert sorted(p.name for p in images.iterdir()) == ["table.png"]
+    assert (images / "table.png").read_bytes() == b"committed picture"
