@@ -328,7 +328,7 @@ def cached_result(cache: Path, key: dict, name: str, inputs: list[Path], progres
     if LEDGER.train_only:
         print(f"~ {cache}: the {name} evaluation waits (--train-only; {why})", flush=True)
         raise DryRunStop(name)
-    print(f"~ {cache}: the {name} evaluation {'would be' if LEDGER.dry_run else 'is'} done ({why})", flush=True)
+    print(f"~ {cache}: the {name} evaluation {'would run' if LEDGER.dry_run else 'runs'} ({why})", flush=True)
     if LEDGER.dry_run:
         raise DryRunStop(name)
     return None

@@ -76,7 +76,7 @@ def test_a_dry_run_says_what_it_would_do_and_why_and_does_nothing(tmp_path, monk
     out = capsys.readouterr().out
     assert "autoencoder.safetensors: would train (no stage file)" in out and "would run: seespeaker prior" in out
     assert "conre retrains; autoencoder retrains; face_prior retrains" in out
-    assert "evaluation would be done (inputs retrain first" in out
+    assert "evaluation would run (inputs retrain first" in out
     assert not (tmp_path / "outputs").exists()
 
 
