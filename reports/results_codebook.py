@@ -136,11 +136,11 @@ def difference(per_seed: list[dict], test_set: str, row: str, metric: str) -> tu
 def labels(per_seed: list[dict]) -> dict[str, str]:
     first = per_seed[0]
     default = first["training"]["fidelity_weight"]
+    own = first["training"].get("detail_scale", 1.0)
+    scale = "" if own == 1.0 else f", detail × {own:g}"  # the temporal variant trains with it too
     names = {"bicubic": "bicubic", "back_projected": "back-projected bicubic (bicubic operator)",
              "back_projected_area": "back-projected bicubic (area operator: the corpus's downsampler)",
-             "temporal": f"temporal variant (window {first['training']['temporal_window']}, w = {default:g})"}
-    own = first["training"].get("detail_scale", 1.0)
-    scale = "" if own == 1.0 else f", detail × {own:g}"
+             "temporal": f"temporal variant (window {first['training']['temporal_window']}, w = {default:g}{scale})"}
     for row in first["rows"]:
         if row.startswith("renderer_w"):
             w = float(row[len("renderer_w"):])

@@ -156,7 +156,7 @@ def choice_line(per_seed: list[dict]) -> str:
 
 def portrait_results(corpus: Corpus) -> tuple[dict, str]:
     """Train (or reuse) every seed's Stage-1 files, the no-prior denoisers and the judge; tabulate the ablation."""
-    from reports.results import SEEDS, train
+    from reports.results import ROOT, SEEDS, train
 
     judge = judge_file(corpus)  # one judge for every seed, trained first
     train("conre", JUDGE_SEED, judge.parent, "data.speaker_part=1/2", name="judge", corpus=corpus)
@@ -214,4 +214,4 @@ def portrait_results(corpus: Corpus) -> tuple[dict, str]:
     for seed_result in per_seed:
         seed_result.pop("grid_png", None)
     return {"corpus": str(corpus.root), "voice_share": share, "train_words": corpus.train_words,
-            "primary": list(PRIMARY), "grid": str(grid), "per_seed": per_seed}, "\n".join(lines)
+            "primary": list(PRIMARY), "grid": grid.relative_to(ROOT).as_posix(), "per_seed": per_seed}, "\n".join(lines)

@@ -192,5 +192,7 @@ def test_row_labels_name_the_detail_scale_where_the_residual_head_adds_detail():
     assert names["renderer_w0.5"] == "renderer, w = 0.5, detail × 0.4"
     assert names["renderer_w0"] == "renderer, w = 0"  # the codes alone: no detail to scale
     assert names["renderer_s1"] == "renderer, w = 1, detail × 1"
+    assert names["temporal"] == "temporal variant (window 4, w = 1, detail × 0.4)"  # trained with the same words
     per_seed[0]["training"].pop("detail_scale")  # evaluations from before the option: all of the detail
     assert results_codebook.labels(per_seed)["renderer_w1"] == "renderer, w = 1 (default)"
+    assert results_codebook.labels(per_seed)["temporal"] == "temporal variant (window 4, w = 1)"
