@@ -23,12 +23,24 @@ def unreadable_shards(root: Path) -> list[str]:
 
 
 def first_batch_within(stream, seconds: float, workers: int = 0) -> BaseException | None:
-    """What ``next(iter(loader))`` raised (None if it yielded); fails when it is still running after ``seconds``."""
+    """What ``next(iter(loader))`` raised (None if it yielded); fails when it is still running after ``seconds``.
+
+    In-process, a helper thread keeps the watch; with workers, the loader's own timeout does, and the workers are
+    spawned so that no lock held by another thread of this process at fork time can stop them."""
+    if workers:
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, timeout=seconds,
+                            multiprocessing_context="spawn")
+        try:
+            next(iter(loader))
+        except Exception as exc:  # the outcome under test
+            assert "timed out" not in str(exc), f"the first training batch neither came nor failed within {seconds} s"
+            return exc
+        return None
     outcome: list[BaseException | None] = []
 
     def run() -> None:
         try:
-            next(iter(DataLoader(stream, batch_size=None, num_workers=workers)))
+            next(iter(DataLoader(stream, batch_size=None)))
             outcome.append(None)
         except Exception as exc:  # the outcome under test
             outcome.append(exc)
@@ -45,7 +57,7 @@ def test_a_training_stream_over_unreadable_shards_stops_with_an_error_naming_the
     root = tmp_path / "corpus"
     stream = ClipStream(unreadable_shards(root), window(), 2, train=True, batches=4, shard_counts=[8, 8],
                         root=str(root))
-    error = first_batch_within(stream, 30, workers)
+    error = first_batch_within(stream, 60, workers)
     assert isinstance(error, ShardSetError), error
     assert f"data.root={root}" in str(error) and "shard-00000" in str(error) and "pointer" in str(error)
 
