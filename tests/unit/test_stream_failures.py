@@ -22,34 +22,32 @@ def unreadable_shards(root: Path) -> list[str]:
     return [str(pointer), str(root / "train" / "shard-000001.tar")]
 
 
+def first_batch_outcome(loader: DataLoader) -> BaseException | None:
+    """What ``next(iter(loader))`` raised, or None if it yielded."""
+    try:
+        next(iter(loader))
+    except Exception as exc:  # the outcome under test
+        return exc
+    return None
+
+
 def first_batch_within(stream, seconds: float, workers: int = 0) -> BaseException | None:
-    """What ``next(iter(loader))`` raised (None if it yielded); fails when it is still running after ``seconds``.
+    """The first batch's outcome; fails when it is still running after ``seconds``.
 
     In-process, a helper thread keeps the watch; with workers, the loader's own timeout does, and the workers are
     spawned so that no lock held by another thread of this process at fork time can stop them."""
     if workers:
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, timeout=seconds,
-                            multiprocessing_context="spawn")
-        try:
-            next(iter(loader))
-        except Exception as exc:  # the outcome under test
-            assert "timed out" not in str(exc), f"the first training batch neither came nor failed within {seconds} s"
-            return exc
-        return None
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            next(iter(DataLoader(stream, batch_size=None)))
-            outcome.append(None)
-        except Exception as exc:  # the outcome under test
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
+        outcome = first_batch_outcome(DataLoader(stream, batch_size=None, num_workers=workers, timeout=seconds,
+                                                 multiprocessing_context="spawn"))
+        assert "timed out" not in str(outcome), f"the first training batch neither came nor failed within {seconds} s"
+        return outcome
+    outcomes: list[BaseException | None] = []
+    thread = threading.Thread(target=lambda: outcomes.append(first_batch_outcome(DataLoader(stream, batch_size=None))),
+                              daemon=True)
     thread.start()
     thread.join(seconds)
-    assert outcome, f"the first training batch neither came nor failed within {seconds} s"
-    return outcome[0]
+    assert outcomes, f"the first training batch neither came nor failed within {seconds} s"
+    return outcomes[0]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
